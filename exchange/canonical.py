@@ -1,0 +1,110 @@
+"""Canonical JSON (RFC 8785), digests and base64url: the byte forms everything signs."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Any
+
+import rfc8785
+
+from exchange.errors import InputError
+
+MAX_JSON_DEPTH = 32
+
+
+def canonical_json(value: Any) -> bytes:
+    """The RFC 8785 (JCS) canonical bytes of a JSON value."""
+    try:
+        return rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as e:
+        raise InputError(f"value cannot be canonicalised as JSON: {type(e).__name__}") from e
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def sha256_digest(data: bytes) -> str:
+    """The ``sha256:<hex>`` digest string used in documents and log events."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def b64url(data: bytes) -> str:
+    """base64url without padding."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str, *, what: str) -> bytes:
+    """Strict base64url (no padding, no stray characters)."""
+    if not isinstance(text, str) or "=" in text or any(c.isspace() for c in text):
+        raise InputError(f"{what}: not unpadded base64url")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as e:
+        raise InputError(f"{what}: not unpadded base64url") from e
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64_decode(text: str, *, what: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError) as e:
+        raise InputError(f"{what}: not standard base64") from e
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise InputError(f"duplicate key {key!r} in JSON object")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise InputError(f"JSON constant {name} is not allowed")
+
+
+def _depth(value: Any, limit: int) -> None:
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            raise InputError(f"JSON nested deeper than {limit} levels")
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+
+
+def parse_json_unverified(data: bytes, *, what: str, max_bytes: int) -> Any:
+    """Parse JSON strictly: size limit, UTF-8, no duplicate keys, no NaN, bounded depth.
+
+    The result is *unverified*: callers check signatures over ``data`` itself.
+    """
+    if len(data) > max_bytes:
+        raise InputError(f"{what}: {len(data)} bytes exceeds the limit of {max_bytes}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{what}: not valid UTF-8 (byte {e.start})") from e
+    if "\x00" in text:
+        raise InputError(f"{what}: contains a NUL character")
+    try:
+        value = json.loads(
+            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+        )
+    except RecursionError as e:
+        raise InputError(f"{what}: JSON nested too deeply") from e
+    except json.JSONDecodeError as e:
+        raise InputError(f"{what}: malformed JSON at line {e.lineno} column {e.colno}") from e
+    except ValueError as e:  # int too large for str->int conversion limit
+        raise InputError(f"{what}: {e}") from e
+    _depth(value, MAX_JSON_DEPTH)
+    return value
