@@ -35,3 +35,27 @@ def check_display_name(value: object, *, field: str = "name") -> str:
 
 
 _BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u061c")
+
+
+def check_endpoint(value: object, *, field: str = "endpoint") -> str:
+    """``HOST:PORT`` with a DNS name or IP address and a port 1-65535."""
+    if not isinstance(value, str):
+        raise InputError(f"{field} must be a string")
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    ok = bool(
+        sep == ":"
+        and host
+        and len(value) <= 260
+        and port.isascii()
+        and port.isdigit()
+        and 0 < int(port) < 65536
+        and all(c.isalnum() or c in ".-:" for c in host)
+        and host.isascii()
+    )
+    if not ok:
+        raise InputError(
+            f"{field} {value[:80]!r} is not HOST:PORT",
+            next_step="Give the address partners dial, e.g. 'moi.example.pk:7443' or '127.0.0.1:7443'.",
+        )
+    return value

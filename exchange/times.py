@@ -1,0 +1,25 @@
+"""Timestamps in documents: RFC 3339, UTC, whole seconds, ``Z`` suffix. No clock here."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from exchange.errors import InputError
+
+_RFC3339_Z = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+
+
+def format_time(when: datetime) -> str:
+    if when.tzinfo is None:
+        raise ValueError("naive datetime: pass an aware UTC time")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: object, *, field: str) -> datetime:
+    if not isinstance(text, str) or _RFC3339_Z.fullmatch(text) is None:
+        raise InputError(f"{field} is not an RFC 3339 UTC time like 2026-01-31T12:00:00Z")
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError as e:
+        raise InputError(f"{field} is not a valid calendar time") from e

@@ -1,0 +1,233 @@
+"""A node's private keys, generated, sealed, loaded and rotated here and nowhere else.
+
+Other packages receive ``Signer`` and ``EncryptionKeyPair`` objects, the storage cipher,
+and public material (cards, certificates); never a seed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from exchange.canonical import b64, b64_decode, sha256, b64url
+from exchange.card import SUITE_HYBRID, SUITE_X25519, Card, EncryptionKey, ed25519_vkey
+from exchange.errors import InputError, KeyringError, StoreError
+from exchange.times import format_time, parse_time
+from keys.keyfile import open_keyfile, seal_keyfile, write_private_file
+from keys.signers import Ed25519Signer, EncryptionKeyPair
+from keys.tls import TlsMaterial, generate_tls
+
+SECRETS_VERSION = 1
+EPOCH = timedelta(days=30)
+RETENTION = timedelta(days=7)
+
+
+def witness_name(node: str) -> str:
+    return f"{node}.accord/witness"
+
+
+@dataclass(frozen=True)
+class _EncSecret:
+    kid: str
+    suite: str
+    secret: bytes
+    not_after: str
+
+
+class StorageCipher:
+    """ChaCha20-Poly1305 under the node's storage key, for report plaintext at rest.
+
+    ``aad`` binds a ciphertext to its row (e.g. the report id), so rows cannot be swapped.
+    """
+
+    __slots__ = ("_aead",)
+    NONCE_LEN = 12
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = ChaCha20Poly1305(key)
+
+    def encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
+        nonce = secrets.token_bytes(self.NONCE_LEN)
+        return nonce + self._aead.encrypt(nonce, plaintext, aad)
+
+    def decrypt(self, blob: bytes, aad: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(blob[: self.NONCE_LEN], blob[self.NONCE_LEN :], aad)
+        except (InvalidTag, ValueError) as e:
+            raise StoreError(
+                "stored ciphertext does not decrypt: the row was edited or moved",
+                code="store.tampered",
+                next_step="Run 'accord audit verify' and restore the database from a backup.",
+            ) from e
+
+
+@dataclass(frozen=True)
+class Keyring:
+    node: str
+    log_origin: str
+    identity_seed: bytes
+    log_seed: bytes
+    witness_seed: bytes
+    storage_key: bytes
+    encryption: tuple[_EncSecret, ...]
+    tls: TlsMaterial
+
+    def __repr__(self) -> str:
+        return f"Keyring(node={self.node!r})"
+
+    # -- what the rest of the node gets -------------------------------------------------
+    def identity_signer(self) -> Ed25519Signer:
+        return Ed25519Signer(self.identity_seed)
+
+    def log_signer(self) -> Ed25519Signer:
+        return Ed25519Signer(self.log_seed)
+
+    def witness_signer(self) -> Ed25519Signer:
+        return Ed25519Signer(self.witness_seed)
+
+    def storage_cipher(self) -> StorageCipher:
+        return StorageCipher(self.storage_key)
+
+    def encryption_keys(self) -> list[EncryptionKeyPair]:
+        return [EncryptionKeyPair(e.kid, e.suite, e.secret, e.not_after) for e in self.encryption]
+
+    def decrypter(self, kid: str) -> EncryptionKeyPair | None:
+        for key in self.encryption_keys():
+            if key.kid == kid:
+                return key
+        return None
+
+    def tls_server_material(self) -> tuple[bytes, bytes]:
+        """(certificate chain PEM, private key PEM) for the gRPC transport only."""
+        return self.tls.cert_pem, self.tls.key_pem
+
+    # -- public material ------------------------------------------------------------------
+    def card(self, *, name: str, endpoint: str, version: int, issued_at: datetime) -> Card:
+        return Card(
+            node=self.node,
+            name=name,
+            endpoint=endpoint,
+            identity_key=self.identity_signer().public_key,
+            log_vkey=ed25519_vkey(self.log_origin, self.log_signer().public_key),
+            witness_vkey=ed25519_vkey(witness_name(self.node), self.witness_signer().public_key),
+            encryption_keys=tuple(
+                EncryptionKey(kid=k.kid, suite=k.suite, public=k.public, not_after=k.not_after)
+                for k in self.encryption_keys()
+            ),
+            tls_ca_pem=self.tls.ca_cert_pem.decode("ascii"),
+            version=version,
+            issued_at=format_time(issued_at),
+        )
+
+    # -- rotation -------------------------------------------------------------------------
+    def with_new_identity(self) -> Keyring:
+        return replace(self, identity_seed=secrets.token_bytes(32))
+
+    def with_new_encryption_epoch(self, now: datetime, suite: str) -> Keyring:
+        """Add a key for the next epoch; destroy keys retired longer than the retention."""
+        kept = tuple(
+            e
+            for e in self.encryption
+            if parse_time(e.not_after, field="encryption key not_after") + RETENTION > now
+        )
+        return replace(self, encryption=(*kept, _new_encryption_secret(suite, now)))
+
+    # -- serialisation (only to the key file) ----------------------------------------------
+    def _to_secrets(self) -> dict[str, Any]:
+        return {
+            "version": SECRETS_VERSION,
+            "node": self.node,
+            "log_origin": self.log_origin,
+            "identity": b64(self.identity_seed),
+            "log": b64(self.log_seed),
+            "witness": b64(self.witness_seed),
+            "storage": b64(self.storage_key),
+            "encryption": [
+                {"kid": e.kid, "suite": e.suite, "secret": b64(e.secret), "not_after": e.not_after}
+                for e in self.encryption
+            ],
+            "tls": {
+                "ca_cert": self.tls.ca_cert_pem.decode("ascii"),
+                "ca_key": self.tls.ca_key_pem.decode("ascii"),
+                "cert": self.tls.cert_pem.decode("ascii"),
+                "key": self.tls.key_pem.decode("ascii"),
+            },
+        }
+
+    @classmethod
+    def _from_secrets(cls, doc: dict[str, Any]) -> Keyring:
+        try:
+            if doc["version"] != SECRETS_VERSION:
+                raise KeyringError(f"key file format version {doc['version']} is not supported")
+            tls = doc["tls"]
+            return cls(
+                node=doc["node"],
+                log_origin=doc["log_origin"],
+                identity_seed=b64_decode(doc["identity"], what="identity key"),
+                log_seed=b64_decode(doc["log"], what="log key"),
+                witness_seed=b64_decode(doc["witness"], what="witness key"),
+                storage_key=b64_decode(doc["storage"], what="storage key"),
+                encryption=tuple(
+                    _EncSecret(
+                        kid=e["kid"],
+                        suite=e["suite"],
+                        secret=b64_decode(e["secret"], what="encryption key"),
+                        not_after=e["not_after"],
+                    )
+                    for e in doc["encryption"]
+                ),
+                tls=TlsMaterial(
+                    ca_cert_pem=tls["ca_cert"].encode("ascii"),
+                    ca_key_pem=tls["ca_key"].encode("ascii"),
+                    cert_pem=tls["cert"].encode("ascii"),
+                    key_pem=tls["key"].encode("ascii"),
+                ),
+            )
+        except (KeyError, TypeError, AttributeError, InputError) as e:
+            raise KeyringError(f"key file content is incomplete ({type(e).__name__})") from e
+
+
+def _new_encryption_secret(suite: str, now: datetime) -> _EncSecret:
+    if suite == SUITE_HYBRID:
+        secret = secrets.token_bytes(64 + 32)
+    elif suite == SUITE_X25519:
+        secret = secrets.token_bytes(32)
+    else:
+        raise InputError(f"unknown HPKE suite {suite!r}; use {SUITE_HYBRID} or {SUITE_X25519}")
+    public = EncryptionKeyPair("-", suite, secret, "-").public
+    kid = "ek-" + b64url(sha256(suite.encode("ascii") + b"\n" + public))[:16]
+    return _EncSecret(kid=kid, suite=suite, secret=secret, not_after=format_time(now + EPOCH))
+
+
+def generate_keyring(
+    node: str, log_origin: str, endpoint_host: str, now: datetime, suite: str = SUITE_HYBRID
+) -> Keyring:
+    return Keyring(
+        node=node,
+        log_origin=log_origin,
+        identity_seed=secrets.token_bytes(32),
+        log_seed=secrets.token_bytes(32),
+        witness_seed=secrets.token_bytes(32),
+        storage_key=secrets.token_bytes(32),
+        encryption=(_new_encryption_secret(suite, now),),
+        tls=generate_tls(node, endpoint_host, now),
+    )
+
+
+def save_keyring(path: Path, keyring: Keyring, passphrase: str | None, *, replace: bool) -> None:
+    write_private_file(
+        path, seal_keyfile(keyring.node, keyring._to_secrets(), passphrase), replace=replace
+    )
+
+
+def load_keyring(
+    path: Path, passphrase: Callable[[], str], *, on_unencrypted: Callable[[], None]
+) -> Keyring:
+    return Keyring._from_secrets(open_keyfile(path, passphrase, unencrypted_ok=on_unencrypted))

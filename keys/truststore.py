@@ -1,0 +1,182 @@
+"""The partner trust store: which partner nodes we trust, pinned by fingerprint.
+
+A partner enters only with a verified card chain whose latest identity key matches the
+fingerprint the officer read out of band (or, explicitly, trust on first use). Later
+versions enter only as verified continuations of the stored chain. Storage is behind
+``PeerRecords`` so the node's database holds the rows while the rules live here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Protocol
+
+from exchange.card import VerifiedChain, extend_chain, fingerprints_equal, verify_chain_bytes
+from exchange.errors import InputError, KeyringError, PeerDataError
+from exchange.names import check_node_id
+from exchange.times import format_time, parse_time
+
+TRUSTED = "trusted"
+REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class PeerRecord:
+    node: str
+    chain: bytes
+    fingerprint: str
+    card_version: int
+    status: str
+    revoked_from: str | None
+    tofu: bool
+    added_at: str
+    updated_at: str
+
+
+class PeerRecords(Protocol):
+    def get(self, node: str) -> PeerRecord | None: ...
+    def put(self, record: PeerRecord) -> None: ...
+    def delete(self, node: str) -> None: ...
+    def all(self) -> list[PeerRecord]: ...
+
+
+@dataclass(frozen=True)
+class AddResult:
+    chain: VerifiedChain
+    outcome: str  # "added", "updated" or "unchanged"
+
+
+class TrustStore:
+    def __init__(self, records: PeerRecords, own_node: str) -> None:
+        self._records = records
+        self._own = own_node
+
+    def add(
+        self, chain_data: bytes, *, fingerprint: str | None, tofu: bool, now: datetime
+    ) -> AddResult:
+        """Verify ``chain_data`` and trust its node. Nothing is written unless every check
+        passes. Re-adding the same chain changes nothing; a longer chain that continues the
+        stored one is an update (a rotation the old key signed)."""
+        if fingerprint is None and not tofu:
+            raise InputError(
+                "a fingerprint is required to trust a partner",
+                next_step="Ask the partner to read out their fingerprint ('accord card show') "
+                "and pass it with --fingerprint; --trust-on-first-use skips this check.",
+            )
+        chain = verify_chain_bytes(chain_data)
+        latest = chain.latest
+        if latest.node == self._own:
+            raise InputError("this card is our own node's card; a node does not trust itself")
+        if fingerprint is not None and not fingerprints_equal(fingerprint, latest.fingerprint):
+            raise KeyringError(
+                f"fingerprint mismatch for {latest.node}: the card's identity key has another "
+                "fingerprint than the one given",
+                code="keyring.fingerprint_mismatch",
+                next_step="Do not trust this card. Check the fingerprint with the partner by "
+                "a channel you trust, and the card file you received.",
+            )
+        stamp = format_time(now)
+        existing = self._records.get(latest.node)
+        if existing is None:
+            outcome = "added"
+            record = PeerRecord(
+                node=latest.node,
+                chain=chain.to_bytes(),
+                fingerprint=latest.fingerprint,
+                card_version=latest.version,
+                status=TRUSTED,
+                revoked_from=None,
+                tofu=fingerprint is None,
+                added_at=stamp,
+                updated_at=stamp,
+            )
+        else:
+            known = verify_chain_bytes(existing.chain)
+            if chain.signed[: len(known.signed)] != known.signed:
+                raise KeyringError(
+                    f"card chain for {latest.node} conflicts with the one we trust "
+                    f"(version {known.latest.version})",
+                    code="keyring.chain_conflict",
+                    next_step="Treat this as a possible impersonation: verify with the partner "
+                    "out of band before removing the old card with 'accord peer remove'.",
+                )
+            if len(chain.signed) == len(known.signed):
+                return AddResult(chain=known, outcome="unchanged")
+            outcome = "updated"
+            record = replace(
+                existing,
+                chain=chain.to_bytes(),
+                fingerprint=latest.fingerprint,
+                card_version=latest.version,
+                updated_at=stamp,
+            )
+        self._records.put(record)
+        return AddResult(chain=chain, outcome=outcome)
+
+    def update(self, node: str, newer: VerifiedChain, now: datetime) -> VerifiedChain:
+        """Accept a partner's newer card versions, e.g. fetched with GetCard."""
+        record = self._require(node)
+        known = verify_chain_bytes(record.chain)
+        chain = extend_chain(known, newer.signed[len(known.signed) :])
+        if chain.signed[: len(known.signed)] != known.signed:
+            raise KeyringError(f"card chain for {node} conflicts with the one we trust")
+        self._records.put(
+            replace(
+                record,
+                chain=chain.to_bytes(),
+                fingerprint=chain.latest.fingerprint,
+                card_version=chain.latest.version,
+                updated_at=format_time(now),
+            )
+        )
+        return chain
+
+    def get(self, node: str) -> PeerRecord:
+        return self._require(node)
+
+    def list(self) -> list[PeerRecord]:
+        return sorted(self._records.all(), key=lambda r: r.node)
+
+    def remove(self, node: str) -> PeerRecord:
+        record = self._require(node)
+        self._records.delete(node)
+        return record
+
+    def revoke(self, node: str, revoked_from: datetime, now: datetime) -> PeerRecord:
+        """Refuse everything from ``node``'s current key from ``revoked_from`` on."""
+        record = self._require(node)
+        updated = replace(
+            record,
+            status=REVOKED,
+            revoked_from=format_time(revoked_from),
+            updated_at=format_time(now),
+        )
+        self._records.put(updated)
+        return updated
+
+    def trusted_chain(self, node: str, at: datetime) -> VerifiedChain:
+        """The verified chain of a partner we trust at time ``at``; raises otherwise."""
+        record = self._records.get(check_node_id(node, field="peer"))
+        if record is None:
+            raise PeerDataError(f"node {node} is not a trusted partner", code="peer.unknown")
+        if record.revoked_from is not None and at >= parse_time(record.revoked_from, field="revoked_from"):
+            raise PeerDataError(f"node {node}'s key is revoked", code="peer.revoked")
+        chain = verify_chain_bytes(record.chain)
+        if chain.latest.node != node or not fingerprints_equal(chain.latest.fingerprint, record.fingerprint):
+            raise KeyringError(
+                f"trust store entry for {node} does not match its card chain",
+                code="keyring.tampered",
+                next_step="The database may have been edited; run 'accord audit verify'.",
+            )
+        return chain
+
+    def _require(self, node: str) -> PeerRecord:
+        record = self._records.get(check_node_id(node, field="peer"))
+        if record is None:
+            raise InputError(
+                f"no partner {node} in the trust store",
+                code="peer.unknown",
+                next_step="List partners with 'accord peer list'.",
+            )
+        return record

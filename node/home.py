@@ -1,0 +1,207 @@
+"""A node's data directory: configuration, key file, database, public TLS material.
+
+Layout (mode 0700)::
+
+    config.toml          node id, name, endpoint, listen address, log origin
+    node.db              the SQLite store (WAL)
+    keys/secrets.key     every private key, sealed under the passphrase (0600)
+    tls/ca.pem, tls/node.pem   public certificates
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import structlog
+
+from exchange.card import (
+    SUITE_HYBRID,
+    SignedCard,
+    VerifiedChain,
+    extend_chain,
+    parse_signed_card_unverified,
+    sign_card,
+)
+from exchange.canonical import canonical_json, parse_json_unverified
+from exchange.errors import ConfigError, KeyringError
+from exchange.names import check_display_name, check_endpoint, check_node_id
+from keys.keyfile import PASSPHRASE_ENV
+from keys.keyring import Keyring, generate_keyring, load_keyring, save_keyring
+from keys.truststore import TrustStore
+from node.config import CONFIG_FILE, NodeConfig
+from node.store import DB_FILE, SqlitePeerRecords, Store
+
+KEYFILE = Path("keys") / "secrets.key"
+PENDING_KEYFILE = Path("keys") / "secrets.key.new"
+log = structlog.get_logger("accord.node")
+
+PassphraseSource = Callable[[], str]
+
+
+def passphrase_from_env_or(prompt: PassphraseSource) -> PassphraseSource:
+    def source() -> str:
+        value = os.environ.get(PASSPHRASE_ENV)
+        return value if value is not None else prompt()
+
+    return source
+
+
+def _signed_card_from_row(row: bytes) -> SignedCard:
+    return parse_signed_card_unverified(parse_json_unverified(row, what="stored card", max_bytes=1 << 20))
+
+
+def _signed_card_row(signed: SignedCard) -> bytes:
+    return canonical_json(signed.to_json())
+
+
+@dataclass
+class Node:
+    """An opened node. Keys are loaded (and the passphrase asked) only when needed."""
+
+    data_dir: Path
+    config: NodeConfig
+    store: Store
+    passphrase: PassphraseSource
+    _keyring: Keyring | None = field(default=None, repr=False)
+    _unencrypted: bool = False
+
+    @classmethod
+    def open(cls, data_dir: Path, passphrase: PassphraseSource) -> Node:
+        config = NodeConfig.load(data_dir)
+        return cls(data_dir=data_dir, config=config, store=Store.open(data_dir), passphrase=passphrase)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- keys ----------------------------------------------------------------------------
+    def keyring(self) -> Keyring:
+        if self._keyring is None:
+            keyring = load_keyring(
+                self.data_dir / KEYFILE, self.passphrase, on_unencrypted=self._warn_unencrypted
+            )
+            if keyring.node != self.config.node:
+                raise KeyringError(f"key file belongs to node {keyring.node}, not {self.config.node}")
+            latest = self.own_chain().latest
+            if keyring.identity_signer().public_key != latest.identity_key:
+                keyring = self._finish_pending_rotation(latest.identity_key)
+            self._keyring = keyring
+        return self._keyring
+
+    def _warn_unencrypted(self) -> None:
+        self._unencrypted = True
+        log.warning("keyfile.unencrypted", node=self.config.node, path=str(KEYFILE))
+
+    def _finish_pending_rotation(self, expected_identity: bytes) -> Keyring:
+        """A rotation that crashed after storing the new card but before renaming the new
+        key file is finished here; anything else is a mismatch we refuse."""
+        pending = self.data_dir / PENDING_KEYFILE
+        if pending.exists():
+            keyring = load_keyring(pending, self.passphrase, on_unencrypted=self._warn_unencrypted)
+            if keyring.identity_signer().public_key == expected_identity:
+                os.replace(pending, self.data_dir / KEYFILE)
+                log.info("key.rotation_completed", node=self.config.node)
+                return keyring
+        raise KeyringError(
+            "the key file's identity key is not the one in this node's latest card",
+            code="keyring.mismatch",
+            next_step="Restore the key file that belongs to this database from your backup.",
+        )
+
+    # -- cards ---------------------------------------------------------------------------
+    def own_chain(self) -> VerifiedChain:
+        rows = self.store.own_card_rows()
+        if not rows:
+            raise ConfigError(f"node in {self.data_dir} has no card; it was not initialised fully")
+        return extend_chain(None, [_signed_card_from_row(r) for r in rows])
+
+    def trust_store(self) -> TrustStore:
+        return TrustStore(SqlitePeerRecords(self.store), self.config.node)
+
+    def rotate_identity(self, now: datetime) -> VerifiedChain:
+        """New identity key; the new card version is signed by the old key and the new."""
+        old = self.keyring()
+        new = old.with_new_identity()
+        return self._publish(old, new, now)
+
+    def rotate_encryption(self, now: datetime, suite: str) -> VerifiedChain:
+        """Start a new encryption-key epoch; retired keys past retention are destroyed."""
+        old = self.keyring()
+        return self._publish(old, old.with_new_encryption_epoch(now, suite), now)
+
+    def _publish(self, old: Keyring, new: Keyring, now: datetime) -> VerifiedChain:
+        chain = self.own_chain()
+        latest = chain.latest
+        card = new.card(name=latest.name, endpoint=latest.endpoint, version=latest.version + 1, issued_at=now)
+        signed = sign_card(card, new.identity_signer(), old.identity_signer())
+        extended = extend_chain(chain, [signed])
+        pending = self.data_dir / PENDING_KEYFILE
+        if pending.exists():
+            pending.unlink()
+        # 1. the new key file beside the old; 2. the card in one commit; 3. the rename.
+        save_keyring(pending, new, self._reuse_passphrase(), replace=False)
+        with self.store.transaction() as db:
+            db["own_cards"].insert({"version": card.version, "signed": _signed_card_row(signed)})
+        os.replace(pending, self.data_dir / KEYFILE)
+        self._keyring = new
+        return extended
+
+    def _reuse_passphrase(self) -> str | None:
+        return None if self._unencrypted else self.passphrase()
+
+
+def init_node(
+    data_dir: Path,
+    *,
+    node: str,
+    name: str,
+    endpoint: str,
+    passphrase: str | None,
+    now: datetime,
+    suite: str = SUITE_HYBRID,
+) -> Node:
+    """Create a node in an empty (or missing) data directory. Every argument is checked
+    before anything is written; an existing node is never touched."""
+    check_node_id(node, field="--node")
+    check_display_name(name, field="--name")
+    check_endpoint(endpoint, field="--endpoint")
+    for existing in (CONFIG_FILE, DB_FILE, str(KEYFILE)):
+        if (data_dir / existing).exists():
+            raise ConfigError(
+                f"{data_dir} already holds an Accord node ({existing} exists)",
+                code="config.exists",
+                next_step="Use another --data directory; an existing node is never overwritten.",
+            )
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ConfigError(f"{data_dir} exists and is not a directory")
+    config = NodeConfig(node=node, name=name, endpoint=endpoint, listen=endpoint, log_origin=f"{node}.accord/log")
+    host = endpoint.rpartition(":")[0].strip("[]")
+    keyring = generate_keyring(node, config.log_origin, host, now, suite)
+
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    save_keyring(data_dir / KEYFILE, keyring, passphrase, replace=False)
+    tls_dir = data_dir / "tls"
+    tls_dir.mkdir(mode=0o700, exist_ok=True)
+    (tls_dir / "ca.pem").write_bytes(keyring.tls.ca_cert_pem)
+    (tls_dir / "node.pem").write_bytes(keyring.tls.cert_pem)
+    store = Store.open(data_dir, create=True)
+    card = keyring.card(name=name, endpoint=endpoint, version=1, issued_at=now)
+    signed = sign_card(card, keyring.identity_signer(), None)
+    with store.transaction() as db:
+        db["own_cards"].insert({"version": 1, "signed": _signed_card_row(signed)})
+        store.set_meta(db, "node", node)
+    # config.toml last: its presence marks a complete node.
+    tmp = data_dir / (CONFIG_FILE + ".tmp")
+    tmp.write_text(config.to_toml(), "utf-8")
+    os.replace(tmp, data_dir / CONFIG_FILE)
+    return Node(
+        data_dir=data_dir,
+        config=config,
+        store=store,
+        passphrase=lambda: passphrase or "",
+        _keyring=keyring,
+        _unencrypted=passphrase is None,
+    )

@@ -1,0 +1,221 @@
+"""The node's SQLite store: one file, WAL, ``synchronous=FULL``, one writer.
+
+Every write happens inside ``Store.transaction()`` (``BEGIN IMMEDIATE``), so a batch is one
+durable commit. Schema changes are numbered migrations, applied in order at open.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+from exchange.errors import StoreError
+from keys.truststore import PeerRecord
+
+DB_FILE = "node.db"
+PAGE_SIZE = 16384
+
+Migration = Callable[[sqlite_utils.Database], None]
+
+
+def _m001_foundation(db: sqlite_utils.Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["own_cards"].create({"version": int, "signed": bytes}, pk="version")
+    db["peers"].create(
+        {
+            "node": str,
+            "chain": bytes,
+            "fingerprint": str,
+            "card_version": int,
+            "status": str,
+            "revoked_from": str,
+            "tofu": int,
+            "added_at": str,
+            "updated_at": str,
+        },
+        pk="node",
+        not_null={"chain", "fingerprint", "card_version", "status", "added_at", "updated_at"},
+    )
+
+
+MIGRATIONS: list[tuple[int, str, Migration]] = [
+    (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
+]
+
+
+def _wrap(e: sqlite3.Error, path: Path) -> StoreError:
+    text = str(e).lower()
+    if "readonly" in text or "read-only" in text:
+        return StoreError(f"database {path} is read-only", code="store.read_only")
+    if "full" in text:
+        return StoreError(f"disk full while writing {path}", code="store.disk_full",
+                          next_step="Free disk space, then retry; nothing partial was kept.")
+    if "not a database" in text or "malformed" in text or "corrupt" in text:
+        return StoreError(
+            f"database {path} is corrupt ({e})",
+            code="store.corrupt",
+            next_step="Do not serve from it: restore the data directory from a backup.",
+        )
+    return StoreError(f"database error on {path}: {e}", code="store.error")
+
+
+class Store:
+    """The node database. Open with ``Store.open(data_dir)``."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+        self.db = sqlite_utils.Database(conn)
+
+    @classmethod
+    def open(cls, data_dir: Path, *, create: bool = False) -> Store:
+        path = data_dir / DB_FILE
+        if not create and not path.is_file():
+            raise StoreError(f"database {path} is missing", code="store.missing")
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 5000")
+            if create:
+                conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"database {path} cannot use WAL mode", code="store.error")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            if not create:
+                check = conn.execute("PRAGMA quick_check").fetchone()[0]
+                if check != "ok":
+                    raise StoreError(
+                        f"database {path} failed its integrity check",
+                        code="store.corrupt",
+                        next_step="Do not serve from it: restore the data directory from a backup.",
+                    )
+        except sqlite3.Error as e:
+            raise _wrap(e, path) from e
+        store = cls(conn, path)
+        store.migrate()
+        return store
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
+        """One durable commit: ``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any error."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise _wrap(e, self.path) from e
+        try:
+            yield self.db
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise _wrap(e, self.path) from e
+
+    def schema_version(self) -> int:
+        if "_migrations" not in self.db.table_names():
+            return 0
+        row = self.conn.execute("SELECT max(version) FROM _migrations").fetchone()
+        return int(row[0] or 0)
+
+    def migrate(self) -> None:
+        try:
+            current = self.schema_version()
+            latest = MIGRATIONS[-1][0]
+            if current > latest:
+                raise StoreError(
+                    f"database {self.path} has schema version {current}, newer than this "
+                    f"Accord ({latest})",
+                    code="store.too_new",
+                    next_step="Upgrade Accord before opening this node.",
+                )
+            for version, name, apply in MIGRATIONS:
+                if version <= current:
+                    continue
+                with self.transaction() as db:
+                    if version == 1:
+                        db["_migrations"].create(
+                            {"version": int, "name": str}, pk="version", if_not_exists=True
+                        )
+                    apply(db)
+                    db["_migrations"].insert({"version": version, "name": name})
+        except sqlite3.Error as e:
+            raise _wrap(e, self.path) from e
+
+    # -- meta -------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, db: sqlite_utils.Database, key: str, value: str) -> None:
+        db["meta"].upsert({"key": key, "value": value}, pk="key")
+
+    # -- our own card chain -------------------------------------------------------------
+    def own_card_rows(self) -> list[bytes]:
+        rows = self.conn.execute("SELECT signed FROM own_cards ORDER BY version").fetchall()
+        return [bytes(r[0]) for r in rows]
+
+
+class SqlitePeerRecords:
+    """``keys.truststore.PeerRecords`` over the ``peers`` table. Call inside a transaction."""
+
+    COLUMNS = (
+        "node, chain, fingerprint, card_version, status, revoked_from, tofu, added_at, updated_at"
+    )
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def get(self, node: str) -> PeerRecord | None:
+        row = self._store.conn.execute(
+            f"SELECT {self.COLUMNS} FROM peers WHERE node = ?", (node,)  # noqa: S608
+        ).fetchone()
+        return None if row is None else self._record(row)
+
+    def put(self, record: PeerRecord) -> None:
+        self._store.db["peers"].upsert(
+            {
+                "node": record.node,
+                "chain": record.chain,
+                "fingerprint": record.fingerprint,
+                "card_version": record.card_version,
+                "status": record.status,
+                "revoked_from": record.revoked_from,
+                "tofu": int(record.tofu),
+                "added_at": record.added_at,
+                "updated_at": record.updated_at,
+            },
+            pk="node",
+        )
+
+    def delete(self, node: str) -> None:
+        self._store.conn.execute("DELETE FROM peers WHERE node = ?", (node,))
+
+    def all(self) -> list[PeerRecord]:
+        rows = self._store.conn.execute(f"SELECT {self.COLUMNS} FROM peers ORDER BY node").fetchall()  # noqa: S608
+        return [self._record(r) for r in rows]
+
+    @staticmethod
+    def _record(row: tuple[object, ...]) -> PeerRecord:
+        node, chain, fp, version, status, revoked_from, tofu, added, updated = row
+        return PeerRecord(
+            node=str(node),
+            chain=bytes(chain),  # type: ignore[arg-type]
+            fingerprint=str(fp),
+            card_version=int(version),  # type: ignore[call-overload]
+            status=str(status),
+            revoked_from=None if revoked_from is None else str(revoked_from),
+            tofu=bool(tofu),
+            added_at=str(added),
+            updated_at=str(updated),
+        )
