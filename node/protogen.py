@@ -168,23 +168,32 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only compare node/_pb with freshly generated code; exit 1 when stale",
     )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=OUT_DIR,
+        help="the folder to write or check (default: node/_pb of this checkout)",
+    )
     args = parser.parse_args(argv)
+    out_dir: Path = args.out
     try:
         if args.check:
-            stale = stale_files()
+            stale = stale_files(out_dir)
             if stale:
-                print("node/_pb is stale; run 'make proto'. Differing files:", file=sys.stderr)
+                print(f"{out_dir} is stale; run 'make proto'. Differing files:", file=sys.stderr)
                 for rel in stale:
-                    print(f"  node/_pb/{rel}", file=sys.stderr)
+                    print(f"  {out_dir / rel}", file=sys.stderr)
                 return 1
-            print("node/_pb is up to date")
+            print(f"{out_dir} is up to date")
             return 0
-        changed = write()
+        changed = write(out_dir)
     except ProtogenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(
-        f"node/_pb: {len(changed)} file(s) written or removed" if changed else "node/_pb: no change"
+        f"{out_dir}: {len(changed)} file(s) written or removed"
+        if changed
+        else f"{out_dir}: no change"
     )
     return 0
 
