@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
 
 from node import protogen
 from node._pb.accord.v1 import (
@@ -115,7 +116,7 @@ def test_streaming_shapes() -> None:
 
 
 def test_signed_things_travel_as_opaque_bytes() -> None:
-    signed = {
+    signed: dict[type[Message], tuple[str, ...]] = {
         envelope_pb2.Envelope: ("header", "ciphertext", "signature"),
         envelope_pb2.BatchReceipt: ("statement", "signature"),
         card_pb2.NodeCard: ("card", "signature"),
