@@ -98,7 +98,12 @@ class EncryptionKey:
     not_after: str
 
     def to_json(self) -> dict[str, str]:
-        return {"kid": self.kid, "suite": self.suite, "public": b64(self.public), "not_after": self.not_after}
+        return {
+            "kid": self.kid,
+            "suite": self.suite,
+            "public": b64(self.public),
+            "not_after": self.not_after,
+        }
 
 
 @dataclass(frozen=True)
@@ -150,7 +155,9 @@ class SignedCard:
         return {
             "card": b64(self.card_bytes),
             "signature": b64(self.signature),
-            "previous_signature": None if self.previous_signature is None else b64(self.previous_signature),
+            "previous_signature": None
+            if self.previous_signature is None
+            else b64(self.previous_signature),
         }
 
 
@@ -196,7 +203,9 @@ def _parse_card_unverified(data: bytes) -> Card:
             f"card: fields missing {missing} or unknown {extra[:5]}", code="peer.card_invalid"
         )
     if canonical_json(doc) != data:
-        raise PeerDataError("card: bytes are not canonical JSON (RFC 8785)", code="peer.card_invalid")
+        raise PeerDataError(
+            "card: bytes are not canonical JSON (RFC 8785)", code="peer.card_invalid"
+        )
     try:
         keys_raw = doc["encryption_keys"]
         if not isinstance(keys_raw, list) or not 1 <= len(keys_raw) <= MAX_ENCRYPTION_KEYS:
@@ -234,9 +243,16 @@ def _parse_encryption_key(raw: object) -> EncryptionKey:
         raise InputError("card: encryption key has an unknown suite")
     public = b64_decode(raw["public"], what="card encryption key")
     if len(public) != SUITE_PUBLIC_KEY_LEN[suite]:
-        raise InputError(f"card: encryption key is {len(public)} bytes, not {SUITE_PUBLIC_KEY_LEN[suite]}")
+        raise InputError(
+            f"card: encryption key is {len(public)} bytes, not {SUITE_PUBLIC_KEY_LEN[suite]}"
+        )
     kid = raw["kid"]
-    if not isinstance(kid, str) or not 1 <= len(kid) <= 64 or not kid.isascii() or not kid.isprintable():
+    if (
+        not isinstance(kid, str)
+        or not 1 <= len(kid) <= 64
+        or not kid.isascii()
+        or not kid.isprintable()
+    ):
         raise InputError("card: encryption key id must be 1-64 printable ASCII characters")
     parse_time(raw["not_after"], field="card encryption key not_after")
     return EncryptionKey(kid=kid, suite=suite, public=public, not_after=raw["not_after"])
@@ -245,7 +261,7 @@ def _parse_encryption_key(raw: object) -> EncryptionKey:
 def _check_vkey(value: object, field: str) -> str:
     if not isinstance(value, str) or value.count("+") < 2 or len(value) > 512:
         raise InputError(f"{field} is not a C2SP verifier key")
-    name, key_id, key = value.split("+", 2)
+    name, _key_id, key = value.split("+", 2)
     raw = b64_decode(key, what=field)
     if len(raw) != 33 or raw[0] != 1 or ed25519_vkey(name, raw[1:]) != value:
         raise InputError(f"{field} is not a valid Ed25519 verifier key")
@@ -273,7 +289,9 @@ def parse_signed_card_unverified(raw: object) -> SignedCard:
         return SignedCard(
             card_bytes=b64_decode(raw["card"], what="card"),
             signature=b64_decode(raw["signature"], what="card signature"),
-            previous_signature=None if prev is None else b64_decode(prev, what="card previous_signature"),
+            previous_signature=None
+            if prev is None
+            else b64_decode(prev, what="card previous_signature"),
         )
     except InputError as e:
         raise PeerDataError(e.message, code="peer.card_invalid") from e
@@ -284,14 +302,18 @@ def verify_next(previous: Card | None, signed: SignedCard) -> Card:
     same node, signed by its own key and by the previous identity key."""
     card = _parse_card_unverified(signed.card_bytes)
     message = signed_message(Purpose.CARD, signed.card_bytes)
-    verify_ed25519(card.identity_key, message, signed.signature, what=f"card v{card.version} self-signature")
+    verify_ed25519(
+        card.identity_key, message, signed.signature, what=f"card v{card.version} self-signature"
+    )
     if previous is None:
         if card.version != 1:
             raise PeerDataError(
                 f"card chain starts at version {card.version}, not 1", code="peer.card_chain"
             )
         if signed.previous_signature is not None:
-            raise PeerDataError("card v1 must not carry a previous signature", code="peer.card_chain")
+            raise PeerDataError(
+                "card v1 must not carry a previous signature", code="peer.card_chain"
+            )
         return card
     if card.node != previous.node:
         raise PeerDataError("card chain changes node id", code="peer.card_chain")
@@ -336,7 +358,9 @@ def extend_chain(known: VerifiedChain | None, new: Sequence[SignedCard]) -> Veri
     cards = list(known.cards) if known else []
     signed_all = list(known.signed) if known else []
     if len(cards) + len(new) > MAX_CHAIN_LENGTH:
-        raise PeerDataError(f"card chain longer than {MAX_CHAIN_LENGTH} versions", code="peer.card_chain")
+        raise PeerDataError(
+            f"card chain longer than {MAX_CHAIN_LENGTH} versions", code="peer.card_chain"
+        )
     for s in new:
         cards.append(verify_next(cards[-1] if cards else None, s))
         signed_all.append(s)

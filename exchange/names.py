@@ -56,6 +56,7 @@ def check_endpoint(value: object, *, field: str = "endpoint") -> str:
     if not ok:
         raise InputError(
             f"{field} {value[:80]!r} is not HOST:PORT",
-            next_step="Give the address partners dial, e.g. 'moi.example.pk:7443' or '127.0.0.1:7443'.",
+            next_step="Give the address partners dial, e.g. 'moi.example.pk:7443' "
+            "or '127.0.0.1:7443'.",
         )
     return value

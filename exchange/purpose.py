@@ -4,10 +4,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Purpose(str, Enum):
+class Purpose(StrEnum):
     CARD = "card"
     REVOCATION = "revocation"
     AGREEMENT = "agreement"

@@ -32,7 +32,7 @@ KEYFILE_TYPE = "accord.keyfile/v1"
 OPSLIMIT = 3
 MEMLIMIT = 64 * 1024 * 1024
 MAX_KEYFILE_BYTES = 1 << 20
-PASSPHRASE_ENV = "ACCORD_PASSPHRASE"
+PASSPHRASE_ENV = "ACCORD_PASSPHRASE"  # noqa: S105  (the variable's name, not a secret)
 MIN_PASSPHRASE_LEN = 8
 
 
@@ -51,7 +51,12 @@ def seal_keyfile(node: str, secrets: dict[str, Any], passphrase: str | None) -> 
     """The bytes of a key file holding ``secrets``; ``passphrase=None`` leaves it plain."""
     plaintext = canonical_json(secrets)
     if passphrase is None:
-        doc: dict[str, Any] = {"type": KEYFILE_TYPE, "node": node, "kdf": None, "box": b64(plaintext)}
+        doc: dict[str, Any] = {
+            "type": KEYFILE_TYPE,
+            "node": node,
+            "kdf": None,
+            "box": b64(plaintext),
+        }
     else:
         if len(passphrase) < MIN_PASSPHRASE_LEN:
             raise InputError(
@@ -63,7 +68,12 @@ def seal_keyfile(node: str, secrets: dict[str, Any], passphrase: str | None) -> 
         doc = {
             "type": KEYFILE_TYPE,
             "node": node,
-            "kdf": {"alg": "argon2id", "salt": b64(salt), "opslimit": OPSLIMIT, "memlimit": MEMLIMIT},
+            "kdf": {
+                "alg": "argon2id",
+                "salt": b64(salt),
+                "opslimit": OPSLIMIT,
+                "memlimit": MEMLIMIT,
+            },
             "box": b64(bytes(box.encrypt(plaintext))),
         }
     return json.dumps(doc, indent=1, sort_keys=True).encode("utf-8") + b"\n"

@@ -16,7 +16,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from exchange.canonical import b64, b64_decode, sha256, b64url
+from exchange.canonical import b64, b64_decode, b64url, sha256
 from exchange.card import SUITE_HYBRID, SUITE_X25519, Card, EncryptionKey, ed25519_vkey
 from exchange.errors import InputError, KeyringError, StoreError
 from exchange.times import format_time, parse_time

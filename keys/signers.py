@@ -34,7 +34,9 @@ class Ed25519Signer:
 
 def suite_of(name: str) -> hpke.Suite:
     if name == SUITE_HYBRID:
-        return hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
+        return hpke.Suite(
+            hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305
+        )
     if name == SUITE_X25519:
         return hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
     raise PeerDataError(f"unknown HPKE suite {name[:80]!r}", code="peer.suite")

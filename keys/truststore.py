@@ -56,16 +56,18 @@ class TrustStore:
         self, chain_data: bytes, *, fingerprint: str | None, tofu: bool, now: datetime
     ) -> AddResult:
         """Verify ``chain_data`` and trust its node. Nothing is written unless every check
-        passes. Re-adding the same chain changes nothing; a longer chain that continues the
-        stored one is an update (a rotation the old key signed)."""
-        if fingerprint is None and not tofu:
+        passes. A new partner needs a matching fingerprint (or explicit trust on first use).
+        Re-adding the same chain changes nothing; a longer chain that continues the stored
+        one is an update (a rotation the trusted key signed) and needs no fingerprint."""
+        chain = verify_chain_bytes(chain_data)
+        latest = chain.latest
+        existing = self._records.get(latest.node)
+        if existing is None and fingerprint is None and not tofu:
             raise InputError(
-                "a fingerprint is required to trust a partner",
+                f"a fingerprint is required to trust a new partner ({latest.node})",
                 next_step="Ask the partner to read out their fingerprint ('accord card show') "
                 "and pass it with --fingerprint; --trust-on-first-use skips this check.",
             )
-        chain = verify_chain_bytes(chain_data)
-        latest = chain.latest
         if latest.node == self._own:
             raise InputError("this card is our own node's card; a node does not trust itself")
         if fingerprint is not None and not fingerprints_equal(fingerprint, latest.fingerprint):
@@ -77,7 +79,6 @@ class TrustStore:
                 "a channel you trust, and the card file you received.",
             )
         stamp = format_time(now)
-        existing = self._records.get(latest.node)
         if existing is None:
             outcome = "added"
             record = PeerRecord(
@@ -160,10 +161,14 @@ class TrustStore:
         record = self._records.get(check_node_id(node, field="peer"))
         if record is None:
             raise PeerDataError(f"node {node} is not a trusted partner", code="peer.unknown")
-        if record.revoked_from is not None and at >= parse_time(record.revoked_from, field="revoked_from"):
+        if record.revoked_from is not None and at >= parse_time(
+            record.revoked_from, field="revoked_from"
+        ):
             raise PeerDataError(f"node {node}'s key is revoked", code="peer.revoked")
         chain = verify_chain_bytes(record.chain)
-        if chain.latest.node != node or not fingerprints_equal(chain.latest.fingerprint, record.fingerprint):
+        if chain.latest.node != node or not fingerprints_equal(
+            chain.latest.fingerprint, record.fingerprint
+        ):
             raise KeyringError(
                 f"trust store entry for {node} does not match its card chain",
                 code="keyring.tampered",

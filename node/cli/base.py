@@ -1,0 +1,49 @@
+"""The root ``accord`` group and the options every command shares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from node.config import resolve_data_dir
+
+
+@dataclass
+class CliContext:
+    data_dir: Path
+
+
+pass_ctx = click.make_pass_decorator(CliContext)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Example:\n\n    accord --data ./pk-moi card show",
+)
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The node's data directory (default: $ACCORD_HOME, else ~/.local/share/accord).",
+)
+@click.version_option(package_name="accord-exchange", prog_name="accord")
+@click.pass_context
+def cli(ctx: click.Context, data: Path | None) -> None:
+    """Accord: secure bilateral intelligence sharing.
+
+    Liaison officers write and read reports, operators run nodes, auditors verify logs.
+    """
+    ctx.obj = CliContext(data_dir=resolve_data_dir(data))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def json_option(f: F) -> F:
+    """``--json``: print machine-readable JSON instead of tables."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)

@@ -1,0 +1,228 @@
+"""The node set-up commands, end to end through the CLI, checking stored state."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Result, snapshot
+
+Accord = Callable[..., Result]
+
+
+def _fp(accord: Accord, data: Path) -> str:
+    r = accord("--data", data, "card", "show", "--json")
+    assert r.code == 0, r.err
+    return str(r.json()["fingerprint"])  # type: ignore[index]
+
+
+@pytest.fixture
+def pair(make_node: Callable[..., Path], accord: Accord, tmp_path: Path) -> tuple[Path, Path, Path]:
+    pk = make_node("pk-moi", 7441)
+    cn = make_node("cn-mps", 7442)
+    card = tmp_path / "pk-moi.card"
+    assert accord("--data", pk, "card", "export", "--out", card).code == 0
+    return pk, cn, card
+
+
+def test_init_creates_a_complete_node(make_node: Callable[..., Path], accord: Accord) -> None:
+    data = make_node("pk-moi")
+    assert (data / "keys" / "secrets.key").stat().st_mode & 0o777 == 0o600
+    assert data.stat().st_mode & 0o777 == 0o700
+    shown = accord("--data", data, "card", "show", "--json").json()
+    assert shown["node"] == "pk-moi"  # type: ignore[index]
+    assert len(shown["fingerprint"]) == 29  # type: ignore[index]
+    human = accord("--data", data, "card", "show")
+    assert "pk-moi" in human.out and shown["fingerprint"] in human.out  # type: ignore[index]
+
+
+def test_peer_add_list_show_remove(pair: tuple[Path, Path, Path], accord: Accord) -> None:
+    pk, cn, card = pair
+    r = accord("--data", cn, "peer", "add", card, "--fingerprint", _fp(accord, pk), "--json")
+    assert r.code == 0, r.err
+    assert r.json()["outcome"] == "added"  # type: ignore[index]
+    listed = accord("--data", cn, "peer", "list", "--json").json()
+    assert [p["node"] for p in listed] == ["pk-moi"]  # type: ignore[union-attr,index]
+    assert listed[0]["fingerprint"] == _fp(accord, pk)  # type: ignore[index]
+    shown = accord("--data", cn, "peer", "show", "pk-moi", "--json").json()
+    assert shown["endpoint"] == "127.0.0.1:7441"  # type: ignore[index]
+    # B05: adding the same card again is consistent and adds nothing.
+    before = snapshot(cn)
+    again = accord("--data", cn, "peer", "add", card, "--fingerprint", _fp(accord, pk), "--json")
+    assert again.json()["outcome"] == "unchanged"  # type: ignore[index]
+    assert snapshot(cn) == before
+    assert accord("--data", cn, "peer", "remove", "pk-moi", "--yes").code == 0
+    assert accord("--data", cn, "peer", "list", "--json").json() == []
+
+
+def test_fingerprint_mismatch_changes_nothing(
+    pair: tuple[Path, Path, Path], accord: Accord
+) -> None:
+    pk, cn, card = pair
+    before = snapshot(cn)
+    r = accord("--data", cn, "peer", "add", card, "--fingerprint", "AAAA-BBBB-CCCC-DDDD-EEEE-FFFF")
+    assert r.code == 5
+    assert "fingerprint mismatch" in r.err and "next step" in r.err
+    assert snapshot(cn) == before
+
+
+def test_tampered_card_file_changes_nothing(pair: tuple[Path, Path, Path], accord: Accord) -> None:
+    pk, cn, card = pair
+    data = bytearray(card.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    card.write_bytes(bytes(data))
+    before = snapshot(cn)
+    r = accord("--data", cn, "peer", "add", card, "--fingerprint", _fp(accord, pk))
+    assert r.code in (2, 3)
+    assert "error:" in r.err
+    assert snapshot(cn) == before
+
+
+def test_rotation_reaches_the_partner(
+    pair: tuple[Path, Path, Path], accord: Accord, tmp_path: Path
+) -> None:
+    pk, cn, card = pair
+    assert accord("--data", cn, "peer", "add", card, "--fingerprint", _fp(accord, pk)).code == 0
+    old_fp = _fp(accord, pk)
+    r = accord("--data", pk, "keys", "rotate", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["previous_fingerprint"] == old_fp  # type: ignore[index]
+    new_fp = _fp(accord, pk)
+    assert new_fp != old_fp
+    card2 = tmp_path / "pk-moi-v2.card"
+    assert accord("--data", pk, "card", "export", "--out", card2).code == 0
+    upd = accord("--data", cn, "peer", "add", card2, "--json")
+    assert upd.code == 0, upd.err
+    assert upd.json()["outcome"] == "updated"  # type: ignore[index]
+    assert accord("--data", cn, "peer", "show", "pk-moi", "--json").json()["fingerprint"] == new_fp  # type: ignore[index]
+    # The rotated node still opens (the key file matches its latest card) and can rotate again.
+    assert accord("--data", pk, "keys", "rotate", "--encryption", "--json").code == 0
+
+
+def test_existing_node_is_never_overwritten(make_node: Callable[..., Path], accord: Accord) -> None:
+    data = make_node("pk-moi")
+    before = snapshot(data)
+    r = accord(
+        "--data", data, "init", "--node", "pk-moi", "--name", "Again", "--endpoint", "127.0.0.1:1"
+    )
+    assert r.code == 7
+    assert "already holds an Accord node" in r.err
+    assert snapshot(data) == before
+
+
+def test_wrong_passphrase_changes_nothing(
+    make_node: Callable[..., Path], accord: Accord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make_node("pk-moi")
+    before = snapshot(data)
+    monkeypatch.setenv("ACCORD_PASSPHRASE", "definitely wrong")
+    r = accord("--data", data, "keys", "rotate")
+    assert r.code == 5
+    assert "wrong passphrase" in r.err
+    assert snapshot(data) == before
+
+
+def test_missing_key_file(make_node: Callable[..., Path], accord: Accord) -> None:
+    data = make_node("pk-moi")
+    (data / "keys" / "secrets.key").unlink()
+    before = snapshot(data)
+    r = accord("--data", data, "keys", "rotate")
+    assert r.code == 5 and "missing" in r.err
+    assert snapshot(data) == before
+
+
+def test_loose_key_file_permissions(make_node: Callable[..., Path], accord: Accord) -> None:
+    data = make_node("pk-moi")
+    os.chmod(data / "keys" / "secrets.key", 0o644)
+    before = snapshot(data)
+    r = accord("--data", data, "keys", "rotate")
+    assert r.code == 5 and "loose permissions" in r.err and "chmod 600" in r.err
+    assert snapshot(data) == before
+
+
+def test_no_node_in_data_dir(tmp_path: Path, accord: Accord) -> None:
+    r = accord("--data", tmp_path / "nothing", "card", "show")
+    assert r.code == 7 and "no Accord node" in r.err
+    assert not (tmp_path / "nothing").exists()
+
+
+HOSTILE_IDS = [
+    "../x",
+    "/abs",
+    "pk\x00moi",
+    "a" * 10_000,
+    "pk-m\u043ei",  # Cyrillic 'о': a confusable
+    "PK-MOI",
+    "-pk",
+    "pk-",
+    "p",
+    "pk moi",
+    "pk/moi",
+    "pk-moi\n",
+]
+
+
+@pytest.mark.parametrize("bad", HOSTILE_IDS, ids=[repr(b)[:20] for b in HOSTILE_IDS])
+def test_b02_hostile_node_ids_are_rejected(tmp_path: Path, accord: Accord, bad: str) -> None:
+    data = tmp_path / "node"
+    r = accord("--data", data, "init", "--node", bad, "--name", "X", "--endpoint", "127.0.0.1:7441")
+    assert r.code == 2
+    assert "not a valid node id" in r.err
+    assert not data.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--name", "Bad\u202eName", "bidirectional"),
+        ("--name", "x" * 10_000, "limit"),
+        ("--endpoint", "127.0.0.1", "HOST:PORT"),
+        ("--endpoint", "host/../x:80", "HOST:PORT"),
+        ("--endpoint", "127.0.0.1:99999", "HOST:PORT"),
+    ],
+)
+def test_b02_hostile_names_and_endpoints(
+    tmp_path: Path, accord: Accord, flag: str, value: str, message: str
+) -> None:
+    args = {"--node": "pk-moi", "--name": "Pakistan MoI", "--endpoint": "127.0.0.1:7441"}
+    args[flag] = value
+    data = tmp_path / "node"
+    r = accord("--data", data, "init", *[x for kv in args.items() for x in kv])
+    assert r.code == 2 and message in r.err
+    assert not data.exists()
+
+
+def test_revoke(pair: tuple[Path, Path, Path], accord: Accord) -> None:
+    pk, cn, card = pair
+    assert accord("--data", cn, "peer", "add", card, "--fingerprint", _fp(accord, pk)).code == 0
+    r = accord(
+        "--data",
+        cn,
+        "peer",
+        "revoke",
+        "pk-moi",
+        "--from",
+        "2026-01-01T00:00:00Z",
+        "--yes",
+        "--json",
+    )
+    assert r.code == 0, r.err
+    shown = accord("--data", cn, "peer", "show", "pk-moi", "--json").json()
+    assert shown["status"] == "revoked" and shown["revoked_from"] == "2026-01-01T00:00:00Z"  # type: ignore[index]
+
+
+def test_corrupt_database_refuses_to_start(make_node: Callable[..., Path], accord: Accord) -> None:
+    data = make_node("pk-moi")
+    db = data / "node.db"
+    for extra in ("node.db-wal", "node.db-shm"):
+        (data / extra).unlink(missing_ok=True)
+    blob = bytearray(db.read_bytes())
+    blob[100:4096] = b"\xff" * (4096 - 100)
+    db.write_bytes(bytes(blob))
+    r = accord("--data", data, "card", "show")
+    assert r.code == 6
+    assert "corrupt" in r.err or "integrity" in r.err
