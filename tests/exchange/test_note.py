@@ -252,6 +252,7 @@ def test_repeated_identical_lines_are_reported_once() -> None:
     ],
     ids=[
         "space-in-name",
+        "nbsp-in-name",
         "no-signature",
         "short-signature",
         "bad-base64",
