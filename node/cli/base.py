@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from node.config import resolve_data_dir
+from node.logsetup import configure_logging
 
 
 @dataclass
@@ -38,6 +40,7 @@ def cli(ctx: click.Context, data: Path | None) -> None:
 
     Liaison officers write and read reports, operators run nodes, auditors verify logs.
     """
+    configure_logging("console", "warning", stream=sys.stderr)
     ctx.obj = CliContext(data_dir=resolve_data_dir(data))
 
 

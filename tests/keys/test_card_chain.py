@@ -132,7 +132,10 @@ def _extra_field(signed: list[SignedCard], rings: list[Keyring]) -> bytes:
 
 
 def _garbage(signed: list[SignedCard]) -> bytes:
-    return b'{"type":"accord.card-chain/v1","cards":[{"card":"!!","signature":"","previous_signature":null}]}'
+    return (
+        b'{"type":"accord.card-chain/v1","cards":'
+        b'[{"card":"!!","signature":"","previous_signature":null}]}'
+    )
 
 
 ATTACKS: list[tuple[str, Callable[..., bytes], str]] = [

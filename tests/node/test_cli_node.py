@@ -61,7 +61,7 @@ def test_peer_add_list_show_remove(pair: tuple[Path, Path, Path], accord: Accord
 def test_fingerprint_mismatch_changes_nothing(
     pair: tuple[Path, Path, Path], accord: Accord
 ) -> None:
-    pk, cn, card = pair
+    _pk, cn, card = pair
     before = snapshot(cn)
     r = accord("--data", cn, "peer", "add", card, "--fingerprint", "AAAA-BBBB-CCCC-DDDD-EEEE-FFFF")
     assert r.code == 5
@@ -154,7 +154,7 @@ HOSTILE_IDS = [
     "/abs",
     "pk\x00moi",
     "a" * 10_000,
-    "pk-m\u043ei",  # Cyrillic 'о': a confusable
+    "pk-m\u043ei",  # Cyrillic small o (U+043E): a confusable
     "PK-MOI",
     "-pk",
     "pk-",

@@ -1,0 +1,118 @@
+"""The rules of the layout (DESIGN.md §2) and of the CLI, checked on the source itself."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import click
+import pytest
+
+from node.cli.base import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# exchange/ is pure: no I/O, no clock, no hidden randomness, no upward imports.
+FORBIDDEN_IN_EXCHANGE = {
+    "grpc",
+    "sqlite3",
+    "sqlite_utils",
+    "os",
+    "pathlib",
+    "io",
+    "socket",
+    "subprocess",
+    "time",
+    "random",
+    "secrets",
+    "shutil",
+    "tempfile",
+    "structlog",
+    "logging",
+    "node",
+    "keys",
+    "sop",
+}
+FORBIDDEN_CALLS = {"now", "utcnow", "today", "urandom", "token_bytes", "open"}
+FORBIDDEN_IN_KEYS = {"node", "grpc"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text("utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _calls(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text("utf-8"))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Attribute):
+                out.add(func.attr)
+            elif isinstance(func, ast.Name):
+                out.add(func.id)
+    return out
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "exchange").rglob("*.py")), ids=lambda p: p.name)
+def test_exchange_is_pure(path: Path) -> None:
+    assert not (_imports(path) & FORBIDDEN_IN_EXCHANGE), (
+        f"{path.name} imports I/O or an upper layer"
+    )
+    assert not (_calls(path) & FORBIDDEN_CALLS), f"{path.name} reads a clock, randomness or files"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "keys").rglob("*.py")), ids=lambda p: p.name)
+def test_keys_does_not_depend_on_node(path: Path) -> None:
+    assert not (_imports(path) & FORBIDDEN_IN_KEYS)
+
+
+def _commands(
+    group: click.Group, prefix: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], click.Command]]:
+    out: list[tuple[tuple[str, ...], click.Command]] = []
+    for name, cmd in sorted(group.commands.items()):
+        path = (*prefix, name)
+        if isinstance(cmd, click.Group):
+            out.extend(_commands(cmd, path))
+        else:
+            out.append((path, cmd))
+    return out
+
+
+COMMANDS = _commands(cli)
+
+
+@pytest.mark.parametrize(("path", "cmd"), COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
+def test_every_command_has_help_with_an_example(path: tuple[str, ...], cmd: click.Command) -> None:
+    assert cmd.help and cmd.help.strip(), f"accord {' '.join(path)} has no help"
+    assert cmd.epilog and "Example" in cmd.epilog, f"accord {' '.join(path)} has no example"
+    assert "accord " in cmd.epilog and " ".join(path) in cmd.epilog
+
+
+@pytest.mark.parametrize(("path", "cmd"), COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
+def test_every_command_is_in_the_readme(path: tuple[str, ...], cmd: click.Command) -> None:
+    readme = (ROOT / "README.md").read_text("utf-8")
+    pattern = r"accord (--data \S+ )?" + re.escape(" ".join(path)) + r"(\s|`|$)"
+    assert re.search(pattern, readme, re.MULTILINE), (
+        f"README.md does not show 'accord {' '.join(path)}'"
+    )
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text("utf-8")
+    first_block = readme.split("```")[1]
+    assert first_block.split() == ["make", "demo", "make", "test"] or first_block.split()[1:] == [
+        "make",
+        "demo",
+        "make",
+        "test",
+    ]
