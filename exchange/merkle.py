@@ -14,7 +14,7 @@ that are not 32 bytes are rejected up front (Go hashes them and fails later).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -52,14 +52,15 @@ class SubtreeReader(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Subtree:
-    """One perfect-subtree hash, as a store persists it; unpacks as (level, index, hash)."""
+    """One perfect-subtree hash, as a store persists it."""
 
     level: int
     index: int
     hash: bytes
 
-    def __iter__(self) -> Iterator[int | bytes]:
-        return iter((self.level, self.index, self.hash))
+    def as_row(self) -> tuple[int, int, bytes]:
+        """``(level, index, hash)``, e.g. for an ``executemany`` insert."""
+        return (self.level, self.index, self.hash)
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,7 @@ def test_append_returns_the_leaf_then_each_completed_parent(reference_tree: Memo
         tree.append(data)
     new = new_subtrees_after_append(7, leaf_hash(REFERENCE_LEAVES[7]), tree)
     assert [(s.level, s.index) for s in new] == [(0, 7), (1, 3), (2, 1), (3, 0)]
-    level, index, digest = new[-1]
+    level, index, digest = new[-1].as_row()
     assert (level, index) == (3, 0)
     assert digest.hex() == ROOTS["roots_by_size"][8]["root_hex"]
     assert new[0] == Subtree(0, 7, leaf_hash(REFERENCE_LEAVES[7]))
@@ -199,7 +199,7 @@ def test_inclusion_known_answers(reference_tree: MemoryTree, case: dict[str, Any
 
 
 def _probe_id(case: dict[str, Any]) -> str:
-    return case["file"].removeprefix("testdata/").removesuffix(".json")
+    return str(case["file"]).removeprefix("testdata/").removesuffix(".json")
 
 
 @pytest.mark.parametrize("probe", INCLUSION["probes"], ids=_probe_id)
@@ -315,7 +315,7 @@ def test_verifiers_reject_proof_hashes_that_are_not_32_bytes() -> None:
 
 def test_verifiers_reject_non_integer_sizes() -> None:
     with pytest.raises(PeerDataError, match="tree size"):
-        verify_inclusion(EMPTY_ROOT, 0, True, [], EMPTY_ROOT)  # type: ignore[arg-type]
+        verify_inclusion(EMPTY_ROOT, 0, True, [], EMPTY_ROOT)
     with pytest.raises(PeerDataError, match="new size"):
         verify_consistency(1, 2**64, EMPTY_ROOT, EMPTY_ROOT, [EMPTY_ROOT])
 

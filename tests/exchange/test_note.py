@@ -71,7 +71,8 @@ def vkeys_of(vector: dict[str, Any]) -> list[VerifierKey]:
 
 
 def note_with_lines(lines: list[str]) -> bytes:
-    return (PETER["note_text"] + "\n" + "".join(line + "\n" for line in lines)).encode()
+    text: str = PETER["note_text"]
+    return (text + "\n" + "".join(line + "\n" for line in lines)).encode()
 
 
 # ---------------------------------------------------------------------------- valid vectors
@@ -137,7 +138,7 @@ def _malformed_bytes(case: dict[str, Any]) -> bytes:
     if "signed_note_hex" in case:
         return bytes.fromhex(case["signed_note_hex"])
     if "signed_note" in case:
-        return case["signed_note"].encode()
+        return str(case["signed_note"]).encode()
     assert case["construct"] == "note_text + '\\n' + (peter_sig_line + '\\n') * 101"
     return note_with_lines([PETER_LINE] * 101)
 
