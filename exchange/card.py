@@ -32,6 +32,7 @@ from exchange.canonical import (
 from exchange.crypto import Signer, verify_ed25519
 from exchange.errors import InputError, PeerDataError
 from exchange.names import check_display_name, check_endpoint, check_node_id
+from exchange.note import SIG_COSIGNATURE_V1, SIG_ED25519, parse_verifier_key
 from exchange.purpose import Purpose, signed_message
 from exchange.times import parse_time
 
@@ -81,13 +82,6 @@ def normalise_fingerprint(text: str) -> str:
 
 def fingerprints_equal(a: str, b: str) -> bool:
     return hmac.compare_digest(normalise_fingerprint(a).encode(), normalise_fingerprint(b).encode())
-
-
-def ed25519_vkey(name: str, public_key: bytes) -> str:
-    """A C2SP signed-note verifier key ``name+keyid+base64(0x01 || key)``."""
-    key_id = hashlib.sha256(name.encode("utf-8") + b"\n\x01" + public_key).digest()[:4]
-    encoded = b64(b"\x01" + public_key)
-    return f"{name}+{key_id.hex()}+{encoded}"
 
 
 @dataclass(frozen=True)
@@ -222,8 +216,8 @@ def _parse_card_unverified(data: bytes) -> Card:
             name=check_display_name(doc["name"], field="card name"),
             endpoint=check_endpoint(doc["endpoint"], field="card endpoint"),
             identity_key=identity_key,
-            log_vkey=_check_vkey(doc["log_vkey"], "card log_vkey"),
-            witness_vkey=_check_vkey(doc["witness_vkey"], "card witness_vkey"),
+            log_vkey=_check_vkey(doc["log_vkey"], "card log_vkey", SIG_ED25519),
+            witness_vkey=_check_vkey(doc["witness_vkey"], "card witness_vkey", SIG_COSIGNATURE_V1),
             encryption_keys=enc,
             tls_ca_pem=_check_tls_ca(doc["tls_ca"]),
             version=version,
@@ -258,13 +252,15 @@ def _parse_encryption_key(raw: object) -> EncryptionKey:
     return EncryptionKey(kid=kid, suite=suite, public=public, not_after=raw["not_after"])
 
 
-def _check_vkey(value: object, field: str) -> str:
-    if not isinstance(value, str) or value.count("+") < 2 or len(value) > 512:
+def _check_vkey(value: object, field: str, sig_type: int) -> str:
+    if not isinstance(value, str) or len(value) > 512:
         raise InputError(f"{field} is not a C2SP verifier key")
-    name, _key_id, key = value.split("+", 2)
-    raw = b64_decode(key, what=field)
-    if len(raw) != 33 or raw[0] != 1 or ed25519_vkey(name, raw[1:]) != value:
-        raise InputError(f"{field} is not a valid Ed25519 verifier key")
+    try:
+        key = parse_verifier_key(value)
+    except PeerDataError as e:
+        raise InputError(f"{field}: {e.message}") from e
+    if key.sig_type != sig_type:
+        raise InputError(f"{field} has signature type {key.sig_type:#04x}, not {sig_type:#04x}")
     return value
 
 

@@ -17,8 +17,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from exchange.canonical import b64, b64_decode, b64url, sha256
-from exchange.card import SUITE_HYBRID, SUITE_X25519, Card, EncryptionKey, ed25519_vkey
+from exchange.card import SUITE_HYBRID, SUITE_X25519, Card, EncryptionKey
 from exchange.errors import InputError, KeyringError, StoreError
+from exchange.note import SIG_COSIGNATURE_V1, verifier_key
 from exchange.times import format_time, parse_time
 from keys.keyfile import open_keyfile, seal_keyfile, write_private_file
 from keys.signers import Ed25519Signer, EncryptionKeyPair
@@ -115,8 +116,10 @@ class Keyring:
             name=name,
             endpoint=endpoint,
             identity_key=self.identity_signer().public_key,
-            log_vkey=ed25519_vkey(self.log_origin, self.log_signer().public_key),
-            witness_vkey=ed25519_vkey(witness_name(self.node), self.witness_signer().public_key),
+            log_vkey=verifier_key(self.log_origin, self.log_signer().public_key).encode(),
+            witness_vkey=verifier_key(
+                witness_name(self.node), self.witness_signer().public_key, SIG_COSIGNATURE_V1
+            ).encode(),
             encryption_keys=tuple(
                 EncryptionKey(kid=k.kid, suite=k.suite, public=k.public, not_after=k.not_after)
                 for k in self.encryption_keys()
