@@ -193,7 +193,7 @@ def test_valid_threat_alert_passes_and_carries_digest(registry: SchemaRegistry) 
 
 
 def test_minimal_reports_for_every_shipped_schema(registry: SchemaRegistry) -> None:
-    minimal = {
+    minimal: dict[str, dict[str, Any]] = {
         "incident-report@1": {
             "title": "Gunmen fired on staff bus",
             "incident_type": "armed-attack",
