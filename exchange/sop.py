@@ -38,6 +38,7 @@ RESERVED_FIELD_NAMES: Final = frozenset(
 MAX_SAFE_INTEGER: Final = 2**53 - 1
 MAX_SCHEMA_BYTES: Final = 1 << 20
 DOCUMENT_PATH: Final = "(document)"
+MAX_PROBLEMS_SHOWN: Final = 100  # in the message; ``problems`` keeps them all
 _ENVELOPE_KEYS: Final = ("sop", "tlp", "fields")
 # C0 and C1 controls other than TAB, LF and CR: terminal escapes and NUL have no place in a report.
 _CONTROL_RE: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -92,7 +93,9 @@ class ReportInvalid(InputError):
         unique = dict.fromkeys(problems)  # one per (path, rule, type), in a stable order
         self.problems = tuple(sorted(unique, key=lambda p: (p.path, p.rule)))
         count = len(self.problems)
-        lines = "\n".join(f"  {p}" for p in self.problems)
+        lines = "\n".join(f"  {p}" for p in self.problems[:MAX_PROBLEMS_SHOWN])
+        if count > MAX_PROBLEMS_SHOWN:
+            lines += f"\n  ... and {count - MAX_PROBLEMS_SHOWN} more"
         super().__init__(f"report has {count} problem{'s' if count != 1 else ''}:\n{lines}")
 
 

@@ -487,6 +487,15 @@ def test_validate_report_checks_a_hand_built_report(registry: SchemaRegistry) ->
     }
 
 
+def test_many_problems_are_all_kept_but_the_message_is_bounded(registry: SchemaRegistry) -> None:
+    data = doc(_with(["indicators"], [1] * 1000))
+    with pytest.raises(ReportInvalid) as info:
+        check_report_document(registry, data, "json")
+    assert len(info.value.problems) == 1001  # maxItems + one type problem per item
+    assert "... and 901 more" in info.value.message
+    assert len(info.value.message) < 20_000
+
+
 def test_problem_text_names_path_rule_and_type() -> None:
     text = str(Problem("fields.location.lat", "maximum", "number", "must be <= 90"))
     assert text == "fields.location.lat: must be <= 90 (rule 'maximum', found number)"
