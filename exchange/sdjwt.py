@@ -24,7 +24,7 @@ from exchange.canonical import (
     sha256_digest,
 )
 from exchange.crypto import ED25519_SIGNATURE_LEN, Signer, verify_ed25519
-from exchange.errors import InputError, PeerDataError
+from exchange.errors import ConfigError, InputError, PeerDataError
 from exchange.names import NODE_ID_RE
 from exchange.purpose import Purpose, signed_message
 from exchange.sop import (
@@ -87,7 +87,7 @@ class PresentationLimits:
 def _positive(limits: object, name: str) -> None:
     value = getattr(limits, name)
     if type(value) is not int or value < 1:
-        raise InputError(f"PresentationLimits.{name} must be a positive integer")
+        raise ConfigError(f"PresentationLimits.{name} must be a positive integer")
 
 
 # ---- errors: one class per rejection, each with a stable code -------------------------------

@@ -19,7 +19,7 @@ from nacl.signing import SigningKey
 from sd_jwt.verifier import SDJWTVerifier
 
 from exchange.canonical import b64url, canonical_json
-from exchange.errors import InputError, PeerDataError
+from exchange.errors import ConfigError, PeerDataError
 from exchange.purpose import Purpose, signed_message
 from exchange.sdjwt import (
     TYP,
@@ -498,7 +498,7 @@ def test_l01_limits_are_named(limits: PresentationLimits, fields: list[str]) -> 
 
 
 def test_limits_must_be_positive() -> None:
-    with pytest.raises(InputError):
+    with pytest.raises(ConfigError):
         PresentationLimits(max_disclosures=0)
 
 
