@@ -251,6 +251,28 @@ def new_subtrees_after_append_batch(
     return AppendResult(size=new_size, root=new_root, subtrees=tuple(out))
 
 
+class CompactRange:
+    """The right edge of a tree being rebuilt leaf by leaf: O(log n) memory, the root at
+    any size on the way. Auditors stream millions of leaves through one of these."""
+
+    __slots__ = ("_edge", "size")
+
+    def __init__(self) -> None:
+        self._edge: list[tuple[int, bytes]] = []
+        self.size = 0
+
+    def append(self, leaf: bytes) -> None:
+        level, node = 0, leaf
+        while self._edge and self._edge[-1][0] == level:
+            node = node_hash(self._edge.pop()[1], node)
+            level += 1
+        self._edge.append((level, node))
+        self.size += 1
+
+    def root(self) -> bytes:
+        return _fold_right([h for _level, h in self._edge]) if self._edge else EMPTY_ROOT
+
+
 # ---------------------------------------------------------------------------- verifiers
 
 

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import sqlite_utils
 import structlog
 
+from exchange.canonical import canonical_json, parse_json_unverified
 from exchange.card import (
     SUITE_HYBRID,
     SignedCard,
@@ -26,13 +28,13 @@ from exchange.card import (
     parse_signed_card_unverified,
     sign_card,
 )
-from exchange.canonical import canonical_json, parse_json_unverified
 from exchange.errors import ConfigError, KeyringError
 from exchange.names import check_display_name, check_endpoint, check_node_id
 from keys.keyfile import PASSPHRASE_ENV
 from keys.keyring import Keyring, generate_keyring, load_keyring, save_keyring
-from keys.truststore import TrustStore
+from keys.truststore import AddResult, PeerRecord, TrustStore
 from node.config import CONFIG_FILE, NodeConfig
+from node.log import ExchangeLog, SignedCheckpoint
 from node.store import DB_FILE, SqlitePeerRecords, Store
 
 KEYFILE = Path("keys") / "secrets.key"
@@ -51,7 +53,9 @@ def passphrase_from_env_or(prompt: PassphraseSource) -> PassphraseSource:
 
 
 def _signed_card_from_row(row: bytes) -> SignedCard:
-    return parse_signed_card_unverified(parse_json_unverified(row, what="stored card", max_bytes=1 << 20))
+    return parse_signed_card_unverified(
+        parse_json_unverified(row, what="stored card", max_bytes=1 << 20)
+    )
 
 
 def _signed_card_row(signed: SignedCard) -> bytes:
@@ -72,7 +76,9 @@ class Node:
     @classmethod
     def open(cls, data_dir: Path, passphrase: PassphraseSource) -> Node:
         config = NodeConfig.load(data_dir)
-        return cls(data_dir=data_dir, config=config, store=Store.open(data_dir), passphrase=passphrase)
+        return cls(
+            data_dir=data_dir, config=config, store=Store.open(data_dir), passphrase=passphrase
+        )
 
     def close(self) -> None:
         self.store.close()
@@ -84,7 +90,9 @@ class Node:
                 self.data_dir / KEYFILE, self.passphrase, on_unencrypted=self._warn_unencrypted
             )
             if keyring.node != self.config.node:
-                raise KeyringError(f"key file belongs to node {keyring.node}, not {self.config.node}")
+                raise KeyringError(
+                    f"key file belongs to node {keyring.node}, not {self.config.node}"
+                )
             latest = self.own_chain().latest
             if keyring.identity_signer().public_key != latest.identity_key:
                 keyring = self._finish_pending_rotation(latest.identity_key)
@@ -111,6 +119,19 @@ class Node:
             next_step="Restore the key file that belongs to this database from your backup.",
         )
 
+    # -- the exchange log ----------------------------------------------------------------
+    @property
+    def log(self) -> ExchangeLog:
+        return ExchangeLog(self.store, self.config.log_origin, self.data_dir)
+
+    def record(self, db: sqlite_utils.Database, kind: str, now: datetime, **attrs: object) -> int:
+        """Append one event to the log inside the caller's transaction."""
+        return self.log.append(db, [(kind, now, attrs)])[0]
+
+    def checkpoint(self, now: datetime) -> SignedCheckpoint:
+        """Sign a checkpoint over everything committed so far (one per commit batch)."""
+        return self.log.sign_checkpoint(self.keyring().log_signer(), now)
+
     # -- cards ---------------------------------------------------------------------------
     def own_chain(self) -> VerifiedChain:
         rows = self.store.own_card_rows()
@@ -120,6 +141,48 @@ class Node:
 
     def trust_store(self) -> TrustStore:
         return TrustStore(SqlitePeerRecords(self.store), self.config.node)
+
+    def add_peer(
+        self, chain_data: bytes, *, fingerprint: str | None, tofu: bool, now: datetime
+    ) -> AddResult:
+        """Trust a partner's card chain; logged as ``peer.added`` / ``peer.updated``."""
+        with self.store.transaction() as db:
+            result = self.trust_store().add(chain_data, fingerprint=fingerprint, tofu=tofu, now=now)
+            if result.outcome != "unchanged":
+                latest = result.chain.latest
+                self.record(
+                    db,
+                    "peer.added" if result.outcome == "added" else "peer.updated",
+                    now,
+                    peer=latest.node,
+                    fingerprint=latest.fingerprint,
+                    card_version=latest.version,
+                    trust_on_first_use=tofu,
+                )
+        if result.outcome != "unchanged":
+            self.checkpoint(now)
+        return result
+
+    def remove_peer(self, peer: str, now: datetime) -> PeerRecord:
+        with self.store.transaction() as db:
+            record = self.trust_store().remove(peer)
+            self.record(db, "peer.removed", now, peer=peer, fingerprint=record.fingerprint)
+        self.checkpoint(now)
+        return record
+
+    def revoke_peer(self, peer: str, revoked_from: datetime, now: datetime) -> PeerRecord:
+        with self.store.transaction() as db:
+            record = self.trust_store().revoke(peer, revoked_from, now)
+            self.record(
+                db,
+                "peer.revoked",
+                now,
+                peer=peer,
+                fingerprint=record.fingerprint,
+                revoked_from=record.revoked_from,
+            )
+        self.checkpoint(now)
+        return record
 
     def rotate_identity(self, now: datetime) -> VerifiedChain:
         """New identity key; the new card version is signed by the old key and the new."""
@@ -135,7 +198,9 @@ class Node:
     def _publish(self, old: Keyring, new: Keyring, now: datetime) -> VerifiedChain:
         chain = self.own_chain()
         latest = chain.latest
-        card = new.card(name=latest.name, endpoint=latest.endpoint, version=latest.version + 1, issued_at=now)
+        card = new.card(
+            name=latest.name, endpoint=latest.endpoint, version=latest.version + 1, issued_at=now
+        )
         signed = sign_card(card, new.identity_signer(), old.identity_signer())
         extended = extend_chain(chain, [signed])
         pending = self.data_dir / PENDING_KEYFILE
@@ -144,7 +209,9 @@ class Node:
         # 1. the new key file beside the old; 2. the card in one commit; 3. the rename.
         save_keyring(pending, new, self._reuse_passphrase(), replace=False)
         with self.store.transaction() as db:
-            db["own_cards"].insert({"version": card.version, "signed": _signed_card_row(signed)})
+            db.table("own_cards").insert(
+                {"version": card.version, "signed": _signed_card_row(signed)}
+            )
         os.replace(pending, self.data_dir / KEYFILE)
         self._keyring = new
         return extended
@@ -177,7 +244,9 @@ def init_node(
             )
     if data_dir.exists() and not data_dir.is_dir():
         raise ConfigError(f"{data_dir} exists and is not a directory")
-    config = NodeConfig(node=node, name=name, endpoint=endpoint, listen=endpoint, log_origin=f"{node}.accord/log")
+    config = NodeConfig(
+        node=node, name=name, endpoint=endpoint, listen=endpoint, log_origin=f"{node}.accord/log"
+    )
     host = endpoint.rpartition(":")[0].strip("[]")
     keyring = generate_keyring(node, config.log_origin, host, now, suite)
 
@@ -191,13 +260,16 @@ def init_node(
     card = keyring.card(name=name, endpoint=endpoint, version=1, issued_at=now)
     signed = sign_card(card, keyring.identity_signer(), None)
     with store.transaction() as db:
-        db["own_cards"].insert({"version": 1, "signed": _signed_card_row(signed)})
+        db.table("own_cards").insert({"version": 1, "signed": _signed_card_row(signed)})
         store.set_meta(db, "node", node)
+        ExchangeLog(store, config.log_origin).append(
+            db, [("node.created", now, {"node": node, "fingerprint": card.fingerprint})]
+        )
     # config.toml last: its presence marks a complete node.
     tmp = data_dir / (CONFIG_FILE + ".tmp")
     tmp.write_text(config.to_toml(), "utf-8")
     os.replace(tmp, data_dir / CONFIG_FILE)
-    return Node(
+    node_obj = Node(
         data_dir=data_dir,
         config=config,
         store=store,
@@ -205,3 +277,5 @@ def init_node(
         _keyring=keyring,
         _unencrypted=passphrase is None,
     )
+    node_obj.checkpoint(now)
+    return node_obj

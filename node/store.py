@@ -10,6 +10,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
@@ -23,9 +24,9 @@ Migration = Callable[[sqlite_utils.Database], None]
 
 
 def _m001_foundation(db: sqlite_utils.Database) -> None:
-    db["meta"].create({"key": str, "value": str}, pk="key")
-    db["own_cards"].create({"version": int, "signed": bytes}, pk="version")
-    db["peers"].create(
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+    db.table("own_cards").create({"version": int, "signed": bytes}, pk="version")
+    db.table("peers").create(
         {
             "node": str,
             "chain": bytes,
@@ -42,8 +43,43 @@ def _m001_foundation(db: sqlite_utils.Database) -> None:
     )
 
 
+def _run_sql(db: sqlite_utils.Database, script: str) -> None:
+    """Run several statements inside the caller's transaction (``executescript`` would
+    commit it)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _m002_log(db: sqlite_utils.Database) -> None:
+    _run_sql(
+        db,
+        """
+        CREATE TABLE log_leaves (
+            idx INTEGER PRIMARY KEY, event BLOB NOT NULL, leaf_hash BLOB NOT NULL);
+        CREATE TABLE log_subtrees (
+            level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+            PRIMARY KEY (level, idx)) WITHOUT ROWID;
+        CREATE TABLE log_checkpoints (
+            size INTEGER PRIMARY KEY, root BLOB NOT NULL, note BLOB NOT NULL,
+            signed_at TEXT NOT NULL);
+        CREATE TABLE log_cosignatures (
+            size INTEGER NOT NULL, witness TEXT NOT NULL, line TEXT NOT NULL,
+            received_at TEXT NOT NULL, PRIMARY KEY (size, witness));
+        CREATE TABLE witness_state (
+            origin TEXT PRIMARY KEY, size INTEGER NOT NULL, root BLOB NOT NULL,
+            note BLOB NOT NULL, updated_at TEXT NOT NULL);
+        CREATE TABLE witness_evidence (
+            id INTEGER PRIMARY KEY, origin TEXT NOT NULL, held_size INTEGER NOT NULL,
+            held_note BLOB NOT NULL, offered_note BLOB NOT NULL, reason TEXT NOT NULL,
+            at TEXT NOT NULL);
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
+    (2, "transparency log: leaves, subtrees, checkpoints, cosignatures, witness", _m002_log),
 ]
 
 
@@ -52,8 +88,11 @@ def _wrap(e: sqlite3.Error, path: Path) -> StoreError:
     if "readonly" in text or "read-only" in text:
         return StoreError(f"database {path} is read-only", code="store.read_only")
     if "full" in text:
-        return StoreError(f"disk full while writing {path}", code="store.disk_full",
-                          next_step="Free disk space, then retry; nothing partial was kept.")
+        return StoreError(
+            f"disk full while writing {path}",
+            code="store.disk_full",
+            next_step="Free disk space, then retry; nothing partial was kept.",
+        )
     if "not a database" in text or "malformed" in text or "corrupt" in text:
         return StoreError(
             f"database {path} is corrupt ({e})",
@@ -144,11 +183,11 @@ class Store:
                     continue
                 with self.transaction() as db:
                     if version == 1:
-                        db["_migrations"].create(
+                        db.table("_migrations").create(
                             {"version": int, "name": str}, pk="version", if_not_exists=True
                         )
                     apply(db)
-                    db["_migrations"].insert({"version": version, "name": name})
+                    db.table("_migrations").insert({"version": version, "name": name})
         except sqlite3.Error as e:
             raise _wrap(e, self.path) from e
 
@@ -158,7 +197,7 @@ class Store:
         return None if row is None else str(row[0])
 
     def set_meta(self, db: sqlite_utils.Database, key: str, value: str) -> None:
-        db["meta"].upsert({"key": key, "value": value}, pk="key")
+        db.table("meta").upsert({"key": key, "value": value}, pk="key")
 
     # -- our own card chain -------------------------------------------------------------
     def own_card_rows(self) -> list[bytes]:
@@ -169,21 +208,20 @@ class Store:
 class SqlitePeerRecords:
     """``keys.truststore.PeerRecords`` over the ``peers`` table. Call inside a transaction."""
 
-    COLUMNS = (
-        "node, chain, fingerprint, card_version, status, revoked_from, tofu, added_at, updated_at"
+    SELECT = (
+        "SELECT node, chain, fingerprint, card_version, status, revoked_from, tofu, added_at,"
+        " updated_at FROM peers"
     )
 
     def __init__(self, store: Store) -> None:
         self._store = store
 
     def get(self, node: str) -> PeerRecord | None:
-        row = self._store.conn.execute(
-            f"SELECT {self.COLUMNS} FROM peers WHERE node = ?", (node,)  # noqa: S608
-        ).fetchone()
+        row = self._store.conn.execute(self.SELECT + " WHERE node = ?", (node,)).fetchone()
         return None if row is None else self._record(row)
 
     def put(self, record: PeerRecord) -> None:
-        self._store.db["peers"].upsert(
+        self._store.db.table("peers").upsert(
             {
                 "node": record.node,
                 "chain": record.chain,
@@ -202,17 +240,17 @@ class SqlitePeerRecords:
         self._store.conn.execute("DELETE FROM peers WHERE node = ?", (node,))
 
     def all(self) -> list[PeerRecord]:
-        rows = self._store.conn.execute(f"SELECT {self.COLUMNS} FROM peers ORDER BY node").fetchall()  # noqa: S608
+        rows = self._store.conn.execute(self.SELECT + " ORDER BY node").fetchall()
         return [self._record(r) for r in rows]
 
     @staticmethod
-    def _record(row: tuple[object, ...]) -> PeerRecord:
+    def _record(row: tuple[Any, ...]) -> PeerRecord:
         node, chain, fp, version, status, revoked_from, tofu, added, updated = row
         return PeerRecord(
             node=str(node),
-            chain=bytes(chain),  # type: ignore[arg-type]
+            chain=bytes(chain),
             fingerprint=str(fp),
-            card_version=int(version),  # type: ignore[call-overload]
+            card_version=int(version),
             status=str(status),
             revoked_from=None if revoked_from is None else str(revoked_from),
             tofu=bool(tofu),

@@ -8,6 +8,7 @@ refused; 4 policy; 5 keys or trust store; 6 database; 7 configuration; 8 transpo
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -22,7 +23,8 @@ from node.cli.output import print_error
 def run(argv: Sequence[str]) -> int:
     """Run one CLI invocation and return its exit code."""
     try:
-        cli.main(args=list(argv), prog_name="accord", standalone_mode=False)
+        # Without standalone mode click returns the code of a ctx.exit() / Exit(n).
+        result = cli.main(args=list(argv), prog_name="accord", standalone_mode=False)
     except AccordError as e:
         print_error(e)
         return e.exit_code
@@ -34,7 +36,18 @@ def run(argv: Sequence[str]) -> int:
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
-    return 0
+    except Exception as e:  # the one place an unexpected error becomes a clean message
+        if os.environ.get("ACCORD_DEBUG"):
+            raise
+        print_error(
+            AccordError(
+                f"internal error ({type(e).__name__}); nothing further was changed",
+                code="internal",
+                next_step="Run again with ACCORD_DEBUG=1 for a traceback and report it.",
+            )
+        )
+        return 1
+    return result if isinstance(result, int) else 0
 
 
 def main() -> None:

@@ -1,3 +1,6 @@
 """Imports every command module so each registers itself on the root group."""
 
-from node.cli import node_cmds  # noqa: F401
+from node.cli import (
+    log_cmds,  # noqa: F401
+    node_cmds,  # noqa: F401
+)

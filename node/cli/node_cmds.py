@@ -265,11 +265,8 @@ def peer_add(
     with opened(ctx) as node:
         if tofu:
             warn("trusting a card WITHOUT a fingerprint check (--trust-on-first-use)")
-        with node.store.transaction():
-            result = node.trust_store().add(
-                data, fingerprint=fingerprint, tofu=tofu, now=clock.now()
-            )
-            record = node.trust_store().get(result.chain.latest.node)
+        result = node.add_peer(data, fingerprint=fingerprint, tofu=tofu, now=clock.now())
+        record = node.trust_store().get(result.chain.latest.node)
     latest = result.chain.latest
     if as_json:
         print_json({**peer_json(record, latest), "outcome": result.outcome})
@@ -356,8 +353,7 @@ def peer_remove(ctx: CliContext, peer_id: str, yes: bool, as_json: bool) -> None
         node.trust_store().get(peer_id)
         if not yes:
             click.confirm(f"Remove partner {peer_id} from the trust store?", abort=True, err=True)
-        with node.store.transaction():
-            record = node.trust_store().remove(peer_id)
+        record = node.remove_peer(peer_id, clock.now())
     if as_json:
         print_json({"node": record.node, "removed": True})
     else:
@@ -388,8 +384,7 @@ def peer_revoke(
             click.confirm(
                 f"Revoke partner {peer_id}'s key from {when.isoformat()}?", abort=True, err=True
             )
-        with node.store.transaction():
-            record = node.trust_store().revoke(peer_id, when, now)
+        record = node.revoke_peer(peer_id, when, now)
     if as_json:
         print_json(peer_json(record))
     else:

@@ -1,0 +1,295 @@
+"""The exchange log and its audit: log show/checkpoint/prove, audit export/verify/reconcile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from exchange.audit import AuditReport, reconcile
+from exchange.canonical import b64
+from exchange.errors import InputError
+from exchange.events import Event, parse_event_unverified
+from node import clock
+from node.audit import export_bundle, verify_bundle_file
+from node.cli.base import CliContext, cli, json_option, pass_ctx
+from node.cli.node_cmds import opened
+from node.cli.output import ok, print_fields, print_json, print_table, say, stderr
+
+MAX_LIMIT = 10_000
+
+
+@cli.group()
+def log() -> None:
+    """This node's exchange log: entries, checkpoints and proofs."""
+
+
+@log.command("show", epilog="Example:\n\n    accord --data ./pk-moi log show --from 0 --limit 20")
+@click.option(
+    "--from", "start", type=click.IntRange(min=0), default=0, show_default=True, help="First entry."
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_LIMIT),
+    default=50,
+    show_default=True,
+    help="How many entries.",
+)
+@json_option
+@pass_ctx
+def log_show(ctx: CliContext, start: int, limit: int, as_json: bool) -> None:
+    """List log entries: index, time, kind and the ids they name (never field values)."""
+    with opened(ctx) as node:
+        rows = node.log.leaves(start, limit)
+        size = node.log.size()
+    events = [parse_event_unverified(data) for _i, data in rows]
+    if as_json:
+        print_json(
+            {
+                "size": size,
+                "entries": [
+                    {"index": e.index, "kind": e.kind, "at": e.at, **e.attrs} for e in events
+                ],
+            }
+        )
+        return
+    print_table(
+        f"Log entries {start}..{start + len(events) - 1} of {size}"
+        if events
+        else f"No entries from {start} (log size {size})",
+        ["#", "at", "kind", "details"],
+        [(e.index, e.at, e.kind, _details(e)) for e in events],
+    )
+
+
+def _details(event: Event) -> str:
+    parts = []
+    for key, value in event.attrs.items():
+        if isinstance(value, list):
+            value = ",".join(map(str, value)) or "-"
+        elif isinstance(value, dict):
+            value = ",".join(f"{k}:{v}" for k, v in value.items()) or "-"
+        parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+@log.command("checkpoint", epilog="Example:\n\n    accord --data ./pk-moi log checkpoint --json")
+@click.option(
+    "--sign", is_flag=True, help="Sign a new checkpoint if entries were added since the last one."
+)
+@json_option
+@pass_ctx
+def log_checkpoint(ctx: CliContext, sign: bool, as_json: bool) -> None:
+    """Show the latest signed checkpoint, with the cosignatures partners returned."""
+    with opened(ctx) as node:
+        cp = node.checkpoint(clock.now()) if sign else node.log.latest_checkpoint()
+        if cp is None:
+            raise InputError(
+                "no checkpoint signed yet", next_step="Run 'accord log checkpoint --sign'."
+            )
+        note = node.log.cosigned_note(cp).decode("utf-8")
+        cosigners = [w for w, _line in node.log.cosignatures(cp.size)]
+        size = node.log.size()
+    if as_json:
+        print_json(
+            {
+                "size": cp.size,
+                "root": b64(cp.root),
+                "signed_at": cp.signed_at,
+                "note": note,
+                "cosigned_by": cosigners,
+                "log_size": size,
+            }
+        )
+        return
+    print_fields(
+        [
+            ("size", cp.size),
+            ("root", b64(cp.root)),
+            ("signed", cp.signed_at),
+            ("cosigned by", ", ".join(cosigners) or "nobody yet"),
+            ("log size", size),
+        ]
+    )
+    say(note.rstrip("\n"))
+
+
+@log.command("prove", epilog="Example:\n\n    accord --data ./pk-moi log prove --leaf 3")
+@click.option("--leaf", type=click.IntRange(min=0), required=True, help="The entry to prove.")
+@json_option
+@pass_ctx
+def log_prove(ctx: CliContext, leaf: int, as_json: bool) -> None:
+    """An inclusion proof of one entry against the latest checkpoint."""
+    from exchange.merkle import leaf_hash, verify_inclusion
+
+    with opened(ctx) as node:
+        cp = node.log.latest_checkpoint()
+        if cp is None or leaf >= cp.size:
+            raise InputError(
+                f"entry {leaf} is not covered by a signed checkpoint yet",
+                next_step="Run 'accord log checkpoint --sign' first.",
+            )
+        data = node.log.leaf(leaf)
+        proof = node.log.inclusion_proof(leaf, cp.size)
+    verify_inclusion(leaf_hash(data), leaf, cp.size, proof, cp.root)
+    if as_json:
+        print_json(
+            {
+                "leaf": leaf,
+                "tree_size": cp.size,
+                "root": b64(cp.root),
+                "leaf_hash": b64(leaf_hash(data)),
+                "proof": [b64(h) for h in proof],
+                "checkpoint": cp.note.decode("utf-8"),
+            }
+        )
+        return
+    ok(f"entry {leaf} is included in checkpoint {cp.size} ({len(proof)} hashes)")
+    print_fields(
+        [
+            ("root", b64(cp.root)),
+            ("leaf hash", b64(leaf_hash(data))),
+            *[(f"proof[{i}]", b64(h)) for i, h in enumerate(proof)],
+        ]
+    )
+
+
+# -- audit --------------------------------------------------------------------------------
+
+
+@cli.group()
+def audit() -> None:
+    """Export a node's log for auditors and verify bundles offline with public keys only."""
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        transient=True,
+    )
+
+
+@audit.command(
+    "export", epilog="Example:\n\n    accord --data ./pk-moi audit export --out pk-moi.bundle"
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Bundle file to write.",
+)
+@click.option("--force", is_flag=True, help="Overwrite the file if it exists.")
+@json_option
+@pass_ctx
+def audit_export(ctx: CliContext, out: Path, force: bool, as_json: bool) -> None:
+    """Write the log, cosigned checkpoints and public cards to one bundle file."""
+    if out.exists() and not force:
+        raise InputError(f"{out} exists", next_step="Choose another --out or pass --force.")
+    with opened(ctx) as node, _progress() as bar:
+        task = bar.add_task("exporting", total=None)
+        size, checkpoints = export_bundle(
+            node, out, clock.now(), lambda n, total: bar.update(task, completed=n, total=total)
+        )
+    if as_json:
+        print_json({"file": str(out), "entries": size, "checkpoints": checkpoints})
+        return
+    ok(f"{size} entries and {checkpoints} checkpoints written to {out}")
+
+
+def _verify_with_bar(bundle: Path, since: Path | None, on_event=None) -> AuditReport:  # type: ignore[no-untyped-def]
+    with _progress() as bar:
+        task = bar.add_task("verifying", total=None)
+        return verify_bundle_file(bundle, since, lambda n: bar.update(task, completed=n), on_event)
+
+
+def _print_report(bundle: Path, report: AuditReport) -> None:
+    print_fields(
+        [
+            ("bundle", bundle),
+            ("node", report.node),
+            ("origin", report.origin),
+            ("entries", report.entries),
+            (
+                "checkpoints",
+                f"{report.checkpoints} ({report.cosigned_checkpoints} cosigned by partners)",
+            ),
+            ("largest checkpoint", report.largest_checkpoint),
+            ("events", ", ".join(f"{k} {v}" for k, v in sorted(report.kinds.items())) or "-"),
+        ]
+    )
+    if report.findings:
+        print_table(
+            f"{len(report.findings)} finding(s)",
+            ["entry", "code", "finding"],
+            [("-" if f.index is None else f.index, f.code, f.message) for f in report.findings],
+        )
+
+
+@audit.command("verify", epilog="Example:\n\n    accord audit verify pk-moi.bundle --json")
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--since",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A checkpoint note verified earlier; the log must extend it.",
+)
+@json_option
+def audit_verify(bundle: Path, since: Path | None, as_json: bool) -> None:
+    """Verify a bundle offline: signatures, cosignatures, every root and every entry.
+
+    Needs no node and no private key. Exits non-zero on any finding.
+    """
+    report = _verify_with_bar(bundle, since)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        _print_report(bundle, report)
+        if report.ok:
+            ok(f"audit passed: {report.entries} entries, {report.checkpoints} checkpoints")
+    if not report.ok:
+        raise click.exceptions.Exit(3)
+
+
+@audit.command(
+    "reconcile", epilog="Example:\n\n    accord audit reconcile pk-moi.bundle cn-mps.bundle"
+)
+@click.argument("bundle_a", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("bundle_b", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def audit_reconcile(bundle_a: Path, bundle_b: Path, as_json: bool) -> None:
+    """Match each side's releases with the other side's receipts and inbox events."""
+    events: dict[Path, list[Event]] = {bundle_a: [], bundle_b: []}
+    reports = {}
+    for bundle in (bundle_a, bundle_b):
+        reports[bundle] = _verify_with_bar(bundle, None, events[bundle].append)
+    bad = [b for b, r in reports.items() if not r.ok]
+    if bad:
+        for b in bad:
+            _print_report(b, reports[b])
+        raise InputError(
+            f"{', '.join(map(str, bad))} did not verify; reconcile needs verified bundles",
+            next_step="Run 'accord audit verify' on each bundle and resolve its findings.",
+        )
+    result = reconcile(
+        reports[bundle_a].node, events[bundle_a], reports[bundle_b].node, events[bundle_b]
+    )
+    if as_json:
+        print_json({"a": reports[bundle_a].node, "b": reports[bundle_b].node, **result.to_json()})
+    else:
+        if result.findings:
+            print_table(
+                f"{len(result.findings)} finding(s)",
+                ["entry", "code", "finding"],
+                [(f.index, f.code, f.message) for f in result.findings],
+            )
+        else:
+            ok(
+                f"reconciled {reports[bundle_a].node} and {reports[bundle_b].node}: "
+                f"{result.matched} releases matched with receipts and inbox events"
+            )
+    if not result.ok:
+        raise click.exceptions.Exit(3)

@@ -1,0 +1,142 @@
+"""Witnessing partners' logs (C2SP tlog-witness semantics, DESIGN.md §9).
+
+For each log origin the witness holds the last (size, root) it cosigned. It cosigns a new
+checkpoint only when the caller's ``old_size`` equals that size and the consistency proof
+links the two; it persists the new view *before* returning the cosignature. Anything
+else is a conflict answered with the size it holds; a checkpoint that contradicts what
+it cosigned (same size, other root; or a failing proof) is kept as evidence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from exchange import merkle
+from exchange.checkpoint import Checkpoint, open_checkpoint
+from exchange.cosignature import cosign_checkpoint
+from exchange.crypto import Signer
+from exchange.errors import AccordError, PeerDataError
+from exchange.note import VerifierKey
+from exchange.times import format_time
+from node.store import Store
+
+
+class WitnessConflict(PeerDataError):
+    """The caller's view of our state is wrong: retry from ``held_size``."""
+
+    code = "witness.conflict"
+
+    def __init__(self, message: str, held_size: int):
+        super().__init__(message, next_step=f"Send a consistency proof from size {held_size}.")
+        self.held_size = held_size
+
+
+class _Contradiction(Exception):
+    def __init__(self, held: HeldView, reason: str) -> None:
+        super().__init__(reason)
+        self.held = held
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class HeldView:
+    size: int
+    root: bytes
+    note: bytes
+
+
+class Witness:
+    def __init__(self, store: Store, signer: Signer, name: str) -> None:
+        self.store = store
+        self._signer = signer
+        self.name = name
+
+    def held(self, origin: str) -> HeldView | None:
+        row = self.store.conn.execute(
+            "SELECT size, root, note FROM witness_state WHERE origin = ?", (origin,)
+        ).fetchone()
+        return None if row is None else HeldView(int(row[0]), bytes(row[1]), bytes(row[2]))
+
+    def add_checkpoint(
+        self,
+        *,
+        origin: str,
+        log_key: VerifierKey,
+        old_size: int,
+        proof: Sequence[bytes],
+        note: bytes,
+        now: datetime,
+    ) -> str:
+        """Check and cosign ``note``; returns the cosignature line (without newline)."""
+        verified = open_checkpoint(note, [log_key], origin=origin)
+        new = verified.checkpoint
+        try:
+            with self.store.transaction():
+                self._check_and_hold(origin, old_size, proof, note, verified.checkpoint, now)
+        except _Contradiction as c:
+            with self.store.transaction():
+                self.store.conn.execute(
+                    "INSERT INTO witness_evidence "
+                    "(origin, held_size, held_note, offered_note, reason, at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (origin, c.held.size, c.held.note, note, c.reason, format_time(now)),
+                )
+            raise PeerDataError(
+                f"checkpoint {new.size} of {origin} is not consistent with the "
+                f"checkpoint {c.held.size} this witness cosigned",
+                code="witness.inconsistent",
+                next_step="Both checkpoints were kept as evidence; the log was rewritten "
+                "or shows a split view.",
+            ) from None
+        # Committed (durably) before the cosignature leaves this function.
+        cosig = cosign_checkpoint(verified.text, self.name, self._signer, int(now.timestamp()))
+        return cosig.line
+
+    def _check_and_hold(
+        self,
+        origin: str,
+        old_size: int,
+        proof: Sequence[bytes],
+        note: bytes,
+        new: Checkpoint,
+        now: datetime,
+    ) -> None:
+        held = self.held(origin)
+        held_size = 0 if held is None else held.size
+        if old_size != held_size:
+            raise WitnessConflict(
+                f"witness holds size {held_size} for {origin}, not {old_size}", held_size
+            )
+        if new.size < held_size:
+            raise WitnessConflict(
+                f"checkpoint {new.size} is smaller than the {held_size} already cosigned",
+                held_size,
+            )
+        if held is None:
+            if proof:
+                raise PeerDataError("a proof from size 0 must be empty", code="witness.bad_proof")
+        elif new.size == held.size:
+            if proof or new.root_hash != held.root:
+                raise _Contradiction(held, "same size, another root")
+        else:
+            try:
+                merkle.verify_consistency(held.size, new.size, held.root, new.root_hash, proof)
+            except AccordError as e:
+                raise _Contradiction(held, e.message) from e
+        self.store.conn.execute(
+            "INSERT INTO witness_state (origin, size, root, note, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(origin) DO UPDATE SET "
+            "size = excluded.size, root = excluded.root, note = excluded.note, "
+            "updated_at = excluded.updated_at",
+            (origin, new.size, new.root_hash, note, format_time(now)),
+        )
+
+    def evidence(self, origin: str) -> list[tuple[bytes, bytes, str]]:
+        rows = self.store.conn.execute(
+            "SELECT held_note, offered_note, reason FROM witness_evidence "
+            "WHERE origin = ? ORDER BY id",
+            (origin,),
+        ).fetchall()
+        return [(bytes(a), bytes(b), str(c)) for a, b, c in rows]

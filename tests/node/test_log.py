@@ -1,0 +1,373 @@
+"""The stored exchange log: proofs in O(log n) reads, checkpoints that never contradict
+an earlier one, audit of every single-row edit, and the witness (THREATS.md I01-I04, H01)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from exchange import merkle
+from exchange.checkpoint import open_checkpoint
+from exchange.cosignature import verify_cosignatures
+from exchange.errors import PeerDataError, StoreError
+from exchange.note import parse_verifier_key
+from keys.keyring import generate_keyring, witness_name
+from node.audit import export_bundle, verify_bundle_file
+from node.home import Node, init_node
+from node.log import ExchangeLog
+from node.store import Store
+from node.witness import Witness, WitnessConflict
+from tests.conftest import PASSPHRASE
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def _node(tmp_path: Path, name: str = "pk-moi") -> Node:
+    return init_node(
+        tmp_path / name, node=name, name=name, endpoint="127.0.0.1:7441", passphrase=None, now=NOW
+    )
+
+
+def _append(node: Node, count: int, start: datetime = NOW) -> None:
+    with node.store.transaction() as db:
+        node.log.append(
+            db,
+            [
+                ("policy.changed", start, {"policy_digest": f"sha256:{i:064x}"})
+                for i in range(count)
+            ],
+        )
+
+
+def test_append_prove_and_checkpoint(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    _append(node, 37)
+    cp = node.checkpoint(NOW)
+    assert cp.size == node.log.size() == 38  # node.created, then the 37 appended
+    vkey = parse_verifier_key(node.own_chain().latest.log_vkey)
+    verified = open_checkpoint(cp.note, [vkey], origin="pk-moi.accord/log")
+    assert verified.checkpoint.root_hash == cp.root
+    mem = merkle.MemoryTree()
+    for _i, data in node.log.leaves(0, 1000):
+        mem.append(data)
+    assert mem.root() == cp.root
+    for index in (0, 1, 17, 37):
+        proof = node.log.inclusion_proof(index, cp.size)
+        merkle.verify_inclusion(
+            merkle.leaf_hash(node.log.leaf(index)), index, cp.size, proof, cp.root
+        )
+    first = node.log.checkpoints()[0]
+    proof = node.log.consistency_proof(first.size, cp.size)
+    merkle.verify_consistency(first.size, cp.size, first.root, cp.root, proof)
+    # Nothing new: the same checkpoint, no new row.
+    assert node.checkpoint(NOW) == cp
+    assert len(node.log.checkpoints()) == 2
+
+
+def test_proofs_at_a_million_entries_read_log_n_rows(tmp_path: Path) -> None:
+    """Fill log_subtrees for 2**20 + 12345 leaves directly (synthetic hashes), then count
+    the rows each proof reads: O(log n), asserted as a count, never as time."""
+    store = Store.open(tmp_path, create=True)
+    size = 2**20 + 12345
+    rows = []
+    for level in range(21):
+        for index in range(size >> level):
+            rows.append((level, index, hashlib.sha256(b"%d/%d" % (level, index)).digest()))
+    leaf_rows = [(size - 1, b"{}", b"\x00" * 32)]
+    with store.transaction():
+        store.conn.executemany("INSERT INTO log_subtrees (level, idx, hash) VALUES (?, ?, ?)", rows)
+        store.conn.executemany(
+            "INSERT INTO log_leaves (idx, event, leaf_hash) VALUES (?, ?, ?)", leaf_rows
+        )
+    log = ExchangeLog(store, "x.accord/log")
+    assert log.size() == size
+    bound = 2 * size.bit_length() + 4
+    for index in (0, 1, size // 2, size - 2, size - 1):
+        reader = log.reader()
+        merkle.inclusion_proof(index, size, reader)
+        assert reader.reads <= bound, (index, reader.reads)
+    for old in (1, 1000, 2**20, size - 1):
+        reader = log.reader()
+        merkle.consistency_proof(old, size, reader)
+        assert reader.reads <= bound, (old, reader.reads)
+    reader = log.reader()
+    merkle.root(size, reader)
+    assert reader.reads == bin(size).count("1")
+
+
+def test_i04_restored_backup_is_refused(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    _append(node, 3)
+    node.checkpoint(NOW)
+    backup = tmp_path / "backup.db"
+    node.store.conn.execute(f"VACUUM INTO '{backup}'")
+    _append(node, 5)
+    published = node.checkpoint(NOW)
+    node.close()
+    for extra in ("node.db-wal", "node.db-shm"):
+        (node.data_dir / extra).unlink(missing_ok=True)
+    shutil.copy(backup, node.data_dir / "node.db")
+    old = Node.open(node.data_dir, lambda: PASSPHRASE)
+    with pytest.raises(StoreError, match="published a checkpoint of size") as err:
+        old.checkpoint(NOW)
+    assert err.value.code == "log.rolled_back"
+    assert max(c.size for c in old.log.checkpoints()) < published.size
+
+
+def test_refuses_to_sign_over_an_edited_subtree(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    _append(node, 6)
+    node.checkpoint(NOW)
+    _append(node, 1)
+    node.store.conn.execute(
+        "UPDATE log_subtrees SET hash = zeroblob(32) WHERE level = 2 AND idx = 0"
+    )
+    before = [c.size for c in node.log.checkpoints()]
+    with pytest.raises(StoreError) as err:
+        node.checkpoint(NOW)
+    assert err.value.code in ("log.inconsistent", "log.rolled_back")
+    assert [c.size for c in node.log.checkpoints()] == before
+
+
+# -- audit: every single-row edit is named -------------------------------------------------
+
+
+def _busy_node(tmp_path: Path) -> Node:
+    node = _node(tmp_path)
+    for batch in range(4):
+        _append(node, 5, NOW + timedelta(minutes=batch))
+        node.checkpoint(NOW + timedelta(minutes=batch))
+    return node
+
+
+def _audit(node: Node, tmp_path: Path) -> list[tuple[int | None, str]]:
+    out = tmp_path / f"bundle-{len(list(tmp_path.glob('bundle-*')))}.jsonl"
+    export_bundle(node, out, NOW)
+    report = verify_bundle_file(out)
+    return [(f.index, f.code) for f in report.findings]
+
+
+MUTATIONS: list[tuple[str, str, Callable[[list[int | None]], bool]]] = [
+    (
+        "i01_edit_event",
+        "UPDATE log_leaves SET event = CAST(replace(CAST(event AS TEXT), 'policy', 'pol1cy') AS BLOB) WHERE idx = 7",
+        lambda idx: 7 in idx,
+    ),
+    (
+        "i01_edit_event_and_hash",
+        "UPDATE log_leaves SET event = CAST(replace(CAST(event AS TEXT), '0000000000000007', '0000000000000008') AS BLOB), leaf_hash = zeroblob(32) WHERE idx = 9",
+        lambda idx: 9 in idx,
+    ),
+    ("i02_delete_row", "DELETE FROM log_leaves WHERE idx = 12", lambda idx: 12 in idx),
+    (
+        "i02_insert_row",
+        "UPDATE log_leaves SET idx = idx + 1000 WHERE idx >= 15; UPDATE log_leaves SET idx = idx - 999 WHERE idx >= 1015; INSERT INTO log_leaves (idx, event, leaf_hash) SELECT 15, event, leaf_hash FROM log_leaves WHERE idx = 3",
+        lambda idx: 15 in idx,
+    ),
+    (
+        "i01_edit_subtree",
+        "UPDATE log_subtrees SET hash = zeroblob(32) WHERE level = 1 AND idx = 2",
+        lambda idx: any(i is not None for i in idx),
+    ),
+    (
+        "i01_edit_checkpoint",
+        "UPDATE log_checkpoints SET note = CAST(replace(CAST(note AS TEXT), 'accord/log', 'accord/l0g') AS BLOB) WHERE size = (SELECT min(size) FROM log_checkpoints WHERE size > 2)",
+        lambda idx: True,
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "sql", "names_entry"), MUTATIONS, ids=[m[0] for m in MUTATIONS])
+def test_single_row_edits_fail_the_audit(
+    tmp_path: Path, name: str, sql: str, names_entry: Callable[[list[int | None]], bool]
+) -> None:
+    node = _busy_node(tmp_path)
+    assert _audit(node, tmp_path) == []
+    for statement in sql.split("; "):
+        node.store.conn.execute(statement)
+    findings = _audit(node, tmp_path)
+    assert findings, f"{name}: audit passed after the edit"
+    assert names_entry([i for i, _code in findings]), findings
+
+
+# -- the witness ----------------------------------------------------------------------------
+
+
+def _witness(tmp_path: Path) -> tuple[Witness, Node]:
+    cn = _node(tmp_path, "cn-mps")
+    ring = cn.keyring()
+    return Witness(cn.store, ring.witness_signer(), witness_name("cn-mps")), cn
+
+
+def _log_key(node: Node):  # type: ignore[no-untyped-def]
+    return parse_verifier_key(node.own_chain().latest.log_vkey)
+
+
+def test_witness_cosigns_consistent_checkpoints(tmp_path: Path) -> None:
+    pk = _node(tmp_path)
+    witness, cn = _witness(tmp_path)
+    origin = pk.config.log_origin
+    cp1 = pk.log.latest_checkpoint()
+    assert cp1 is not None
+    line = witness.add_checkpoint(
+        origin=origin, log_key=_log_key(pk), old_size=0, proof=[], note=cp1.note, now=NOW
+    )
+    _append(pk, 10)
+    cp2 = pk.checkpoint(NOW)
+    proof = pk.log.consistency_proof(cp1.size, cp2.size)
+    line2 = witness.add_checkpoint(
+        origin=origin, log_key=_log_key(pk), old_size=cp1.size, proof=proof, note=cp2.note, now=NOW
+    )
+    assert witness.held(origin).size == cp2.size  # type: ignore[union-attr]
+    with pk.store.transaction():
+        pk.log.add_cosignature(cp2.size, "cn-mps", line2, NOW)
+    note = pk.log.cosigned_note(cp2)
+    wkey = parse_verifier_key(cn.own_chain().latest.witness_vkey)
+    assert len(verify_cosignatures(note, [wkey])) == 1
+    assert line != line2
+    # The export counts the cosignature once the partner's card is in the trust store.
+    cn_card = cn.own_chain().to_bytes()
+    pk.add_peer(cn_card, fingerprint=cn.own_chain().latest.fingerprint, tofu=False, now=NOW)
+    out = tmp_path / "pk.bundle"
+    export_bundle(pk, out, NOW)
+    report = verify_bundle_file(out)
+    assert report.ok, report.findings
+    assert report.cosigned_checkpoints == 1
+
+
+def test_witness_conflict_answers_with_the_held_size(tmp_path: Path) -> None:
+    pk = _node(tmp_path)
+    witness, _cn = _witness(tmp_path)
+    cp1 = pk.log.latest_checkpoint()
+    assert cp1 is not None
+    witness.add_checkpoint(
+        origin=pk.config.log_origin,
+        log_key=_log_key(pk),
+        old_size=0,
+        proof=[],
+        note=cp1.note,
+        now=NOW,
+    )
+    _append(pk, 3)
+    cp2 = pk.checkpoint(NOW)
+    with pytest.raises(WitnessConflict) as err:
+        witness.add_checkpoint(
+            origin=pk.config.log_origin,
+            log_key=_log_key(pk),
+            old_size=0,
+            proof=[],
+            note=cp2.note,
+            now=NOW,
+        )
+    assert err.value.held_size == cp1.size
+    assert witness.held(pk.config.log_origin).size == cp1.size  # type: ignore[union-attr]
+
+
+def _sqlite_dump(store: Store) -> str:
+    return "\n".join(store.conn.iterdump())
+
+
+@pytest.mark.parametrize("attack", ["h01_same_size_other_root", "h01_truncate_and_reappend"])
+def test_h01_witness_refuses_rewritten_history_and_keeps_evidence(
+    tmp_path: Path, attack: str
+) -> None:
+    pk = _node(tmp_path)
+    witness, _cn = _witness(tmp_path)
+    origin = pk.config.log_origin
+    _append(pk, 4)
+    cp = pk.checkpoint(NOW)
+    witness.add_checkpoint(
+        origin=origin, log_key=_log_key(pk), old_size=0, proof=[], note=cp.note, now=NOW
+    )
+    # The log owner rewrites history: a fresh database with the same keys, other events.
+    forged_dir = tmp_path / "forged"
+    shutil.copytree(pk.data_dir, forged_dir)
+    for f in ("node.db", "node.db-wal", "node.db-shm", "log.highwater"):
+        (forged_dir / f).unlink(missing_ok=True)
+    store = Store.open(forged_dir, create=True)
+    log = ExchangeLog(store, origin)
+    extra = 0 if attack == "h01_same_size_other_root" else 3
+    with store.transaction() as db:
+        log.append(
+            db,
+            [
+                ("policy.changed", NOW, {"policy_digest": f"forged-{i}"})
+                for i in range(cp.size + extra)
+            ],
+        )
+    forged = log.sign_checkpoint(pk.keyring().log_signer(), NOW)
+    proof = log.consistency_proof(cp.size, forged.size) if extra else []
+    held_before = witness.held(origin)
+    with pytest.raises(PeerDataError) as err:
+        witness.add_checkpoint(
+            origin=origin,
+            log_key=_log_key(pk),
+            old_size=cp.size,
+            proof=proof,
+            note=forged.note,
+            now=NOW,
+        )
+    assert err.value.code == "witness.inconsistent"
+    assert witness.held(origin) == held_before
+    evidence = witness.evidence(origin)
+    assert evidence == [(cp.note, forged.note, evidence[0][2])]
+
+
+def test_i04_witness_refuses_a_rolled_back_log(tmp_path: Path) -> None:
+    pk = _node(tmp_path)
+    witness, _cn = _witness(tmp_path)
+    origin = pk.config.log_origin
+    _append(pk, 8)
+    cp = pk.checkpoint(NOW)
+    witness.add_checkpoint(
+        origin=origin, log_key=_log_key(pk), old_size=0, proof=[], note=cp.note, now=NOW
+    )
+    earlier = pk.log.checkpoints()[0]
+    with pytest.raises(WitnessConflict):
+        witness.add_checkpoint(
+            origin=origin,
+            log_key=_log_key(pk),
+            old_size=cp.size,
+            proof=[],
+            note=earlier.note,
+            now=NOW,
+        )
+    assert witness.held(origin).size == cp.size  # type: ignore[union-attr]
+
+
+def test_h06_checkpoint_of_another_log_is_refused(tmp_path: Path) -> None:
+    pk = _node(tmp_path)
+    witness, cn = _witness(tmp_path)
+    cp = cn.log.latest_checkpoint()
+    assert cp is not None
+    before = _sqlite_dump(cn.store)
+    with pytest.raises(PeerDataError):
+        witness.add_checkpoint(
+            origin=pk.config.log_origin,
+            log_key=_log_key(pk),
+            old_size=0,
+            proof=[],
+            note=cp.note,
+            now=NOW,
+        )
+    assert _sqlite_dump(cn.store) == before
+
+
+def test_log_events_hold_no_secret_material(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    ring = node.keyring()
+    conn = sqlite3.connect(node.data_dir / "node.db")
+    blob = b"".join(bytes(r[0]) for r in conn.execute("SELECT event FROM log_leaves"))
+    for secret in (ring.identity_seed, ring.log_seed, ring.storage_key):
+        assert secret not in blob and secret.hex().encode() not in blob
+
+
+def test_keyring_unused(tmp_path: Path) -> None:
+    ring = generate_keyring("pk-moi", "pk-moi.accord/log", "127.0.0.1", NOW)
+    assert witness_name(ring.node) == "pk-moi.accord/witness"
