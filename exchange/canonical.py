@@ -104,7 +104,7 @@ def parse_json_unverified(data: bytes, *, what: str, max_bytes: int) -> Any:
         raise InputError(f"{what}: JSON nested too deeply") from e
     except json.JSONDecodeError as e:
         raise InputError(f"{what}: malformed JSON at line {e.lineno} column {e.colno}") from e
-    except ValueError as e:  # int too large for str->int conversion limit
-        raise InputError(f"{what}: {e}") from e
+    except ValueError as e:  # Python's limit on digits in an integer literal
+        raise InputError(f"{what}: an integer has too many digits") from e
     _depth(value, MAX_JSON_DEPTH)
     return value

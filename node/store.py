@@ -77,9 +77,25 @@ def _m002_log(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m003_reports(db: sqlite_utils.Database) -> None:
+    _run_sql(
+        db,
+        """
+        CREATE TABLE reports (
+            report_id TEXT NOT NULL, version INTEGER NOT NULL, sop TEXT NOT NULL,
+            tlp TEXT NOT NULL, issuer_jwt_digest TEXT NOT NULL, issuer_key BLOB NOT NULL,
+            sealed BLOB NOT NULL, fields TEXT NOT NULL, sealed_at TEXT NOT NULL,
+            supersedes TEXT, retracted_at TEXT,
+            PRIMARY KEY (report_id, version));
+        CREATE INDEX reports_by_time ON reports (sealed_at)
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
     (2, "transparency log: leaves, subtrees, checkpoints, cosignatures, witness", _m002_log),
+    (3, "sealed reports, plaintext encrypted at rest", _m003_reports),
 ]
 
 

@@ -1,0 +1,120 @@
+"""Sealed reports at rest: each sealed once under the author's node identity, stored with
+the full SD-JWT (every disclosure) encrypted under the storage key, and logged as
+``report.sealed`` with digests and field names only."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlite_utils
+
+from exchange.errors import InputError
+from exchange.sdjwt import PresentationLimits, SealedReport, reopen_sealed, seal
+from exchange.sop import ValidReport
+from exchange.times import format_time
+from node.home import Node
+from node.ids import uuid7
+
+
+@dataclass(frozen=True)
+class StoredReport:
+    report_id: str
+    version: int
+    sop: str
+    tlp: str
+    issuer_jwt_digest: str
+    fields: tuple[str, ...]
+    sealed_at: str
+
+
+def _aad(report_id: str, version: int) -> bytes:
+    return f"accord/v1/report-at-rest\n{report_id}\n{version}".encode("ascii")
+
+
+def seal_report(
+    node: Node,
+    db: sqlite_utils.Database,
+    valid: ValidReport,
+    now: datetime,
+    *,
+    report_id: str | None = None,
+    version: int = 1,
+    supersedes: str | None = None,
+) -> SealedReport:
+    """Seal and store one validated report inside the caller's transaction."""
+    ring = node.keyring()
+    signer = ring.identity_signer()
+    card = node.own_chain().latest
+    report_id = report_id or uuid7()
+    sealed = seal(
+        valid.report,
+        signer=signer,
+        kid=card.fingerprint,
+        issuer=node.config.node,
+        report_id=report_id,
+        issued_at=int(now.timestamp()),
+        version=version,
+        supersedes=supersedes,
+        sop_digest=valid.sop_digest,
+        random_bytes=os.urandom,
+    )
+    blob = ring.storage_cipher().encrypt(
+        sealed.full_presentation().encode("ascii"), _aad(report_id, version)
+    )
+    fields = sorted(valid.report.fields)
+    db.table("reports").insert(
+        {
+            "report_id": report_id,
+            "version": version,
+            "sop": valid.report.sop,
+            "tlp": valid.report.tlp,
+            "issuer_jwt_digest": sealed.issuer_jwt_digest,
+            "issuer_key": signer.public_key,
+            "sealed": blob,
+            "fields": json.dumps(fields),
+            "sealed_at": format_time(now),
+            "supersedes": supersedes,
+        }
+    )
+    node.record(
+        db,
+        "report.sealed",
+        now,
+        report_id=report_id,
+        version=version,
+        sop=valid.report.sop,
+        sop_digest=valid.sop_digest,
+        tlp=valid.report.tlp,
+        issuer_jwt_digest=sealed.issuer_jwt_digest,
+        fields=fields,
+        supersedes=supersedes,
+    )
+    return sealed
+
+
+def load_sealed(node: Node, report_id: str, version: int | None = None) -> SealedReport:
+    """Decrypt and re-verify a stored original (the latest version unless one is named)."""
+    sql = "SELECT version, issuer_key, sealed FROM reports WHERE report_id = ?"
+    args: tuple[object, ...] = (report_id,)
+    if version is not None:
+        sql += " AND version = ?"
+        args = (report_id, version)
+    row = node.store.conn.execute(sql + " ORDER BY version DESC LIMIT 1", args).fetchone()
+    if row is None:
+        raise InputError(f"no report {report_id}", code="report.unknown")
+    plaintext = node.keyring().storage_cipher().decrypt(bytes(row[2]), _aad(report_id, int(row[0])))
+    return reopen_sealed(plaintext.decode("ascii"), bytes(row[1]), limits=PresentationLimits())
+
+
+def list_reports(node: Node, limit: int = 100) -> list[StoredReport]:
+    rows = node.store.conn.execute(
+        "SELECT report_id, version, sop, tlp, issuer_jwt_digest, fields, sealed_at FROM reports "
+        "ORDER BY sealed_at DESC, report_id LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [
+        StoredReport(r[0], int(r[1]), r[2], r[3], r[4], tuple(json.loads(r[5])), r[6]) for r in rows
+    ]
