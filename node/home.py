@@ -11,6 +11,7 @@ Layout (mode 0700)::
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -250,6 +251,17 @@ def init_node(
     host = endpoint.rpartition(":")[0].strip("[]")
     keyring = generate_keyring(node, config.log_origin, host, now, suite)
 
+    created = not data_dir.exists()
+    try:
+        return _write_new_node(data_dir, config, keyring, passphrase, now)
+    except BaseException:
+        _remove_partial_node(data_dir, created)
+        raise
+
+
+def _write_new_node(
+    data_dir: Path, config: NodeConfig, keyring: Keyring, passphrase: str | None, now: datetime
+) -> Node:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     save_keyring(data_dir / KEYFILE, keyring, passphrase, replace=False)
     tls_dir = data_dir / "tls"
@@ -257,19 +269,15 @@ def init_node(
     (tls_dir / "ca.pem").write_bytes(keyring.tls.ca_cert_pem)
     (tls_dir / "node.pem").write_bytes(keyring.tls.cert_pem)
     store = Store.open(data_dir, create=True)
-    card = keyring.card(name=name, endpoint=endpoint, version=1, issued_at=now)
+    card = keyring.card(name=config.name, endpoint=config.endpoint, version=1, issued_at=now)
     signed = sign_card(card, keyring.identity_signer(), None)
     with store.transaction() as db:
         db.table("own_cards").insert({"version": 1, "signed": _signed_card_row(signed)})
-        store.set_meta(db, "node", node)
+        store.set_meta(db, "node", config.node)
         ExchangeLog(store, config.log_origin).append(
-            db, [("node.created", now, {"node": node, "fingerprint": card.fingerprint})]
+            db, [("node.created", now, {"node": config.node, "fingerprint": card.fingerprint})]
         )
-    # config.toml last: its presence marks a complete node.
-    tmp = data_dir / (CONFIG_FILE + ".tmp")
-    tmp.write_text(config.to_toml(), "utf-8")
-    os.replace(tmp, data_dir / CONFIG_FILE)
-    node_obj = Node(
+    node = Node(
         data_dir=data_dir,
         config=config,
         store=store,
@@ -277,5 +285,26 @@ def init_node(
         _keyring=keyring,
         _unencrypted=passphrase is None,
     )
-    node_obj.checkpoint(now)
-    return node_obj
+    node.checkpoint(now)
+    # config.toml last: its presence marks a complete node.
+    tmp = data_dir / (CONFIG_FILE + ".tmp")
+    tmp.write_text(config.to_toml(), "utf-8")
+    os.replace(tmp, data_dir / CONFIG_FILE)
+    return node
+
+
+def _remove_partial_node(data_dir: Path, created: bool) -> None:
+    """An init that failed half-way leaves nothing behind (so it can simply be retried)."""
+    if created:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        return
+    for name in ("keys", "tls"):
+        shutil.rmtree(data_dir / name, ignore_errors=True)
+    for name in (
+        DB_FILE,
+        DB_FILE + "-wal",
+        DB_FILE + "-shm",
+        CONFIG_FILE + ".tmp",
+        "log.highwater",
+    ):
+        (data_dir / name).unlink(missing_ok=True)

@@ -226,3 +226,27 @@ def test_corrupt_database_refuses_to_start(make_node: Callable[..., Path], accor
     r = accord("--data", data, "card", "show")
     assert r.code == 6
     assert "corrupt" in r.err or "integrity" in r.err
+
+
+def test_init_that_fails_half_way_leaves_nothing(
+    tmp_path: Path, accord: Accord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exchange.errors import StoreError
+    from node import home
+
+    def broken_open(*_a: object, **_k: object) -> None:
+        raise StoreError("disk full while writing node.db", code="store.disk_full")
+
+    monkeypatch.setattr(home.Store, "open", broken_open)
+    data = tmp_path / "pk-moi"
+    r = accord(
+        "--data", data, "init", "--node", "pk-moi", "--name", "PK", "--endpoint", "127.0.0.1:7441"
+    )
+    assert r.code == 6 and "disk full" in r.err
+    assert not data.exists()
+    monkeypatch.undo()
+    monkeypatch.setenv("ACCORD_PASSPHRASE", "test passphrase for accord")
+    again = accord(
+        "--data", data, "init", "--node", "pk-moi", "--name", "PK", "--endpoint", "127.0.0.1:7441"
+    )
+    assert again.code == 0, again.err
