@@ -11,6 +11,10 @@ schema, the report's TLP is within the policy's ``max_tlp`` and the ceiling's ``
 the policy releases the field (by name or label), no withhold rule matches (withhold wins),
 the ceiling allows it, a personal field has a named legal basis, and a reciprocity label
 has been earned (the partner sent at least ``min_reports`` in the last ``window_days``).
+
+Sections: the policy value, parsing (with a best-effort TOML line locator), the decision,
+transforms, the receiver's check. One module, past STYLE.md's ~500 lines, so that what the
+parser refuses and what ``decide`` enforces are read side by side (ADR 0004).
 """
 
 from __future__ import annotations
