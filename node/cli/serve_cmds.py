@@ -1,0 +1,121 @@
+"""Running a node: ``accord serve`` and ``accord witness serve``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from exchange.errors import ConfigError
+from exchange.names import check_endpoint, check_node_id
+from keys.keyfile import PASSPHRASE_ENV
+from node.cli.base import CliContext, cli, pass_ctx
+from node.home import Node
+from node.logsetup import configure_logging
+from node.server import ServeOptions, run
+
+
+def _server_passphrase() -> str:
+    """A server reads $ACCORD_PASSPHRASE; it prompts only when a person is at a terminal."""
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value is not None:
+        return value
+    if sys.stdin.isatty():
+        return str(click.prompt("Passphrase for this node's keys", hide_input=True, err=True))
+    raise ConfigError(
+        f"no passphrase: set {PASSPHRASE_ENV} for a server without a terminal",
+        next_step=f"Start the server with {PASSPHRASE_ENV} in its environment "
+        "(e.g. from a systemd credential).",
+    )
+
+
+def _serve(ctx: CliContext, options: ServeOptions, log_level: str) -> None:
+    configure_logging("json", log_level)
+    if options.listen is not None:
+        check_endpoint(options.listen, field="--listen")
+    node = Node.open(ctx.data_dir, _server_passphrase)
+    try:
+        run(node, options)
+    finally:
+        node.close()
+
+
+_listen = click.option(
+    "--listen", default=None, help="HOST:PORT for the peer port (default: from config.toml)."
+)
+_ready = click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write this file (JSON: ports, socket, pid) once serving, for scripts to wait on.",
+)
+_log_level = click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Least severe JSON log lines written to stderr.",
+)
+
+
+@cli.command(
+    "serve",
+    epilog="Example:\n\n    ACCORD_PASSPHRASE=... accord --data ./pk-moi serve "
+    "--ready-file /run/accord/ready",
+)
+@_listen
+@_ready
+@_log_level
+@click.option("--no-cosign", is_flag=True, help="Do not ask partners to cosign our checkpoints.")
+@pass_ctx
+def serve(
+    ctx: CliContext, listen: str | None, ready_file: Path | None, log_level: str, no_cosign: bool
+) -> None:
+    """Run the node: PeerExchange over mutual TLS, Officer on DATA/officer.sock.
+
+    Runs in the foreground until SIGTERM or SIGINT, then stops gracefully. Logs are JSON
+    lines on stderr. Partners are asked to cosign each new checkpoint.
+    """
+    _serve(ctx, ServeOptions(listen=listen, ready_file=ready_file, cosign=not no_cosign), log_level)
+
+
+@cli.group()
+def witness() -> None:
+    """Run an independent witness that cosigns partners' log checkpoints."""
+
+
+@witness.command(
+    "serve",
+    epilog="Example:\n\n    accord --data ./witness witness serve --listen 127.0.0.1:7443 "
+    "--follow pk-moi --follow cn-mps",
+)
+@_listen
+@click.option(
+    "--follow",
+    "follow",
+    multiple=True,
+    required=True,
+    help="A trusted partner whose log this witness cosigns (repeat for several).",
+)
+@_ready
+@_log_level
+@pass_ctx
+def witness_serve(
+    ctx: CliContext,
+    listen: str | None,
+    follow: tuple[str, ...],
+    ready_file: Path | None,
+    log_level: str,
+) -> None:
+    """Serve only AddCheckpoint and GetCheckpoint, over mutual TLS, for followed logs.
+
+    The data directory is an ordinary node ('accord init') whose trust store holds the
+    cards of the logs to follow ('accord peer add').
+    """
+    followed = tuple(check_node_id(f, field="--follow") for f in follow)
+    options = ServeOptions(
+        listen=listen, ready_file=ready_file, witness_only=True, follow=followed, cosign=False
+    )
+    _serve(ctx, options, log_level)

@@ -1,0 +1,157 @@
+"""PeerExchange, the node-to-node service (DESIGN.md §8-§10).
+
+Thin handlers: convert the request, call one function of the node, convert the answer.
+Who is calling comes from :func:`node.transport.current_peer` (set by ``PeerGuard`` before
+any handler runs); errors are raised as ``AccordError`` and mapped at the edge
+(``node.errors_map``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Collection
+from datetime import datetime
+from typing import Any, TypeAlias
+
+from exchange.card import SignedCard
+from exchange.errors import InputError
+from exchange.note import parse_verifier_key
+from keys.keyring import witness_name
+from node import clock
+from node._pb.accord.v1 import card_pb2, envelope_pb2, log_pb2, peer_pb2, peer_pb2_grpc
+from node.errors_map import unimplemented
+from node.home import Node
+from node.log import SignedCheckpoint
+from node.transport import current_peer
+from node.witness import Witness, WitnessConflict
+
+MAX_PROOF_HASHES = 128  # a consistency proof has at most about 2*log2(size) <= 128 hashes
+Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type stubs)
+
+
+def node_card_message(signed: SignedCard) -> card_pb2.NodeCard:
+    # The wire NodeCard has one signature field; the previous key's signature of a rotated
+    # card has no field yet (see ADR 0007).
+    return card_pb2.NodeCard(card=signed.card_bytes, signature=signed.signature)
+
+
+class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
+    """Serves this node's card and log, and witnesses its partners' logs.
+
+    ``follow`` limits whose logs the witness cosigns (None: every trusted partner)."""
+
+    def __init__(
+        self,
+        node: Node,
+        *,
+        follow: Collection[str] | None = None,
+        now: Callable[[], datetime] = clock.now,
+    ) -> None:
+        self._node = node
+        self._now = now
+        self._follow = None if follow is None else frozenset(follow)
+        self._witness = Witness(
+            node.store, node.keyring().witness_signer(), witness_name(node.config.node)
+        )
+
+    async def GetCard(
+        self, request: card_pb2.GetCardRequest, context: Context
+    ) -> card_pb2.GetCardResponse:
+        signed = self._node.own_chain().signed
+        known = request.known_version
+        newer = signed[known:] if 0 < known < len(signed) else ()
+        return card_pb2.GetCardResponse(
+            card=node_card_message(signed[-1]),
+            rotation_chain=[node_card_message(s) for s in newer],
+        )
+
+    async def GetCheckpoint(
+        self, request: log_pb2.GetCheckpointRequest, context: Context
+    ) -> log_pb2.GetCheckpointResponse:
+        cp = self._latest()
+        note = self._node.log.cosigned_note(cp)
+        return log_pb2.GetCheckpointResponse(checkpoint=log_pb2.Checkpoint(note=note))
+
+    async def GetInclusionProof(
+        self, request: log_pb2.GetInclusionProofRequest, context: Context
+    ) -> log_pb2.GetInclusionProofResponse:
+        size, index = request.tree_size, request.leaf_index
+        if not (0 < size <= self._latest().size and index < size):
+            raise _bad_range("leaf index and tree size must lie within the latest checkpoint")
+        hashes = self._node.log.inclusion_proof(index, size)
+        return log_pb2.GetInclusionProofResponse(leaf_index=index, tree_size=size, hashes=hashes)
+
+    async def GetConsistencyProof(
+        self, request: log_pb2.GetConsistencyProofRequest, context: Context
+    ) -> log_pb2.GetConsistencyProofResponse:
+        old, new = request.old_size, request.new_size
+        if not 0 < old <= new <= self._latest().size:
+            raise _bad_range("sizes must satisfy 0 < old <= new <= the latest checkpoint")
+        hashes = self._node.log.consistency_proof(old, new)
+        return log_pb2.GetConsistencyProofResponse(old_size=old, new_size=new, hashes=hashes)
+
+    async def AddCheckpoint(
+        self, request: log_pb2.AddCheckpointRequest, context: Context
+    ) -> log_pb2.AddCheckpointResponse:
+        peer = current_peer()
+        if self._follow is not None and peer.node not in self._follow:
+            raise InputError(
+                f"this witness does not follow {peer.node}", code="witness.not_followed"
+            )
+        if len(request.consistency_proof) > MAX_PROOF_HASHES:
+            raise InputError(f"more than {MAX_PROOF_HASHES} proof hashes", code="limit.proof")
+        log_key = parse_verifier_key(peer.card.log_vkey)
+        try:
+            line = self._witness.add_checkpoint(
+                origin=log_key.name,
+                log_key=log_key,
+                old_size=request.old_size,
+                proof=list(request.consistency_proof),
+                note=request.checkpoint.note,
+                now=self._now(),
+            )
+        except WitnessConflict as conflict:
+            held = log_pb2.CheckpointConflict(size=conflict.held_size)
+            return log_pb2.AddCheckpointResponse(conflict=held)
+        return log_pb2.AddCheckpointResponse(cosignature_lines=(line + "\n").encode("utf-8"))
+
+    # PLACEHOLDERS until the envelope/outbox layer exists (issue 6, another engineer): they
+    # fail with UNIMPLEMENTED and the stable code "unimplemented".
+    async def Pull(
+        self, request: peer_pb2.PullRequest, context: Context
+    ) -> AsyncIterator[envelope_pb2.EnvelopeBatch]:
+        raise unimplemented("Pull")
+        yield envelope_pb2.EnvelopeBatch()  # unreachable: makes Pull an async generator
+
+    async def Acknowledge(
+        self, request: peer_pb2.AcknowledgeRequest, context: Context
+    ) -> peer_pb2.AcknowledgeResponse:
+        raise unimplemented("Acknowledge")
+
+    def _latest(self) -> SignedCheckpoint:
+        cp = self._node.log.latest_checkpoint()
+        if cp is None:
+            raise InputError("no checkpoint signed yet", code="log.no_checkpoint")
+        return cp
+
+
+class WitnessService(PeerExchangeService):
+    """``accord witness serve``: only AddCheckpoint and GetCheckpoint, for followed logs."""
+
+    async def GetCard(
+        self, request: card_pb2.GetCardRequest, context: Context
+    ) -> card_pb2.GetCardResponse:
+        raise unimplemented("GetCard on a witness")
+
+    async def GetInclusionProof(
+        self, request: log_pb2.GetInclusionProofRequest, context: Context
+    ) -> log_pb2.GetInclusionProofResponse:
+        raise unimplemented("GetInclusionProof on a witness")
+
+    async def GetConsistencyProof(
+        self, request: log_pb2.GetConsistencyProofRequest, context: Context
+    ) -> log_pb2.GetConsistencyProofResponse:
+        raise unimplemented("GetConsistencyProof on a witness")
+
+
+def _bad_range(message: str) -> InputError:
+    return InputError(message, code="log.bad_range")

@@ -1,0 +1,301 @@
+"""``accord serve``: the node's gRPC servers in one process (DESIGN.md §10).
+
+Two ``grpc.aio`` servers share one event loop: PeerExchange on the TCP listen address with
+mutual TLS, and Officer on the unix socket ``DATA/officer.sock`` (mode 0660). Two servers
+rather than two ports of one server, so that no interceptor mistake can expose the Officer
+API on the network or PeerExchange without TLS (ADR 0007). Both serve gRPC health checking
+and reflection. Background tasks: the cosigner (node/cosigning.py) and the refresh of the
+TLS client CAs from the trust store (node/transport.py).
+
+Programmatic use::
+
+    server = NodeServer(node, ServeOptions(listen="127.0.0.1:7441"))
+    await server.start()          # serving; server.peer_port, server.officer_socket
+    ...
+    await server.stop()           # graceful, within options.grace_seconds
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from exchange.errors import ConfigError
+from node import clock
+from node._pb.accord.v1 import officer_pb2, officer_pb2_grpc, peer_pb2, peer_pb2_grpc
+from node.cosigning import Cosigner
+from node.errors_map import Audience, EdgeInterceptor
+from node.home import Node
+from node.peer_service import PeerExchangeService, WitnessService
+from node.transport import (
+    ROOTS_REFRESH_SECONDS,
+    PartnerChannels,
+    PartnerRoots,
+    PeerGuard,
+    server_options,
+)
+
+OFFICER_SOCKET = "officer.sock"
+MAX_UNIX_PATH = 107
+PEER_SERVICE = peer_pb2.DESCRIPTOR.services_by_name["PeerExchange"].full_name
+OFFICER_SERVICE = officer_pb2.DESCRIPTOR.services_by_name["Officer"].full_name
+log = structlog.get_logger("accord.server")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    listen: str | None = None  # HOST:PORT; default: the node's config
+    ready_file: Path | None = None  # written (JSON) once both servers accept calls
+    witness_only: bool = False  # accord witness serve: AddCheckpoint/GetCheckpoint only
+    follow: tuple[str, ...] = ()  # witness: the partners whose logs it cosigns
+    cosign: bool = True  # run the cosigner (off for a witness and in some tests)
+    grace_seconds: float = 5.0
+    cosign_poll_seconds: float = 2.0
+
+
+def software_version() -> str:
+    try:
+        return metadata.version("accord-exchange")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _timestamp(at: datetime | None) -> Timestamp | None:
+    if at is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(at)
+    return stamp
+
+
+class OfficerService(officer_pb2_grpc.OfficerServicer):
+    """The local Officer API. Only Status is served here; every other RPC is inherited
+    from the generated base and fails with UNIMPLEMENTED and the code "unimplemented"
+    until the report pipeline adds it (subclass this and pass it to ``NodeServer``)."""
+
+    def __init__(self, node: Node, cosigner: Cosigner | None) -> None:
+        self._node = node
+        self._cosigner = cosigner
+
+    async def Status(
+        self, request: officer_pb2.StatusRequest, context: Any
+    ) -> officer_pb2.StatusResponse:
+        node = self._node
+        cp = node.log.latest_checkpoint()
+        states = self._cosigner.state if self._cosigner is not None else {}
+        peers = []
+        for record in node.trust_store().list():
+            state = states.get(record.node)
+            peers.append(
+                officer_pb2.PeerStatus(
+                    peer=record.node,
+                    cosigned_size=node.cosigned_size(record.node),
+                    last_contact=_timestamp(state.last_contact if state else None),
+                    last_error_code=state.last_error_code if state else "",
+                )
+            )
+        return officer_pb2.StatusResponse(
+            node=node.config.node,
+            version=software_version(),
+            log_size=node.log.size(),
+            checkpoint_size=0 if cp is None else cp.size,
+            peers=peers,
+        )
+
+
+def _prepare_unix_socket(path: Path) -> None:
+    if len(str(path).encode()) > MAX_UNIX_PATH:
+        raise ConfigError(
+            f"officer socket path {path} is longer than {MAX_UNIX_PATH} bytes",
+            next_step="Use a shorter --data directory path.",
+        )
+    if not path.exists() and not path.is_symlink():
+        return
+    if not stat.S_ISSOCK(path.lstat().st_mode):
+        raise ConfigError(f"{path} exists and is not a socket", next_step="Move that file away.")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # left behind by a server that did not stop cleanly
+        return
+    finally:
+        probe.close()
+    raise ConfigError(
+        f"another 'accord serve' is already running on {path}",
+        code="config.already_serving",
+        next_step="Stop it first (SIGTERM), or use another --data directory.",
+    )
+
+
+class NodeServer:
+    def __init__(
+        self,
+        node: Node,
+        options: ServeOptions | None = None,
+        *,
+        peer_service: peer_pb2_grpc.PeerExchangeServicer | None = None,
+        officer_service: Callable[[Node, Cosigner | None], officer_pb2_grpc.OfficerServicer]
+        | None = None,
+        now: Callable[[], datetime] = clock.now,
+    ) -> None:
+        self.node = node
+        self.options = options or ServeOptions()
+        self._now = now
+        self._peer_service = peer_service
+        self._officer_factory = officer_service or OfficerService
+        self.channels = PartnerChannels(node)
+        self.cosigner: Cosigner | None = None
+        self.peer_port = 0
+        self.officer_socket = node.data_dir / OFFICER_SOCKET
+        self._tasks: list[asyncio.Task[None]] = []
+        self._health: list[tuple[health.aio.HealthServicer, str]] = []
+        self._servers: list[grpc.aio.Server] = []
+
+    @property
+    def listen(self) -> str:
+        return self.options.listen or self.node.config.listen
+
+    async def start(self) -> None:
+        node, opts = self.node, self.options
+        node.keyring()  # a wrong passphrase fails here, before anything listens
+        for peer in opts.follow:
+            node.trust_store().trusted_chain(peer, self._now())  # each followed log is trusted
+        roots = PartnerRoots(node)
+        if opts.cosign and not opts.witness_only:
+            self.cosigner = Cosigner(
+                node, self.channels, now=self._now, poll_seconds=opts.cosign_poll_seconds
+            )
+        peer_service = self._peer_service or (
+            WitnessService(node, follow=opts.follow, now=self._now)
+            if opts.witness_only
+            else PeerExchangeService(node, follow=opts.follow or None, now=self._now)
+        )
+
+        peer_server = self._new_server(Audience.PEER, PeerGuard(node, now=self._now))
+        peer_pb2_grpc.add_PeerExchangeServicer_to_server(peer_service, peer_server)
+        self._add_health_and_reflection(peer_server, PEER_SERVICE)
+        host = self.listen.rpartition(":")[0]
+        self.peer_port = peer_server.add_secure_port(self.listen, roots.credentials())
+        if self.peer_port == 0:
+            raise ConfigError(f"cannot listen on {self.listen}", code="config.listen")
+
+        officer_server = self._new_server(Audience.OFFICER)
+        officer_pb2_grpc.add_OfficerServicer_to_server(
+            self._officer_factory(node, self.cosigner), officer_server
+        )
+        self._add_health_and_reflection(officer_server, OFFICER_SERVICE)
+        _prepare_unix_socket(self.officer_socket)
+        old_umask = os.umask(0o117)  # the socket is born 0660
+        try:
+            officer_server.add_insecure_port(f"unix:{self.officer_socket}")
+            for server in self._servers:
+                await server.start()
+        finally:
+            os.umask(old_umask)
+        self.officer_socket.chmod(0o660)
+        for checker, service in self._health:
+            for name in ("", service):
+                await checker.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        self._tasks.append(asyncio.create_task(self._refresh_roots(roots)))
+        if self.cosigner is not None:
+            self._tasks.append(asyncio.create_task(self.cosigner.run()))
+        log.info(
+            "server.started",
+            node=node.config.node,
+            listen=f"{host}:{self.peer_port}",
+            path=str(self.officer_socket),
+            kind="witness" if opts.witness_only else "node",
+        )
+        if opts.ready_file is not None:
+            self._write_ready(opts.ready_file)
+
+    def _new_server(self, audience: Audience, guard: PeerGuard | None = None) -> grpc.aio.Server:
+        interceptor = (
+            EdgeInterceptor(audience) if guard is None else EdgeInterceptor(audience, guard)
+        )
+        server = grpc.aio.server(interceptors=[interceptor], options=server_options())
+        self._servers.append(server)
+        return server
+
+    def _add_health_and_reflection(self, server: grpc.aio.Server, service: str) -> None:
+        checker = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+        self._health.append((checker, service))
+        names = (service, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+
+    def _write_ready(self, path: Path) -> None:
+        doc = {
+            "node": self.node.config.node,
+            "peer_port": self.peer_port,
+            "officer_socket": str(self.officer_socket),
+            "pid": os.getpid(),
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(doc), "utf-8")
+        os.replace(tmp, path)
+
+    async def _refresh_roots(self, roots: PartnerRoots) -> None:
+        while True:
+            await asyncio.sleep(ROOTS_REFRESH_SECONDS)
+            try:
+                roots.refresh(self._now())
+            except Exception as e:  # keep serving with the CAs we have
+                log.error("transport.refresh_failed", exc_info=e)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, let running ones finish within the grace period."""
+        grace = self.options.grace_seconds if grace is None else grace
+        for checker, _service in self._health:
+            await checker.enter_graceful_shutdown()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await asyncio.gather(*(s.stop(grace) for s in self._servers))
+        await self.channels.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.officer_socket.unlink()
+        log.info("server.stopped", node=self.node.config.node)
+
+
+async def serve_until_signalled(server: NodeServer) -> None:
+    """Start, serve until SIGTERM or SIGINT, then stop gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        await stop.wait()
+        log.info("server.stopping", node=server.node.config.node)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await server.stop()
+
+
+def run(node: Node, options: ServeOptions) -> None:
+    """Serve ``node`` in this process until a signal; the caller closes the node."""
+    asyncio.run(serve_until_signalled(NodeServer(node, options)))
