@@ -220,6 +220,14 @@ class Node:
     def _reuse_passphrase(self) -> str | None:
         return None if self._unencrypted else self.passphrase()
 
+    # -- witnessing (added for node/cosigning.py) --------------------------------------------
+    def cosigned_size(self, witness: str) -> int:
+        """The size of our largest checkpoint ``witness`` has cosigned; 0 when none."""
+        row = self.store.conn.execute(
+            "SELECT max(size) FROM log_cosignatures WHERE witness = ?", (witness,)
+        ).fetchone()
+        return 0 if row[0] is None else int(row[0])
+
 
 def init_node(
     data_dir: Path,
