@@ -4,4 +4,5 @@ from node.cli import (
     log_cmds,  # noqa: F401
     node_cmds,  # noqa: F401
     report_cmds,  # noqa: F401
+    serve_cmds,  # noqa: F401
 )
