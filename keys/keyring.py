@@ -6,6 +6,7 @@ and public material (cards, certificates); never a seed.
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -95,6 +96,13 @@ class Keyring:
 
     def storage_cipher(self) -> StorageCipher:
         return StorageCipher(self.storage_key)
+
+    def pseudonym_key(self, peer: str) -> bytes:
+        """The keyed-HMAC pseudonym key for one partner, derived from the storage key:
+        stable across restarts, different per partner, useless without this node."""
+        return hmac.new(
+            self.storage_key, b"accord/v1/pseudonym\n" + peer.encode(), "sha256"
+        ).digest()
 
     def encryption_keys(self) -> list[EncryptionKeyPair]:
         return [EncryptionKeyPair(e.kid, e.suite, e.secret, e.not_after) for e in self.encryption]

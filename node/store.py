@@ -92,10 +92,24 @@ def _m003_reports(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m004_agreements(db: sqlite_utils.Database) -> None:
+    _run_sql(
+        db,
+        """
+        CREATE TABLE agreements (
+            digest TEXT PRIMARY KEY, peer TEXT NOT NULL, id TEXT NOT NULL,
+            version INTEGER NOT NULL, signed BLOB NOT NULL, not_before TEXT NOT NULL,
+            not_after TEXT NOT NULL, stored_at TEXT NOT NULL);
+        CREATE INDEX agreements_by_peer ON agreements (peer, not_after)
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
     (2, "transparency log: leaves, subtrees, checkpoints, cosignatures, witness", _m002_log),
     (3, "sealed reports, plaintext encrypted at rest", _m003_reports),
+    (4, "bilateral agreements signed by both parties", _m004_agreements),
 ]
 
 

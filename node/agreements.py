@@ -1,0 +1,242 @@
+"""Agreements at a node: proposing from officer-written terms, countersigning, storing the
+fully signed agreement (logged as ``agreement.signed``), and finding the one in force."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from exchange.agreement import (
+    Agreement,
+    Ceiling,
+    SignedAgreement,
+    VerifiedAgreement,
+    ceiling_for,
+    direction,
+    parse_agreement_unverified,
+    parse_signed_agreement_unverified,
+    propose,
+    sign_agreement,
+    verified_signers,
+    verify_agreement,
+)
+from exchange.card import SUITE_HYBRID, SUITE_X25519
+from exchange.errors import InputError, PolicyError
+from exchange.times import format_time, parse_time
+from node.home import Node
+from node.schemas import registry
+
+SUITES = {"hybrid": SUITE_HYBRID, "x25519": SUITE_X25519}
+MAX_TERMS = 64 * 1024
+
+
+@dataclass(frozen=True)
+class StoredAgreement:
+    digest: str
+    peer: str
+    id: str
+    version: int
+    not_before: str
+    not_after: str
+    stored_at: str
+    signed: bytes
+
+
+def _schemas_of(section: dict[str, Any], where: str) -> dict[str, tuple[list[str], list[str]]]:
+    out = {}
+    for name, rule in dict(section.get("schema", {})).items():
+        if not isinstance(rule, dict):
+            raise InputError(f"{where}.schema.{name} must be a table with fields and labels")
+        unknown = set(rule) - {"fields", "labels"}
+        if unknown:
+            raise InputError(f"{where}.schema.{name}: unknown keys {sorted(unknown)}")
+        out[name] = (list(rule.get("fields", [])), list(rule.get("labels", [])))
+    return out
+
+
+def terms_to_agreement(node: Node, peer: str, text: str, now: datetime) -> Agreement:
+    """Build an agreement from the officer's terms file (``sop/agreements/example-terms.toml``)."""
+    if len(text) > MAX_TERMS:
+        raise InputError(f"terms file is larger than {MAX_TERMS} characters")
+    try:
+        terms = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"terms file is not valid TOML: {e}") from e
+    unknown = set(terms) - {
+        "id",
+        "suite",
+        "valid_days",
+        "not_before",
+        "not_after",
+        "send",
+        "receive",
+    }
+    if unknown:
+        raise InputError(f"terms: unknown keys {sorted(unknown)}")
+    for key in ("id", "send", "receive"):
+        if key not in terms:
+            raise InputError(f"terms: '{key}' is missing")
+    suite = SUITES.get(str(terms.get("suite", "hybrid")))
+    if suite is None:
+        raise InputError(f"terms: suite must be one of {sorted(SUITES)}")
+    me = node.config.node
+    send, receive = dict(terms["send"]), dict(terms["receive"])
+    directions = [
+        direction(me, peer, str(send.get("tlp_max", "")), _schemas_of(send, "send")),
+        direction(peer, me, str(receive.get("tlp_max", "")), _schemas_of(receive, "receive")),
+    ]
+    reg = registry()
+    names = sorted({n for d in directions for n in d.schemas})
+    unknown_schemas = [n for n in names if n not in reg]
+    if unknown_schemas:
+        raise InputError(
+            f"terms: unknown schema {unknown_schemas[0]}", next_step="See 'accord schema list'."
+        )
+    not_before = (
+        parse_time(terms["not_before"], field="not_before") if "not_before" in terms else now
+    )
+    if "not_after" in terms:
+        not_after = parse_time(terms["not_after"], field="not_after")
+    else:
+        not_after = not_before + timedelta(days=int(terms.get("valid_days", 365)))
+    return propose(
+        agreement_id=str(terms["id"]),
+        parties=[me, peer],
+        schemas={n: reg.digest(n) for n in names},
+        ceiling=directions,
+        suite=suite,
+        not_before=not_before,
+        not_after=not_after,
+        schema_labels={n: reg.labels(n) for n in names},
+    )
+
+
+def _party_keys(node: Node, agreement: Agreement, now: datetime) -> dict[str, bytes]:
+    me = node.config.node
+    keys = {me: node.own_chain().latest.identity_key}
+    for party in agreement.parties:
+        if party != me:
+            keys[party] = node.trust_store().trusted_chain(party, now).latest.identity_key
+    return keys
+
+
+def propose_agreement(node: Node, peer: str, terms: str, now: datetime) -> SignedAgreement:
+    node.trust_store().trusted_chain(peer, now)  # only with a partner we trust
+    agreement = terms_to_agreement(node, peer, terms, now)
+    return sign_agreement(agreement, node.config.node, node.keyring().identity_signer())
+
+
+def sign_and_store(
+    node: Node, data: bytes, now: datetime
+) -> tuple[SignedAgreement, VerifiedAgreement | None]:
+    """Countersign an agreement file. Every signature present must verify first. When both
+    parties have signed, the agreement is stored and logged; returns it verified."""
+    signed = parse_signed_agreement_unverified(data)
+    content = parse_agreement_unverified(signed.agreement_bytes)
+    me = node.config.node
+    if me not in content.parties:
+        raise PolicyError("this node is not a party to the agreement", code="policy.not_a_party")
+    keys = _party_keys(node, content, now)
+    verified_signers(signed, keys)
+    _check_schemas(content)
+    if me not in signed.signatures:
+        signed = sign_agreement(signed, me, node.keyring().identity_signer())
+    if set(signed.signatures) != set(content.parties):
+        return signed, None
+    verified = verify_agreement(signed, keys, now)
+    peer = content.peer_of(me)
+    with node.store.transaction() as db:
+        exists = node.store.conn.execute(
+            "SELECT 1 FROM agreements WHERE digest = ?", (verified.digest,)
+        ).fetchone()
+        if exists is None:
+            db.table("agreements").insert(
+                {
+                    "digest": verified.digest,
+                    "peer": peer,
+                    "id": content.id,
+                    "version": content.version,
+                    "signed": signed.to_bytes(),
+                    "not_before": content.not_before,
+                    "not_after": content.not_after,
+                    "stored_at": format_time(now),
+                }
+            )
+            node.record(
+                db,
+                "agreement.signed",
+                now,
+                peer=peer,
+                agreement_id=content.id,
+                agreement_version=content.version,
+                agreement_digest=verified.digest,
+                parties=list(content.parties),
+                suite=content.suite,
+                not_before=content.not_before,
+                not_after=content.not_after,
+            )
+    if exists is None:
+        node.checkpoint(now)
+    return signed, verified
+
+
+def _check_schemas(agreement: Agreement) -> None:
+    reg = registry()
+    for name, digest in agreement.schemas.items():
+        if name not in reg or reg.digest(name) != digest:
+            raise PolicyError(
+                f"agreement schema {name} is not the one this node ships (digest differs)",
+                code="policy.schema_mismatch",
+                next_step="Both partners must run the same SOP schema pack.",
+            )
+
+
+def stored_agreements(node: Node, peer: str | None = None) -> list[StoredAgreement]:
+    sql = (
+        "SELECT digest, peer, id, version, not_before, not_after, stored_at, signed FROM agreements"
+    )
+    args: tuple[Any, ...] = ()
+    if peer is not None:
+        sql += " WHERE peer = ?"
+        args = (peer,)
+    rows = node.store.conn.execute(sql + " ORDER BY peer, not_after DESC", args).fetchall()
+    return [
+        StoredAgreement(r[0], r[1], r[2], int(r[3]), r[4], r[5], r[6], bytes(r[7])) for r in rows
+    ]
+
+
+def current_agreement(node: Node, peer: str, now: datetime) -> VerifiedAgreement | None:
+    """The newest stored agreement with ``peer`` valid at ``now``, re-verified from bytes."""
+    for stored in stored_agreements(node, peer):
+        if (
+            parse_time(stored.not_before, field="not_before")
+            <= now
+            <= parse_time(stored.not_after, field="not_after")
+        ):
+            signed = parse_signed_agreement_unverified(stored.signed)
+            content = parse_agreement_unverified(signed.agreement_bytes)
+            return verify_agreement(signed, _party_keys(node, content, now), now)
+    return None
+
+
+def ceiling(
+    node: Node, agreement: VerifiedAgreement | None, sender: str, receiver: str, schema: str
+) -> Ceiling | None:
+    if agreement is None:
+        return None
+    reg = registry()
+    try:
+        return ceiling_for(
+            agreement, sender, receiver, schema, reg.labels(schema), reg.digest(schema)
+        )
+    except PolicyError:
+        return None
+
+
+def load_terms(path: Path) -> str:
+    if not path.is_file():
+        raise InputError(f"{path} is not a file")
+    return path.read_text("utf-8")

@@ -1,0 +1,141 @@
+"""The node's release policy: the active file (``DATA/policy.toml``), checked against the
+current agreements whenever it is loaded, and the decision for one report and partner."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from types import MappingProxyType
+
+from exchange.agreement import Ceiling, ceilings_between
+from exchange.errors import InputError
+from exchange.policy import (
+    PeerStats,
+    Policy,
+    ReleaseDecision,
+    decide,
+    parse_policy,
+    reciprocity_window_start,
+)
+from exchange.sop import Report
+from exchange.times import format_time, parse_time
+from node.agreements import ceiling, current_agreement
+from node.home import Node
+from node.schemas import registry
+
+POLICY_FILE = "policy.toml"
+MAX_POLICY_FILE = 256 * 1024
+
+REASON_TEXT = {
+    "no-agreement": "no agreement signed by both partners allows this schema",
+    "not-in-policy": "the policy does not release it (deny by default)",
+    "not-in-schema": "not a field of the schema",
+    "unknown-label": "the field's label is unknown",
+    "withheld-label": "its label is withheld by the policy (withhold wins)",
+    "drop": "dropped by a transform",
+    "above-ceiling": "above the agreed ceiling",
+    "no-legal-basis": "personal data without a named legal basis",
+    "reciprocity": "reciprocity: the partner has not sent enough reports lately",
+    "tlp-above-max": "the report's TLP is above what this partner may receive",
+    "transform-unsupported": "the transform cannot apply to this value",
+}
+
+
+def read_policy_text(path: Path) -> str:
+    if not path.is_file():
+        raise InputError(f"{path} is not a file")
+    if path.stat().st_size > MAX_POLICY_FILE:
+        raise InputError(f"{path} is larger than {MAX_POLICY_FILE} bytes")
+    try:
+        return path.read_text("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text") from e
+
+
+def _ceilings(node: Node, now: datetime) -> dict[str, Mapping[str, Ceiling]]:
+    reg = registry()
+    me = node.config.node
+    out: dict[str, Mapping[str, Ceiling]] = {}
+    for record in node.trust_store().list():
+        agreement = current_agreement(node, record.node, now)
+        if agreement is None:
+            continue
+        names = [n for n in agreement.agreement.schemas if n in reg]
+        out[record.node] = ceilings_between(
+            agreement,
+            me,
+            record.node,
+            {n: reg.labels(n) for n in names},
+            {n: reg.digest(n) for n in names},
+        )
+    return out
+
+
+def check_policy(node: Node | None, text: str, now: datetime) -> Policy:
+    """Parse and check a policy; with a node, also against every current agreement."""
+    reg = registry()
+    labels = {n: reg.labels(n) for n in reg.names()}
+    return parse_policy(text, labels, ceilings=_ceilings(node, now) if node else None)
+
+
+def active_policy(node: Node, now: datetime) -> Policy | None:
+    path = node.data_dir / POLICY_FILE
+    if not path.exists():
+        return None
+    return check_policy(node, read_policy_text(path), now)
+
+
+def apply_policy(node: Node, text: str, now: datetime) -> Policy:
+    """Install ``text`` as the active policy (checked first); logs ``policy.changed``."""
+    policy = check_policy(node, text, now)
+    previous = active_policy(node, now) if (node.data_dir / POLICY_FILE).exists() else None
+    if previous is not None and previous.digest == policy.digest:
+        return policy
+    tmp = node.data_dir / (POLICY_FILE + ".tmp")
+    tmp.write_text(text, "utf-8")
+    with node.store.transaction() as db:
+        node.record(
+            db,
+            "policy.changed",
+            now,
+            policy_digest=policy.digest,
+            previous_digest=None if previous is None else previous.digest,
+            peers=sorted(policy.peers),
+        )
+        os.replace(tmp, node.data_dir / POLICY_FILE)
+    node.checkpoint(now)
+    return policy
+
+
+def peer_stats(node: Node, policy: Policy, peer: str, now: datetime) -> PeerStats:
+    """When ``peer``'s reports arrived, inside the policy's reciprocity window."""
+    start = reciprocity_window_start(policy, peer, now)
+    if start is None or "inbox" not in node.store.db.table_names():
+        return PeerStats(received_at=())
+    rows = node.store.conn.execute(
+        "SELECT received_at FROM inbox WHERE peer = ? AND kind = 'report' AND received_at > ?",
+        (peer, format_time(start)),
+    ).fetchall()
+    return PeerStats(received_at=tuple(parse_time(r[0], field="received_at") for r in rows))
+
+
+def decide_for(
+    node: Node, report: Report, peer: str, now: datetime, policy: Policy | None
+) -> ReleaseDecision:
+    reg = registry()
+    agreement = current_agreement(node, peer, now)
+    policy = policy if policy is not None else Policy(MappingProxyType({}))
+    return decide(
+        report.fields,
+        report.tlp,
+        report.sop,
+        reg.labels(report.sop),
+        policy,
+        ceiling(node, agreement, node.config.node, peer, report.sop),
+        peer,
+        peer_stats(node, policy, peer, now),
+        now,
+        node.keyring().pseudonym_key(peer),
+    )

@@ -1,0 +1,211 @@
+"""Agreements and release policies at the node, through the CLI (issue 4)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from exchange.events import parse_event_unverified
+from node.home import Node
+from tests.conftest import PASSPHRASE, Result, snapshot
+
+ROOT = Path(__file__).resolve().parents[2]
+TERMS = ROOT / "sop" / "agreements" / "example-terms.toml"
+POLICY = ROOT / "sop" / "policies" / "example.toml"
+MARKER = "QWX-marker-5521"
+ALERT = {
+    "sop": "threat-alert@1",
+    "tlp": "amber",
+    "fields": {
+        "title": f"IED threat {MARKER}",
+        "threat_type": "ied",
+        "severity": "high",
+        "region": "Balochistan",
+        "site": f"Convoy yard {MARKER}",
+        "location": {"lat": 25.1264, "lon": 62.3225},
+        "time_window": {"start": "2026-11-26T00:00:00Z", "end": "2026-11-30T00:00:00Z"},
+        "indicators": [f"white pickup {MARKER}"],
+        "recommended_actions": ["Avoid the east gate"],
+        "source": {"kind": "humint", "reliability": "B", "credibility": 2},
+    },
+}
+
+Accord = Callable[..., Result]
+
+
+@pytest.fixture
+def partners(make_node: Callable[..., Path], accord: Accord, tmp_path: Path) -> tuple[Path, Path]:
+    pk, cn = make_node("pk-moi", 7441), make_node("cn-mps", 7442)
+    for a, b in ((pk, cn), (cn, pk)):
+        card = tmp_path / f"{a.name}.card"
+        assert accord("--data", a, "card", "export", "--out", card).code == 0
+        fp = accord("--data", a, "card", "show", "--json").json()["fingerprint"]  # type: ignore[index]
+        assert accord("--data", b, "peer", "add", card, "--fingerprint", fp).code == 0
+    return pk, cn
+
+
+def _kinds(data: Path) -> list[str]:
+    node = Node.open(data, lambda: PASSPHRASE)
+    try:
+        return [parse_event_unverified(e).kind for _i, e in node.log.leaves(0, 10_000)]
+    finally:
+        node.close()
+
+
+def _agree(accord: Accord, pk: Path, cn: Path, tmp_path: Path) -> Path:
+    file = tmp_path / "agreement.json"
+    assert (
+        accord(
+            "--data",
+            pk,
+            "agreement",
+            "propose",
+            "--peer",
+            "cn-mps",
+            "--terms",
+            TERMS,
+            "--out",
+            file,
+        ).code
+        == 0
+    )
+    r = accord("--data", cn, "agreement", "sign", file, "--yes", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["stored"] is True  # type: ignore[index]
+    r = accord("--data", pk, "agreement", "sign", file, "--yes", "--json")
+    assert r.json()["stored"] is True  # type: ignore[index]
+    return file
+
+
+def test_nothing_flows_without_an_agreement(
+    partners: tuple[Path, Path], accord: Accord, tmp_path: Path
+) -> None:
+    pk, _cn = partners
+    assert accord("--data", pk, "policy", "apply", POLICY).code == 0
+    report = tmp_path / "alert.json"
+    report.write_text(json.dumps(ALERT))
+    r = accord("--data", pk, "policy", "explain", "--peer", "cn-mps", report, "--json")
+    assert r.code == 0, r.err
+    outcomes = {f["field"]: (f["outcome"], f["detail"]) for f in r.json()["fields"]}  # type: ignore[index]
+    assert all(o == ("withheld", "no-agreement") for o in outcomes.values()), outcomes
+    assert r.json()["releases_anything"] is False  # type: ignore[index]
+
+
+def test_agreement_signed_by_both_and_logged_on_both_sides(
+    partners: tuple[Path, Path], accord: Accord, tmp_path: Path
+) -> None:
+    pk, cn = partners
+    _agree(accord, pk, cn, tmp_path)
+    for side, peer in ((pk, "cn-mps"), (cn, "pk-moi")):
+        shown = accord("--data", side, "agreement", "show", "--peer", peer, "--json").json()
+        assert sorted(shown["signed_by"]) == ["cn-mps", "pk-moi"]  # type: ignore[index]
+        assert _kinds(side).count("agreement.signed") == 1
+    digests = {
+        accord("--data", d, "agreement", "list", "--json").json()[0]["digest"] for d in (pk, cn)
+    }  # type: ignore[index]
+    assert len(digests) == 1
+    # Signing again (or importing twice) adds nothing.
+    before = snapshot(cn)
+    assert accord("--data", cn, "agreement", "sign", tmp_path / "agreement.json", "--yes").code == 0
+    assert snapshot(cn) == before
+
+
+def test_tampered_agreement_is_refused_and_nothing_is_stored(
+    partners: tuple[Path, Path], accord: Accord, tmp_path: Path
+) -> None:
+    pk, cn = partners
+    file = tmp_path / "agreement.json"
+    assert (
+        accord(
+            "--data",
+            pk,
+            "agreement",
+            "propose",
+            "--peer",
+            "cn-mps",
+            "--terms",
+            TERMS,
+            "--out",
+            file,
+        ).code
+        == 0
+    )
+    doc = json.loads(file.read_bytes())
+    import base64
+
+    inner = json.loads(base64.b64decode(doc["agreement"]))
+    inner["ceiling"][0]["tlp_max"] = "red"  # widen the ceiling after pk-moi signed
+    from exchange.canonical import canonical_json
+
+    doc["agreement"] = base64.b64encode(canonical_json(inner)).decode()
+    file.write_text(json.dumps(doc))
+    before = snapshot(cn)
+    r = accord("--data", cn, "agreement", "sign", file, "--yes")
+    assert r.code == 3 and "signature" in r.err
+    assert snapshot(cn) == before
+
+
+def test_policy_check_names_the_offending_key_and_line(
+    partners: tuple[Path, Path], accord: Accord, tmp_path: Path
+) -> None:
+    pk, cn = partners
+    _agree(accord, pk, cn, tmp_path)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        POLICY.read_text().replace(
+            'release = ["recommended_actions"]', 'release = ["recomended_actions"]'
+        )
+    )
+    before = snapshot(pk)
+    r = accord("--data", pk, "policy", "check", bad, "--json")
+    assert r.code == 4
+    problem = r.json()["problems"][0]  # type: ignore[index]
+    assert "recomended_actions" in problem["key"] + problem["rule"] and problem["line"]
+    human = accord("--data", pk, "policy", "apply", bad)
+    assert human.code == 4 and "recomended_actions" in human.out + human.err
+    assert snapshot(pk) == before
+
+
+def test_policy_above_the_ceiling_is_refused(
+    partners: tuple[Path, Path], accord: Accord, tmp_path: Path
+) -> None:
+    pk, cn = partners
+    _agree(accord, pk, cn, tmp_path)
+    wide = tmp_path / "wide.toml"
+    wide.write_text(
+        POLICY.read_text()
+        .replace(
+            'withhold_labels = ["sensitive-source"]', 'release_labels = ["sensitive-source"]', 1
+        )
+        .replace('release_labels = ["public", "operational"]', "", 1)
+    )
+    r = accord("--data", pk, "policy", "check", wide, "--json")
+    assert r.code == 4
+    assert any(p["code"] == "policy.above_ceiling" for p in r.json()["problems"])  # type: ignore[index]
+
+
+def test_explain_shows_every_field_and_never_leaks_into_the_log(
+    partners: tuple[Path, Path], accord: Accord, tmp_path: Path
+) -> None:
+    pk, cn = partners
+    _agree(accord, pk, cn, tmp_path)
+    assert accord("--data", pk, "policy", "apply", POLICY).code == 0
+    assert "policy.changed" in _kinds(pk)
+    report = tmp_path / "alert.json"
+    report.write_text(json.dumps(ALERT))
+    r = accord("--data", pk, "policy", "explain", "--peer", "cn-mps", report, "--json")
+    outcomes = {f["field"]: (f["outcome"], f["detail"]) for f in r.json()["fields"]}  # type: ignore[index]
+    assert outcomes["source"] == ("withheld", "withheld-label")
+    assert outcomes["location"] == ("transformed", "round:1")
+    assert outcomes["site"] == ("transformed", "pseudonym")
+    assert outcomes["indicators"] == ("withheld", "not-in-policy")
+    assert outcomes["recommended_actions"] == ("withheld", "reciprocity")
+    assert outcomes["title"] == ("released", "")
+    human = accord("--data", pk, "policy", "explain", "--peer", "cn-mps", report)
+    assert "WITHHELD" in human.out and "withhold wins" in human.out and "round:1" in human.out
+    # Explaining stores nothing and logs nothing.
+    db = b"".join(p.read_bytes() for p in pk.glob("node.db*"))
+    assert MARKER.encode() not in db
