@@ -1,6 +1,7 @@
 """Imports every command module so each registers itself on the root group."""
 
 from node.cli import (
+    agreement_cmds,  # noqa: F401
     log_cmds,  # noqa: F401
     node_cmds,  # noqa: F401
     report_cmds,  # noqa: F401
