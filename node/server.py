@@ -68,6 +68,7 @@ class ServeOptions:
     cosign: bool = True  # run the cosigner (off for a witness and in some tests)
     grace_seconds: float = 5.0
     cosign_poll_seconds: float = 2.0
+    roots_refresh_seconds: float = ROOTS_REFRESH_SECONDS  # re-read partners' TLS CAs
 
 
 def software_version() -> str:
@@ -120,6 +121,14 @@ class OfficerService(officer_pb2_grpc.OfficerServicer):
         )
 
 
+def _cannot_listen(listen: str) -> ConfigError:
+    return ConfigError(
+        f"cannot listen on {listen} (in use, or not an address of this host)",
+        code="config.listen",
+        next_step="Stop whatever uses the port, or pass another --listen HOST:PORT.",
+    )
+
+
 def _prepare_unix_socket(path: Path) -> None:
     if len(str(path).encode()) > MAX_UNIX_PATH:
         raise ConfigError(
@@ -168,6 +177,7 @@ class NodeServer:
         self._tasks: list[asyncio.Task[None]] = []
         self._health: list[tuple[health.aio.HealthServicer, str]] = []
         self._servers: list[grpc.aio.Server] = []
+        self._owns_socket = False
 
     @property
     def listen(self) -> str:
@@ -178,7 +188,7 @@ class NodeServer:
         node.keyring()  # a wrong passphrase fails here, before anything listens
         for peer in opts.follow:
             node.trust_store().trusted_chain(peer, self._now())  # each followed log is trusted
-        roots = PartnerRoots(node)
+        roots = PartnerRoots(node, self._now())
         if opts.cosign and not opts.witness_only:
             self.cosigner = Cosigner(
                 node, self.channels, now=self._now, poll_seconds=opts.cosign_poll_seconds
@@ -189,20 +199,23 @@ class NodeServer:
             else PeerExchangeService(node, follow=opts.follow or None, now=self._now)
         )
 
+        _prepare_unix_socket(self.officer_socket)  # refuses when another server runs here
         peer_server = self._new_server(Audience.PEER, PeerGuard(node, now=self._now))
         peer_pb2_grpc.add_PeerExchangeServicer_to_server(peer_service, peer_server)
         self._add_health_and_reflection(peer_server, PEER_SERVICE)
         host = self.listen.rpartition(":")[0]
-        self.peer_port = peer_server.add_secure_port(self.listen, roots.credentials())
+        try:
+            self.peer_port = peer_server.add_secure_port(self.listen, roots.credentials())
+        except RuntimeError as e:  # grpc's way of saying the bind failed
+            raise _cannot_listen(self.listen) from e
         if self.peer_port == 0:
-            raise ConfigError(f"cannot listen on {self.listen}", code="config.listen")
+            raise _cannot_listen(self.listen)
 
         officer_server = self._new_server(Audience.OFFICER)
         officer_pb2_grpc.add_OfficerServicer_to_server(
             self._officer_factory(node, self.cosigner), officer_server
         )
         self._add_health_and_reflection(officer_server, OFFICER_SERVICE)
-        _prepare_unix_socket(self.officer_socket)
         old_umask = os.umask(0o117)  # the socket is born 0660
         try:
             officer_server.add_insecure_port(f"unix:{self.officer_socket}")
@@ -210,6 +223,7 @@ class NodeServer:
                 await server.start()
         finally:
             os.umask(old_umask)
+        self._owns_socket = True
         self.officer_socket.chmod(0o660)
         for checker, service in self._health:
             for name in ("", service):
@@ -256,7 +270,7 @@ class NodeServer:
 
     async def _refresh_roots(self, roots: PartnerRoots) -> None:
         while True:
-            await asyncio.sleep(ROOTS_REFRESH_SECONDS)
+            await asyncio.sleep(self.options.roots_refresh_seconds)
             try:
                 roots.refresh(self._now())
             except Exception as e:  # keep serving with the CAs we have
@@ -275,8 +289,10 @@ class NodeServer:
         self._tasks.clear()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))
         await self.channels.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.officer_socket.unlink()
+        if self._owns_socket:
+            with contextlib.suppress(FileNotFoundError):
+                self.officer_socket.unlink()
+            self._owns_socket = False
         log.info("server.stopped", node=self.node.config.node)
 
 

@@ -100,7 +100,7 @@ class PartnerRoots:
     this node can issue, and :class:`PeerGuard` refuses this node itself.
     """
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, now: datetime) -> None:
         self._node = node
         cert_pem, key_pem = node.keyring().tls_server_material()
         self._pair = [(key_pem, cert_pem)]
@@ -108,7 +108,7 @@ class PartnerRoots:
         self._lock = threading.Lock()
         self._roots = b""
         self._pending: grpc.ServerCertificateConfiguration | None = None
-        self._initial = self._config(self._compute(clock.now()))
+        self._initial = self._config(self._compute(now))
 
     def _compute(self, now: datetime) -> bytes:
         pems = partner_ca_pems(self._node, now)

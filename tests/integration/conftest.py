@@ -1,0 +1,128 @@
+"""Real ``accord serve`` processes on free loopback ports, for integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PASSPHRASE, Result
+
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A port nobody listens on right now. Certificates name the endpoint, so the port is
+    chosen before the node is created (port 0 at serve time cannot work)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    data: Path
+    ready_file: Path
+    log_file: Path
+    args: tuple[str, ...] = ("serve",)
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> ServerProcess:
+        env = {**os.environ, "ACCORD_PASSPHRASE": PASSPHRASE, "PYTHONPATH": str(ROOT)}
+        env.pop("ACCORD_HOME", None)
+        with self.log_file.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "node",
+                    "--data",
+                    str(self.data),
+                    *self.args,
+                    "--ready-file",
+                    str(self.ready_file),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+            )
+        return self
+
+    def wait_ready(self) -> dict[str, object]:
+        """Wait for the ready file (bounded); fail with the server's log if it exits."""
+        assert self.proc is not None
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not self.ready_file.exists():
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.logs()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready in {READY_TIMEOUT}s:\n{self.logs()}")
+            time.sleep(0.05)
+        doc = json.loads(self.ready_file.read_text("utf-8"))
+        assert isinstance(doc, dict)
+        return doc
+
+    def terminate(self) -> int:
+        """SIGTERM, then the exit code (bounded wait)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=STOP_TIMEOUT)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=STOP_TIMEOUT)
+
+    def logs(self) -> str:
+        return self.log_file.read_text("utf-8", errors="replace")[-6000:]
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start ``accord serve`` for a data directory; every process is killed at teardown."""
+    started: list[ServerProcess] = []
+
+    def start(data: Path, *args: str) -> ServerProcess:
+        name = data.name + "-" + "-".join(args or ("serve",)).replace("/", "_")
+        proc = ServerProcess(
+            data=data,
+            ready_file=tmp_path / f"{name}.ready",
+            log_file=tmp_path / f"{name}.log",
+            args=args or ("serve",),
+        ).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+@pytest.fixture
+def partners(
+    make_node: Callable[..., Path], accord: Callable[..., Result], tmp_path: Path
+) -> tuple[Path, Path]:
+    """Two nodes on free ports that trust each other, cards exchanged through the CLI."""
+    a = make_node("pk-moi", free_port())
+    b = make_node("cn-mps", free_port())
+    for src, dst in ((a, b), (b, a)):
+        card = tmp_path / f"{src.name}.card"
+        assert accord("--data", src, "card", "export", "--out", card).code == 0
+        shown = accord("--data", src, "card", "show", "--json").json()
+        assert isinstance(shown, dict)
+        r = accord("--data", dst, "peer", "add", card, "--fingerprint", shown["fingerprint"])
+        assert r.code == 0, r.err
+    return a, b
