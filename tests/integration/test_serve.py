@@ -15,7 +15,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from exchange.errors import ConfigError
 from node import clock
-from node._pb.accord.v1 import card_pb2, log_pb2, officer_pb2, officer_pb2_grpc, peer_pb2_grpc
+from node._pb.accord.v1 import (
+    card_pb2,
+    log_pb2,
+    officer_pb2,
+    officer_pb2_grpc,
+    peer_pb2,
+    peer_pb2_grpc,
+)
 from node.errors_map import read_error_detail
 from node.home import Node, init_node
 from node.server import NodeServer, ServeOptions
@@ -193,3 +200,37 @@ def test_witness_serve_cosigns_followed_logs_only(tmp_path: Path) -> None:
     asyncio.run(scenario())
     held = witness.store.conn.execute("SELECT origin FROM witness_state").fetchall()
     assert held == [("pk-moi.accord/log",)]
+
+
+def test_placeholders_answer_unimplemented_with_a_stable_code(tmp_path: Path) -> None:
+    """Pull (a server stream) on the peer port and Submit on the officer socket."""
+    pk, cn = _node(tmp_path, "pk-moi"), _node(tmp_path, "cn-mps")
+    _trust(pk, cn)
+
+    async def scenario() -> None:
+        server = NodeServer(pk, ServeOptions(cosign=False))
+        await server.start()
+        try:
+            card = pk.own_chain().latest
+            async with grpc.aio.secure_channel(
+                card.endpoint, client_credentials(cn, card), options=channel_options()
+            ) as channel:
+                stream = peer_pb2_grpc.PeerExchangeStub(channel).Pull(
+                    peer_pb2.PullRequest(), timeout=RPC_TIMEOUT
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    async for _batch in stream:
+                        pass
+                assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+                assert read_error_detail(err.value).code == "unimplemented"  # type: ignore[union-attr]
+            async with grpc.aio.insecure_channel(f"unix:{server.officer_socket}") as officer:
+                stub = officer_pb2_grpc.OfficerStub(officer)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.Submit(officer_pb2.SubmitRequest(), timeout=RPC_TIMEOUT)
+                assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+                status = await stub.Status(officer_pb2.StatusRequest(), timeout=RPC_TIMEOUT)
+                assert status.node == "pk-moi" and [p.peer for p in status.peers] == ["cn-mps"]
+        finally:
+            await server.stop(grace=1)
+
+    asyncio.run(scenario())
