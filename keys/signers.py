@@ -92,3 +92,13 @@ class EncryptionKeyPair:
 
     def __repr__(self) -> str:
         return f"EncryptionKeyPair(kid={self.kid!r}, suite={self.suite!r})"
+
+
+class HpkeEncryptor:
+    """``exchange.envelope.Encryptor``: HPKE single-shot to a partner's public key (the
+    ephemeral key comes from cryptography's CSPRNG, inside this call)."""
+
+    def encrypt(self, suite: str, recipient_public: bytes, plaintext: bytes, info: bytes) -> bytes:
+        return suite_of(suite).encrypt(
+            plaintext, hpke_public_key(suite, recipient_public), info=info
+        )

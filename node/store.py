@@ -105,11 +105,50 @@ def _m004_agreements(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m005_exchange(db: sqlite_utils.Database) -> None:
+    _run_sql(
+        db,
+        """
+        CREATE TABLE outbox (
+            peer TEXT NOT NULL, seq INTEGER NOT NULL, envelope_id TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL, report_id TEXT NOT NULL, version INTEGER NOT NULL,
+            header BLOB NOT NULL, ciphertext BLOB NOT NULL, signature BLOB NOT NULL,
+            digest TEXT NOT NULL, created_at TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending', code TEXT,
+            PRIMARY KEY (peer, seq));
+        CREATE TABLE inbound (
+            peer TEXT NOT NULL, seq INTEGER NOT NULL, header BLOB NOT NULL,
+            ciphertext BLOB NOT NULL, signature BLOB NOT NULL, digest TEXT NOT NULL,
+            status TEXT NOT NULL, code TEXT, received_at TEXT NOT NULL,
+            PRIMARY KEY (peer, seq));
+        CREATE TABLE inbox (
+            peer TEXT NOT NULL, seq INTEGER NOT NULL, envelope_id TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL, report_id TEXT NOT NULL, version INTEGER NOT NULL,
+            issuer TEXT NOT NULL, sop TEXT NOT NULL, tlp TEXT NOT NULL, fields TEXT NOT NULL,
+            transformed TEXT NOT NULL, issuer_jwt_digest TEXT NOT NULL, sealed BLOB NOT NULL,
+            received_at TEXT NOT NULL, PRIMARY KEY (peer, seq));
+        CREATE INDEX inbox_by_report ON inbox (issuer, report_id, version);
+        CREATE INDEX inbox_by_time ON inbox (peer, received_at);
+        CREATE TABLE cursors (
+            peer TEXT PRIMARY KEY, last_applied INTEGER NOT NULL, updated_at TEXT NOT NULL);
+        CREATE TABLE receipts (
+            peer TEXT NOT NULL, direction TEXT NOT NULL, first_seq INTEGER NOT NULL,
+            last_seq INTEGER NOT NULL, statement BLOB NOT NULL, signature BLOB NOT NULL,
+            digest TEXT NOT NULL, at TEXT NOT NULL,
+            PRIMARY KEY (peer, direction, first_seq, last_seq, digest));
+        CREATE TABLE evidence (
+            id INTEGER PRIMARY KEY, peer TEXT NOT NULL, kind TEXT NOT NULL, seq INTEGER,
+            held_digest TEXT, incoming_digest TEXT, incoming BLOB, at TEXT NOT NULL)
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
     (2, "transparency log: leaves, subtrees, checkpoints, cosignatures, witness", _m002_log),
     (3, "sealed reports, plaintext encrypted at rest", _m003_reports),
     (4, "bilateral agreements signed by both parties", _m004_agreements),
+    (5, "exchange: outbox, inbound envelopes, inbox, cursors, receipts, evidence", _m005_exchange),
 ]
 
 

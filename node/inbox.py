@@ -1,0 +1,476 @@
+"""The receiving side of the exchange: apply a pulled batch in ONE transaction (inbox rows,
+log events, cursor), answer with a signed batch receipt; read the inbox back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlite_utils
+
+from exchange.canonical import b64, b64_decode, canonical_json
+from exchange.envelope import (
+    ContentRejected,
+    Envelope,
+    EnvelopeDuplicate,
+    EnvelopeEquivocation,
+    VerifiedRelease,
+    check_duplicate,
+    envelope_digest,
+    open_envelope,
+)
+from exchange.errors import PeerDataError
+from exchange.receipt import ItemRejection, SignedReceipt, make_receipt
+from exchange.sdjwt import HeldVersion, ReportIdCollision, check_retraction, check_version
+from exchange.times import format_time
+from node.agreements import current_agreement
+from node.home import Node
+from node.schemas import registry
+
+
+@dataclass
+class BatchOutcome:
+    receipt: SignedReceipt | None = None
+    applied: int = 0
+    duplicates: int = 0
+    rejected: list[ItemRejection] = field(default_factory=list)
+    stopped: PeerDataError | None = None  # a failure before the seq check: cursor unmoved
+
+
+def cursor(node: Node, peer: str) -> int:
+    row = node.store.conn.execute(
+        "SELECT last_applied FROM cursors WHERE peer = ?", (peer,)
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _inbound(node: Node, peer: str, seq: int) -> Envelope | None:
+    row = node.store.conn.execute(
+        "SELECT header, ciphertext, signature FROM inbound WHERE peer = ? AND seq = ?", (peer, seq)
+    ).fetchone()
+    return None if row is None else Envelope(bytes(row[0]), bytes(row[1]), bytes(row[2]))
+
+
+def _held(node: Node, report_id: str) -> HeldVersion | None:
+    row = node.store.conn.execute(
+        "SELECT issuer, version, issuer_jwt_digest FROM inbox "
+        "WHERE report_id = ? AND kind = 'report' ORDER BY version DESC LIMIT 1",
+        (report_id,),
+    ).fetchone()
+    return None if row is None else HeldVersion(str(row[0]), int(row[1]), str(row[2]))
+
+
+def _check_versions(node: Node, release: VerifiedRelease) -> None:
+    """P01 rollback, P07 same version other bytes, P11 a partner rewriting our reports."""
+    report_id = release.release.report_id
+    if node.store.conn.execute(
+        "SELECT 1 FROM reports WHERE report_id = ?", (report_id,)
+    ).fetchone():
+        raise ReportIdCollision("the report id belongs to a report of this node")
+    held = _held(node, report_id)
+    if release.report is not None:
+        check_version(held, release.report)
+    elif release.retraction is not None:
+        check_retraction(held, release.retraction)
+
+
+def _aad(peer: str, seq: int) -> bytes:
+    return f"accord/v1/inbox-at-rest\n{peer}\n{seq}".encode("ascii")
+
+
+def _store_item(
+    node: Node, db: sqlite_utils.Database, peer: str, release: VerifiedRelease, now: datetime
+) -> None:
+    header = release.header
+    report = release.report
+    sealed: dict[str, Any] = {
+        "release": b64(release.release_bytes),
+        "release_signature": b64(release.release_signature),
+        "derived": [
+            {"field": d.field, "transform": d.transform, "value": d.value, "source": d.source}
+            for d in release.derived
+        ],
+    }
+    if report is not None:
+        sealed["presentation"] = (
+            report.issuer_jwt + "~" + "".join(d + "~" for d in report.disclosures.values())
+        )
+    if release.retraction_signed is not None:
+        sealed["retraction"] = b64(release.retraction_signed.statement)
+        sealed["retraction_signature"] = b64(release.retraction_signed.signature)
+    blob = node.keyring().storage_cipher().encrypt(canonical_json(sealed), _aad(peer, header.seq))
+    db.table("inbox").insert(
+        {
+            "peer": peer,
+            "seq": header.seq,
+            "envelope_id": header.id,
+            "kind": header.kind,
+            "report_id": release.release.report_id,
+            "version": release.release.version,
+            "issuer": report.issuer if report else peer,
+            "sop": report.sop if report else "",
+            "tlp": report.tlp if report else "",
+            "fields": json.dumps(sorted(release.fields)),
+            "transformed": json.dumps({d.field: d.transform for d in release.derived}),
+            "issuer_jwt_digest": release.release.issuer_jwt_digest,
+            "sealed": blob,
+            "received_at": format_time(now),
+        }
+    )
+
+
+def _store_inbound(
+    db: sqlite_utils.Database,
+    peer: str,
+    seq: int,
+    env: Envelope,
+    digest: str,
+    status: str,
+    code: str | None,
+    now: datetime,
+) -> None:
+    db.table("inbound").insert(
+        {
+            "peer": peer,
+            "seq": seq,
+            "header": env.header,
+            "ciphertext": env.ciphertext,
+            "signature": env.signature,
+            "digest": digest,
+            "status": status,
+            "code": code,
+            "received_at": format_time(now),
+        }
+    )
+
+
+def _reject(
+    node: Node,
+    db: sqlite_utils.Database,
+    peer: str,
+    env: Envelope,
+    seq: int,
+    envelope_id: str,
+    digest: str,
+    code: str,
+    now: datetime,
+) -> None:
+    _store_inbound(db, peer, seq, env, digest, "rejected", code, now)
+    node.record(
+        db,
+        "envelope.rejected",
+        now,
+        peer=peer,
+        seq=seq,
+        envelope_id=envelope_id,
+        code=code,
+        envelope_digest=digest,
+    )
+
+
+def _duplicate(
+    node: Node,
+    db: sqlite_utils.Database,
+    peer: str,
+    env: Envelope,
+    dup: EnvelopeDuplicate,
+    now: datetime,
+) -> bool:
+    """True for an exact replay (nothing changes); an equivocation is kept as evidence."""
+    held = _inbound(node, peer, dup.header.seq)
+    if held is None:  # a seq before anything we hold: cannot be compared, so not acknowledged
+        return False
+    try:
+        check_duplicate(held, env)
+        return True
+    except EnvelopeEquivocation as eq:
+        db.table("evidence").insert(
+            {
+                "peer": peer,
+                "kind": "equivocation",
+                "seq": dup.header.seq,
+                "held_digest": eq.held_digest,
+                "incoming_digest": eq.incoming_digest,
+                "incoming": canonical_json(
+                    {
+                        "header": b64(env.header),
+                        "ciphertext": b64(env.ciphertext),
+                        "signature": b64(env.signature),
+                    }
+                ),
+                "at": format_time(now),
+            }
+        )
+        node.record(
+            db,
+            "envelope.rejected",
+            now,
+            peer=peer,
+            seq=dup.header.seq,
+            envelope_id=dup.header.id,
+            code=eq.code,
+            envelope_digest=eq.incoming_digest,
+        )
+        return False
+
+
+def apply_batch(
+    node: Node, peer: str, envelopes: Sequence[Envelope], now: datetime
+) -> BatchOutcome:
+    """Verify and apply envelopes from ``peer`` (the mTLS-authenticated caller) in one
+    transaction, then sign a receipt for the range the cursor passed.
+
+    Only ``seq == last + 1`` applies. An exact duplicate changes nothing (acknowledged
+    again); the same seq with other bytes is kept as evidence. An authentic, in-sequence
+    item whose content fails is recorded as rejected (never silently dropped) and the
+    cursor passes it. Anything failing before the seq check stops the batch unchanged."""
+    out = BatchOutcome()
+    chain = node.trust_store().trusted_chain(peer, now)
+    agreement = current_agreement(node, peer, now)
+    if agreement is None:
+        out.stopped = PeerDataError(f"no agreement in force with {peer}", code="peer.no_agreement")
+        return out
+    ring = node.keyring()
+    me = node.config.node
+    passed: list[str] = []
+    with node.store.transaction() as db:
+        last = cursor(node, peer)
+        start = last
+        for env in envelopes:
+            try:
+                release = open_envelope(
+                    env,
+                    me=me,
+                    expected_sender=peer,
+                    sender_card=chain.latest,
+                    last_applied_seq=last,
+                    decrypter_for=ring.decrypter,
+                    agreement=agreement,
+                    registry=registry(),
+                    now=now,
+                    issuer_keys=[c.identity_key for c in chain.cards],
+                )
+            except EnvelopeDuplicate as dup:
+                if _duplicate(node, db, peer, env, dup, now):
+                    out.duplicates += 1
+                continue
+            except ContentRejected as bad:
+                last = bad.header.seq
+                _reject(
+                    node, db, peer, env, last, bad.header.id, bad.envelope_digest, bad.code, now
+                )
+                out.rejected.append(ItemRejection(last, bad.code))
+                passed.append(bad.envelope_digest)
+                continue
+            except PeerDataError as stop:  # before the seq check: the batch ends here
+                out.stopped = stop
+                break
+            last = release.header.seq
+            try:
+                _check_versions(node, release)
+            except PeerDataError as refused:  # authentic and in sequence: a recorded rejection
+                _reject(
+                    node,
+                    db,
+                    peer,
+                    env,
+                    last,
+                    release.header.id,
+                    release.envelope_digest,
+                    refused.code,
+                    now,
+                )
+                out.rejected.append(ItemRejection(last, refused.code))
+                passed.append(release.envelope_digest)
+                continue
+            _store_inbound(db, peer, last, env, release.envelope_digest, "applied", None, now)
+            _store_item(node, db, peer, release, now)
+            node.record(
+                db,
+                "envelope.received",
+                now,
+                peer=peer,
+                seq=last,
+                envelope_id=release.header.id,
+                envelope_kind=release.header.kind,
+                report_id=release.release.report_id,
+                version=release.release.version,
+                envelope_digest=release.envelope_digest,
+                fields=sorted(release.fields),
+                transformed=sorted(d.field for d in release.derived),
+            )
+            out.applied += 1
+            passed.append(release.envelope_digest)
+        if last != start:
+            db.table("cursors").upsert(
+                {"peer": peer, "last_applied": last, "updated_at": format_time(now)}, pk="peer"
+            )
+            receipt = make_receipt(
+                sender=me,
+                recipient=peer,
+                first_seq=start + 1,
+                last_seq=last,
+                envelope_digests=passed,
+                rejections=out.rejected,
+                received_at=now,
+                signer=ring.identity_signer(),
+            )
+            db.table("receipts").insert(
+                {
+                    "peer": peer,
+                    "direction": "sent",
+                    "first_seq": start + 1,
+                    "last_seq": last,
+                    "statement": receipt.statement,
+                    "signature": receipt.signature,
+                    "digest": receipt.digest,
+                    "at": format_time(now),
+                }
+            )
+            node.record(
+                db,
+                "receipt.sent",
+                now,
+                peer=peer,
+                first_seq=start + 1,
+                last_seq=last,
+                receipt_digest=receipt.digest,
+                rejected=len(out.rejected),
+            )
+            out.receipt = receipt
+    if out.receipt is not None:
+        node.checkpoint(now)
+    elif out.duplicates:
+        out.receipt = last_receipt(node, peer)
+    return out
+
+
+_VERSION_CODES = frozenset(
+    {
+        "peer.rollback",
+        "peer.equivocation",
+        "peer.version_fork",
+        "peer.version_jump",
+        "peer.retraction_invalid",
+    }
+)
+
+
+def last_receipt(node: Node, peer: str) -> SignedReceipt | None:
+    """The latest receipt we sent ``peer`` (re-sent when a batch held only duplicates)."""
+    row = node.store.conn.execute(
+        "SELECT statement, signature FROM receipts WHERE peer = ? AND direction = 'sent' "
+        "ORDER BY last_seq DESC LIMIT 1",
+        (peer,),
+    ).fetchone()
+    return None if row is None else SignedReceipt(bytes(row[0]), bytes(row[1]))
+
+
+# -- reading the inbox ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    peer: str
+    seq: int
+    envelope_id: str
+    kind: str
+    report_id: str
+    version: int
+    issuer: str
+    sop: str
+    tlp: str
+    fields: tuple[str, ...]
+    transformed: dict[str, str]
+    received_at: str
+    retracted: bool
+
+
+_ITEM_SQL = (
+    "SELECT i.peer, i.seq, i.envelope_id, i.kind, i.report_id, i.version, i.issuer, i.sop, i.tlp, "
+    "i.fields, i.transformed, i.received_at, EXISTS (SELECT 1 FROM inbox r "
+    "WHERE r.kind = 'retraction' AND r.report_id = i.report_id AND r.peer = i.peer) FROM inbox i"
+)
+
+
+def _item(row: Sequence[Any]) -> InboxItem:
+    return InboxItem(
+        row[0],
+        int(row[1]),
+        row[2],
+        row[3],
+        row[4],
+        int(row[5]),
+        row[6],
+        row[7],
+        row[8],
+        tuple(json.loads(row[9])),
+        dict(json.loads(row[10])),
+        row[11],
+        bool(row[12]),
+    )
+
+
+def list_inbox(
+    node: Node, *, peer: str | None = None, limit: int = 100, before: str | None = None
+) -> list[InboxItem]:
+    where, args = ["i.kind = 'report'"], []
+    if peer:
+        where.append("i.peer = ?")
+        args.append(peer)
+    if before:
+        where.append("i.envelope_id < ?")
+        args.append(before)
+    rows = node.store.conn.execute(
+        _ITEM_SQL + " WHERE " + " AND ".join(where) + " ORDER BY i.envelope_id DESC LIMIT ?",
+        (*args, limit),
+    ).fetchall()
+    return [_item(r) for r in rows]
+
+
+def get_inbox(node: Node, envelope_id: str) -> tuple[InboxItem, dict[str, Any]]:
+    """One received item and its decrypted content (presentation, derived values, release)."""
+    row = node.store.conn.execute(_ITEM_SQL + " WHERE i.envelope_id = ?", (envelope_id,)).fetchone()
+    if row is None:
+        from exchange.errors import InputError
+
+        raise InputError(
+            f"no received item {envelope_id}",
+            code="inbox.unknown",
+            next_step="List received reports with 'accord inbox list'.",
+        )
+    item = _item(row)
+    blob = node.store.conn.execute(
+        "SELECT sealed FROM inbox WHERE envelope_id = ?", (envelope_id,)
+    ).fetchone()[0]
+    content = json.loads(
+        node.keyring().storage_cipher().decrypt(bytes(blob), _aad(item.peer, item.seq))
+    )
+    if "release" in content:
+        content["release"] = b64_decode(content["release"], what="release").decode("utf-8")
+    return item, content
+
+
+def rejections(node: Node, peer: str | None = None) -> list[tuple[str, int, str]]:
+    sql = "SELECT peer, seq, code FROM inbound WHERE status = 'rejected'"
+    args: tuple[Any, ...] = ()
+    if peer:
+        sql += " AND peer = ?"
+        args = (peer,)
+    return [
+        (r[0], int(r[1]), r[2]) for r in node.store.conn.execute(sql + " ORDER BY peer, seq", args)
+    ]
+
+
+__all__ = [
+    "BatchOutcome",
+    "InboxItem",
+    "apply_batch",
+    "cursor",
+    "envelope_digest",
+    "get_inbox",
+    "list_inbox",
+]

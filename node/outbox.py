@@ -1,0 +1,413 @@
+"""The sending side of the exchange: seal, decide per partner, envelope, outbox (one
+transaction per batch); serve pulls; accept the partner's signed batch receipts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+
+import sqlite_utils
+
+from exchange.agreement import Ceiling, VerifiedAgreement
+from exchange.card import Card, EncryptionKey
+from exchange.envelope import (
+    Envelope,
+    ReportRelease,
+    RetractionRelease,
+    envelope_digest,
+    seal_envelope,
+)
+from exchange.errors import InputError, PolicyError
+from exchange.policy import Policy, ReleaseDecision, decide
+from exchange.receipt import VerifiedReceipt, verify_receipt
+from exchange.sdjwt import Retraction, SealedReport, sign_retraction
+from exchange.sop import ValidReport
+from exchange.times import format_time, parse_time
+from keys.signers import HpkeEncryptor
+from node.agreements import ceiling, current_agreement
+from node.home import Node
+from node.ids import uuid7
+from node.policy import active_policy, peer_stats
+from node.reports import seal_report
+
+MAX_BATCH = 256
+MAX_BATCH_BYTES = 1 << 20
+_ENCRYPTOR = HpkeEncryptor()
+
+
+@dataclass
+class _Target:
+    peer: str
+    card: Card
+    agreement: VerifiedAgreement | None
+    ceilings: dict[str, Ceiling | None] = field(default_factory=dict)
+
+
+@dataclass
+class ReleaseContext:
+    """What every report of one batch is decided against, computed once per batch."""
+
+    policy: Policy
+    targets: list[_Target]
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Release:
+    peer: str
+    decision: ReleaseDecision
+    envelope_id: str | None
+    seq: int | None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    report_id: str
+    version: int
+    releases: tuple[Release, ...]
+
+
+def release_context(node: Node, now: datetime) -> ReleaseContext:
+    targets = []
+    for record in node.trust_store().list():
+        if (
+            record.revoked_from is not None
+            and parse_time(record.revoked_from, field="revoked_from") <= now
+        ):
+            continue
+        card = node.trust_store().trusted_chain(record.node, now).latest
+        targets.append(_Target(record.node, card, current_agreement(node, record.node, now)))
+    policy = active_policy(node, now) or Policy(MappingProxyType({}))
+    return ReleaseContext(policy=policy, targets=targets, now=now)
+
+
+def _recipient_key(card: Card, suite: str, now: datetime) -> EncryptionKey:
+    usable = [
+        k
+        for k in card.encryption_keys
+        if k.suite == suite and parse_time(k.not_after, field="not_after") > now
+    ]
+    if not usable:
+        raise PolicyError(
+            f"{card.node} has no current encryption key for suite {suite}",
+            code="policy.no_recipient_key",
+            next_step=f"Ask {card.node} to rotate its encryption key and send its new card.",
+        )
+    return max(usable, key=lambda k: k.not_after)
+
+
+def _next_seq(node: Node, peer: str) -> int:
+    row = node.store.conn.execute("SELECT max(seq) FROM outbox WHERE peer = ?", (peer,)).fetchone()
+    return 1 if row[0] is None else int(row[0]) + 1
+
+
+def _store_envelope(
+    node: Node,
+    db: sqlite_utils.Database,
+    peer: str,
+    seq: int,
+    envelope_id: str,
+    kind: str,
+    report_id: str,
+    version: int,
+    env: Envelope,
+    now: datetime,
+) -> str:
+    digest = envelope_digest(env)
+    db.table("outbox").insert(
+        {
+            "peer": peer,
+            "seq": seq,
+            "envelope_id": envelope_id,
+            "kind": kind,
+            "report_id": report_id,
+            "version": version,
+            "header": env.header,
+            "ciphertext": env.ciphertext,
+            "signature": env.signature,
+            "digest": digest,
+            "created_at": format_time(now),
+            "state": "pending",
+        }
+    )
+    return digest
+
+
+def _release(
+    node: Node,
+    db: sqlite_utils.Database,
+    ctx: ReleaseContext,
+    valid: ValidReport,
+    sealed: SealedReport,
+) -> tuple[Release, ...]:
+    report = valid.report
+    me = node.config.node
+    out = []
+    for target in ctx.targets:
+        if report.sop not in target.ceilings:
+            target.ceilings[report.sop] = ceiling(
+                node, target.agreement, me, target.peer, report.sop
+            )
+        decision = decide(
+            report.fields,
+            report.tlp,
+            report.sop,
+            valid.labels,
+            ctx.policy,
+            target.ceilings[report.sop],
+            target.peer,
+            peer_stats(node, ctx.policy, target.peer, ctx.now),
+            ctx.now,
+            node.keyring().pseudonym_key(target.peer),
+        )
+        event = {k: v for k, v in decision.to_log_event().items() if k != "kind"}
+        envelope_id = seq = None
+        if decision.releases_anything and target.agreement is not None:
+            envelope_id, seq = uuid7(), _next_seq(node, target.peer)
+            suite = target.agreement.agreement.suite
+            env = seal_envelope(
+                ReportRelease.from_decision(sealed, decision),
+                envelope_id=envelope_id,
+                sender=me,
+                recipient=target.peer,
+                seq=seq,
+                recipient_key=_recipient_key(target.card, suite, ctx.now),
+                suite=suite,
+                now=ctx.now,
+                signer=node.keyring().identity_signer(),
+                encryptor=_ENCRYPTOR,
+            )
+            event["envelope_digest"] = _store_envelope(
+                node,
+                db,
+                target.peer,
+                seq,
+                envelope_id,
+                "report",
+                sealed.report_id,
+                sealed.version,
+                env,
+                ctx.now,
+            )
+        node.record(
+            db,
+            "release.decided",
+            ctx.now,
+            report_id=sealed.report_id,
+            version=sealed.version,
+            envelope_id=envelope_id,
+            seq=seq,
+            **event,
+        )
+        out.append(Release(target.peer, decision, envelope_id, seq))
+    return tuple(out)
+
+
+def submit(node: Node, reports: Sequence[ValidReport], now: datetime) -> list[Submitted]:
+    """Seal, decide, envelope and store a batch of validated reports: one durable commit,
+    then one checkpoint. Every report and every decision is logged."""
+    ctx = release_context(node, now)
+    results = []
+    with node.store.transaction() as db:
+        for valid in reports:
+            sealed = seal_report(node, db, valid, now)
+            results.append(
+                Submitted(sealed.report_id, sealed.version, _release(node, db, ctx, valid, sealed))
+            )
+    node.checkpoint(now)
+    return results
+
+
+def _latest_own(node: Node, report_id: str) -> tuple[int, str, str]:
+    row = node.store.conn.execute(
+        "SELECT version, issuer_jwt_digest, retracted_at FROM reports WHERE report_id = ? "
+        "ORDER BY version DESC LIMIT 1",
+        (report_id,),
+    ).fetchone()
+    if row is None:
+        raise InputError(
+            f"no report {report_id} of this node",
+            code="report.unknown",
+            next_step="List reports with 'accord report list'.",
+        )
+    if row[2] is not None:
+        raise InputError(f"report {report_id} was retracted", code="report.retracted")
+    return int(row[0]), str(row[1]), str(row[2])
+
+
+def amend(
+    node: Node, report_id: str, valid: ValidReport, now: datetime, base_version: int | None = None
+) -> Submitted:
+    """A new version of one of our reports, superseding the latest; released as usual."""
+    version, jwt_digest, _ = _latest_own(node, report_id)
+    if base_version is not None and base_version != version:
+        raise InputError(
+            f"report {report_id} is at version {version}, not {base_version}",
+            code="report.version_conflict",
+            next_step="Show the latest version and amend that.",
+        )
+    ctx = release_context(node, now)
+    with node.store.transaction() as db:
+        sealed = seal_report(
+            node, db, valid, now, report_id=report_id, version=version + 1, supersedes=jwt_digest
+        )
+        releases = _release(node, db, ctx, valid, sealed)
+    node.checkpoint(now)
+    return Submitted(report_id, version + 1, releases)
+
+
+def retract(node: Node, report_id: str, reason: str, now: datetime) -> list[tuple[str, str, int]]:
+    """Sign a retraction and send it to every partner that received a version."""
+    version, jwt_digest, _ = _latest_own(node, report_id)
+    me = node.config.node
+    retraction = Retraction(me, report_id, version, jwt_digest, reason, int(now.timestamp()))
+    signed = sign_retraction(retraction, node.keyring().identity_signer())
+    ctx = release_context(node, now)
+    sent_to = {
+        r[0]
+        for r in node.store.conn.execute(
+            "SELECT DISTINCT peer FROM outbox WHERE report_id = ? AND kind = 'report'", (report_id,)
+        )
+    }
+    out = []
+    with node.store.transaction() as db:
+        node.store.conn.execute(
+            "UPDATE reports SET retracted_at = ? WHERE report_id = ?", (format_time(now), report_id)
+        )
+        node.record(
+            db,
+            "report.retracted",
+            now,
+            report_id=report_id,
+            version=version,
+            reason=reason,
+            issuer_jwt_digest=jwt_digest,
+        )
+        for target in ctx.targets:
+            if target.peer not in sent_to or target.agreement is None:
+                continue
+            envelope_id, seq = uuid7(), _next_seq(node, target.peer)
+            suite = target.agreement.agreement.suite
+            env = seal_envelope(
+                RetractionRelease(retraction, signed, target.agreement.digest, ctx.policy.digest),
+                envelope_id=envelope_id,
+                sender=me,
+                recipient=target.peer,
+                seq=seq,
+                recipient_key=_recipient_key(target.card, suite, now),
+                suite=suite,
+                now=now,
+                signer=node.keyring().identity_signer(),
+                encryptor=_ENCRYPTOR,
+            )
+            digest = _store_envelope(
+                node, db, target.peer, seq, envelope_id, "retraction", report_id, version, env, now
+            )
+            node.record(
+                db,
+                "release.decided",
+                now,
+                peer=target.peer,
+                report_id=report_id,
+                version=version,
+                envelope_kind="retraction",
+                envelope_id=envelope_id,
+                seq=seq,
+                envelope_digest=digest,
+                agreement_digest=target.agreement.digest,
+                policy_digest=ctx.policy.digest,
+            )
+            out.append((target.peer, envelope_id, seq))
+    node.checkpoint(now)
+    return out
+
+
+# -- serving pulls and receipts -------------------------------------------------------------
+
+
+def pending(node: Node, peer: str, after_seq: int, max_batch: int) -> list[Envelope]:
+    """Envelopes for ``peer`` after ``after_seq``, in seq order: at most ``max_batch``
+    (capped at 256) and about 1 MiB."""
+    limit = max(1, min(max_batch or MAX_BATCH, MAX_BATCH))
+    rows = node.store.conn.execute(
+        "SELECT header, ciphertext, signature FROM outbox "
+        "WHERE peer = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (peer, after_seq, limit),
+    ).fetchall()
+    out: list[Envelope] = []
+    size = 0
+    for header, ciphertext, signature in rows:
+        size += len(header) + len(ciphertext) + len(signature)
+        if out and size > MAX_BATCH_BYTES:
+            break
+        out.append(Envelope(bytes(header), bytes(ciphertext), bytes(signature)))
+    return out
+
+
+def accept_receipt(
+    node: Node, peer: str, statement: bytes, signature: bytes, now: datetime
+) -> tuple[VerifiedReceipt, bool]:
+    """Verify a partner's batch receipt against what we sent; record it once.
+
+    Returns the receipt and whether it was new (a repeated receipt changes nothing)."""
+    key = node.trust_store().trusted_chain(peer, now).latest.identity_key
+
+    def digests(first: int, last: int) -> list[str]:
+        rows = node.store.conn.execute(
+            "SELECT digest FROM outbox WHERE peer = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+            (peer, first, last),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    receipt = verify_receipt(
+        statement,
+        signature,
+        signer_key=key,
+        expected_from=peer,
+        expected_to=node.config.node,
+        digests_for_range=digests,
+    )
+    with node.store.transaction() as db:
+        seen = node.store.conn.execute(
+            "SELECT 1 FROM receipts WHERE peer = ? AND direction = 'received' AND digest = ?",
+            (peer, receipt.digest),
+        ).fetchone()
+        if seen is not None:
+            return receipt, False
+        rejected = {r.seq: r.code for r in receipt.rejections}
+        node.store.conn.execute(
+            "UPDATE outbox SET state = 'delivered' "
+            "WHERE peer = ? AND seq BETWEEN ? AND ? AND state = 'pending'",
+            (peer, receipt.first_seq, receipt.last_seq),
+        )
+        for seq, code in rejected.items():
+            node.store.conn.execute(
+                "UPDATE outbox SET state = 'rejected', code = ? WHERE peer = ? AND seq = ?",
+                (code, peer, seq),
+            )
+        db.table("receipts").insert(
+            {
+                "peer": peer,
+                "direction": "received",
+                "first_seq": receipt.first_seq,
+                "last_seq": receipt.last_seq,
+                "statement": statement,
+                "signature": signature,
+                "digest": receipt.digest,
+                "at": format_time(now),
+            }
+        )
+        node.record(
+            db,
+            "receipt.received",
+            now,
+            peer=peer,
+            first_seq=receipt.first_seq,
+            last_seq=receipt.last_seq,
+            receipt_digest=receipt.digest,
+            rejected={str(s): c for s, c in sorted(rejected.items())},
+        )
+    node.checkpoint(now)
+    return receipt, True
