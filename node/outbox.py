@@ -328,22 +328,38 @@ def retract(node: Node, report_id: str, reason: str, now: datetime) -> list[tupl
 
 
 def pending(node: Node, peer: str, after_seq: int, max_batch: int) -> list[Envelope]:
+    return [env for _seq, env in pending_with_seq(node, peer, after_seq, max_batch)]
+
+
+def pending_with_seq(
+    node: Node, peer: str, after_seq: int, max_batch: int
+) -> list[tuple[int, Envelope]]:
     """Envelopes for ``peer`` after ``after_seq``, in seq order: at most ``max_batch``
     (capped at 256) and about 1 MiB."""
     limit = max(1, min(max_batch or MAX_BATCH, MAX_BATCH))
     rows = node.store.conn.execute(
-        "SELECT header, ciphertext, signature FROM outbox "
+        "SELECT seq, header, ciphertext, signature FROM outbox "
         "WHERE peer = ? AND seq > ? ORDER BY seq LIMIT ?",
         (peer, after_seq, limit),
     ).fetchall()
-    out: list[Envelope] = []
+    out: list[tuple[int, Envelope]] = []
     size = 0
-    for header, ciphertext, signature in rows:
+    for seq, header, ciphertext, signature in rows:
         size += len(header) + len(ciphertext) + len(signature)
         if out and size > MAX_BATCH_BYTES:
             break
-        out.append(Envelope(bytes(header), bytes(ciphertext), bytes(signature)))
+        out.append((int(seq), Envelope(bytes(header), bytes(ciphertext), bytes(signature))))
     return out
+
+
+def backlog(node: Node, peer: str) -> tuple[int, int]:
+    """(highest seq sent to ``peer``, highest seq it acknowledged)."""
+    row = node.store.conn.execute(
+        "SELECT max(seq), max(CASE WHEN state != 'pending' THEN seq END) "
+        "FROM outbox WHERE peer = ?",
+        (peer,),
+    ).fetchone()
+    return int(row[0] or 0), int(row[1] or 0)
 
 
 def accept_receipt(

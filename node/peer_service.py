@@ -13,14 +13,16 @@ from datetime import datetime
 from typing import Any, TypeAlias
 
 from exchange.card import SignedCard
+from exchange.envelope import Envelope
 from exchange.errors import InputError
 from exchange.note import parse_verifier_key
 from keys.keyring import witness_name
-from node import clock
+from node import clock, outbox
 from node._pb.accord.v1 import card_pb2, envelope_pb2, log_pb2, peer_pb2, peer_pb2_grpc
 from node.errors_map import unimplemented
 from node.home import Node
 from node.log import SignedCheckpoint
+from node.sync import OutboxSignal
 from node.transport import current_peer
 from node.witness import Witness, WitnessConflict
 
@@ -28,10 +30,21 @@ MAX_PROOF_HASHES = 128  # a consistency proof has at most about 2*log2(size) <= 
 Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type stubs)
 
 
+HEARTBEAT_SECONDS = 15.0
+
+
+def envelope_message(env: Envelope) -> envelope_pb2.Envelope:
+    return envelope_pb2.Envelope(
+        header=env.header, ciphertext=env.ciphertext, signature=env.signature
+    )
+
+
 def node_card_message(signed: SignedCard) -> card_pb2.NodeCard:
-    # The wire NodeCard has one signature field; the previous key's signature of a rotated
-    # card has no field yet (see ADR 0007).
-    return card_pb2.NodeCard(card=signed.card_bytes, signature=signed.signature)
+    return card_pb2.NodeCard(
+        card=signed.card_bytes,
+        signature=signed.signature,
+        previous_signature=signed.previous_signature or b"",
+    )
 
 
 class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
@@ -45,9 +58,13 @@ class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
         *,
         follow: Collection[str] | None = None,
         now: Callable[[], datetime] = clock.now,
+        signal: OutboxSignal | None = None,
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
         self._node = node
         self._now = now
+        self._signal = signal
+        self._on_commit = on_commit
         self._follow = None if follow is None else frozenset(follow)
         self._witness = Witness(
             node.store, node.keyring().witness_signer(), witness_name(node.config.node)
@@ -114,18 +131,38 @@ class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
             return log_pb2.AddCheckpointResponse(conflict=held)
         return log_pb2.AddCheckpointResponse(cosignature_lines=(line + "\n").encode("utf-8"))
 
-    # PLACEHOLDERS until the envelope/outbox layer exists (issue 6, another engineer): they
-    # fail with UNIMPLEMENTED and the stable code "unimplemented".
     async def Pull(
         self, request: peer_pb2.PullRequest, context: Context
     ) -> AsyncIterator[envelope_pb2.EnvelopeBatch]:
-        raise unimplemented("Pull")
-        yield envelope_pb2.EnvelopeBatch()  # unreachable: makes Pull an async generator
+        """Stream the caller's envelopes after ``after_seq`` in seq order; with ``follow``,
+        stay open and send new ones as they are committed (an empty batch is a heartbeat)."""
+        peer = current_peer().node
+        after = request.after_seq
+        while True:
+            rows = outbox.pending_with_seq(self._node, peer, after, request.max_batch)
+            if rows:
+                after = rows[-1][0]
+                yield envelope_pb2.EnvelopeBatch(
+                    envelopes=[envelope_message(env) for _seq, env in rows],
+                    caught_up=len(rows)
+                    < min(request.max_batch or outbox.MAX_BATCH, outbox.MAX_BATCH),
+                )
+                continue
+            yield envelope_pb2.EnvelopeBatch(caught_up=True)
+            if not request.follow or self._signal is None:
+                return
+            await self._signal.wait(peer, HEARTBEAT_SECONDS)
 
     async def Acknowledge(
         self, request: peer_pb2.AcknowledgeRequest, context: Context
     ) -> peer_pb2.AcknowledgeResponse:
-        raise unimplemented("Acknowledge")
+        peer = current_peer().node
+        receipt, new = outbox.accept_receipt(
+            self._node, peer, request.receipt.statement, request.receipt.signature, self._now()
+        )
+        if new and self._on_commit is not None:
+            self._on_commit()
+        return peer_pb2.AcknowledgeResponse(acknowledged_seq=receipt.last_seq, duplicate=not new)
 
     def _latest(self) -> SignedCheckpoint:
         cp = self._node.log.latest_checkpoint()
@@ -151,6 +188,17 @@ class WitnessService(PeerExchangeService):
         self, request: log_pb2.GetConsistencyProofRequest, context: Context
     ) -> log_pb2.GetConsistencyProofResponse:
         raise unimplemented("GetConsistencyProof on a witness")
+
+    async def Pull(
+        self, request: peer_pb2.PullRequest, context: Context
+    ) -> AsyncIterator[envelope_pb2.EnvelopeBatch]:
+        raise unimplemented("Pull on a witness")
+        yield envelope_pb2.EnvelopeBatch()  # unreachable: makes Pull an async generator
+
+    async def Acknowledge(
+        self, request: peer_pb2.AcknowledgeRequest, context: Context
+    ) -> peer_pb2.AcknowledgeResponse:
+        raise unimplemented("Acknowledge on a witness")
 
 
 def _bad_range(message: str) -> InputError:

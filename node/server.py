@@ -44,6 +44,7 @@ from node.cosigning import Cosigner
 from node.errors_map import Audience, EdgeInterceptor
 from node.home import Node
 from node.peer_service import PeerExchangeService, WitnessService
+from node.sync import OutboxSignal, Puller
 from node.transport import (
     ROOTS_REFRESH_SECONDS,
     PartnerChannels,
@@ -169,7 +170,9 @@ class NodeServer:
         self.options = options or ServeOptions()
         self._now = now
         self._peer_service = peer_service
-        self._officer_factory = officer_service or OfficerService
+        self._officer_factory = officer_service
+        self.signal: OutboxSignal | None = None
+        self.puller: Puller | None = None
         self.channels = PartnerChannels(node)
         self.cosigner: Cosigner | None = None
         self.peer_port = 0
@@ -193,10 +196,20 @@ class NodeServer:
             self.cosigner = Cosigner(
                 node, self.channels, now=self._now, poll_seconds=opts.cosign_poll_seconds
             )
+        self.signal = OutboxSignal()
+        poke = self.cosigner.poke if self.cosigner is not None else None
+        if not opts.witness_only:
+            self.puller = Puller(node, self.channels, now=self._now, on_applied=poke)
         peer_service = self._peer_service or (
             WitnessService(node, follow=opts.follow, now=self._now)
             if opts.witness_only
-            else PeerExchangeService(node, follow=opts.follow or None, now=self._now)
+            else PeerExchangeService(
+                node,
+                follow=opts.follow or None,
+                now=self._now,
+                signal=self.signal,
+                on_commit=poke,
+            )
         )
 
         _prepare_unix_socket(self.officer_socket)  # refuses when another server runs here
@@ -212,9 +225,7 @@ class NodeServer:
             raise _cannot_listen(self.listen)
 
         officer_server = self._new_server(Audience.OFFICER)
-        officer_pb2_grpc.add_OfficerServicer_to_server(
-            self._officer_factory(node, self.cosigner), officer_server
-        )
+        officer_pb2_grpc.add_OfficerServicer_to_server(self._officer(), officer_server)
         self._add_health_and_reflection(officer_server, OFFICER_SERVICE)
         old_umask = os.umask(0o117)  # the socket is born 0660
         try:
@@ -232,6 +243,8 @@ class NodeServer:
         self._tasks.append(asyncio.create_task(self._refresh_roots(roots)))
         if self.cosigner is not None:
             self._tasks.append(asyncio.create_task(self.cosigner.run()))
+        if self.puller is not None:
+            self._tasks.append(asyncio.create_task(self.puller.run()))
         log.info(
             "server.started",
             node=node.config.node,
@@ -241,6 +254,19 @@ class NodeServer:
         )
         if opts.ready_file is not None:
             self._write_ready(opts.ready_file)
+
+    def _officer(self) -> officer_pb2_grpc.OfficerServicer:
+        if self._officer_factory is not None:
+            return self._officer_factory(self.node, self.cosigner)
+        if self.options.witness_only:
+            # The generated stubs mark every RPC abstract; unserved ones answer UNIMPLEMENTED.
+            return OfficerService(self.node, self.cosigner)  # type: ignore[abstract]
+        # Imported here: the exchange Officer builds on OfficerService defined above.
+        from node.officer_service import ExchangeOfficerService
+
+        return ExchangeOfficerService(
+            self.node, self.cosigner, signal=self.signal, puller=self.puller, now=self._now
+        )
 
     def _new_server(self, audience: Audience, guard: PeerGuard | None = None) -> grpc.aio.Server:
         interceptor = (

@@ -4,6 +4,7 @@ from node.cli import (
     agreement_cmds,  # noqa: F401
     log_cmds,  # noqa: F401
     node_cmds,  # noqa: F401
+    officer_cmds,  # noqa: F401
     report_cmds,  # noqa: F401
     serve_cmds,  # noqa: F401
 )

@@ -202,8 +202,9 @@ def test_witness_serve_cosigns_followed_logs_only(tmp_path: Path) -> None:
     assert held == [("pk-moi.accord/log",)]
 
 
-def test_placeholders_answer_unimplemented_with_a_stable_code(tmp_path: Path) -> None:
-    """Pull (a server stream) on the peer port and Submit on the officer socket."""
+def test_pull_and_submit_answer_over_real_transports(tmp_path: Path) -> None:
+    """Pull (a server stream) on the peer port and Submit on the officer socket: an empty
+    outbox is one caught-up batch; an invalid report gets a stable code and a next step."""
     pk, cn = _node(tmp_path, "pk-moi"), _node(tmp_path, "cn-mps")
     _trust(pk, cn)
 
@@ -218,16 +219,16 @@ def test_placeholders_answer_unimplemented_with_a_stable_code(tmp_path: Path) ->
                 stream = peer_pb2_grpc.PeerExchangeStub(channel).Pull(
                     peer_pb2.PullRequest(), timeout=RPC_TIMEOUT
                 )
-                with pytest.raises(grpc.aio.AioRpcError) as err:
-                    async for _batch in stream:
-                        pass
-                assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-                assert read_error_detail(err.value).code == "unimplemented"  # type: ignore[union-attr]
+                batches = [b async for b in stream]
+                assert len(batches) == 1 and batches[0].caught_up and not batches[0].envelopes
             async with grpc.aio.insecure_channel(f"unix:{server.officer_socket}") as officer:
                 stub = officer_pb2_grpc.OfficerStub(officer)
                 with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await stub.Submit(officer_pb2.SubmitRequest(), timeout=RPC_TIMEOUT)
-                assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+                    await stub.Submit(officer_pb2.SubmitRequest(report=b"{}"), timeout=RPC_TIMEOUT)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                detail = read_error_detail(err.value)
+                assert detail is not None and detail.code == "input.report_invalid"
+                assert "sop" in detail.message and detail.next_step
                 status = await stub.Status(officer_pb2.StatusRequest(), timeout=RPC_TIMEOUT)
                 assert status.node == "pk-moi" and [p.peer for p in status.peers] == ["cn-mps"]
         finally:

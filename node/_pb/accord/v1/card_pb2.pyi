@@ -26,23 +26,27 @@ class NodeCard(_message.Message):
 
     CARD_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_SIGNATURE_FIELD_NUMBER: _builtins.int
     card: _builtins.bytes
     """Exact canonical JSON bytes of {"type":"accord.node-card/v1", node, name, endpoint,
     identity_key, log_vkey, witness_vkey, encryption_keys, tls_ca, version, issued_at}.
     """
     signature: _builtins.bytes
-    """Ed25519 signature over "accord/v1/card\\n" + card, by the identity key of the previous
-    card version (rotation chain) or of this card for version 1.
+    """Ed25519 signature over "accord/v1/card\\n" + card by this card's own identity key."""
+    previous_signature: _builtins.bytes
+    """The same message signed by the identity key of the previous card version (empty for
+    version 1): a rotation must be approved by the key it replaces.
     """
     def __init__(
         self,
         *,
         card: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        previous_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "previous_signature", b"previous_signature", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

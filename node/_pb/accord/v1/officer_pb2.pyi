@@ -821,6 +821,10 @@ class PeerStatus(_message.Message):
     LAST_ERROR_CODE_FIELD_NUMBER: _builtins.int
     AGREEMENT_VALID_FIELD_NUMBER: _builtins.int
     AGREEMENT_NOT_AFTER_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    BACKLOG_FIELD_NUMBER: _builtins.int
+    LAST_SYNC_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
     peer: _builtins.str
     """Partner node id."""
     connected: _builtins.bool
@@ -837,6 +841,14 @@ class PeerStatus(_message.Message):
     """Stable code of the last failed exchange with this partner; empty if the last succeeded."""
     agreement_valid: _builtins.bool
     """True while a current agreement signed by both parties covers this partner."""
+    rejected: _builtins.int
+    """Items from this partner we refused (each with a code in its receipt and our log)."""
+    backlog: _builtins.int
+    """Envelopes for this partner not yet acknowledged by a receipt."""
+    stale: _builtins.bool
+    """True when the partner's checkpoint has not grown or been cosigned for longer than the
+    configured staleness window (THREATS.md P03): never shown as a healthy sync.
+    """
     @_builtins.property
     def last_contact(self) -> _timestamp_pb2.Timestamp:
         """Last successful exchange with this partner; unset if none."""
@@ -844,6 +856,10 @@ class PeerStatus(_message.Message):
     @_builtins.property
     def agreement_not_after(self) -> _timestamp_pb2.Timestamp:
         """End of the current agreement's validity; unset when there is none."""
+
+    @_builtins.property
+    def last_sync(self) -> _timestamp_pb2.Timestamp:
+        """When a pull from this partner last succeeded."""
 
     def __init__(
         self,
@@ -858,10 +874,14 @@ class PeerStatus(_message.Message):
         last_error_code: _builtins.str = ...,
         agreement_valid: _builtins.bool = ...,
         agreement_not_after: _timestamp_pb2.Timestamp | None = ...,
+        rejected: _builtins.int = ...,
+        backlog: _builtins.int = ...,
+        last_sync: _timestamp_pb2.Timestamp | None = ...,
+        stale: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agreement_not_after", b"agreement_not_after", "last_contact", b"last_contact"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agreement_not_after", b"agreement_not_after", "last_contact", b"last_contact", "last_sync", b"last_sync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_seq", b"acknowledged_seq", "agreement_not_after", b"agreement_not_after", "agreement_valid", b"agreement_valid", "connected", b"connected", "cosigned_size", b"cosigned_size", "inbox_seq", b"inbox_seq", "last_contact", b"last_contact", "last_error_code", b"last_error_code", "outbox_seq", b"outbox_seq", "peer", b"peer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_seq", b"acknowledged_seq", "agreement_not_after", b"agreement_not_after", "agreement_valid", b"agreement_valid", "backlog", b"backlog", "connected", b"connected", "cosigned_size", b"cosigned_size", "inbox_seq", b"inbox_seq", "last_contact", b"last_contact", "last_error_code", b"last_error_code", "last_sync", b"last_sync", "outbox_seq", b"outbox_seq", "peer", b"peer", "rejected", b"rejected", "stale", b"stale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

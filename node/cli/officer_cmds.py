@@ -1,0 +1,532 @@
+"""The liaison officer's daily commands, served by the running node over its Officer
+socket: report submit/list/show/amend/retract, inbox list/show/export, status."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.panel import Panel
+from rich.text import Text
+
+from exchange.errors import InputError
+from node._pb.accord.v1 import officer_pb2
+from node.cli.base import CliContext, cli, json_option, pass_ctx
+from node.cli.output import ok, print_fields, print_json, print_table, safe, say, stdout, warn
+from node.cli.report_cmds import read_report_file, report
+from node.officer_client import call, officer
+from node.policy import REASON_TEXT
+
+TLP_STYLE = {
+    "clear": "white",
+    "green": "green",
+    "amber": "yellow",
+    "amber+strict": "yellow",
+    "red": "red",
+}
+
+
+def _time(ts: Any) -> str:
+    return ts.ToDatetime().strftime("%Y-%m-%d %H:%M:%SZ") if ts.seconds else "-"
+
+
+def _release_json(r: officer_pb2.ReleaseOutcome) -> dict[str, Any]:
+    return {
+        "peer": r.peer,
+        "released": list(r.released),
+        "transformed": {t.field: t.transform for t in r.transformed},
+        "withheld": {w.field: w.reason for w in r.withheld},
+        "envelope_id": r.envelope_id or None,
+        "seq": r.seq or None,
+        "policy_digest": r.policy_digest,
+    }
+
+
+def _print_releases(releases: Any) -> None:
+    for r in releases:
+        sent = f"envelope seq {r.seq}" if r.envelope_id else "nothing sent"
+        rows = [(f, "sent", "") for f in r.released]
+        rows += [(t.field, "sent transformed", t.transform) for t in r.transformed]
+        rows += [(w.field, "WITHHELD", REASON_TEXT.get(w.reason, w.reason)) for w in r.withheld]
+        print_table(f"{r.peer}: {sent}", ["field", "outcome", "why / how"], sorted(rows))
+
+
+def _tlp(tlp: str) -> Text:
+    return Text(f" TLP:{tlp.upper()} ", style=f"bold reverse {TLP_STYLE.get(tlp, 'white')}")
+
+
+@report.command(
+    "submit",
+    epilog="Example:\n\n    accord --data ./pk-moi report submit alert.json\n"
+    "    cat alert.toml | accord --data ./pk-moi report submit - --json",
+)
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True))
+@json_option
+@pass_ctx
+def report_submit(ctx: CliContext, file: Path, as_json: bool) -> None:
+    """Validate, seal and send a report (JSON or TOML) to every partner its policy allows.
+
+    Needs the node running ('accord serve'). Prints, per partner, what was sent and what
+    was withheld.
+    """
+    data, _fmt = read_report_file(file)
+    with officer(ctx.data_dir) as stub:
+        answer = call(stub.Submit, officer_pb2.SubmitRequest(report=data))
+    if as_json:
+        print_json(
+            {
+                "report_id": answer.report_id,
+                "version": answer.version,
+                "releases": [_release_json(r) for r in answer.releases],
+            }
+        )
+        return
+    ok(f"report {answer.report_id} sealed (version {answer.version})")
+    _print_releases(answer.releases)
+    if not answer.releases:
+        warn("no trusted partner: the report is stored and logged but sent to nobody")
+
+
+@report.command("list", epilog="Example:\n\n    accord --data ./pk-moi report list --limit 20")
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@click.option("--sop", help="Only reports of this schema, e.g. threat-alert@1.")
+@json_option
+@pass_ctx
+def report_list(ctx: CliContext, limit: int, sop: str | None, as_json: bool) -> None:
+    """List this node's reports, newest first."""
+    with officer(ctx.data_dir) as stub:
+        answer = call(stub.ListReports, officer_pb2.ListReportsRequest(limit=limit, sop=sop or ""))
+    items = [
+        {
+            "report_id": r.report_id,
+            "version": r.version,
+            "sop": r.sop,
+            "tlp": r.tlp,
+            "sealed_at": _time(r.sealed_at),
+            "retracted": r.retracted,
+        }
+        for r in answer.reports
+    ]
+    if as_json:
+        print_json(items)
+        return
+    if not items:
+        say("No reports yet. Submit one with 'accord report submit FILE'.")
+        return
+    print_table(
+        "Reports",
+        ["report id", "version", "schema", "TLP", "sealed", "state"],
+        [
+            (
+                i["report_id"],
+                i["version"],
+                i["sop"],
+                i["tlp"],
+                i["sealed_at"],
+                "retracted" if i["retracted"] else "",
+            )
+            for i in items
+        ],
+    )
+
+
+@report.command("show", epilog="Example:\n\n    accord --data ./pk-moi report show 0193f2c4-...")
+@click.argument("report_id", metavar="ID")
+@click.option(
+    "--version", type=click.IntRange(min=1), help="A given version (default: the latest)."
+)
+@json_option
+@pass_ctx
+def report_show(ctx: CliContext, report_id: str, version: int | None, as_json: bool) -> None:
+    """Show one of this node's reports and, per partner, what was released."""
+    with officer(ctx.data_dir) as stub:
+        answer = call(
+            stub.GetReport, officer_pb2.GetReportRequest(report_id=report_id, version=version or 0)
+        )
+    body = json.loads(answer.report)
+    if as_json:
+        print_json(
+            {
+                **body,
+                "report_id": report_id,
+                "version": answer.summary.version,
+                "versions": list(answer.versions),
+                "retracted": answer.summary.retracted,
+                "releases": [_release_json(r) for r in answer.releases],
+            }
+        )
+        return
+    stdout.print(
+        _tlp(body["tlp"]), Text(f"  {body['sop']}  report {report_id} v{answer.summary.version}")
+    )
+    if answer.summary.retracted:
+        warn("this report was retracted")
+    print_fields(
+        [
+            (k, json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v)
+            for k, v in body["fields"].items()
+        ]
+    )
+    _print_releases(answer.releases)
+
+
+@report.command(
+    "amend", epilog="Example:\n\n    accord --data ./pk-moi report amend 0193f2c4-... alert-v2.json"
+)
+@click.argument("report_id", metavar="ID")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True))
+@click.option(
+    "--base-version",
+    type=click.IntRange(min=1),
+    help="Refuse if the latest version is not this one.",
+)
+@json_option
+@pass_ctx
+def report_amend(
+    ctx: CliContext, report_id: str, file: Path, base_version: int | None, as_json: bool
+) -> None:
+    """Send a corrected version of a report; partners keep the chain of versions."""
+    data, _fmt = read_report_file(file)
+    with officer(ctx.data_dir) as stub:
+        answer = call(
+            stub.Amend,
+            officer_pb2.AmendRequest(
+                report_id=report_id, report=data, base_version=base_version or 0
+            ),
+        )
+    if as_json:
+        print_json(
+            {
+                "report_id": answer.report_id,
+                "version": answer.version,
+                "releases": [_release_json(r) for r in answer.releases],
+            }
+        )
+        return
+    ok(f"report {answer.report_id} amended: version {answer.version}")
+    _print_releases(answer.releases)
+
+
+RETRACT_REASONS = ["erroneous", "withdrawn", "duplicate", "source-compromised"]
+
+
+@report.command(
+    "retract",
+    epilog="Example:\n\n    accord --data ./pk-moi report retract 0193f2c4-... "
+    "--reason erroneous --yes",
+)
+@click.argument("report_id", metavar="ID")
+@click.option(
+    "--reason",
+    type=click.Choice(RETRACT_REASONS),
+    required=True,
+    help="Why (a code; no free text is logged).",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@pass_ctx
+def report_retract(ctx: CliContext, report_id: str, reason: str, yes: bool, as_json: bool) -> None:
+    """Withdraw a report: partners that received it get a signed retraction."""
+    if not yes and not as_json:
+        click.confirm(
+            f"Retract report {report_id} ({reason}) at every partner?", abort=True, err=True
+        )
+    with officer(ctx.data_dir) as stub:
+        answer = call(stub.Retract, officer_pb2.RetractRequest(report_id=report_id, reason=reason))
+    if as_json:
+        print_json(
+            {
+                "report_id": answer.report_id,
+                "envelopes": [
+                    {"peer": e.peer, "envelope_id": e.envelope_id, "seq": e.seq}
+                    for e in answer.envelopes
+                ],
+            }
+        )
+        return
+    ok(
+        f"report {report_id} retracted; retraction sent to "
+        f"{', '.join(e.peer for e in answer.envelopes) or 'nobody'}"
+    )
+
+
+# -- inbox --------------------------------------------------------------------------------
+
+
+@cli.group()
+def inbox() -> None:
+    """Reports partners sent to this node (verified against their authors' signatures)."""
+
+
+def _inbox_json(i: officer_pb2.InboxItem) -> dict[str, Any]:
+    return {
+        "envelope_id": i.envelope_id,
+        "peer": i.peer,
+        "seq": i.seq,
+        "report_id": i.report_id,
+        "version": i.version,
+        "sop": i.sop,
+        "tlp": i.tlp,
+        "fields": list(i.fields),
+        "received_at": _time(i.received_at),
+        "superseded": i.superseded,
+        "retracted": i.retracted,
+    }
+
+
+@inbox.command("list", epilog="Example:\n\n    accord --data ./cn-mps inbox list --peer pk-moi")
+@click.option("--peer", help="Only from this partner.")
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@json_option
+@pass_ctx
+def inbox_list(ctx: CliContext, peer: str | None, limit: int, as_json: bool) -> None:
+    """List received reports, newest first."""
+    with officer(ctx.data_dir) as stub:
+        answer = call(stub.ListInbox, officer_pb2.ListInboxRequest(peer=peer or "", limit=limit))
+    items = [_inbox_json(i) for i in answer.items]
+    if as_json:
+        print_json(items)
+        return
+    if not items:
+        say("Nothing received yet.")
+        return
+    print_table(
+        "Received reports",
+        ["id", "from", "TLP", "schema", "version", "received", "fields", "state"],
+        [
+            (
+                i["envelope_id"],
+                i["peer"],
+                i["tlp"].upper(),
+                i["sop"],
+                i["version"],
+                i["received_at"],
+                len(i["fields"]),
+                "retracted" if i["retracted"] else "superseded" if i["superseded"] else "",
+            )
+            for i in items
+        ],
+    )
+
+
+def _get(ctx: CliContext, envelope_id: str) -> tuple[officer_pb2.GetInboxResponse, dict[str, Any]]:
+    with officer(ctx.data_dir) as stub:
+        answer = call(stub.GetInbox, officer_pb2.GetInboxRequest(envelope_id=envelope_id))
+    return answer, json.loads(answer.report)
+
+
+@inbox.command("show", epilog="Example:\n\n    accord --data ./cn-mps inbox show 0193f2c5-...")
+@click.argument("envelope_id", metavar="ID")
+@json_option
+@pass_ctx
+def inbox_show(ctx: CliContext, envelope_id: str, as_json: bool) -> None:
+    """Show a received report: disclosed fields, transformed fields marked, origin, TLP."""
+    answer, body = _get(ctx, envelope_id)
+    item = answer.item
+    if as_json:
+        print_json(
+            {
+                **_inbox_json(item),
+                "fields": body["fields"],
+                "derived": body["derived"],
+                "transformed": {t.field: t.transform for t in answer.transformed},
+                "verified": True,
+            }
+        )
+        return
+    stdout.print(
+        Panel(
+            Text.assemble(
+                _tlp(item.tlp),
+                f"  {item.sop}  from {safe(item.peer)}  report {item.report_id} v{item.version}",
+            ),
+            expand=False,
+        )
+    )
+    rows: list[tuple[str, object]] = [
+        (k, v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))
+        for k, v in body["fields"].items()
+    ]
+    transforms = {t.field: t.transform for t in answer.transformed}
+    rows += [
+        (f"{k} ({transforms.get(k, 'transformed')})", v if isinstance(v, str) else json.dumps(v))
+        for k, v in body["derived"].items()
+    ]
+    print_fields(rows)
+    say(
+        f"Verified: the author's ({item.peer}) signature covers every field shown; "
+        "transformed values "
+        f"are signed by {item.peer}'s release. Received {_time(item.received_at)}."
+    )
+    if item.retracted:
+        warn("the sender RETRACTED this report")
+    elif item.superseded:
+        warn("a newer version of this report was received")
+
+
+@inbox.command(
+    "export",
+    epilog="Example:\n\n    accord --data ./cn-mps inbox export 0193f2c5-... "
+    "--format stix --out alert.stix.json",
+)
+@click.argument("envelope_id", metavar="ID")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["sd-jwt", "json", "stix"]),
+    default="json",
+    show_default=True,
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File to write (default: standard output).",
+)
+@pass_ctx
+def inbox_export(ctx: CliContext, envelope_id: str, fmt: str, out: Path | None) -> None:
+    """Export a received report: the SD-JWT presentation, plain JSON, or a STIX 2.1 bundle."""
+    answer, body = _get(ctx, envelope_id)
+    if fmt == "sd-jwt":
+        text = body["presentation"] + "\n"
+    elif fmt == "json":
+        text = (
+            json.dumps(
+                {
+                    "sop": body["sop"],
+                    "tlp": body["tlp"],
+                    "fields": body["fields"],
+                    "derived": body["derived"],
+                    "from": answer.item.peer,
+                    "report_id": answer.item.report_id,
+                    "version": answer.item.version,
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
+    else:
+        from node.stix import to_stix_bundle
+
+        text = to_stix_bundle(answer.item, body) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        if out.exists():
+            raise InputError(f"{out} exists", next_step="Choose another --out.")
+        out.write_text(text, "utf-8")
+        ok(f"{fmt} export written to {out}")
+
+
+# -- status -------------------------------------------------------------------------------
+
+
+def _status(ctx: CliContext) -> officer_pb2.StatusResponse:
+    with officer(ctx.data_dir) as stub:
+        answer: officer_pb2.StatusResponse = call(stub.Status, officer_pb2.StatusRequest())
+    return answer
+
+
+def _peer_json(p: officer_pb2.PeerStatus) -> dict[str, Any]:
+    return {
+        "peer": p.peer,
+        "connected": p.connected,
+        "last_sync": _time(p.last_sync),
+        "backlog": p.backlog,
+        "outbox_seq": p.outbox_seq,
+        "acknowledged_seq": p.acknowledged_seq,
+        "inbox_seq": p.inbox_seq,
+        "rejected": p.rejected,
+        "cosigned_size": p.cosigned_size,
+        "last_contact": _time(p.last_contact),
+        "last_error_code": p.last_error_code or None,
+        "agreement_valid": p.agreement_valid,
+        "agreement_not_after": _time(p.agreement_not_after),
+        "stale": p.stale,
+    }
+
+
+@cli.command("status", epilog="Example:\n\n    accord --data ./pk-moi status --json")
+@json_option
+@pass_ctx
+def status(ctx: CliContext, as_json: bool) -> None:
+    """Is the exchange healthy? The node, its log, and each partner at a glance."""
+    s = _status(ctx)
+    if as_json:
+        print_json(
+            {
+                "node": s.node,
+                "version": s.version,
+                "log_size": s.log_size,
+                "checkpoint_size": s.checkpoint_size,
+                "peers": [_peer_json(p) for p in s.peers],
+            }
+        )
+        return
+    print_fields(
+        [
+            ("node", s.node),
+            ("software", s.version),
+            ("log", f"{s.log_size} entries"),
+            ("checkpoint", f"size {s.checkpoint_size}"),
+        ]
+    )
+    _sync_table(s)
+
+
+def _sync_table(s: officer_pb2.StatusResponse) -> None:
+    rows = []
+    for p in s.peers:
+        health = (
+            "STALE" if p.stale else ("ok" if p.connected and not p.last_error_code else "attention")
+        )
+        rows.append(
+            (
+                p.peer,
+                "yes" if p.connected else "no",
+                _time(p.last_sync),
+                p.backlog,
+                p.rejected,
+                p.cosigned_size,
+                "yes" if p.agreement_valid else "NO",
+                p.last_error_code or "-",
+                health,
+            )
+        )
+    print_table(
+        "Partners",
+        [
+            "partner",
+            "connected",
+            "last sync",
+            "backlog",
+            "rejected",
+            "cosigned size",
+            "agreement",
+            "last error",
+            "health",
+        ],
+        rows,
+    )
+    for p in s.peers:
+        if p.stale:
+            warn(f"{p.peer}: no cosigned checkpoint recently; the sync is not known to be healthy")
+
+
+@cli.group()
+def sync() -> None:
+    """Machine-to-machine sync with partners (runs inside 'accord serve')."""
+
+
+@sync.command("status", epilog="Example:\n\n    accord --data ./pk-moi sync status")
+@json_option
+@pass_ctx
+def sync_status(ctx: CliContext, as_json: bool) -> None:
+    """Per partner: connected, last sync, backlog, rejections, cosigned checkpoint, stale."""
+    s = _status(ctx)
+    if as_json:
+        print_json([_peer_json(p) for p in s.peers])
+        return
+    _sync_table(s)

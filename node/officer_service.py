@@ -1,0 +1,450 @@
+"""The Officer API on the local unix socket: submit, amend, retract, read reports and the
+inbox, explain decisions, status. Thin handlers over node functions (DESIGN.md §10)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from exchange.errors import AccordError, InputError
+from exchange.policy import ReleaseDecision
+from exchange.sdjwt import PresentationLimits, verify_presentation
+from exchange.sop import Report, ValidReport, check_report_document
+from exchange.times import parse_time
+from node import clock, outbox
+from node._pb.accord.v1 import error_pb2, officer_pb2
+from node.agreements import current_agreement
+from node.cosigning import Cosigner
+from node.home import Node
+from node.inbox import cursor, get_inbox, list_inbox, rejections
+from node.policy import active_policy, decide_for
+from node.reports import list_reports, load_sealed
+from node.schemas import registry
+from node.server import OfficerService
+from node.sync import OutboxSignal, Puller
+
+Context = Any
+MAX_PAGE = 500
+STREAM_CHUNK = 256
+STALE_AFTER = timedelta(minutes=15)
+
+
+def _ts(text: str | None) -> Timestamp | None:
+    if not text:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(parse_time(text, field="time"))
+    return stamp
+
+
+def _ts_dt(at: datetime | None) -> Timestamp | None:
+    if at is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(at.astimezone(UTC))
+    return stamp
+
+
+def report_format(data: bytes) -> str:
+    return "json" if data.lstrip()[:1] in (b"{", b"[") else "toml"
+
+
+def validate(data: bytes) -> ValidReport:
+    return check_report_document(registry(), data, report_format(data))  # type: ignore[arg-type]
+
+
+def outcome_message(
+    peer: str, decision: ReleaseDecision, envelope_id: str | None, seq: int | None
+) -> officer_pb2.ReleaseOutcome:
+    return officer_pb2.ReleaseOutcome(
+        peer=peer,
+        released=list(decision.released),
+        transformed=[
+            officer_pb2.TransformedField(field=f, transform=t.transform)
+            for f, t in sorted(decision.transformed.items())
+        ],
+        withheld=[
+            officer_pb2.WithheldField(field=f, reason=r)
+            for f, r in sorted(decision.withheld.items())
+        ],
+        policy_digest=decision.policy_digest,
+        envelope_id=envelope_id or "",
+        seq=seq or 0,
+    )
+
+
+def submitted_message(s: outbox.Submitted) -> officer_pb2.SubmitResponse:
+    return officer_pb2.SubmitResponse(
+        report_id=s.report_id,
+        version=s.version,
+        releases=[outcome_message(r.peer, r.decision, r.envelope_id, r.seq) for r in s.releases],
+    )
+
+
+class ExchangeOfficerService(OfficerService):
+    def __init__(
+        self,
+        node: Node,
+        cosigner: Cosigner | None,
+        *,
+        signal: OutboxSignal | None = None,
+        puller: Puller | None = None,
+        now: Callable[[], datetime] = clock.now,
+    ) -> None:
+        super().__init__(node, cosigner)
+        self._signal = signal
+        self._puller = puller
+        self._now = now
+
+    def _committed(self, results: list[outbox.Submitted]) -> None:
+        peers = sorted({r.peer for s in results for r in s.releases if r.envelope_id})
+        if self._signal is not None and peers:
+            self._signal.notify(peers)
+        if self._cosigner is not None:
+            self._cosigner.poke()
+
+    async def Submit(
+        self, request: officer_pb2.SubmitRequest, context: Context
+    ) -> officer_pb2.SubmitResponse:
+        valid = validate(request.report)
+        results = outbox.submit(self._node, [valid], self._now())
+        self._committed(results)
+        return submitted_message(results[0])
+
+    async def SubmitStream(
+        self, request_iterator: AsyncIterator[officer_pb2.SubmitRequest], context: Context
+    ) -> AsyncIterator[officer_pb2.SubmitStreamResponse]:
+        """Many reports: validated one by one, committed in chunks of up to 256 (one
+        durable commit per chunk), answered in order after their commit."""
+        queue: asyncio.Queue[officer_pb2.SubmitRequest | None] = asyncio.Queue(
+            maxsize=STREAM_CHUNK * 2
+        )
+
+        async def read() -> None:
+            async for req in request_iterator:
+                await queue.put(req)
+            await queue.put(None)
+
+        reader = asyncio.create_task(read())
+        index = 0
+        try:
+            done = False
+            while not done:
+                first = await queue.get()
+                if first is None:
+                    break
+                chunk = [first]
+                while len(chunk) < STREAM_CHUNK and not queue.empty():
+                    item = queue.get_nowait()
+                    if item is None:
+                        done = True
+                        break
+                    chunk.append(item)
+                answers: list[officer_pb2.SubmitStreamResponse | None] = []
+                good: list[ValidReport] = []
+                for req in chunk:
+                    try:
+                        good.append(validate(req.report))
+                        answers.append(None)
+                    except AccordError as e:
+                        answers.append(
+                            officer_pb2.SubmitStreamResponse(
+                                index=index + len(answers),
+                                error=error_pb2.ErrorDetail(
+                                    code=e.code, message=e.message, next_step=e.next_step
+                                ),
+                            )
+                        )
+                results = outbox.submit(self._node, good, self._now()) if good else []
+                self._committed(results)
+                it = iter(results)
+                for answer in answers:
+                    yield answer or officer_pb2.SubmitStreamResponse(
+                        index=index, accepted=submitted_message(next(it))
+                    )
+                    index += 1
+        finally:
+            reader.cancel()
+
+    async def Amend(
+        self, request: officer_pb2.AmendRequest, context: Context
+    ) -> officer_pb2.AmendResponse:
+        valid = validate(request.report)
+        result = outbox.amend(
+            self._node, request.report_id, valid, self._now(), request.base_version or None
+        )
+        self._committed([result])
+        msg = submitted_message(result)
+        return officer_pb2.AmendResponse(
+            report_id=msg.report_id, version=msg.version, releases=msg.releases
+        )
+
+    async def Retract(
+        self, request: officer_pb2.RetractRequest, context: Context
+    ) -> officer_pb2.RetractResponse:
+        sent = outbox.retract(
+            self._node, request.report_id, request.reason or "withdrawn", self._now()
+        )
+        if self._signal is not None:
+            self._signal.notify([p for p, _e, _s in sent])
+        if self._cosigner is not None:
+            self._cosigner.poke()
+        return officer_pb2.RetractResponse(
+            report_id=request.report_id,
+            envelopes=[
+                officer_pb2.RetractionEnvelope(peer=p, envelope_id=e, seq=s) for p, e, s in sent
+            ],
+        )
+
+    async def ListReports(
+        self, request: officer_pb2.ListReportsRequest, context: Context
+    ) -> officer_pb2.ListReportsResponse:
+        limit = min(request.limit or 50, MAX_PAGE)
+        rows = [
+            r
+            for r in list_reports(self._node, limit=MAX_PAGE)
+            if not request.sop or r.sop == request.sop
+        ]
+        retracted = {
+            r[0]
+            for r in self._node.store.conn.execute(
+                "SELECT report_id FROM reports WHERE retracted_at IS NOT NULL"
+            )
+        }
+        return officer_pb2.ListReportsResponse(
+            reports=[
+                officer_pb2.ReportSummary(
+                    report_id=r.report_id,
+                    version=r.version,
+                    sop=r.sop,
+                    tlp=r.tlp,
+                    sealed_at=_ts(r.sealed_at),
+                    retracted=r.report_id in retracted,
+                )
+                for r in rows[:limit]
+            ]
+        )
+
+    async def GetReport(
+        self, request: officer_pb2.GetReportRequest, context: Context
+    ) -> officer_pb2.GetReportResponse:
+        node = self._node
+        sealed = load_sealed(node, request.report_id, request.version or None)
+        key = node.store.conn.execute(
+            "SELECT issuer_key, sealed_at, retracted_at FROM reports "
+            "WHERE report_id = ? AND version = ?",
+            (sealed.report_id, sealed.version),
+        ).fetchone()
+        verified = verify_presentation(
+            sealed.full_presentation(), bytes(key[0]), limits=PresentationLimits()
+        )
+        versions = [
+            int(r[0])
+            for r in node.store.conn.execute(
+                "SELECT version FROM reports WHERE report_id = ? ORDER BY version",
+                (sealed.report_id,),
+            )
+        ]
+        releases = []
+        for event in _release_events(node, sealed.report_id, sealed.version):
+            releases.append(
+                officer_pb2.ReleaseOutcome(
+                    peer=event["peer"],
+                    released=event.get("released", []),
+                    transformed=[
+                        officer_pb2.TransformedField(field=f, transform=t)
+                        for f, t in event.get("transformed", {}).items()
+                    ],
+                    withheld=[
+                        officer_pb2.WithheldField(field=f, reason=r)
+                        for f, r in event.get("withheld", {}).items()
+                    ],
+                    policy_digest=event.get("policy_digest", ""),
+                    envelope_id=event.get("envelope_id") or "",
+                    seq=event.get("seq") or 0,
+                )
+            )
+        return officer_pb2.GetReportResponse(
+            summary=officer_pb2.ReportSummary(
+                report_id=sealed.report_id,
+                version=sealed.version,
+                sop=verified.sop,
+                tlp=verified.tlp,
+                sealed_at=_ts(key[1]),
+                retracted=key[2] is not None,
+            ),
+            report=json.dumps(
+                {"sop": verified.sop, "tlp": verified.tlp, "fields": dict(verified.fields)}
+            ).encode(),
+            releases=releases,
+            versions=versions,
+        )
+
+    async def ListInbox(
+        self, request: officer_pb2.ListInboxRequest, context: Context
+    ) -> officer_pb2.ListInboxResponse:
+        limit = min(request.limit or 50, MAX_PAGE)
+        items = list_inbox(
+            self._node,
+            peer=request.peer or None,
+            limit=limit + 1,
+            before=request.page_token or None,
+        )
+        newest = _newest_versions(items)
+        return officer_pb2.ListInboxResponse(
+            items=[_inbox_message(i, newest) for i in items[:limit]],
+            next_page_token=items[limit - 1].envelope_id if len(items) > limit else "",
+        )
+
+    async def GetInbox(
+        self, request: officer_pb2.GetInboxRequest, context: Context
+    ) -> officer_pb2.GetInboxResponse:
+        item, content = get_inbox(self._node, request.envelope_id)
+        issuer_keys = [
+            c.identity_key
+            for c in self._node.trust_store().trusted_chain(item.peer, self._now()).cards
+        ]
+        fields: dict[str, Any] = {}
+        for key in reversed(issuer_keys):  # the report was sealed under one of the partner's keys
+            try:
+                fields = dict(
+                    verify_presentation(
+                        content["presentation"], key, limits=PresentationLimits()
+                    ).fields
+                )
+                break
+            except AccordError:
+                continue
+        derived = {d["field"]: d["value"] for d in content.get("derived", [])}
+        body = {
+            "sop": item.sop,
+            "tlp": item.tlp,
+            "fields": fields,
+            "derived": derived,
+            "presentation": content.get("presentation", ""),
+            "release": content.get("release", ""),
+        }
+        return officer_pb2.GetInboxResponse(
+            item=_inbox_message(item, _newest_versions([item])),
+            report=json.dumps(body).encode(),
+            transformed=[
+                officer_pb2.TransformedField(field=f, transform=t)
+                for f, t in sorted(item.transformed.items())
+            ],
+        )
+
+    async def Explain(
+        self, request: officer_pb2.ExplainRequest, context: Context
+    ) -> officer_pb2.ExplainResponse:
+        node = self._node
+        now = self._now()
+        if request.WhichOneof("subject") == "report_id":
+            sealed = load_sealed(node, request.report_id)
+            key = node.store.conn.execute(
+                "SELECT issuer_key FROM reports WHERE report_id = ? AND version = ?",
+                (sealed.report_id, sealed.version),
+            ).fetchone()[0]
+            v = verify_presentation(
+                sealed.full_presentation(), bytes(key), limits=PresentationLimits()
+            )
+            report = Report(v.sop, v.tlp, dict(v.fields))
+        else:
+            report = validate(request.report).report
+        peers = list(request.peers) or [r.node for r in node.trust_store().list()]
+        policy = active_policy(node, now)
+        return officer_pb2.ExplainResponse(
+            decisions=[
+                outcome_message(p, decide_for(node, report, p, now, policy), None, None)
+                for p in peers
+            ]
+        )
+
+    async def Status(
+        self, request: officer_pb2.StatusRequest, context: Context
+    ) -> officer_pb2.StatusResponse:
+        base = await super().Status(request, context)
+        node, now = self._node, self._now()
+        pulls = self._puller.state if self._puller is not None else {}
+        rejected: dict[str, int] = {}
+        for peer, _seq, _code in rejections(node):
+            rejected[peer] = rejected.get(peer, 0) + 1
+        peers = []
+        for status in base.peers:
+            sent, acked = outbox.backlog(node, status.peer)
+            agreement = current_agreement(node, status.peer, now)
+            pull = pulls.get(status.peer)
+            status.outbox_seq = sent
+            status.acknowledged_seq = acked
+            status.backlog = sent - acked
+            status.inbox_seq = cursor(node, status.peer)
+            status.rejected = rejected.get(status.peer, 0)
+            status.agreement_valid = agreement is not None
+            not_after = _ts(agreement.agreement.not_after) if agreement is not None else None
+            if not_after is not None:
+                status.agreement_not_after.CopyFrom(not_after)
+            if pull is not None:
+                status.connected = pull.connected
+                last_sync = _ts_dt(pull.last_sync)
+                if last_sync is not None:
+                    status.last_sync.CopyFrom(last_sync)
+                if pull.last_error_code and not status.last_error_code:
+                    status.last_error_code = pull.last_error_code
+            contact = (
+                status.last_contact.ToDatetime(tzinfo=UTC)
+                if status.HasField("last_contact")
+                else None
+            )
+            status.stale = agreement is not None and (
+                contact is None or now - contact > STALE_AFTER
+            )
+            peers.append(status)
+        del base.peers[:]
+        base.peers.extend(peers)
+        return base
+
+
+def _release_events(node: Node, report_id: str, version: int) -> list[dict[str, Any]]:
+    from exchange.events import parse_event_unverified
+
+    out = []
+    rows = node.store.conn.execute(
+        "SELECT event FROM log_leaves WHERE event LIKE ? ORDER BY idx",
+        (f'%"release.decided"%"{report_id}"%',),
+    ).fetchall()
+    for (data,) in rows:
+        event = parse_event_unverified(bytes(data))
+        if event.attrs.get("report_id") == report_id and event.attrs.get("version") == version:
+            out.append(event.attrs)
+    return out
+
+
+def _newest_versions(items: list[Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i in items:
+        out[i.report_id] = max(out.get(i.report_id, 0), i.version)
+    return out
+
+
+def _inbox_message(item: Any, newest: dict[str, int]) -> officer_pb2.InboxItem:
+    return officer_pb2.InboxItem(
+        peer=item.peer,
+        envelope_id=item.envelope_id,
+        seq=item.seq,
+        kind=item.kind,
+        report_id=item.report_id,
+        version=item.version,
+        sop=item.sop,
+        tlp=item.tlp,
+        fields=list(item.fields),
+        received_at=_ts(item.received_at),
+        superseded=item.version < newest.get(item.report_id, item.version),
+        retracted=item.retracted,
+    )
+
+
+__all__ = ["ExchangeOfficerService", "InputError"]

@@ -1,0 +1,206 @@
+"""Machine-to-machine sync: the receiving loop per partner, and the signal that wakes
+followed Pull streams when new envelopes are committed (DESIGN.md §8).
+
+All database work runs on the event loop's thread: the node has one writer connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import grpc
+import structlog
+
+from exchange.envelope import Envelope
+from exchange.errors import AccordError
+from node import clock
+from node._pb.accord.v1 import envelope_pb2, peer_pb2, peer_pb2_grpc
+from node.cosigning import Backoff
+from node.errors_map import read_error_detail
+from node.home import Node
+from node.inbox import apply_batch, cursor
+from node.transport import PartnerChannels
+
+log = structlog.get_logger("accord.sync")
+
+STREAM_DEADLINE = 300.0  # a followed stream is re-opened at least this often
+CALL_DEADLINE = 10.0
+
+
+class OutboxSignal:
+    """Wakes Pull streams following a partner when its outbox grows."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def _event(self, peer: str) -> asyncio.Event:
+        return self._events.setdefault(peer, asyncio.Event())
+
+    def notify(self, peers: list[str] | None = None) -> None:
+        for peer in self._events if peers is None else peers:
+            self._event(peer).set()
+
+    async def wait(self, peer: str, timeout: float) -> None:
+        event = self._event(peer)
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return
+        finally:
+            event.clear()
+
+
+@dataclass
+class PullState:
+    connected: bool = False
+    last_sync: datetime | None = None
+    last_error_code: str = ""
+    applied: int = 0
+    rejected: int = 0
+
+
+def envelope_from_message(message: envelope_pb2.Envelope) -> Envelope:
+    return Envelope(bytes(message.header), bytes(message.ciphertext), bytes(message.signature))
+
+
+class Puller:
+    """For each trusted partner with an agreement: Pull(after=cursor, follow), apply each
+    batch in one transaction, Acknowledge with the signed receipt. Reconnects with
+    exponential backoff and jitter; every call has a deadline."""
+
+    def __init__(
+        self,
+        node: Node,
+        channels: PartnerChannels,
+        *,
+        now: Callable[[], datetime] = clock.now,
+        on_applied: Callable[[], None] | None = None,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+        max_batch: int = 256,
+    ) -> None:
+        self._node = node
+        self._channels = channels
+        self._now = now
+        self._on_applied = on_applied
+        self._backoff = backoff or Backoff()
+        self._rng = rng or random.Random()  # noqa: S311  jitter needs no secrecy
+        self._max_batch = max_batch
+        self.state: dict[str, PullState] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def partners(self) -> list[str]:
+        from node.agreements import current_agreement
+
+        now = self._now()
+        out = []
+        for record in self._node.trust_store().list():
+            if (
+                record.revoked_from is None
+                and current_agreement(self._node, record.node, now) is not None
+            ):
+                out.append(record.node)
+        return out
+
+    async def run(self, refresh_seconds: float = 5.0) -> None:
+        """Keep one pull task per partner that has an agreement in force."""
+        try:
+            while True:
+                try:
+                    wanted = set(self.partners())
+                except AccordError as e:
+                    log.error("sync.partners_failed", code=e.code)
+                    wanted = set(self._tasks)
+                for peer in wanted - set(self._tasks):
+                    self._tasks[peer] = asyncio.create_task(self._loop(peer))
+                for peer in set(self._tasks) - wanted:
+                    self._tasks.pop(peer).cancel()
+                await asyncio.sleep(refresh_seconds)
+        finally:
+            for task in self._tasks.values():
+                task.cancel()
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            self._tasks.clear()
+
+    async def _loop(self, peer: str) -> None:
+        state = self.state.setdefault(peer, PullState())
+        failures = 0
+        while True:
+            try:
+                await self.pull_once(peer, follow=True)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as e:
+                detail = read_error_detail(e)
+                state.last_error_code = (
+                    detail.code if detail and detail.code else e.code().name.lower()
+                )
+                failures += 1
+            except AccordError as e:
+                state.last_error_code = e.code
+                failures += 1
+            except Exception as e:  # keep syncing other partners; log the type only
+                log.error("sync.failed", peer=peer, error=type(e).__name__)
+                state.last_error_code = "internal"
+                failures += 1
+            state.connected = False
+            delay = self._backoff.delay(failures, self._rng) if failures else self._backoff.base
+            log.info("sync.reconnect", peer=peer, attempt=failures, delay_ms=int(delay * 1000))
+            await asyncio.sleep(delay)
+
+    async def pull_once(self, peer: str, *, follow: bool) -> int:
+        """One Pull stream: apply every batch it brings; returns the envelopes applied."""
+        state = self.state.setdefault(peer, PullState())
+        card = self._node.trust_store().trusted_chain(peer, self._now()).latest
+        stub = peer_pb2_grpc.PeerExchangeStub(await self._channels.get(card))
+        after = cursor(self._node, peer)
+        call = stub.Pull(
+            peer_pb2.PullRequest(after_seq=after, max_batch=self._max_batch, follow=follow),
+            timeout=STREAM_DEADLINE if follow else CALL_DEADLINE * 6,
+        )
+        applied = 0
+        try:
+            async for batch in call:
+                state.connected = True
+                if not batch.envelopes:
+                    state.last_sync = self._now()
+                    continue
+                outcome = apply_batch(
+                    self._node,
+                    peer,
+                    [envelope_from_message(m) for m in batch.envelopes],
+                    self._now(),
+                )
+                applied += outcome.applied
+                state.applied += outcome.applied
+                state.rejected += len(outcome.rejected)
+                if outcome.receipt is not None:
+                    await stub.Acknowledge(
+                        peer_pb2.AcknowledgeRequest(
+                            receipt=envelope_pb2.BatchReceipt(
+                                statement=outcome.receipt.statement,
+                                signature=outcome.receipt.signature,
+                            )
+                        ),
+                        timeout=CALL_DEADLINE,
+                    )
+                if outcome.applied and self._on_applied is not None:
+                    self._on_applied()
+                if outcome.stopped is not None:
+                    state.last_error_code = outcome.stopped.code
+                    log.warning("sync.batch_stopped", peer=peer, code=outcome.stopped.code)
+                    raise outcome.stopped
+                state.last_sync = self._now()
+                state.last_error_code = ""
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and follow:
+                return applied  # the periodic re-open of a followed stream
+            raise
+        finally:
+            call.cancel()
+        return applied

@@ -1,0 +1,151 @@
+"""The exchange pipeline in process: submit at pk-moi, apply at cn-mps, receipt back.
+(The same functions run behind gRPC in the integration tests.)"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from exchange.events import parse_event_unverified
+from exchange.sdjwt import PresentationLimits, verify_presentation
+from exchange.sop import check_report_document
+from node import outbox
+from node.home import Node
+from node.inbox import apply_batch, cursor, get_inbox, list_inbox
+from node.schemas import registry
+from tests.conftest import PASSPHRASE, Result, snapshot
+from tests.node.test_agreement_policy import ALERT, MARKER, POLICY, TERMS
+
+Accord = Callable[..., Result]
+
+
+@pytest.fixture
+def pair(make_node: Callable[..., Path], accord: Accord, tmp_path: Path) -> tuple[Node, Node]:
+    pk, cn = make_node("pk-moi", 7441), make_node("cn-mps", 7442)
+    for a, b in ((pk, cn), (cn, pk)):
+        card = tmp_path / f"{a.name}.card"
+        assert accord("--data", a, "card", "export", "--out", card).code == 0
+        fp = accord("--data", a, "card", "show", "--json").json()["fingerprint"]  # type: ignore[index]
+        assert accord("--data", b, "peer", "add", card, "--fingerprint", fp).code == 0
+    file = tmp_path / "agreement.json"
+    assert (
+        accord(
+            "--data",
+            pk,
+            "agreement",
+            "propose",
+            "--peer",
+            "cn-mps",
+            "--terms",
+            TERMS,
+            "--out",
+            file,
+        ).code
+        == 0
+    )
+    assert accord("--data", cn, "agreement", "sign", file, "--yes").code == 0
+    assert accord("--data", pk, "agreement", "sign", file, "--yes").code == 0
+    assert accord("--data", pk, "policy", "apply", POLICY).code == 0
+    a, b = Node.open(pk, lambda: PASSPHRASE), Node.open(cn, lambda: PASSPHRASE)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def _valid(report: dict[str, object] = ALERT):  # type: ignore[no-untyped-def]
+    return check_report_document(registry(), json.dumps(report).encode(), "json")
+
+
+def _kinds(node: Node) -> list[str]:
+    return [parse_event_unverified(e).kind for _i, e in node.log.leaves(0, 100_000)]
+
+
+def test_submit_sync_receipt(pair: tuple[Node, Node]) -> None:
+    pk, cn = pair
+    now = datetime.now(UTC).replace(microsecond=0)
+    [result] = outbox.submit(pk, [_valid()], now)
+    [release] = result.releases
+    assert release.peer == "cn-mps" and release.seq == 1
+    envelopes = outbox.pending(pk, "cn-mps", 0, 256)
+    assert len(envelopes) == 1
+    wire = b"".join(e.header + e.ciphertext + e.signature for e in envelopes)
+    assert MARKER.encode() not in wire and b"humint" not in wire
+    outcome = apply_batch(cn, "pk-moi", envelopes, now)
+    assert outcome.applied == 1 and outcome.stopped is None and not outcome.rejected
+    assert cursor(cn, "pk-moi") == 1
+    receipt, new = outbox.accept_receipt(
+        pk, "cn-mps", outcome.receipt.statement, outcome.receipt.signature, now
+    )  # type: ignore[union-attr]
+    assert new and receipt.first_seq == 1 and receipt.last_seq == 1
+    state = pk.store.conn.execute(
+        "SELECT state FROM outbox WHERE peer = 'cn-mps' AND seq = 1"
+    ).fetchone()[0]
+    assert state == "delivered"
+    [item] = list_inbox(cn)
+    released = set(release.decision.released)
+    assert set(item.fields) == released
+    assert set(item.transformed) == {"location", "site"}
+    _item, content = get_inbox(cn, item.envelope_id)
+    pub = pk.own_chain().latest.identity_key
+    verified = verify_presentation(content["presentation"], pub, limits=PresentationLimits())
+    assert set(verified.fields) == released
+    assert "source" not in verified.fields and "indicators" not in verified.fields
+    assert {d["field"]: d["transform"] for d in content["derived"]} == {
+        "location": "round:1",
+        "site": "pseudonym",
+    }
+    assert "release.decided" in _kinds(pk) and "receipt.received" in _kinds(pk)
+    assert "envelope.received" in _kinds(cn) and "receipt.sent" in _kinds(cn)
+    # P07: the same batch again is a duplicate: acknowledged, nothing new.
+    before = snapshot(cn.data_dir)
+    again = apply_batch(cn, "pk-moi", envelopes, now)
+    assert again.duplicates == 1 and again.applied == 0 and again.receipt is not None
+    assert snapshot(cn.data_dir) == before
+    # The repeated receipt changes nothing at the sender either.
+    before_pk = snapshot(pk.data_dir)
+    _r, new2 = outbox.accept_receipt(
+        pk, "cn-mps", again.receipt.statement, again.receipt.signature, now
+    )
+    assert not new2 and snapshot(pk.data_dir) == before_pk
+
+
+def test_p08_reordered_envelopes_wait_for_their_turn(pair: tuple[Node, Node]) -> None:
+    pk, cn = pair
+    now = datetime.now(UTC).replace(microsecond=0)
+    outbox.submit(pk, [_valid(), _valid(), _valid()], now)
+    e1, e2, e3 = outbox.pending(pk, "cn-mps", 0, 256)
+    before = snapshot(cn.data_dir)
+    out = apply_batch(cn, "pk-moi", [e2], now)
+    assert out.applied == 0 and out.stopped is not None and out.stopped.code == "peer.seq_jump"
+    assert snapshot(cn.data_dir) == before
+    out = apply_batch(cn, "pk-moi", [e1, e3, e2], now)
+    assert out.applied == 1 and out.stopped is not None and cursor(cn, "pk-moi") == 1
+    out = apply_batch(cn, "pk-moi", [e2, e3], now)
+    assert out.applied == 2 and cursor(cn, "pk-moi") == 3
+
+
+def test_amend_and_retract_reach_the_partner(pair: tuple[Node, Node]) -> None:
+    pk, cn = pair
+    now = datetime.now(UTC).replace(microsecond=0)
+    [first] = outbox.submit(pk, [_valid()], now)
+    changed = json.loads(json.dumps(ALERT))
+    changed["fields"]["severity"] = "critical"
+    second = outbox.amend(pk, first.report_id, _valid(changed), now + timedelta(seconds=1))
+    assert second.version == 2
+    outbox.retract(pk, first.report_id, "erroneous", now + timedelta(seconds=2))
+    envelopes = outbox.pending(pk, "cn-mps", 0, 256)
+    assert len(envelopes) == 3
+    out = apply_batch(cn, "pk-moi", envelopes, now + timedelta(seconds=3))
+    assert out.applied == 3, out
+    items = list_inbox(cn)
+    assert {i.version for i in items} == {1, 2}
+    assert all(i.retracted for i in items)
+    # P01: version 1 replayed after version 2 (as a new envelope) would be a rollback;
+    # here the exact old envelope is a duplicate and changes nothing.
+    before = snapshot(cn.data_dir)
+    assert apply_batch(cn, "pk-moi", envelopes[:1], now).duplicates == 1
+    assert snapshot(cn.data_dir) == before
