@@ -21,7 +21,9 @@ def export_bundle(
     node: Node, out: Path, now: datetime, progress: Callable[[int, int], None] | None = None
 ) -> tuple[int, int]:
     """Write the log, its checkpoints (with cosignatures) and the public keys needed to
-    verify them. Reads one consistent snapshot (a read transaction)."""
+    verify them. Signs a checkpoint over everything committed first, so every exported
+    entry is covered by a signature; then reads one consistent snapshot."""
+    node.checkpoint(now)
     log = node.log
     conn = node.store.conn
     conn.execute("BEGIN")  # a read snapshot: appends made meanwhile are not half-exported

@@ -1,0 +1,132 @@
+"""Issue 6 acceptance: two real `accord serve` processes on loopback with real
+certificates. A report submitted at pk-moi is stored at cn-mps with exactly the fields
+its policy released, verifiable with the issuer key; both logs hold matching events and
+each other's cosignatures; the audit bundles verify and reconcile."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from exchange.sdjwt import PresentationLimits, verify_presentation
+from tests.conftest import Result
+from tests.integration.conftest import ServerProcess
+from tests.node.test_agreement_policy import ALERT, MARKER, POLICY, TERMS
+
+Accord = Callable[..., Result]
+WAIT = 30.0
+
+
+def _agree(accord: Accord, pk: Path, cn: Path, tmp_path: Path) -> None:
+    file = tmp_path / "agreement.json"
+    assert (
+        accord(
+            "--data",
+            pk,
+            "agreement",
+            "propose",
+            "--peer",
+            "cn-mps",
+            "--terms",
+            TERMS,
+            "--out",
+            file,
+        ).code
+        == 0
+    )
+    assert accord("--data", cn, "agreement", "sign", file, "--yes").code == 0
+    assert accord("--data", pk, "agreement", "sign", file, "--yes").code == 0
+    assert accord("--data", pk, "policy", "apply", POLICY).code == 0
+
+
+def _until(what: str, check: Callable[[], object], procs: list[ServerProcess]) -> object:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached in {WAIT}s\n" + "\n".join(p.logs() for p in procs))
+
+
+def test_report_flows_from_pk_moi_to_cn_mps(
+    partners: tuple[Path, Path],
+    servers: Callable[..., ServerProcess],
+    accord: Accord,
+    tmp_path: Path,
+) -> None:
+    pk, cn = partners
+    _agree(accord, pk, cn, tmp_path)
+    procs = [servers(pk), servers(cn)]
+    for p in procs:
+        p.wait_ready()
+    report = tmp_path / "alert.json"
+    report.write_text(json.dumps(ALERT))
+    sent = accord("--data", pk, "report", "submit", report, "--json")
+    assert sent.code == 0, sent.err
+    [release] = sent.json()["releases"]  # type: ignore[index]
+    assert release["peer"] == "cn-mps" and release["seq"] == 1
+    released = set(release["released"])
+    assert released == {"title", "threat_type", "severity", "region", "time_window"}
+
+    def received() -> object:
+        r = accord("--data", cn, "inbox", "list", "--json")
+        return r.json() if r.code == 0 else None
+
+    [item] = _until("the report at cn-mps", received, procs)  # type: ignore[misc]
+    assert set(item["fields"]) == released
+    shown = accord("--data", cn, "inbox", "show", item["envelope_id"], "--json").json()
+    assert set(shown["fields"]) == released  # type: ignore[index]
+    assert set(shown["derived"]) == {"location", "site"}  # type: ignore[index]
+    assert shown["derived"]["location"] == {"lat": 25.1, "lon": 62.3}  # type: ignore[index]
+    # The SD-JWT verifies under pk-moi's identity key alone and shows exactly those fields.
+    presentation = accord(
+        "--data", cn, "inbox", "export", item["envelope_id"], "--format", "sd-jwt"
+    ).out.strip()
+    card = accord("--data", pk, "card", "show", "--json").json()
+    from exchange.card import verify_chain_bytes
+
+    key = verify_chain_bytes((tmp_path / "pk-moi.card").read_bytes()).latest.identity_key
+    assert card["fingerprint"]  # type: ignore[index]
+    assert (
+        set(verify_presentation(presentation, key, limits=PresentationLimits()).fields) == released
+    )
+    assert MARKER not in presentation
+
+    # The receipt came back; both logs cosigned by the other side.
+    def acknowledged() -> object:
+        s = accord("--data", pk, "sync", "status", "--json").json()
+        return s[0]["acknowledged_seq"] == 1 and s[0]["backlog"] == 0  # type: ignore[index]
+
+    _until("the receipt at pk-moi", acknowledged, procs)
+
+    def cosigned_both() -> object:
+        a = accord("--data", pk, "log", "checkpoint", "--json").json()
+        b = accord("--data", cn, "log", "checkpoint", "--json").json()
+        return "cn-mps" in a["cosigned_by"] and "pk-moi" in b["cosigned_by"]  # type: ignore[index]
+
+    _until("cosignatures on both logs", cosigned_both, procs)
+    for p in procs:
+        assert p.terminate() == 0
+    bundles = []
+    for data in (pk, cn):
+        out = tmp_path / f"{data.name}.bundle"
+        assert accord("--data", data, "audit", "export", "--out", out).code == 0
+        verified = accord("audit", "verify", out, "--json")
+        assert verified.code == 0, verified.out
+        assert verified.json()["cosigned_checkpoints"] >= 1  # type: ignore[index]
+        bundles.append(out)
+    reconciled = accord("audit", "reconcile", *bundles, "--json")
+    assert reconciled.code == 0, reconciled.out
+    assert reconciled.json()["matched"] == 1  # type: ignore[index]
+    pk_kinds = accord("--data", pk, "log", "show", "--json").json()["entries"]  # type: ignore[index]
+    cn_kinds = accord("--data", cn, "log", "show", "--json").json()["entries"]  # type: ignore[index]
+    [decided] = [e for e in pk_kinds if e["kind"] == "release.decided"]
+    [arrived] = [e for e in cn_kinds if e["kind"] == "envelope.received"]
+    assert decided["envelope_id"] == arrived["envelope_id"]
+    assert decided["envelope_digest"] == arrived["envelope_digest"]
+    assert sorted(decided["released"]) == arrived["fields"]
+    for entry in pk_kinds + cn_kinds:
+        assert MARKER not in json.dumps(entry)
