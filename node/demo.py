@@ -1,7 +1,7 @@
-"""``make demo``: two partner nodes, pk-moi and cn-mps, on loopback in a temporary folder.
-
-Each step runs the real ``accord`` command and shows it, so the demo doubles as a
-walk-through a newcomer can repeat by hand.
+"""``make demo``: the whole mission on two partner nodes, pk-moi and cn-mps, on loopback in
+a temporary folder (DESIGN.md §1). Each step runs the real ``accord`` command and shows it,
+so the demo doubles as a walk-through a newcomer can repeat by hand. Nothing is left
+running: both nodes are stopped and the folder removed, whatever happens.
 """
 
 from __future__ import annotations
@@ -10,21 +10,51 @@ import json
 import os
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.rule import Rule
 
 console = Console(highlight=False)
 ACCORD = [sys.executable, "-m", "node"]
+SOP = Path(__file__).resolve().parents[1] / "sop"
+READY_TIMEOUT = 30.0
+WAIT = 30.0
+
+ALERT = {
+    "sop": "threat-alert@1",
+    "tlp": "amber",
+    "fields": {
+        "title": "IED threat to the Gwadar port convoy route",
+        "threat_type": "ied",
+        "severity": "high",
+        "region": "Balochistan, Gwadar district",
+        "site": "East Bay convoy staging yard",
+        "location": {"lat": 25.1264, "lon": 62.3225},
+        "time_window": {"start": "2026-11-26T00:00:00Z", "end": "2026-11-30T00:00:00Z"},
+        "summary": "A trusted informant reports an IED being prepared for a convoy.",
+        "indicators": ["white pickup with Karachi plates loitering near the east gate"],
+        "recommended_actions": ["Use the west gate", "Delay convoys until escorted"],
+        "source": {"kind": "humint", "reliability": "B", "credibility": 2},
+    },
+}
 
 
 def step(title: str) -> None:
     console.print()
     console.print(Rule(f"[bold]{title}", align="left"))
+
+
+def say(text: str) -> None:
+    console.print(f"[italic]{text}[/italic]")
 
 
 def run(*args: str | Path, env: dict[str, str], capture: bool = False) -> str:
@@ -35,21 +65,83 @@ def run(*args: str | Path, env: dict[str, str], capture: bool = False) -> str:
     )
     if proc.returncode != 0:
         if capture:
-            sys.stderr.write(proc.stderr)
+            sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"demo step failed: {shown} (exit {proc.returncode})")
     return proc.stdout if capture else ""
 
 
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(data: Path, env: dict[str, str], work: Path) -> subprocess.Popen[bytes]:
+    ready = work / f"{data.name}.ready"
+    console.print(f"[dim]$[/dim] [cyan]accord --data {data} serve &[/cyan]")
+    with (work / f"{data.name}.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [*ACCORD, "--data", str(data), "serve", "--ready-file", str(ready)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            sys.stderr.write((work / f"{data.name}.log").read_text(errors="replace")[-3000:])
+            raise SystemExit(f"demo: {data.name} did not start")
+        time.sleep(0.05)
+    return proc
+
+
+def until(check: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"demo: {what} did not happen within {WAIT:.0f}s")
+
+
+def as_json(*args: str | Path, env: dict[str, str]) -> Any:
+    proc = subprocess.run(
+        [*ACCORD, *map(str, args), "--json"], env=env, check=False, text=True, capture_output=True
+    )
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def acknowledged(data: Path, peer: str, env: dict[str, str]) -> bool:
+    peers = as_json("--data", data, "sync", "status", env=env)
+    return isinstance(peers, list) and any(
+        p["peer"] == peer and p["backlog"] == 0 and p["acknowledged_seq"] > 0 for p in peers
+    )
+
+
+def cosigned_by(data: Path, witness: str, env: dict[str, str]) -> bool:
+    checkpoint = as_json("--data", data, "log", "checkpoint", env=env)
+    return isinstance(checkpoint, dict) and witness in checkpoint.get("cosigned_by", [])
+
+
 def main() -> None:
+    started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="accord-demo-"))
     env = {**os.environ, "ACCORD_PASSPHRASE": "demo passphrase, not for production"}
     env.pop("ACCORD_HOME", None)
     pk, cn = work / "pk-moi", work / "cn-mps"
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        console.print("[bold]Accord demo[/bold]: two partner agencies set up a secure exchange.")
+        console.print(
+            "[bold]Accord demo[/bold]: Pakistan's Ministry of Interior warns China's Ministry"
+        )
+        console.print(
+            "of Public Security about a threat to a shared project, sharing only what both "
+            "agreed on."
+        )
         console.print(f"Working in {work} (removed at the end).")
 
-        step("1. Each agency creates its node (keys sealed under a passphrase)")
+        step("1. Each agency creates its node: keys sealed under a passphrase, TLS CA, signed card")
         run(
             "--data",
             pk,
@@ -59,8 +151,9 @@ def main() -> None:
             "--name",
             "Pakistan Ministry of Interior",
             "--endpoint",
-            "127.0.0.1:7441",
+            f"127.0.0.1:{free_port()}",
             env=env,
+            capture=True,
         )
         run(
             "--data",
@@ -71,28 +164,39 @@ def main() -> None:
             "--name",
             "China Ministry of Public Security",
             "--endpoint",
-            "127.0.0.1:7442",
+            f"127.0.0.1:{free_port()}",
             env=env,
+            capture=True,
         )
+        say("Both nodes exist; each has a fingerprint to read out to the other.")
 
-        step("2. They exchange cards and read fingerprints to each other by phone")
-        run("--data", pk, "card", "export", "--out", work / "pk-moi.card", env=env)
-        run("--data", cn, "card", "export", "--out", work / "cn-mps.card", env=env)
-        fp_pk = json.loads(run("--data", pk, "card", "show", "--json", env=env, capture=True))[
-            "fingerprint"
-        ]
-        fp_cn = json.loads(run("--data", cn, "card", "show", "--json", env=env, capture=True))[
-            "fingerprint"
-        ]
-        console.print(
-            f"pk-moi reads out [bold]{fp_pk}[/bold]; cn-mps reads out [bold]{fp_cn}[/bold]"
+        step("2. They exchange cards and check fingerprints by phone")
+        run("--data", pk, "card", "export", "--out", work / "pk-moi.card", env=env, capture=True)
+        run("--data", cn, "card", "export", "--out", work / "cn-mps.card", env=env, capture=True)
+        fp_pk = as_json("--data", pk, "card", "show", env=env)["fingerprint"]
+        fp_cn = as_json("--data", cn, "card", "show", env=env)["fingerprint"]
+        run(
+            "--data",
+            cn,
+            "peer",
+            "add",
+            work / "pk-moi.card",
+            "--fingerprint",
+            fp_pk,
+            env=env,
+            capture=True,
         )
-
-        step("3. Each trusts the other's card only if the fingerprint matches")
-        run("--data", cn, "peer", "add", work / "pk-moi.card", "--fingerprint", fp_pk, env=env)
-        run("--data", pk, "peer", "add", work / "cn-mps.card", "--fingerprint", fp_cn, env=env)
-
-        step("4. A forged fingerprint is refused and changes nothing")
+        run(
+            "--data",
+            pk,
+            "peer",
+            "add",
+            work / "cn-mps.card",
+            "--fingerprint",
+            fp_cn,
+            env=env,
+            capture=True,
+        )
         proc = subprocess.run(
             [
                 *ACCORD,
@@ -109,24 +213,80 @@ def main() -> None:
             text=True,
             capture_output=True,
         )
-        console.print(
-            f"[dim]$[/dim] [cyan]accord --data {cn} peer add pk-moi.card "
-            "--fingerprint AAAA-…[/cyan]"
-        )
-        console.print(proc.stderr.strip())
-        if proc.returncode == 0:
-            raise SystemExit("demo: a wrong fingerprint was accepted")
-
-        step("5. The trust stores")
-        run("--data", pk, "peer", "list", env=env)
+        say(f"A wrong fingerprint is refused (exit {proc.returncode}) and changes nothing:")
+        console.print(proc.stderr.strip().splitlines()[0])
         run("--data", cn, "peer", "list", env=env)
+
+        step("3. They sign an agreement: the ceiling of what may flow each way")
+        run(
+            "--data",
+            pk,
+            "agreement",
+            "propose",
+            "--peer",
+            "cn-mps",
+            "--terms",
+            SOP / "agreements" / "example-terms.toml",
+            "--out",
+            work / "agreement.json",
+            env=env,
+            capture=True,
+        )
+        run("--data", cn, "agreement", "sign", work / "agreement.json", "--yes", env=env)
+        run("--data", pk, "agreement", "sign", work / "agreement.json", "--yes", env=env)
+        run("--data", pk, "agreement", "show", "--peer", "cn-mps", env=env)
+
+        step("4. pk-moi sets its release policy and sees what cn-mps would get, before sending")
+        run("--data", pk, "policy", "apply", SOP / "policies" / "example.toml", env=env)
+        alert = work / "alert.json"
+        alert.write_text(json.dumps(ALERT, indent=2))
+        run("--data", pk, "policy", "explain", "--peer", "cn-mps", alert, env=env)
+
+        step("5. Both nodes go online (gRPC over mutual TLS, post-quantum hybrid)")
+        procs.append(start(pk, env, work))
+        procs.append(start(cn, env, work))
+
+        step("6. The liaison officer at pk-moi submits the threat alert")
+        run("--data", pk, "report", "submit", alert, env=env)
+
+        step("7. cn-mps receives exactly the released fields, verified against pk-moi's signature")
+        until(lambda: as_json("--data", cn, "inbox", "list", env=env), "delivery to cn-mps")
+        item = as_json("--data", cn, "inbox", "list", env=env)[0]
+        run("--data", cn, "inbox", "list", env=env)
+        run("--data", cn, "inbox", "show", item["envelope_id"], env=env)
+        withheld = sorted(set(ALERT["fields"]) - set(item["fields"]))
+        say(f"Never left pk-moi (or left only transformed): {', '.join(withheld)}.")
+
+        step("8. The signed receipt came back; each side cosigns the other's log")
+        until(lambda: acknowledged(pk, "cn-mps", env), "the receipt")
+        until(
+            lambda: cosigned_by(pk, "cn-mps", env) and cosigned_by(cn, "pk-moi", env), "cosigning"
+        )
+        run("--data", pk, "sync", "status", env=env)
+        run("--data", pk, "log", "checkpoint", env=env)
+
+        step("9. Both nodes stop; auditors verify and reconcile both logs offline")
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=15)
+        procs.clear()
+        run("--data", pk, "audit", "export", "--out", work / "pk-moi.bundle", env=env)
+        run("--data", cn, "audit", "export", "--out", work / "cn-mps.bundle", env=env)
+        run("audit", "verify", work / "pk-moi.bundle", env=env)
+        run("audit", "verify", work / "cn-mps.bundle", env=env)
+        run("audit", "reconcile", work / "pk-moi.bundle", work / "cn-mps.bundle", env=env)
 
         console.print()
         console.print(
-            "[green bold]Demo complete.[/green bold] "
-            "Both nodes trust each other, pinned by fingerprint."
+            f"[green bold]Demo complete[/green bold] in {time.monotonic() - started:.0f}s: "
+            "the alert reached cn-mps with only the agreed fields, signed end to end, "
+            "and both logs verify."
         )
     finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=15)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -167,8 +167,9 @@ class Puller:
         try:
             async for batch in call:
                 state.connected = True
-                if not batch.envelopes:
+                if not batch.envelopes:  # caught up (or a heartbeat): the sync is healthy
                     state.last_sync = self._now()
+                    state.last_error_code = ""
                     continue
                 outcome = apply_batch(
                     self._node,
