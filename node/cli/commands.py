@@ -6,5 +6,6 @@ from node.cli import (
     node_cmds,  # noqa: F401
     officer_cmds,  # noqa: F401
     report_cmds,  # noqa: F401
+    report_new,  # noqa: F401
     serve_cmds,  # noqa: F401
 )

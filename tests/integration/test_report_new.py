@@ -1,0 +1,160 @@
+"""Issue 7 acceptance: ``accord report new`` driven through a real pseudo-terminal, the way
+an officer types it, against two running nodes. Wrong answers (an unknown severity, a
+latitude of 100) are refused, naming the rule, and asked again; the explanation per
+partner comes from the node; the confirmed report is sealed and reaches the partner."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import PASSPHRASE, Result
+from tests.integration.conftest import ROOT, ServerProcess
+from tests.integration.test_exchange import _agree, _until
+
+Accord = Callable[..., Result]
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+EXPECT_TIMEOUT = 30.0
+
+
+class Terminal:
+    """A child process on a pseudo-terminal, with a tiny expect/send."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        master, slave = pty.openpty()
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", "COLUMNS": "120"}
+        env["ACCORD_PASSPHRASE"] = PASSPHRASE
+        env.pop("ACCORD_HOME", None)
+        self.proc = subprocess.Popen(
+            args, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env, close_fds=True
+        )
+        os.close(slave)
+        self.master = master
+        self.seen = ""  # everything shown so far, ANSI removed
+        self.pos = 0  # how far expect() has consumed
+
+    def _read(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if not ready:
+            return False
+        try:
+            chunk = os.read(self.master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            return False
+        if not chunk:
+            return False
+        self.seen += ANSI.sub("", chunk.decode("utf-8", errors="replace")).replace("\r", "")
+        return True
+
+    def expect(self, pattern: str) -> str:
+        """Wait until ``pattern`` (a regex) appears after the last match; return the text
+        shown in between."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + EXPECT_TIMEOUT
+        while True:
+            match = regex.search(self.seen, self.pos)
+            if match:
+                between = self.seen[self.pos : match.end()]
+                self.pos = match.end()
+                return between
+            if time.monotonic() > deadline:
+                raise AssertionError(f"never saw {pattern!r}; screen:\n{self.seen[-3000:]}")
+            if not self._read(0.2) and self.proc.poll() is not None:
+                raise AssertionError(
+                    f"exited {self.proc.returncode} before {pattern!r}:\n{self.seen[-3000:]}"
+                )
+
+    def answer(self, prompt: str, text: str) -> str:
+        shown = self.expect(prompt)
+        os.write(self.master, text.encode() + b"\n")
+        return shown
+
+    def wait(self) -> int:
+        deadline = time.monotonic() + EXPECT_TIMEOUT
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self._read(0.1)
+        while self._read(0.05):
+            pass
+        code = self.proc.wait(timeout=5)
+        os.close(self.master)
+        return code
+
+
+def test_report_new_through_a_terminal(
+    partners: tuple[Path, Path],
+    servers: Callable[..., ServerProcess],
+    accord: Accord,
+    tmp_path: Path,
+) -> None:
+    pk, cn = partners
+    _agree(accord, pk, cn, tmp_path)
+    procs = [servers(pk), servers(cn)]
+    for p in procs:
+        p.wait_ready()
+    args = ["--data", str(pk), "report", "new", "--schema", "threat-alert@1"]
+    term = Terminal(
+        [sys.executable, "-m", "node", *args],
+        cwd=tmp_path,
+    )
+    try:
+        term.answer(r"tlp \[amber\]: ", "amber")
+        intro = term.answer(r"\ntitle: ", "Convoy route IED threat")
+        assert "One line naming the threat" in intro and "e.g. Planned attack" in intro
+        assert "operational" in intro  # the label: what sharing this field means
+        term.answer(r"\nthreat_type: ", "ied")
+        shown = term.answer(r"\nseverity: ", "extreme")
+        assert "one of: low, moderate, high, critical" in shown
+        refused = term.answer(r"\nseverity: ", "high")
+        assert "rule 'enum'" in refused and "Please answer again" in refused
+        assert "extreme" not in refused.split("severity: ", 1)[-1]  # the value is not echoed
+        term.answer(r"\nregion: ", "Balochistan")
+        term.answer(r"\nsite: ", "East Bay convoy yard")
+        term.answer(r"Add location\? \[y/N\]: ", "y")
+        term.answer(r"\nlocation\.lat: ", "100")
+        refused = term.answer(r"\nlocation\.lat: ", "25.1264")
+        assert "must be <= 90 (rule 'maximum')" in refused
+        term.answer(r"\nlocation\.lon: ", "62.3225")
+        term.answer(r"\ntime_window\.start: ", "2026-11-26T00:00:00Z")
+        term.answer(r"\ntime_window\.end: ", "2026-11-30T00:00:00Z")
+        term.answer(r"\nsummary: ", "")  # optional: skipped
+        term.answer(r"\nindicators\[0\]: ", "white pickup near the east gate")
+        term.answer(r"\nindicators\[1\]: ", "")
+        term.answer(r"\nrecommended_actions\[0\]: ", "Use the west gate")
+        term.answer(r"\nrecommended_actions\[1\]: ", "")
+        term.answer(r"\nsource\.kind: ", "humint")
+        term.answer(r"\nsource\.reliability: ", "b")
+        term.answer(r"\nsource\.credibility: ", "2")
+        explained = term.answer(r"Seal and send this report to cn-mps\? \[y/N\]: ", "y")
+        # The node's explanation per partner: sent, transformed, withheld with the reason.
+        assert "cn-mps would receive" in explained
+        assert re.search(r"source\s.*WITHHELD", explained)
+        assert re.search(r"location\s.*sent transformed\s.*round:1", explained)
+        sealed = term.expect(r"sealed \(version 1\)")
+        assert "report " in sealed
+        assert term.wait() == 0, term.seen[-3000:]
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+            term.proc.wait()
+    [mine] = accord("--data", pk, "report", "list", "--json").json()  # type: ignore[misc]
+    assert mine["sop"] == "threat-alert@1" and mine["tlp"] == "amber"
+    stored = accord("--data", pk, "report", "show", mine["report_id"], "--json").json()
+    assert stored["fields"]["severity"] == "high"  # type: ignore[index]
+    assert stored["fields"]["source"]["reliability"] == "B"  # type: ignore[index]
+
+    def received() -> object:
+        r = accord("--data", cn, "inbox", "list", "--json")
+        return r.json() if r.code == 0 else None
+
+    [item] = _until("the report at cn-mps", received, procs)  # type: ignore[misc]
+    assert item["report_id"] == mine["report_id"]
+    assert "source" not in item["fields"] and "severity" in item["fields"]
+    for p in procs:
+        assert p.terminate() == 0
