@@ -15,6 +15,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import stix2
+
+from node.stix import TLP2_IDS
 from tests.conftest import PASSPHRASE, Result
 from tests.integration.conftest import ROOT, ServerProcess
 from tests.integration.test_exchange import _agree, _until
@@ -156,5 +159,14 @@ def test_report_new_through_a_terminal(
     [item] = _until("the report at cn-mps", received, procs)  # type: ignore[misc]
     assert item["report_id"] == mine["report_id"]
     assert "source" not in item["fields"] and "severity" in item["fields"]
+    # What arrived exports as a STIX 2.1 bundle that stix2 parses strictly.
+    stix = tmp_path / "alert.stix.json"
+    exported = accord("--data", cn, "inbox", "export", item["envelope_id"], "--format", "stix")
+    assert exported.code == 0, exported.err
+    stix.write_text(exported.out)
+    bundle = stix2.parse(stix.read_text(), allow_custom=False)
+    [report] = [o for o in bundle.objects if o.type == "report"]
+    assert report.name == "Convoy route IED threat"
+    assert report.object_marking_refs == [TLP2_IDS["amber"]]
     for p in procs:
         assert p.terminate() == 0
