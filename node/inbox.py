@@ -187,6 +187,12 @@ def _duplicate(
         check_duplicate(held, env)
         return True
     except EnvelopeEquivocation as eq:
+        if node.store.conn.execute(
+            "SELECT 1 FROM evidence WHERE peer = ? AND kind = 'equivocation' AND seq = ? "
+            "AND incoming_digest = ?",
+            (peer, dup.header.seq, eq.incoming_digest),
+        ).fetchone():
+            return False  # this very equivocation is already kept and alarmed once
         db.table("evidence").insert(
             {
                 "peer": peer,
