@@ -1,0 +1,116 @@
+"""Valid inputs for each fuzz target, signed by the harnesses' fixed test key, so the
+fuzzer starts past the signature checks and mutates real structure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nacl.signing import SigningKey
+
+from exchange.canonical import b64
+from exchange.checkpoint import Checkpoint, sign_checkpoint
+from exchange.events import event_bytes
+from exchange.merkle import MemoryTree
+from exchange.sdjwt import Retraction, seal, sign_retraction
+from exchange.sop import check_report_document
+from fuzz.harnesses import SEED, _registry
+
+
+class _Signer:
+    def __init__(self) -> None:
+        self._key = SigningKey(SEED)
+        self.public_key = bytes(self._key.verify_key)
+
+    def sign(self, message: bytes) -> bytes:
+        return bytes(self._key.sign(message).signature)
+
+
+REPORT = {
+    "sop": "threat-alert@1",
+    "tlp": "amber",
+    "fields": {
+        "title": "IED threat",
+        "threat_type": "ied",
+        "severity": "high",
+        "region": "Sindh",
+        "time_window": {"start": "2026-11-26T00:00:00Z", "end": "2026-11-30T00:00:00Z"},
+        "source": {"kind": "humint", "reliability": "B", "credibility": 2},
+    },
+}
+
+
+def seeds() -> dict[str, list[bytes]]:
+    signer = _Signer()
+    counter = iter(range(1, 10**6))
+    valid = check_report_document(_registry(), json.dumps(REPORT).encode(), "json")
+    sealed = seal(
+        valid.report,
+        signer=signer,
+        kid="k",
+        issuer="pk-moi",
+        report_id="01a2137d-3a29-7952-a2dd-9288a3aa226e",
+        issued_at=1764072000,
+        version=1,
+        supersedes=None,
+        sop_digest=valid.sop_digest,
+        random_bytes=lambda n: next(counter).to_bytes(n, "big"),
+    )
+    cp = Checkpoint("pk-moi.accord/log", 3, bytes(32))
+    note = sign_checkpoint(cp, "pk-moi.accord/log", signer)
+    event = event_bytes(
+        "peer.added", 0, "2026-11-25T12:00:00Z", {"peer": "cn-mps", "card_version": 1}
+    )
+    tree = MemoryTree()
+    tree.append(event)
+    retraction = sign_retraction(
+        Retraction(
+            "pk-moi", sealed.report_id, 1, sealed.issuer_jwt_digest, "erroneous", 1764072000
+        ),
+        signer,
+    )
+    header = json.dumps({"type": "bundle-header"}).encode()
+    return {
+        "sd_jwt": [sealed.full_presentation().encode(), sealed.present(["title"]).encode()],
+        "note": [note],
+        "checkpoint": [cp.text().encode()],
+        "event": [event],
+        "report": [json.dumps(REPORT).encode()],
+        "policy": [
+            (Path(__file__).resolve().parents[1] / "sop" / "policies" / "example.toml").read_bytes()
+        ],
+        "retraction": [retraction.statement + b"\x00" + retraction.signature],
+        "bundle": [
+            header
+            + b"\n"
+            + json.dumps({"i": 0, "event": b64(event), "h": b64(tree.subtree(0, 0))}).encode()
+        ],
+        "envelope_header": [
+            json.dumps(
+                {
+                    "type": "accord.envelope/v1",
+                    "id": sealed.report_id,
+                    "from": "pk-moi",
+                    "to": "cn-mps",
+                    "seq": 1,
+                    "kind": "report",
+                    "created_at": "2026-11-25T12:00:00Z",
+                    "suite": "X25519/HKDF_SHA256/CHACHA20_POLY1305",
+                    "recipient_kid": "ek",
+                },
+                separators=(",", ":"),
+                sort_keys=True,
+            ).encode()
+        ],
+    }
+
+
+def write(root: Path) -> dict[str, Path]:
+    dirs = {}
+    for name, inputs in seeds().items():
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i, data in enumerate(inputs):
+            (d / f"seed-{i}").write_bytes(data)
+        dirs[name] = d
+    return dirs
