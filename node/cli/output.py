@@ -44,7 +44,9 @@ def print_json(value: Any) -> None:
 def print_table(
     title: str | None, columns: Sequence[str], rows: Iterable[Sequence[object]]
 ) -> None:
-    table = Table(title=title, title_justify="left", header_style="bold")
+    # The title is text, not rich markup, and may carry partner data: escape it too.
+    shown = Text(safe(title)) if title is not None else None
+    table = Table(title=shown, title_justify="left", header_style="bold")
     for col in columns:
         table.add_column(col, overflow="fold")
     for row in rows:

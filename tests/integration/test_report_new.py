@@ -5,6 +5,7 @@ partner comes from the node; the confirmed report is sealed and reaches the part
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -168,5 +169,50 @@ def test_report_new_through_a_terminal(
     [report] = [o for o in bundle.objects if o.type == "report"]
     assert report.name == "Convoy route IED threat"
     assert report.object_marking_refs == [TLP2_IDS["amber"]]
+    _partner_text_is_shown_escaped(accord, pk, cn, tmp_path, procs)
     for p in procs:
         assert p.terminate() == 0
+
+
+def _partner_text_is_shown_escaped(
+    accord: Accord, pk: Path, cn: Path, tmp_path: Path, procs: list[ServerProcess]
+) -> None:
+    """THREATS.md B03 on the live path: what pk-moi wrote reaches cn-mps's officer escaped.
+    (Escape sequences are already refused by both nodes' validation; carriage returns, bidi
+    controls, zero-width and line-separator characters are valid text that must not act.)"""
+    hostile = {
+        "sop": "threat-alert@1",
+        "tlp": "green",
+        "fields": {
+            "title": "Alert \u202etxt.exe\u202c for the camp",
+            "threat_type": "cyber",
+            "severity": "low",
+            "region": "Gwadar\rFAKE REGION\u2028pk\u200b-moi",
+            "time_window": {"start": "2026-11-26T00:00:00Z", "end": "2026-11-30T00:00:00Z"},
+            "source": {"kind": "osint", "reliability": "C", "credibility": 3},
+        },
+    }
+    file = tmp_path / "hostile.json"
+    file.write_text(json.dumps(hostile))
+    sent = accord("--data", pk, "report", "submit", file, "--json")
+    assert sent.code == 0, sent.err
+    report_id = sent.json()["report_id"]  # type: ignore[index]
+
+    def arrived() -> object:
+        items = accord("--data", cn, "inbox", "list", "--json").json()
+        return [i for i in items if i["report_id"] == report_id]  # type: ignore[union-attr]
+
+    [item] = _until("the hostile report at cn-mps", arrived, procs)  # type: ignore[misc]
+    raw = ("\u202e", "\u202c", "\r", "\u2028", "\u200b")
+    for args in (
+        ("inbox", "show", item["envelope_id"]),
+        ("inbox", "show", item["envelope_id"], "--json"),
+        ("inbox", "list"),
+        ("inbox", "export", item["envelope_id"], "--format", "json"),
+        ("inbox", "export", item["envelope_id"], "--format", "stix"),
+    ):
+        shown = accord("--data", cn, *args)
+        assert shown.code == 0, shown.err
+        assert not any(ch in shown.out for ch in raw), (args, shown.out)
+    table = accord("--data", cn, "inbox", "show", item["envelope_id"]).out
+    assert "\\u202etxt.exe" in table and "Gwadar\\u000dFAKE" in table
