@@ -10,9 +10,8 @@ the input that caused it (saved under fuzz/crashes/). Exit status is non-zero on
 
 from __future__ import annotations
 
-import contextlib
-
 import argparse
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
