@@ -42,5 +42,9 @@ fuzz: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,fuzz]'
 	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
+SOAK_SECONDS ?= 600
+soak: $(STAMP)
+	$(BIN)/python -m soak.run --seconds $(SOAK_SECONDS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

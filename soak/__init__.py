@@ -1,0 +1,1 @@
+"""Soak test (``make soak``)."""
