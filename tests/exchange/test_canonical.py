@@ -1,0 +1,90 @@
+"""canonical_json writes exactly what the rfc8785 reference writes, fast path or not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exchange.canonical import canonical_json
+from exchange.errors import InputError
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53) - 4, max_value=2**53 + 4)
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+    | st.text(alphabet=st.characters(max_codepoint=0x7F))
+)
+_keys = st.text() | st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=8)
+_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.tuples(inner, inner)
+        | st.dictionaries(_keys, inner, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+def _reference(value: Any) -> bytes | type[Exception]:
+    try:
+        return rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError):
+        return InputError
+
+
+@settings(max_examples=600)
+@given(_values)
+def test_matches_rfc8785(value: Any) -> None:
+    expected = _reference(value)
+    if expected is InputError:
+        with pytest.raises(InputError):
+            canonical_json(value)
+    else:
+        assert canonical_json(value) == expected
+
+
+@settings(max_examples=3000)
+@given(st.floats(allow_nan=False, allow_infinity=False) | st.floats(min_value=1e-5, max_value=1e17))
+def test_floats_match_rfc8785(value: float) -> None:
+    assert canonical_json({"lat": value, "v": [value, -value]}) == rfc8785.dumps(
+        {"lat": value, "v": [value, -value]}
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"\U0001f600": 1, "\ufb01": 2, "a": 3},  # UTF-16 order differs from code point order
+        {"k": "\ud800"},  # a lone surrogate is not UTF-8
+        {"k": 2**53},  # outside JCS's integer domain
+        {"k": [1.0, 1e21, -0.0, 5e-7]},  # ECMAScript number formatting
+        {"k": [1e-4, 9.999999999999999e15, 1e16, 0.30000000000000004, 25.1264, 1e-4 * 0.99]},
+        {"k": '\x00\x1f\x7f"\\\b\f\n\r\t\u2028'},
+        {1: "non-string key"},
+    ],
+)
+def test_edge_cases_match_rfc8785(value: Any) -> None:
+    expected = _reference(value)
+    if expected is InputError:
+        with pytest.raises(InputError):
+            canonical_json(value)
+    else:
+        assert canonical_json(value) == expected
+
+
+def test_b64url_decode_refuses_every_whitespace_character() -> None:
+    from exchange.canonical import b64url_decode
+
+    for code in range(0x110000):
+        if chr(code).isspace():
+            with pytest.raises(InputError):
+                b64url_decode("AA" + chr(code) + "AA", what="x")
+    assert b64url_decode("AAAA", what="x") == b"\x00\x00\x00"
