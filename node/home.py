@@ -73,6 +73,7 @@ class Node:
     passphrase: PassphraseSource
     _keyring: Keyring | None = field(default=None, repr=False)
     _unencrypted: bool = False
+    _own_chain: tuple[tuple[bytes, ...], VerifiedChain] | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, data_dir: Path, passphrase: PassphraseSource) -> Node:
@@ -126,8 +127,9 @@ class Node:
         return ExchangeLog(self.store, self.config.log_origin, self.data_dir)
 
     def record(self, db: sqlite_utils.Database, kind: str, now: datetime, **attrs: object) -> int:
-        """Append one event to the log inside the caller's transaction."""
-        return self.log.append(db, [(kind, now, attrs)])[0]
+        """Append one event to the log inside the caller's transaction (staged, and
+        written with the transaction's other events just before it commits)."""
+        return self.log.stage(kind, now, attrs)
 
     def checkpoint(self, now: datetime) -> SignedCheckpoint:
         """Sign a checkpoint over everything committed so far (one per commit batch)."""
@@ -135,10 +137,12 @@ class Node:
 
     # -- cards ---------------------------------------------------------------------------
     def own_chain(self) -> VerifiedChain:
-        rows = self.store.own_card_rows()
+        rows = tuple(self.store.own_card_rows())
         if not rows:
             raise ConfigError(f"node in {self.data_dir} has no card; it was not initialised fully")
-        return extend_chain(None, [_signed_card_from_row(r) for r in rows])
+        if self._own_chain is None or self._own_chain[0] != rows:  # verified once per version
+            self._own_chain = (rows, extend_chain(None, [_signed_card_from_row(r) for r in rows]))
+        return self._own_chain[1]
 
     def trust_store(self) -> TrustStore:
         return TrustStore(SqlitePeerRecords(self.store), self.config.node)

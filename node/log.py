@@ -23,6 +23,15 @@ from node.store import Store
 
 HIGHWATER_FILE = "log.highwater"
 MAX_PROOF_RANGE = 2**40
+_STAGED = "log.staged"
+
+
+@dataclass
+class _Staged:
+    """Events recorded in the open transaction, not yet in ``log_leaves``."""
+
+    start: int
+    rows: list[tuple[int, bytes, bytes]]
 
 
 class SqliteSubtrees:
@@ -62,16 +71,19 @@ class ExchangeLog:
 
     # -- reading ---------------------------------------------------------------------------
     def size(self) -> int:
+        self._flush()
         row = self.store.conn.execute("SELECT max(idx) FROM log_leaves").fetchone()
         return 0 if row[0] is None else int(row[0]) + 1
 
     def reader(self) -> SqliteSubtrees:
+        self._flush()
         return SqliteSubtrees(self.store)
 
     def root(self, size: int | None = None) -> bytes:
         return merkle.root(self.size() if size is None else size, self.reader())
 
     def leaf(self, index: int) -> bytes:
+        self._flush()
         row = self.store.conn.execute(
             "SELECT event FROM log_leaves WHERE idx = ?", (index,)
         ).fetchone()
@@ -80,6 +92,7 @@ class ExchangeLog:
         return bytes(row[0])
 
     def leaves(self, start: int, limit: int) -> list[tuple[int, bytes]]:
+        self._flush()
         rows = self.store.conn.execute(
             "SELECT idx, event FROM log_leaves WHERE idx >= ? ORDER BY idx LIMIT ?", (start, limit)
         ).fetchall()
@@ -116,6 +129,34 @@ class ExchangeLog:
         for offset, (kind, at, attrs) in enumerate(events):
             data = event_bytes(kind, start + offset, format_time(at), attrs)
             rows.append((start + offset, data, merkle.leaf_hash(data)))
+        self._insert(start, rows)
+        return [r[0] for r in rows]
+
+    def stage(self, kind: str, at: datetime, attrs: Mapping[str, object]) -> int:
+        """Record one event in the caller's transaction and return its index.
+
+        The event's bytes are built (and checked) now; the events of one transaction reach
+        ``log_leaves`` and ``log_subtrees`` together, in order, just before it commits (or
+        before anything reads the log), so the right edge is read once per transaction
+        rather than once per event. What is stored is what ``append`` would store."""
+        if not self.store.conn.in_transaction:
+            raise StoreError("log append outside a transaction", code="store.no_transaction")
+        staged = self.store.staged.get(_STAGED)
+        if staged is None:
+            staged = _Staged(self.size(), [])
+            self.store.staged[_STAGED] = staged
+            self.store.before_commit(self._flush)
+        index = staged.start + len(staged.rows)
+        data = event_bytes(kind, index, format_time(at), attrs)
+        staged.rows.append((index, data, merkle.leaf_hash(data)))
+        return index
+
+    def _flush(self) -> None:
+        staged = self.store.staged.pop(_STAGED, None)
+        if staged is not None and staged.rows:
+            self._insert(staged.start, staged.rows)
+
+    def _insert(self, start: int, rows: list[tuple[int, bytes, bytes]]) -> None:
         result = merkle.new_subtrees_after_append_batch(start, [r[2] for r in rows], self.reader())
         self.store.conn.executemany(
             "INSERT INTO log_leaves (idx, event, leaf_hash) VALUES (?, ?, ?)", rows
@@ -124,7 +165,6 @@ class ExchangeLog:
             "INSERT INTO log_subtrees (level, idx, hash) VALUES (?, ?, ?)",
             [(s.level, s.index, s.hash) for s in result.subtrees],
         )
-        return [r[0] for r in rows]
 
     # -- checkpoints ----------------------------------------------------------------------
     def latest_checkpoint(self) -> SignedCheckpoint | None:

@@ -178,6 +178,10 @@ class Store:
         self.conn = conn
         self.path = path
         self.db = sqlite_utils.Database(conn)
+        # Work of the open transaction that runs just before it commits (e.g. the log's
+        # staged events); dropped with the transaction when it rolls back.
+        self.staged: dict[str, Any] = {}
+        self._before_commit: list[Callable[[], None]] = []
 
     @classmethod
     def open(cls, data_dir: Path, *, create: bool = False) -> Store:
@@ -218,17 +222,28 @@ class Store:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
             raise _wrap(e, self.path) from e
+        self.staged, self._before_commit = {}, []
         try:
             yield self.db
+            for hook in self._before_commit:
+                hook()
         except BaseException:
+            self.staged, self._before_commit = {}, []
             self.conn.execute("ROLLBACK")
             raise
+        self.staged, self._before_commit = {}, []
         try:
             self.conn.execute("COMMIT")
         except sqlite3.Error as e:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise _wrap(e, self.path) from e
+
+    def before_commit(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` inside the open transaction, just before it commits."""
+        if not self.conn.in_transaction:
+            raise StoreError("before_commit outside a transaction", code="store.no_transaction")
+        self._before_commit.append(hook)
 
     def schema_version(self) -> int:
         if "_migrations" not in self.db.table_names():
