@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from exchange.errors import InputError
 
@@ -16,10 +17,16 @@ def format_time(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@lru_cache(maxsize=4096)
+def _parse_z(text: str) -> datetime:
+    """strptime is slow and the same few times (validity ends, batch times) recur."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
 def parse_time(text: object, *, field: str) -> datetime:
     if not isinstance(text, str) or _RFC3339_Z.fullmatch(text) is None:
         raise InputError(f"{field} is not an RFC 3339 UTC time like 2026-01-31T12:00:00Z")
     try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        return _parse_z(text)
     except ValueError as e:
         raise InputError(f"{field} is not a valid calendar time") from e

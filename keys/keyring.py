@@ -11,6 +11,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,20 @@ class Keyring:
         return f"Keyring(node={self.node!r})"
 
     # -- what the rest of the node gets -------------------------------------------------
-    def identity_signer(self) -> Ed25519Signer:
+    # Built once per keyring (a rotation makes a new Keyring): an ML-KEM key pair is
+    # derived from its seed, an Ed25519 key expanded, on every construction.
+    @cached_property
+    def _identity_signer(self) -> Ed25519Signer:
         return Ed25519Signer(self.identity_seed)
+
+    @cached_property
+    def _encryption_keys(self) -> tuple[EncryptionKeyPair, ...]:
+        return tuple(
+            EncryptionKeyPair(e.kid, e.suite, e.secret, e.not_after) for e in self.encryption
+        )
+
+    def identity_signer(self) -> Ed25519Signer:
+        return self._identity_signer
 
     def log_signer(self) -> Ed25519Signer:
         return Ed25519Signer(self.log_seed)
@@ -105,7 +118,7 @@ class Keyring:
         ).digest()
 
     def encryption_keys(self) -> list[EncryptionKeyPair]:
-        return [EncryptionKeyPair(e.kid, e.suite, e.secret, e.not_after) for e in self.encryption]
+        return list(self._encryption_keys)
 
     def decrypter(self, kid: str) -> EncryptionKeyPair | None:
         for key in self.encryption_keys():

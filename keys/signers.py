@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from nacl.signing import SigningKey
@@ -100,5 +102,9 @@ class HpkeEncryptor:
 
     def encrypt(self, suite: str, recipient_public: bytes, plaintext: bytes, info: bytes) -> bytes:
         return suite_of(suite).encrypt(
-            plaintext, hpke_public_key(suite, recipient_public), info=info
+            plaintext, _parsed_public_key(suite, recipient_public), info=info
         )
+
+
+# Partners' public keys recur on every envelope; parsing an ML-KEM key is not free.
+_parsed_public_key = lru_cache(maxsize=64)(hpke_public_key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import lru_cache
 from typing import Protocol
 
 from exchange.card import VerifiedChain, extend_chain, fingerprints_equal, verify_chain_bytes
@@ -19,6 +20,10 @@ from exchange.times import format_time, parse_time
 
 TRUSTED = "trusted"
 REVOKED = "revoked"
+
+# A chain's verification depends on its bytes alone: the same stored bytes verify once,
+# not on every call (trusted_chain runs per batch and per request).
+_verified_chain_bytes = lru_cache(maxsize=64)(verify_chain_bytes)
 
 
 @dataclass(frozen=True)
@@ -165,7 +170,7 @@ class TrustStore:
             record.revoked_from, field="revoked_from"
         ):
             raise PeerDataError(f"node {node}'s key is revoked", code="peer.revoked")
-        chain = verify_chain_bytes(record.chain)
+        chain = _verified_chain_bytes(record.chain)
         if chain.latest.node != node or not fingerprints_equal(
             chain.latest.fingerprint, record.fingerprint
         ):
