@@ -20,7 +20,7 @@ from exchange.envelope import (
     seal_envelope,
 )
 from exchange.errors import InputError, PolicyError
-from exchange.policy import Policy, ReleaseDecision, decide
+from exchange.policy import PeerStats, Policy, ReleaseDecision, decide
 from exchange.receipt import VerifiedReceipt, verify_receipt
 from exchange.sdjwt import Retraction, SealedReport, sign_retraction
 from exchange.sop import ValidReport
@@ -43,6 +43,9 @@ class _Target:
     card: Card
     agreement: VerifiedAgreement | None
     ceilings: dict[str, Ceiling | None] = field(default_factory=dict)
+    # Per batch: nothing a batch writes changes the partner's inbox or card.
+    stats: PeerStats | None = None
+    keys: dict[str, EncryptionKey] = field(default_factory=dict)
 
 
 @dataclass
@@ -116,21 +119,23 @@ def _store_envelope(
     now: datetime,
 ) -> str:
     digest = envelope_digest(env)
-    db.table("outbox").insert(
-        {
-            "peer": peer,
-            "seq": seq,
-            "envelope_id": envelope_id,
-            "kind": kind,
-            "report_id": report_id,
-            "version": version,
-            "header": env.header,
-            "ciphertext": env.ciphertext,
-            "signature": env.signature,
-            "digest": digest,
-            "created_at": format_time(now),
-            "state": "pending",
-        }
+    node.store.conn.execute(
+        "INSERT INTO outbox (peer, seq, envelope_id, kind, report_id, version, header, "
+        "ciphertext, signature, digest, created_at, state) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+        (
+            peer,
+            seq,
+            envelope_id,
+            kind,
+            report_id,
+            version,
+            env.header,
+            env.ciphertext,
+            env.signature,
+            digest,
+            format_time(now),
+        ),
     )
     return digest
 
@@ -146,6 +151,8 @@ def _release(
     me = node.config.node
     out = []
     for target in ctx.targets:
+        if target.stats is None:
+            target.stats = peer_stats(node, ctx.policy, target.peer, ctx.now)
         if report.sop not in target.ceilings:
             target.ceilings[report.sop] = ceiling(
                 node, target.agreement, me, target.peer, report.sop
@@ -158,7 +165,7 @@ def _release(
             ctx.policy,
             target.ceilings[report.sop],
             target.peer,
-            peer_stats(node, ctx.policy, target.peer, ctx.now),
+            target.stats,
             ctx.now,
             node.keyring().pseudonym_key(target.peer),
         )
@@ -167,13 +174,15 @@ def _release(
         if decision.releases_anything and target.agreement is not None:
             envelope_id, seq = uuid7(), _next_seq(node, target.peer)
             suite = target.agreement.agreement.suite
+            if suite not in target.keys:
+                target.keys[suite] = _recipient_key(target.card, suite, ctx.now)
             env = seal_envelope(
                 ReportRelease.from_decision(sealed, decision),
                 envelope_id=envelope_id,
                 sender=me,
                 recipient=target.peer,
                 seq=seq,
-                recipient_key=_recipient_key(target.card, suite, ctx.now),
+                recipient_key=target.keys[suite],
                 suite=suite,
                 now=ctx.now,
                 signer=node.keyring().identity_signer(),

@@ -65,19 +65,21 @@ def seal_report(
         sealed.full_presentation().encode("ascii"), _aad(report_id, version)
     )
     fields = sorted(valid.report.fields)
-    db.table("reports").insert(
-        {
-            "report_id": report_id,
-            "version": version,
-            "sop": valid.report.sop,
-            "tlp": valid.report.tlp,
-            "issuer_jwt_digest": sealed.issuer_jwt_digest,
-            "issuer_key": signer.public_key,
-            "sealed": blob,
-            "fields": json.dumps(fields),
-            "sealed_at": format_time(now),
-            "supersedes": supersedes,
-        }
+    node.store.conn.execute(
+        "INSERT INTO reports (report_id, version, sop, tlp, issuer_jwt_digest, issuer_key, "
+        "sealed, fields, sealed_at, supersedes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            report_id,
+            version,
+            valid.report.sop,
+            valid.report.tlp,
+            sealed.issuer_jwt_digest,
+            signer.public_key,
+            blob,
+            json.dumps(fields),
+            format_time(now),
+            supersedes,
+        ),
     )
     node.record(
         db,
