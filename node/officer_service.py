@@ -95,11 +95,13 @@ class ExchangeOfficerService(OfficerService):
         signal: OutboxSignal | None = None,
         puller: Puller | None = None,
         now: Callable[[], datetime] = clock.now,
+        stale_after: timedelta = STALE_AFTER,
     ) -> None:
         super().__init__(node, cosigner)
         self._signal = signal
         self._puller = puller
         self._now = now
+        self._stale_after = stale_after  # THREATS.md P03: the configured staleness window
 
     def _committed(self, results: list[outbox.Submitted]) -> None:
         peers = sorted({r.peer for s in results for r in s.releases if r.envelope_id})
@@ -400,7 +402,7 @@ class ExchangeOfficerService(OfficerService):
                 else None
             )
             status.stale = agreement is not None and (
-                contact is None or now - contact > STALE_AFTER
+                contact is None or now - contact > self._stale_after
             )
             peers.append(status)
         del base.peers[:]
