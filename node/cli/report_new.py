@@ -337,12 +337,13 @@ def _explanation(ui: Console, decisions: Sequence[officer_pb2.ReleaseOutcome]) -
         table = Table(title=safe(title), title_justify="left", header_style="bold")
         for col in ("field", "outcome", "why / how"):
             table.add_column(col, overflow="fold")
-        rows = [(f, "will be sent", "") for f in d.released]
-        rows += [(t.field, "sent transformed", t.transform) for t in d.transformed]
+        rows = [(f, "sent as written", "") for f in d.released]
+        rows += [(t.field, "sent transformed", f"transform {t.transform}") for t in d.transformed]
         rows += [(w.field, "WITHHELD", REASON_TEXT.get(w.reason, w.reason)) for w in d.withheld]
         for row in sorted(rows):
             table.add_row(*(Text(safe(c)) for c in row))
         ui.print(table)
+        ui.print(Text(f"{sent} of {len(rows)} fields would be sent to {safe(d.peer)}."))
 
 
 def _write_new(path: Path, data: bytes) -> None:
