@@ -8,12 +8,19 @@ versions enter only as verified continuations of the stored chain. Storage is be
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Protocol
 
-from exchange.card import VerifiedChain, extend_chain, fingerprints_equal, verify_chain_bytes
+from exchange.card import (
+    SignedCard,
+    VerifiedChain,
+    extend_chain,
+    fingerprints_equal,
+    verify_chain_bytes,
+)
 from exchange.errors import InputError, KeyringError, PeerDataError
 from exchange.names import check_node_id
 from exchange.times import format_time, parse_time
@@ -120,13 +127,20 @@ class TrustStore:
         self._records.put(record)
         return AddResult(chain=chain, outcome=outcome)
 
-    def update(self, node: str, newer: VerifiedChain, now: datetime) -> VerifiedChain:
-        """Accept a partner's newer card versions, e.g. fetched with GetCard."""
+    def update(self, node: str, newer: Sequence[SignedCard], now: datetime) -> VerifiedChain | None:
+        """Accept a partner's newer card versions (e.g. fetched with GetCard): each must
+        continue the trusted chain, signed by the key it replaces. Returns the extended
+        chain, or None when nothing was newer. Nothing is written unless all verify."""
         record = self._require(node)
         known = verify_chain_bytes(record.chain)
-        chain = extend_chain(known, newer.signed[len(known.signed) :])
-        if chain.signed[: len(known.signed)] != known.signed:
-            raise KeyringError(f"card chain for {node} conflicts with the one we trust")
+        fresh = [s for s in newer if s not in known.signed]
+        if not fresh:
+            return None
+        chain = extend_chain(known, fresh)
+        if chain.latest.node != node:
+            raise KeyringError(
+                f"card chain for {node} names another node", code="keyring.chain_conflict"
+            )
         self._records.put(
             replace(
                 record,

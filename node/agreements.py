@@ -24,7 +24,9 @@ from exchange.agreement import (
     verify_agreement,
 )
 from exchange.card import SUITE_HYBRID, SUITE_X25519
-from exchange.errors import InputError, PolicyError
+from exchange.crypto import verify_ed25519
+from exchange.errors import InputError, PeerDataError, PolicyError
+from exchange.purpose import Purpose, signed_message
 from exchange.times import format_time, parse_time
 from node.home import Node
 from node.schemas import registry
@@ -114,12 +116,30 @@ def terms_to_agreement(node: Node, peer: str, text: str, now: datetime) -> Agree
     )
 
 
-def _party_keys(node: Node, agreement: Agreement, now: datetime) -> dict[str, bytes]:
+def _party_keys(
+    node: Node, agreement: Agreement, now: datetime, signed: SignedAgreement | None = None
+) -> dict[str, bytes]:
+    """Each party's identity key for verifying ``signed``: the key in its card chain that
+    made its signature (a party may have rotated since it signed), else its current key."""
     me = node.config.node
-    keys = {me: node.own_chain().latest.identity_key}
+    chains = {me: node.own_chain()}
     for party in agreement.parties:
         if party != me:
-            keys[party] = node.trust_store().trusted_chain(party, now).latest.identity_key
+            chains[party] = node.trust_store().trusted_chain(party, now)
+    keys = {}
+    for party, chain in chains.items():
+        keys[party] = chain.latest.identity_key
+        signature = None if signed is None else signed.signatures.get(party)
+        if signature is None:
+            continue
+        message = signed_message(Purpose.AGREEMENT, signed.agreement_bytes)  # type: ignore[union-attr]
+        for card in reversed(chain.cards):
+            try:
+                verify_ed25519(card.identity_key, message, signature, what="agreement signature")
+            except PeerDataError:
+                continue
+            keys[party] = card.identity_key
+            break
     return keys
 
 
@@ -139,7 +159,7 @@ def sign_and_store(
     me = node.config.node
     if me not in content.parties:
         raise PolicyError("this node is not a party to the agreement", code="policy.not_a_party")
-    keys = _party_keys(node, content, now)
+    keys = _party_keys(node, content, now, signed)
     verified_signers(signed, keys)
     _check_schemas(content)
     if me not in signed.signatures:
@@ -218,7 +238,7 @@ def current_agreement(node: Node, peer: str, now: datetime) -> VerifiedAgreement
         ):
             signed = parse_signed_agreement_unverified(stored.signed)
             content = parse_agreement_unverified(signed.agreement_bytes)
-            return verify_agreement(signed, _party_keys(node, content, now), now)
+            return verify_agreement(signed, _party_keys(node, content, now, signed), now)
     return None
 
 

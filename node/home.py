@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -168,6 +169,25 @@ class Node:
             self.checkpoint(now)
         return result
 
+    def refresh_peer_card(self, peer: str, newer: Sequence[SignedCard], now: datetime) -> bool:
+        """Newer card versions a partner served (GetCard); logged as ``peer.updated``."""
+        with self.store.transaction() as db:
+            chain = self.trust_store().update(peer, newer, now)
+            if chain is None:
+                return False
+            latest = chain.latest
+            self.record(
+                db,
+                "peer.updated",
+                now,
+                peer=peer,
+                fingerprint=latest.fingerprint,
+                card_version=latest.version,
+                trust_on_first_use=False,
+            )
+        self.checkpoint(now)
+        return True
+
     def remove_peer(self, peer: str, now: datetime) -> PeerRecord:
         with self.store.transaction() as db:
             record = self.trust_store().remove(peer)
@@ -231,6 +251,21 @@ class Node:
             "SELECT max(size) FROM log_cosignatures WHERE witness = ?", (witness,)
         ).fetchone()
         return 0 if row[0] is None else int(row[0])
+
+
+def is_serving(data_dir: Path) -> bool:
+    """True when an ``accord serve`` answers on this node's Officer socket."""
+    path = data_dir / "officer.sock"
+    if not path.exists():
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
 
 
 def init_node(

@@ -319,6 +319,9 @@ class NodeServer:
             with contextlib.suppress(FileNotFoundError):
                 self.officer_socket.unlink()
             self._owns_socket = False
+        if self.options.ready_file is not None:  # not ready any more: scripts waiting see it
+            with contextlib.suppress(FileNotFoundError):
+                self.options.ready_file.unlink()
         log.info("server.stopped", node=self.node.config.node)
 
 

@@ -15,10 +15,11 @@ from datetime import datetime
 import grpc
 import structlog
 
+from exchange.card import SignedCard
 from exchange.envelope import Envelope
 from exchange.errors import AccordError
 from node import clock
-from node._pb.accord.v1 import envelope_pb2, peer_pb2, peer_pb2_grpc
+from node._pb.accord.v1 import card_pb2, envelope_pb2, peer_pb2, peer_pb2_grpc
 from node.cosigning import Backoff
 from node.errors_map import read_error_detail
 from node.home import Node
@@ -61,6 +62,14 @@ class PullState:
     last_error_code: str = ""
     applied: int = 0
     rejected: int = 0
+
+
+def signed_card_from_message(message: card_pb2.NodeCard) -> SignedCard:
+    return SignedCard(
+        card_bytes=bytes(message.card),
+        signature=bytes(message.signature),
+        previous_signature=bytes(message.previous_signature) or None,
+    )
 
 
 def envelope_from_message(message: envelope_pb2.Envelope) -> Envelope:
@@ -153,11 +162,24 @@ class Puller:
             log.info("sync.reconnect", peer=peer, attempt=failures, delay_ms=int(delay * 1000))
             await asyncio.sleep(delay)
 
+    async def refresh_card(
+        self, stub: peer_pb2_grpc.PeerExchangeStub, peer: str, known: int
+    ) -> None:
+        """Learn a partner's key rotations: newer card versions it serves are accepted only
+        as continuations of the trusted chain, signed by the key they replace."""
+        answer = await stub.GetCard(
+            card_pb2.GetCardRequest(known_version=known), timeout=CALL_DEADLINE
+        )
+        newer = [signed_card_from_message(m) for m in answer.rotation_chain]
+        if newer and self._node.refresh_peer_card(peer, newer, self._now()):
+            log.info("peer.card_updated", peer=peer)
+
     async def pull_once(self, peer: str, *, follow: bool) -> int:
         """One Pull stream: apply every batch it brings; returns the envelopes applied."""
         state = self.state.setdefault(peer, PullState())
         card = self._node.trust_store().trusted_chain(peer, self._now()).latest
         stub = peer_pb2_grpc.PeerExchangeStub(await self._channels.get(card))
+        await self.refresh_card(stub, peer, card.version)
         after = cursor(self._node, peer)
         call = stub.Pull(
             peer_pb2.PullRequest(after_seq=after, max_batch=self._max_batch, follow=follow),

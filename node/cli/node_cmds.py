@@ -10,14 +10,14 @@ from pathlib import Path
 import click
 
 from exchange.card import SUITE_HYBRID, SUITE_X25519, Card
-from exchange.errors import InputError
+from exchange.errors import ConfigError, InputError
 from exchange.times import parse_time
 from keys.keyfile import PASSPHRASE_ENV
 from keys.truststore import PeerRecord
 from node import clock
 from node.cli.base import CliContext, cli, json_option, pass_ctx
 from node.cli.output import ok, print_fields, print_json, print_table, say, warn
-from node.home import Node, init_node, passphrase_from_env_or
+from node.home import Node, init_node, is_serving, passphrase_from_env_or
 
 SUITES = {"hybrid": SUITE_HYBRID, "x25519": SUITE_X25519}
 MAX_CARD_FILE = 4 * 1024 * 1024
@@ -424,6 +424,12 @@ def keys_rotate(ctx: CliContext, encryption: bool, suite: str, as_json: bool) ->
     Send the new card to partners ('accord card export'); they accept it because the key
     they trust signed it.
     """
+    if is_serving(ctx.data_dir):
+        raise ConfigError(
+            "the node is running; its keys are loaded in memory",
+            code="config.serving",
+            next_step="Stop it ('accord serve' gets SIGTERM), rotate, then start it again.",
+        )
     with opened(ctx) as node:
         before = node.own_chain().latest
         if encryption:

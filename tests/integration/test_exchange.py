@@ -130,3 +130,41 @@ def test_report_flows_from_pk_moi_to_cn_mps(
     assert sorted(decided["released"]) == arrived["fields"]
     for entry in pk_kinds + cn_kinds:
         assert MARKER not in json.dumps(entry)
+
+
+def test_identity_rotation_reaches_the_partner_over_grpc(
+    partners: tuple[Path, Path],
+    servers: Callable[..., ServerProcess],
+    accord: Accord,
+    tmp_path: Path,
+) -> None:
+    """pk-moi rotates its identity key between two reports. cn-mps learns the new card
+    with GetCard (accepted only because the old key signed it) and keeps receiving."""
+    pk, cn = partners
+    _agree(accord, pk, cn, tmp_path)
+    pk_server, cn_server = servers(pk), servers(cn)
+    for p in (pk_server, cn_server):
+        p.wait_ready()
+    report = tmp_path / "alert.json"
+    report.write_text(json.dumps(ALERT))
+    assert accord("--data", pk, "report", "submit", report).code == 0
+
+    def inbox_count() -> int:
+        r = accord("--data", cn, "inbox", "list", "--json")
+        return len(r.json()) if r.code == 0 else 0  # type: ignore[arg-type]
+
+    _until("the first report", lambda: inbox_count() == 1, [pk_server, cn_server])
+    refused = accord("--data", pk, "keys", "rotate")
+    assert refused.code == 7 and "running" in refused.err
+    assert pk_server.terminate() == 0
+    old_fp = accord("--data", cn, "peer", "show", "pk-moi", "--json").json()["fingerprint"]  # type: ignore[index]
+    assert accord("--data", pk, "keys", "rotate").code == 0
+    pk_server = servers(pk, "serve")
+    pk_server.wait_ready()
+    assert accord("--data", pk, "report", "submit", report).code == 0
+    _until("the report signed by the new key", lambda: inbox_count() == 2, [pk_server, cn_server])
+    new_fp = accord("--data", cn, "peer", "show", "pk-moi", "--json").json()["fingerprint"]  # type: ignore[index]
+    assert new_fp != old_fp
+    assert new_fp == accord("--data", pk, "card", "show", "--json").json()["fingerprint"]  # type: ignore[index]
+    entries = accord("--data", cn, "log", "show", "--json").json()["entries"]  # type: ignore[index]
+    assert [e["card_version"] for e in entries if e["kind"] == "peer.updated"] == [2]

@@ -149,3 +149,30 @@ def test_amend_and_retract_reach_the_partner(pair: tuple[Node, Node]) -> None:
     before = snapshot(cn.data_dir)
     assert apply_batch(cn, "pk-moi", envelopes[:1], now).duplicates == 1
     assert snapshot(cn.data_dir) == before
+
+
+def test_backlog_queued_before_a_rotation_still_arrives(pair: tuple[Node, Node]) -> None:
+    """Envelopes sealed under the old identity key verify under that key (the card in
+    force when they were sealed); later ones under the new key, never the other way."""
+    pk, cn = pair
+    now = datetime.now(UTC).replace(microsecond=0)
+    outbox.submit(pk, [_valid()], now)
+    chain = pk.rotate_identity(now + timedelta(seconds=1))
+    outbox.submit(pk, [_valid()], now + timedelta(seconds=2))
+    assert cn.refresh_peer_card("pk-moi", list(chain.signed), now + timedelta(seconds=3))
+    envelopes = outbox.pending(pk, "cn-mps", 0, 256)
+    out = apply_batch(cn, "pk-moi", envelopes, now + timedelta(seconds=3))
+    assert out.applied == 2 and out.stopped is None, out
+    # An envelope claiming a time after the rotation but signed by the old key is refused.
+    from exchange.envelope import Envelope
+
+    forged_header = envelopes[0].header.replace(b'"seq":1', b'"seq":3')
+    before = snapshot(cn.data_dir)
+    bad = apply_batch(
+        cn,
+        "pk-moi",
+        [Envelope(forged_header, envelopes[0].ciphertext, envelopes[0].signature)],
+        now,
+    )
+    assert bad.stopped is not None and bad.applied == 0
+    assert snapshot(cn.data_dir) == before
