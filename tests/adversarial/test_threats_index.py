@@ -16,7 +16,7 @@ def case_ids() -> list[str]:
     return CASE.findall(THREATS.read_text("utf-8"))
 
 
-def test_names() -> set[str]:
+def defined_test_names() -> set[str]:
     names: set[str] = set()
     for path in (ROOT / "tests").rglob("test_*.py"):
         names.update(TEST.findall(path.read_text("utf-8")))
@@ -26,6 +26,6 @@ def test_names() -> set[str]:
 def test_every_threats_case_has_a_test_named_after_it() -> None:
     ids = case_ids()
     assert len(ids) >= 40 and len(set(ids)) == len(ids), ids
-    names = test_names()
+    names = defined_test_names()
     missing = [i for i in ids if not any(n.startswith(f"test_{i.lower()}_") for n in names)]
     assert not missing, f"THREATS.md cases without a test_<id>_ function: {missing}"
