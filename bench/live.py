@@ -1,0 +1,165 @@
+"""Two real ``accord serve`` processes on loopback, mutual TLS between them: the backlog
+sync (throughput and the receiver's memory) and the follow-mode latency from a Submit on
+the sender's Officer socket to the row stored at the receiver."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from bench.cluster import make_cluster, open_node, report_bytes
+from bench.pipelines import submit_batches
+from node._pb.accord.v1 import officer_pb2, officer_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+READY_TIMEOUT = 60.0
+SERVE = (sys.executable, "-m", "node")
+
+
+@dataclass
+class Server:
+    data: Path
+    proc: subprocess.Popen[bytes] | None = None
+    ready: dict[str, object] = field(default_factory=dict)
+
+    def start(self) -> Server:
+        ready = self.data.with_suffix(".ready")
+        ready.unlink(missing_ok=True)
+        env = {**os.environ, "ACCORD_PASSPHRASE": "unused", "PYTHONPATH": str(ROOT)}
+        env.pop("ACCORD_HOME", None)
+        with (self.data.with_suffix(".log")).open("wb") as log:
+            self.proc = subprocess.Popen(
+                [*SERVE, "--data", str(self.data), "serve", "--ready-file", str(ready)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.data.name} did not start:\n{self.logs()}")
+            time.sleep(0.02)
+        self.ready = json.loads(ready.read_text("utf-8"))
+        return self
+
+    def status(self, key: str) -> int:
+        """A /proc/<pid>/status value in bytes (VmRSS, VmHWM)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def logs(self) -> str:
+        return self.data.with_suffix(".log").read_text("utf-8", errors="replace")[-4000:]
+
+
+def _reader(data: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{data / 'node.db'}?mode=ro", uri=True, isolation_level=None)
+
+
+def _cursor(conn: sqlite3.Connection, peer: str) -> int:
+    row = conn.execute("SELECT last_applied FROM cursors WHERE peer = ?", (peer,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def run(root: Path, backlog: int, samples: int) -> dict[str, object]:
+    """Backlog sync of ``backlog`` envelopes, then ``samples`` follow-mode latencies."""
+    sender, (receiver,) = make_cluster(root / "live", ("cn-mps",))
+    node = open_node(sender)
+    try:
+        start = time.perf_counter()
+        submit_batches(node, report_bytes(backlog, seed=2))
+        prepared = time.perf_counter() - start
+        envelopes = node.store.conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    finally:
+        node.close()
+    a = Server(sender).start()
+    b: Server | None = None
+    try:
+        b = Server(receiver)
+        b.start()
+        begin = time.perf_counter()  # from the receiver's ready file: serving, not booting
+        watch = _reader(receiver)
+        rss: list[tuple[int, int]] = []
+        while True:
+            done = _cursor(watch, "pk-moi")
+            rss.append((done, b.status("VmRSS")))
+            if done >= envelopes:
+                break
+            if b.proc is not None and b.proc.poll() is not None:
+                raise RuntimeError(f"receiver exited:\n{b.logs()}")
+            if time.perf_counter() - begin > 3600:
+                raise RuntimeError(f"sync stalled at {done}/{envelopes}:\n{b.logs()}")
+            time.sleep(0.05)
+        synced = time.perf_counter() - begin
+        hwm = b.status("VmHWM")
+        early = next((r for d, r in rss if d >= envelopes // 10), rss[-1][1])
+        latencies = _latencies(a, watch, samples)
+        watch.close()
+    finally:
+        if b is not None:
+            b.stop()
+        a.stop()
+    return {
+        "backlog": envelopes,
+        "prepare_s": prepared,
+        "sync_s": synced,
+        "envelopes_per_s": envelopes / synced,
+        "receiver_hwm_bytes": hwm,
+        "receiver_rss_at_10pct": early,
+        "receiver_rss_at_end": rss[-1][1],
+        "latency_ms": sorted(x * 1000 for x in latencies),
+    }
+
+
+def _latencies(sender: Server, watch: sqlite3.Connection, samples: int) -> list[float]:
+    """Submit one report at a time on the Officer socket; time until cn-mps stored it."""
+    documents = report_bytes(samples + 5, seed=3)
+    out = []
+    with grpc.insecure_channel(f"unix:{sender.ready['officer_socket']}") as channel:
+        stub = officer_pb2_grpc.OfficerStub(channel)
+        for i, document in enumerate(documents):
+            start = time.perf_counter()
+            answer = stub.Submit(officer_pb2.SubmitRequest(report=document), timeout=30)
+            envelope_id = answer.releases[0].envelope_id
+            while (
+                watch.execute(
+                    "SELECT 1 FROM inbox WHERE envelope_id = ?", (envelope_id,)
+                ).fetchone()
+                is None
+            ):
+                if time.perf_counter() - start > 30:
+                    raise RuntimeError("a followed envelope did not arrive within 30 s")
+                time.sleep(0.0005)
+            if i >= 5:  # the first few warm the streams up
+                out.append(time.perf_counter() - start)
+            time.sleep(0.02)
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
