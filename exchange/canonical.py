@@ -107,6 +107,9 @@ def _reject_constant(name: str) -> Any:
     raise InputError(f"JSON constant {name} is not allowed")
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+
+
 def _depth(value: Any, limit: int) -> None:
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
@@ -132,15 +135,16 @@ def parse_json_unverified(data: bytes, *, what: str, max_bytes: int) -> Any:
         raise InputError(f"{what}: not valid UTF-8 (byte {e.start})") from e
     if "\x00" in text:
         raise InputError(f"{what}: contains a NUL character")
+    if text.startswith("\ufeff"):  # json.loads refuses a BOM; the decoder alone would not
+        raise InputError(f"{what}: malformed JSON at line 1 column 1")
     try:
-        value = json.loads(
-            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
-        )
+        value = _DECODER.decode(text)  # json.loads with these hooks, without a new decoder
     except RecursionError as e:
         raise InputError(f"{what}: JSON nested too deeply") from e
     except json.JSONDecodeError as e:
         raise InputError(f"{what}: malformed JSON at line {e.lineno} column {e.colno}") from e
     except ValueError as e:  # Python's limit on digits in an integer literal
         raise InputError(f"{what}: an integer has too many digits") from e
-    _depth(value, MAX_JSON_DEPTH)
+    if text.count("{") + text.count("[") > MAX_JSON_DEPTH:  # else no value can be deeper
+        _depth(value, MAX_JSON_DEPTH)
     return value

@@ -88,3 +88,19 @@ def test_b64url_decode_refuses_every_whitespace_character() -> None:
             with pytest.raises(InputError):
                 b64url_decode("AA" + chr(code) + "AA", what="x")
     assert b64url_decode("AAAA", what="x") == b"\x00\x00\x00"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\xef\xbb\xbf{}", "malformed JSON at line 1 column 1"),
+        (b"[" * 33 + b"]" * 33, "nested deeper than 32 levels"),
+        (b'{"a":1,"a":2}', "duplicate key"),
+    ],
+)
+def test_parse_json_unverified_refusals(data: bytes, message: str) -> None:
+    from exchange.canonical import parse_json_unverified
+
+    with pytest.raises(InputError, match=message):
+        parse_json_unverified(data, what="x", max_bytes=1000)
+    assert parse_json_unverified(b'{"k":"[[[["}', what="x", max_bytes=1000) == {"k": "[[[["}
