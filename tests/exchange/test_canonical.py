@@ -94,7 +94,7 @@ def test_b64url_decode_refuses_every_whitespace_character() -> None:
     ("data", "message"),
     [
         (b"\xef\xbb\xbf{}", "malformed JSON at line 1 column 1"),
-        (b"[" * 33 + b"]" * 33, "nested deeper than 32 levels"),
+        (b"[" * 34 + b"]" * 34, "nested deeper than 32 levels"),
         (b'{"a":1,"a":2}', "duplicate key"),
     ],
 )
