@@ -171,6 +171,7 @@ def _progress() -> Progress:
         TimeRemainingColumn(),
         console=stderr,
         transient=True,
+        disable=not stderr.is_terminal,  # no stray blank lines in logs, pipes and make demo
     )
 
 
