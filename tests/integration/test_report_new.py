@@ -87,8 +87,16 @@ class Terminal:
         while self._read(0.05):
             pass
         code = self.proc.wait(timeout=5)
-        os.close(self.master)
+        self.close()
         return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.master >= 0:
+            os.close(self.master)
+            self.master = -1
 
 
 def test_report_new_through_a_terminal(
@@ -144,9 +152,7 @@ def test_report_new_through_a_terminal(
         assert "report " in sealed
         assert term.wait() == 0, term.seen[-3000:]
     finally:
-        if term.proc.poll() is None:
-            term.proc.kill()
-            term.proc.wait()
+        term.close()
     [mine] = accord("--data", pk, "report", "list", "--json").json()  # type: ignore[misc]
     assert mine["sop"] == "threat-alert@1" and mine["tlp"] == "amber"
     stored = accord("--data", pk, "report", "show", mine["report_id"], "--json").json()
