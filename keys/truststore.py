@@ -8,7 +8,7 @@ versions enter only as verified continuations of the stored chain. Storage is be
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
@@ -44,6 +44,7 @@ class PeerRecord:
     tofu: bool
     added_at: str
     updated_at: str
+    log_index: int | None = None  # the log entry that recorded this state (set by the node)
 
 
 class PeerRecords(Protocol):
@@ -59,10 +60,17 @@ class AddResult:
     outcome: str  # "added", "updated" or "unchanged"
 
 
+Attest = Callable[[PeerRecord], None]
+
+
 class TrustStore:
-    def __init__(self, records: PeerRecords, own_node: str) -> None:
+    """``attest`` (optional) checks a stored record against independent evidence, e.g. the
+    log entry that recorded it, and raises when they disagree (THREATS.md I03)."""
+
+    def __init__(self, records: PeerRecords, own_node: str, attest: Attest | None = None) -> None:
         self._records = records
         self._own = own_node
+        self._attest = attest
 
     def add(
         self, chain_data: bytes, *, fingerprint: str | None, tofu: bool, now: datetime
@@ -185,6 +193,8 @@ class TrustStore:
         ):
             raise PeerDataError(f"node {node}'s key is revoked", code="peer.revoked")
         chain = _verified_chain_bytes(record.chain)
+        if self._attest is not None:
+            self._attest(record)
         if chain.latest.node != node or not fingerprints_equal(
             chain.latest.fingerprint, record.fingerprint
         ):

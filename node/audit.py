@@ -7,12 +7,16 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
+import structlog
+
 from exchange.audit import BUNDLE_TYPE, AuditReport, audit_bundle
 from exchange.canonical import b64
-from exchange.errors import InputError
+from exchange.errors import AccordError, InputError
 from exchange.events import Event
 from exchange.times import format_time
 from node.home import Node
+
+log_event = structlog.get_logger("accord.audit")
 
 EXPORT_BATCH = 5000
 
@@ -23,7 +27,12 @@ def export_bundle(
     """Write the log, its checkpoints (with cosignatures) and the public keys needed to
     verify them. Signs a checkpoint over everything committed first, so every exported
     entry is covered by a signature; then reads one consistent snapshot."""
-    node.checkpoint(now)
+    try:
+        node.checkpoint(now)
+    except AccordError as e:
+        # A damaged or edited log cannot be signed; export it as it is, so that
+        # 'audit verify' names what is wrong instead of the export hiding it.
+        log_event.warning("audit.export_unsigned_tail", code=e.code)
     log = node.log
     conn = node.store.conn
     conn.execute("BEGIN")  # a read snapshot: appends made meanwhile are not half-exported

@@ -31,6 +31,7 @@ from exchange.card import (
     sign_card,
 )
 from exchange.errors import ConfigError, KeyringError
+from exchange.events import parse_event_unverified
 from exchange.names import check_display_name, check_endpoint, check_node_id
 from keys.keyfile import PASSPHRASE_ENV
 from keys.keyring import Keyring, generate_keyring, load_keyring, save_keyring
@@ -146,18 +147,49 @@ class Node:
         return self._own_chain[1]
 
     def trust_store(self) -> TrustStore:
-        return TrustStore(SqlitePeerRecords(self.store), self.config.node)
+        return TrustStore(SqlitePeerRecords(self.store), self.config.node, self._attest_peer)
+
+    def _bind_peer(self, kind: str, now: datetime, **attrs: object) -> None:
+        """Log a trust-store change (``attrs["peer"]`` names the partner) and bind its row
+        to that log entry, in the caller's transaction."""
+        index = self.record(self.store.db, kind, now, **attrs)
+        self.store.conn.execute(
+            "UPDATE peers SET log_index = ? WHERE node = ?", (index, attrs["peer"])
+        )
+
+    def _attest_peer(self, record: PeerRecord) -> None:
+        """A trust-store row must match the log entry that recorded it (THREATS.md I03): an
+        insider who swaps a partner's card and fingerprint in the database is caught here,
+        and editing the log entry too is caught by the checkpoints and ``audit verify``."""
+        event = None
+        if record.log_index is not None:
+            row = self.store.conn.execute(
+                "SELECT event FROM log_leaves WHERE idx = ?", (record.log_index,)
+            ).fetchone()
+            event = None if row is None else parse_event_unverified(bytes(row[0]))
+        if (
+            event is None
+            or event.kind not in ("peer.added", "peer.updated", "peer.revoked")
+            or event.attrs.get("peer") != record.node
+            or event.attrs.get("fingerprint") != record.fingerprint
+        ):
+            raise KeyringError(
+                f"trust store entry for {record.node} does not match the log entry that "
+                "recorded it",
+                code="keyring.tampered",
+                next_step="The database may have been edited: run 'accord audit export' and "
+                "'accord audit verify', and re-add the partner after checking its fingerprint.",
+            )
 
     def add_peer(
         self, chain_data: bytes, *, fingerprint: str | None, tofu: bool, now: datetime
     ) -> AddResult:
         """Trust a partner's card chain; logged as ``peer.added`` / ``peer.updated``."""
-        with self.store.transaction() as db:
+        with self.store.transaction():
             result = self.trust_store().add(chain_data, fingerprint=fingerprint, tofu=tofu, now=now)
             if result.outcome != "unchanged":
                 latest = result.chain.latest
-                self.record(
-                    db,
+                self._bind_peer(
                     "peer.added" if result.outcome == "added" else "peer.updated",
                     now,
                     peer=latest.node,
@@ -171,13 +203,12 @@ class Node:
 
     def refresh_peer_card(self, peer: str, newer: Sequence[SignedCard], now: datetime) -> bool:
         """Newer card versions a partner served (GetCard); logged as ``peer.updated``."""
-        with self.store.transaction() as db:
+        with self.store.transaction():
             chain = self.trust_store().update(peer, newer, now)
             if chain is None:
                 return False
             latest = chain.latest
-            self.record(
-                db,
+            self._bind_peer(
                 "peer.updated",
                 now,
                 peer=peer,
@@ -196,10 +227,9 @@ class Node:
         return record
 
     def revoke_peer(self, peer: str, revoked_from: datetime, now: datetime) -> PeerRecord:
-        with self.store.transaction() as db:
+        with self.store.transaction():
             record = self.trust_store().revoke(peer, revoked_from, now)
-            self.record(
-                db,
+            self._bind_peer(
                 "peer.revoked",
                 now,
                 peer=peer,

@@ -143,12 +143,17 @@ def _m005_exchange(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m006_peer_log_index(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE peers ADD COLUMN log_index INTEGER")
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
     (2, "transparency log: leaves, subtrees, checkpoints, cosignatures, witness", _m002_log),
     (3, "sealed reports, plaintext encrypted at rest", _m003_reports),
     (4, "bilateral agreements signed by both parties", _m004_agreements),
     (5, "exchange: outbox, inbound envelopes, inbox, cursors, receipts, evidence", _m005_exchange),
+    (6, "each trusted partner bound to the log entry that recorded it", _m006_peer_log_index),
 ]
 
 
@@ -190,7 +195,7 @@ class Store:
             raise StoreError(f"database {path} is missing", code="store.missing")
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute("PRAGMA busy_timeout = 30000")
             if create:
                 conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -227,9 +232,15 @@ class Store:
             yield self.db
             for hook in self._before_commit:
                 hook()
+        except sqlite3.Error as e:  # e.g. disk full mid-transaction: SQLite may have rolled back
+            self.staged, self._before_commit = {}, []
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise _wrap(e, self.path) from e
         except BaseException:
             self.staged, self._before_commit = {}, []
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
         self.staged, self._before_commit = {}, []
         try:
@@ -294,7 +305,7 @@ class SqlitePeerRecords:
 
     SELECT = (
         "SELECT node, chain, fingerprint, card_version, status, revoked_from, tofu, added_at,"
-        " updated_at FROM peers"
+        " updated_at, log_index FROM peers"
     )
 
     def __init__(self, store: Store) -> None:
@@ -316,6 +327,7 @@ class SqlitePeerRecords:
                 "tofu": int(record.tofu),
                 "added_at": record.added_at,
                 "updated_at": record.updated_at,
+                "log_index": record.log_index,
             },
             pk="node",
         )
@@ -329,7 +341,7 @@ class SqlitePeerRecords:
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> PeerRecord:
-        node, chain, fp, version, status, revoked_from, tofu, added, updated = row
+        node, chain, fp, version, status, revoked_from, tofu, added, updated, log_index = row
         return PeerRecord(
             node=str(node),
             chain=bytes(chain),
@@ -340,4 +352,5 @@ class SqlitePeerRecords:
             tofu=bool(tofu),
             added_at=str(added),
             updated_at=str(updated),
+            log_index=None if log_index is None else int(log_index),
         )

@@ -596,11 +596,6 @@ def test_i03_swapped_peer_card_is_refused(world: World) -> None:
     assert snapshot(world.victim.data_dir) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="I03 gap: an insider who swaps both the chain and its fingerprint column is not "
-    "detected; the trust store is not checked against the logged peer.added fingerprint",
-)
 def test_i03_swapped_peer_card_and_fingerprint_is_refused(world: World) -> None:
     [e1] = Forge(world).submit()
     chain = _rogue_chain(world)
