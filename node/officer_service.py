@@ -375,6 +375,10 @@ class ExchangeOfficerService(OfficerService):
         rejected: dict[str, int] = {}
         for peer, _seq, _code in rejections(node):
             rejected[peer] = rejected.get(peer, 0) + 1
+        for peer, count in node.store.conn.execute(  # equivocations: kept as evidence (P07)
+            "SELECT peer, count(*) FROM evidence GROUP BY peer"
+        ):
+            rejected[peer] = rejected.get(peer, 0) + int(count)
         peers = []
         for status in base.peers:
             sent, acked = outbox.backlog(node, status.peer)
@@ -402,12 +406,30 @@ class ExchangeOfficerService(OfficerService):
                 else None
             )
             status.stale = agreement is not None and (
-                contact is None or now - contact > self._stale_after
+                contact is None
+                or now - contact > self._stale_after
+                or _frozen(node, status.peer, self._stale_after)
             )
             peers.append(status)
         del base.peers[:]
         base.peers.extend(peers)
         return base
+
+
+def _frozen(node: Node, peer: str, window: timedelta) -> bool:
+    """THREATS.md P03: the partner acknowledged our envelopes (so its log grew with
+    receipt.sent events) but the checkpoint it asks us to cosign has not grown for longer
+    than the window: it is serving a frozen view."""
+    row = node.store.conn.execute(
+        "SELECT grown_at FROM witness_state WHERE origin = ?", (f"{peer}.accord/log",)
+    ).fetchone()
+    receipt = node.store.conn.execute(
+        "SELECT max(at) FROM receipts WHERE peer = ? AND direction = 'received'", (peer,)
+    ).fetchone()[0]
+    if row is None or row[0] is None or receipt is None:
+        return False
+    grown = parse_time(row[0], field="grown_at")
+    return parse_time(receipt, field="receipt at") - grown > window
 
 
 def _release_events(node: Node, report_id: str, version: int) -> list[dict[str, Any]]:

@@ -147,6 +147,11 @@ def _m006_peer_log_index(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE peers ADD COLUMN log_index INTEGER")
 
 
+def _m007_witness_growth(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE witness_state ADD COLUMN grown_at TEXT")
+    db.execute("UPDATE witness_state SET grown_at = updated_at")
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
     (2, "transparency log: leaves, subtrees, checkpoints, cosignatures, witness", _m002_log),
@@ -154,6 +159,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (4, "bilateral agreements signed by both parties", _m004_agreements),
     (5, "exchange: outbox, inbound envelopes, inbox, cursors, receipts, evidence", _m005_exchange),
     (6, "each trusted partner bound to the log entry that recorded it", _m006_peer_log_index),
+    (7, "witness: when each followed log last grew (frozen partners, P03)", _m007_witness_growth),
 ]
 
 

@@ -126,12 +126,20 @@ class Witness:
             except AccordError as e:
                 raise _Contradiction(held, e.message) from e
         self.store.conn.execute(
-            "INSERT INTO witness_state (origin, size, root, note, updated_at) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(origin) DO UPDATE SET "
+            "INSERT INTO witness_state (origin, size, root, note, updated_at, grown_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(origin) DO UPDATE SET "
             "size = excluded.size, root = excluded.root, note = excluded.note, "
-            "updated_at = excluded.updated_at",
-            (origin, new.size, new.root_hash, note, format_time(now)),
+            "updated_at = excluded.updated_at, grown_at = CASE WHEN excluded.size > "
+            "witness_state.size THEN excluded.grown_at ELSE witness_state.grown_at END",
+            (origin, new.size, new.root_hash, note, format_time(now), format_time(now)),
         )
+
+    def grown_at(self, origin: str) -> str | None:
+        """When the followed log last grew (a log re-sending one checkpoint does not)."""
+        row = self.store.conn.execute(
+            "SELECT grown_at FROM witness_state WHERE origin = ?", (origin,)
+        ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
 
     def evidence(self, origin: str) -> list[tuple[bytes, bytes, str]]:
         rows = self.store.conn.execute(

@@ -13,6 +13,7 @@ import pytest
 from exchange.events import parse_event_unverified
 from exchange.sdjwt import PresentationLimits, verify_presentation
 from exchange.sop import check_report_document
+from exchange.times import format_time
 from node import outbox
 from node.home import Node
 from node.inbox import apply_batch, cursor, get_inbox, list_inbox
@@ -176,3 +177,60 @@ def test_backlog_queued_before_a_rotation_still_arrives(pair: tuple[Node, Node])
     )
     assert bad.stopped is not None and bad.applied == 0
     assert snapshot(cn.data_dir) == before
+
+
+def test_p03_partner_serving_the_same_checkpoint_is_frozen(pair: tuple[Node, Node]) -> None:
+    """cn-mps witnesses pk-moi's log. pk-moi keeps acknowledging (its log must grow) but
+    asks cn-mps to cosign the same checkpoint: after the window it is frozen (stale)."""
+    from exchange.note import parse_verifier_key
+    from keys.keyring import witness_name
+    from node.officer_service import _frozen
+    from node.witness import Witness
+
+    pk, cn = pair
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    witness = Witness(cn.store, cn.keyring().witness_signer(), witness_name("cn-mps"))
+    log_key = parse_verifier_key(pk.own_chain().latest.log_vkey)
+    cp = pk.checkpoint(t0)
+    witness.add_checkpoint(
+        origin="pk-moi.accord/log", log_key=log_key, old_size=0, proof=[], note=cp.note, now=t0
+    )
+    # The same checkpoint again, 20 minutes later: held, but the log did not grow.
+    later = t0 + timedelta(minutes=20)
+    witness.add_checkpoint(
+        origin="pk-moi.accord/log",
+        log_key=log_key,
+        old_size=cp.size,
+        proof=[],
+        note=cp.note,
+        now=later,
+    )
+    # pk-moi acknowledged something of ours at `later` (so its log grew by then).
+    with cn.store.transaction() as db:
+        db.table("receipts").insert(
+            {
+                "peer": "pk-moi",
+                "direction": "received",
+                "first_seq": 1,
+                "last_seq": 1,
+                "statement": b"{}",
+                "signature": b"",
+                "digest": "sha256:0",
+                "at": format_time(later),
+            }
+        )
+    window = timedelta(minutes=15)
+    assert _frozen(cn, "pk-moi", window)
+    # pk-moi's log grows and is cosigned: no longer frozen.
+    outbox.submit(pk, [_valid()], later)
+    grown = pk.checkpoint(later)
+    proof = pk.log.consistency_proof(cp.size, grown.size)
+    witness.add_checkpoint(
+        origin="pk-moi.accord/log",
+        log_key=log_key,
+        old_size=cp.size,
+        proof=proof,
+        note=grown.note,
+        now=later,
+    )
+    assert not _frozen(cn, "pk-moi", window)
