@@ -4,6 +4,7 @@ big logs, audit of a big bundle. Each returns plain numbers for ``bench/run.py``
 from __future__ import annotations
 
 import random
+import shutil
 import sqlite3
 import time
 from datetime import UTC, datetime
@@ -87,8 +88,10 @@ def submit_flat(root: Path, sizes: list[int], sample: int) -> list[dict[str, flo
             spent = submit_batches(node, documents)
             stored = node.store.conn.execute("SELECT count(*) FROM reports").fetchone()[0]
             out.append({"stored": size, "after": stored, "reports_per_s": sample / spent})
+        out[-1]["db_bytes"] = db_size(sender / "node.db")
     finally:
         node.close()
+        shutil.rmtree(root / "submit", ignore_errors=True)  # ~17 GB at a million reports
     return out
 
 
