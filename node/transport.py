@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -249,12 +249,15 @@ class PeerGuard:
         try:
             yield
         finally:
-            _current_peer.reset(token)
             left = self._in_flight[peer.node] - 1
             if left:
                 self._in_flight[peer.node] = left
             else:
                 del self._in_flight[peer.node]
+            # A stream the partner abandoned (it crashed, or cancelled) is closed by gRPC
+            # from another context, where the token cannot be reset; that context ends here.
+            with suppress(ValueError):
+                _current_peer.reset(token)
 
 
 # -- client side ----------------------------------------------------------------------------
