@@ -389,6 +389,42 @@ _VERSION_CODES = frozenset(
 )
 
 
+def unacknowledged_receipts(node: Node, peer: str) -> list[tuple[int, SignedReceipt]]:
+    """Receipts we sent ``peer`` whose delivery it has not confirmed, oldest first, each
+    with its last seq.
+
+    A receipt is committed with the cursor, before Acknowledge carries it to the partner;
+    a crash of either node or a failed call in between would otherwise lose it for good
+    (the partner's outbox rows stay 'pending'). The sync loop sends these again before
+    each Pull; a receipt the partner already holds is answered as a duplicate. What the
+    partner confirmed is recorded by :func:`receipts_acknowledged` (``cursors``), so only
+    the unconfirmed tail is sent again: in practice the latest receipt or none."""
+    row = node.store.conn.execute(
+        "SELECT acknowledged FROM cursors WHERE peer = ?", (peer,)
+    ).fetchone()
+    rows = node.store.conn.execute(
+        "SELECT last_seq, statement, signature FROM receipts "
+        "WHERE peer = ? AND direction = 'sent' AND first_seq > ? ORDER BY first_seq",
+        (peer, 0 if row is None else int(row[0])),
+    ).fetchall()
+    return [(int(r[0]), SignedReceipt(bytes(r[1]), bytes(r[2]))) for r in rows]
+
+
+def receipts_acknowledged(node: Node, peer: str, through: int) -> None:
+    """Record that ``peer`` confirmed every receipt we sent it up to seq ``through`` (a
+    small commit of its own, only when the mark moves; it never moves back)."""
+    row = node.store.conn.execute(
+        "SELECT acknowledged FROM cursors WHERE peer = ?", (peer,)
+    ).fetchone()
+    if row is None or int(row[0]) >= through:
+        return
+    with node.store.transaction():
+        node.store.conn.execute(
+            "UPDATE cursors SET acknowledged = ? WHERE peer = ? AND acknowledged < ?",
+            (through, peer, through),
+        )
+
+
 def last_receipt(node: Node, peer: str) -> SignedReceipt | None:
     """The latest receipt we sent ``peer`` (re-sent when a batch held only duplicates)."""
     row = node.store.conn.execute(

@@ -152,6 +152,11 @@ def _m007_witness_growth(db: sqlite_utils.Database) -> None:
     db.execute("UPDATE witness_state SET grown_at = updated_at")
 
 
+def _m008_receipts_acknowledged(db: sqlite_utils.Database) -> None:
+    # 0 for existing partners: every receipt is offered once more, the partner keeps one copy.
+    db.execute("ALTER TABLE cursors ADD COLUMN acknowledged INTEGER NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
     (2, "transparency log: leaves, subtrees, checkpoints, cosignatures, witness", _m002_log),
@@ -160,6 +165,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (5, "exchange: outbox, inbound envelopes, inbox, cursors, receipts, evidence", _m005_exchange),
     (6, "each trusted partner bound to the log entry that recorded it", _m006_peer_log_index),
     (7, "witness: when each followed log last grew (frozen partners, P03)", _m007_witness_growth),
+    (8, "cursors: the partner confirmed our receipts up to this seq", _m008_receipts_acknowledged),
 ]
 
 

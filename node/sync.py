@@ -23,7 +23,7 @@ from node._pb.accord.v1 import card_pb2, envelope_pb2, peer_pb2, peer_pb2_grpc
 from node.cosigning import Backoff
 from node.errors_map import read_error_detail
 from node.home import Node
-from node.inbox import apply_batch, cursor
+from node.inbox import apply_batch, cursor, receipts_acknowledged, unacknowledged_receipts
 from node.transport import PartnerChannels
 
 log = structlog.get_logger("accord.sync")
@@ -174,12 +174,32 @@ class Puller:
         if newer and self._node.refresh_peer_card(peer, newer, self._now()):
             log.info("peer.card_updated", peer=peer)
 
+    async def resend_receipts(self, stub: peer_pb2_grpc.PeerExchangeStub, peer: str) -> None:
+        """Deliver the receipts that a crash or a failed Acknowledge left unconfirmed
+        (oldest first) before pulling more; the first failure ends the attempt."""
+        confirmed = 0
+        try:
+            for last_seq, receipt in unacknowledged_receipts(self._node, peer):
+                await stub.Acknowledge(
+                    peer_pb2.AcknowledgeRequest(
+                        receipt=envelope_pb2.BatchReceipt(
+                            statement=receipt.statement, signature=receipt.signature
+                        )
+                    ),
+                    timeout=CALL_DEADLINE,
+                )
+                confirmed = last_seq
+                log.info("sync.receipt_resent", peer=peer, last_seq=last_seq)
+        finally:
+            receipts_acknowledged(self._node, peer, confirmed)
+
     async def pull_once(self, peer: str, *, follow: bool) -> int:
         """One Pull stream: apply every batch it brings; returns the envelopes applied."""
         state = self.state.setdefault(peer, PullState())
         card = self._node.trust_store().trusted_chain(peer, self._now()).latest
         stub = peer_pb2_grpc.PeerExchangeStub(await self._channels.get(card))
         await self.refresh_card(stub, peer, card.version)
+        await self.resend_receipts(stub, peer)
         after = cursor(self._node, peer)
         call = stub.Pull(
             peer_pb2.PullRequest(after_seq=after, max_batch=self._max_batch, follow=follow),
@@ -212,6 +232,8 @@ class Puller:
                         ),
                         timeout=CALL_DEADLINE,
                     )
+                    # The receipt ends at the cursor: the partner holds every receipt so far.
+                    receipts_acknowledged(self._node, peer, cursor(self._node, peer))
                 if outcome.applied and self._on_applied is not None:
                     self._on_applied()
                 if outcome.stopped is not None:
