@@ -157,6 +157,8 @@ class Puller:
                 log.error("sync.failed", peer=peer, error=type(e).__name__)
                 state.last_error_code = "internal"
                 failures += 1
+            if state.connected:  # the stream worked before it broke: start the backoff over
+                failures = min(failures, 1)
             state.connected = False
             delay = self._backoff.delay(failures, self._rng) if failures else self._backoff.base
             log.info("sync.reconnect", peer=peer, attempt=failures, delay_ms=int(delay * 1000))
