@@ -29,10 +29,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 FULL = {
     "floor_seconds": 1.0,
     "flat_sizes": [10_000, 100_000, 1_000_000],
-    "flat_sample": 2048,
+    "flat_sample": 1024,
     "backlog": 100_000,
     "latency_samples": 200,
-    "log_entries": 200_000,
+    "log_entries": 100_000,
     "proof_sizes": [1_000_000, 10_000_000],
     "audit_entries": 1_000_000,
 }
