@@ -433,18 +433,16 @@ def _frozen(node: Node, peer: str, window: timedelta) -> bool:
 
 
 def _release_events(node: Node, report_id: str, version: int) -> list[dict[str, Any]]:
+    """The release.decided events of one report version (names and reasons only), found
+    through the ``releases`` table rather than by scanning the log."""
     from exchange.events import parse_event_unverified
 
-    out = []
     rows = node.store.conn.execute(
-        "SELECT event FROM log_leaves WHERE event LIKE ? ORDER BY idx",
-        (f'%"release.decided"%"{report_id}"%',),
+        "SELECT l.event FROM releases r JOIN log_leaves l ON l.idx = r.log_index "
+        "WHERE r.report_id = ? AND r.version = ? ORDER BY r.peer",
+        (report_id, version),
     ).fetchall()
-    for (data,) in rows:
-        event = parse_event_unverified(bytes(data))
-        if event.attrs.get("report_id") == report_id and event.attrs.get("version") == version:
-            out.append(event.attrs)
-    return out
+    return [parse_event_unverified(bytes(data)).attrs for (data,) in rows]
 
 
 def _newest_versions(items: list[Any]) -> dict[str, int]:

@@ -200,7 +200,7 @@ def _release(
                 env,
                 ctx.now,
             )
-        node.record(
+        index = node.record(
             db,
             "release.decided",
             ctx.now,
@@ -209,6 +209,10 @@ def _release(
             envelope_id=envelope_id,
             seq=seq,
             **event,
+        )
+        node.store.conn.execute(
+            "INSERT INTO releases (report_id, version, peer, log_index) VALUES (?, ?, ?, ?)",
+            (sealed.report_id, sealed.version, target.peer, index),
         )
         out.append(Release(target.peer, decision, envelope_id, seq))
     return tuple(out)

@@ -157,12 +157,13 @@ class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
         self, request: peer_pb2.AcknowledgeRequest, context: Context
     ) -> peer_pb2.AcknowledgeResponse:
         peer = current_peer().node
-        receipt, new = outbox.accept_receipt(
+        _receipt, new = outbox.accept_receipt(
             self._node, peer, request.receipt.statement, request.receipt.signature, self._now()
         )
         if new and self._on_commit is not None:
             self._on_commit()
-        return peer_pb2.AcknowledgeResponse(acknowledged_seq=receipt.last_seq, duplicate=not new)
+        _sent, acknowledged = outbox.backlog(self._node, peer)
+        return peer_pb2.AcknowledgeResponse(acknowledged_seq=acknowledged, duplicate=not new)
 
     def _latest(self) -> SignedCheckpoint:
         cp = self._node.log.latest_checkpoint()

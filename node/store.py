@@ -157,6 +157,18 @@ def _m008_receipts_acknowledged(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE cursors ADD COLUMN acknowledged INTEGER NOT NULL DEFAULT 0")
 
 
+def _m009_lookups(db: sqlite_utils.Database) -> None:
+    _run_sql(
+        db,
+        """
+        CREATE INDEX inbox_by_report_version ON inbox (report_id, version);
+        CREATE TABLE releases (
+            report_id TEXT NOT NULL, version INTEGER NOT NULL, peer TEXT NOT NULL,
+            log_index INTEGER NOT NULL, PRIMARY KEY (report_id, version, peer))
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
     (2, "transparency log: leaves, subtrees, checkpoints, cosignatures, witness", _m002_log),
@@ -166,6 +178,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (6, "each trusted partner bound to the log entry that recorded it", _m006_peer_log_index),
     (7, "witness: when each followed log last grew (frozen partners, P03)", _m007_witness_growth),
     (8, "cursors: the partner confirmed our receipts up to this seq", _m008_receipts_acknowledged),
+    (9, "lookups: inbox by report, each release decision by report", _m009_lookups),
 ]
 
 
