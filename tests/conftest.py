@@ -86,3 +86,42 @@ def make_node(tmp_path: Path, accord: Callable[..., Result]) -> Callable[..., Pa
         return data
 
     return make
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TERMS = ROOT / "sop" / "agreements" / "example-terms.toml"
+POLICY = ROOT / "sop" / "policies" / "example.toml"
+
+
+def exchange_cards(accord: Callable[..., Result], a: Path, b: Path, tmp_path: Path) -> None:
+    """Each node exports its card and the other adds it with the read-out fingerprint."""
+    for src, dst in ((a, b), (b, a)):
+        card = tmp_path / f"{src.name}.card"
+        assert accord("--data", src, "card", "export", "--out", card, "--force").code == 0
+        shown = accord("--data", src, "card", "show", "--json").json()
+        assert isinstance(shown, dict)
+        r = accord("--data", dst, "peer", "add", card, "--fingerprint", shown["fingerprint"])
+        assert r.code == 0, r.err
+
+
+def propose(accord: Callable[..., Result], pk: Path, tmp_path: Path) -> Path:
+    """pk-moi proposes the example terms to cn-mps; returns the agreement file."""
+    file = tmp_path / "agreement.json"
+    r = accord(
+        "--data", pk, "agreement", "propose", "--peer", "cn-mps", "--terms", TERMS, "--out", file
+    )
+    assert r.code == 0, r.err
+    return file
+
+
+def agree(
+    accord: Callable[..., Result], pk: Path, cn: Path, tmp_path: Path, *, policy: bool = True
+) -> Path:
+    """Both sign the example agreement; pk-moi applies the example release policy."""
+    file = propose(accord, pk, tmp_path)
+    for side in (cn, pk):
+        r = accord("--data", side, "agreement", "sign", file, "--yes")
+        assert r.code == 0, r.err
+    if policy:
+        assert accord("--data", pk, "policy", "apply", POLICY).code == 0
+    return file

@@ -53,6 +53,23 @@ def _print_releases(releases: Any) -> None:
         print_table(f"{r.peer}: {sent}", ["field", "outcome", "why / how"], sorted(rows))
 
 
+def print_submitted(answer: Any, as_json: bool, headline: str) -> None:
+    """What a Submit or Amend answered: per partner, sent, transformed and withheld."""
+    if as_json:
+        print_json(
+            {
+                "report_id": answer.report_id,
+                "version": answer.version,
+                "releases": [_release_json(r) for r in answer.releases],
+            }
+        )
+        return
+    ok(headline)
+    _print_releases(answer.releases)
+    if not answer.releases:
+        warn("no trusted partner: the report is stored and logged but sent to nobody")
+
+
 def _tlp(tlp: str) -> Text:
     return Text(f" TLP:{tlp.upper()} ", style=f"bold reverse {TLP_STYLE.get(tlp, 'white')}")
 
@@ -74,19 +91,7 @@ def report_submit(ctx: CliContext, file: Path, as_json: bool) -> None:
     data, _fmt = read_report_file(file)
     with officer(ctx.data_dir) as stub:
         answer = call(stub.Submit, officer_pb2.SubmitRequest(report=data))
-    if as_json:
-        print_json(
-            {
-                "report_id": answer.report_id,
-                "version": answer.version,
-                "releases": [_release_json(r) for r in answer.releases],
-            }
-        )
-        return
-    ok(f"report {answer.report_id} sealed (version {answer.version})")
-    _print_releases(answer.releases)
-    if not answer.releases:
-        warn("no trusted partner: the report is stored and logged but sent to nobody")
+    print_submitted(answer, as_json, f"report {answer.report_id} sealed (version {answer.version})")
 
 
 @report.command("list", epilog="Example:\n\n    accord --data ./pk-moi report list --limit 20")
@@ -196,17 +201,7 @@ def report_amend(
                 report_id=report_id, report=data, base_version=base_version or 0
             ),
         )
-    if as_json:
-        print_json(
-            {
-                "report_id": answer.report_id,
-                "version": answer.version,
-                "releases": [_release_json(r) for r in answer.releases],
-            }
-        )
-        return
-    ok(f"report {answer.report_id} amended: version {answer.version}")
-    _print_releases(answer.releases)
+    print_submitted(answer, as_json, f"report {answer.report_id} amended: version {answer.version}")
 
 
 RETRACT_REASONS = ["erroneous", "withdrawn", "duplicate", "source-compromised"]

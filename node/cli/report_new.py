@@ -33,7 +33,7 @@ from exchange.sop import (
 )
 from node._pb.accord.v1 import officer_pb2
 from node.cli.base import CliContext, json_option, pass_ctx
-from node.cli.officer_cmds import TLP_STYLE, _print_releases, _release_json
+from node.cli.officer_cmds import TLP_STYLE, print_submitted
 from node.cli.output import ok, print_error, print_json, safe, stderr, stdout, warn
 from node.cli.report_cmds import report
 from node.officer_client import call, officer
@@ -444,16 +444,4 @@ def report_new(ctx: CliContext, sop: str, tlp: str | None, out: Path | None, as_
         print_error(e)
         _offer_save(iv, data, sop, ctx.data_dir)
         raise click.exceptions.Exit(e.exit_code) from None
-    if as_json:
-        print_json(
-            {
-                "report_id": answer.report_id,
-                "version": answer.version,
-                "releases": [_release_json(r) for r in answer.releases],
-            }
-        )
-        return
-    ok(f"report {answer.report_id} sealed (version {answer.version})")
-    _print_releases(answer.releases)
-    if not answer.releases:
-        warn("no trusted partner: the report is stored and logged but sent to nobody")
+    print_submitted(answer, as_json, f"report {answer.report_id} sealed (version {answer.version})")

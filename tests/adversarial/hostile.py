@@ -52,8 +52,9 @@ from node.schemas import registry
 from node.sync import Puller, PullState
 from node.transport import PartnerChannels
 from node.witness import Witness
+from tests.conftest import POLICY, TERMS
 from tests.integration.conftest import free_port
-from tests.node.test_agreement_policy import ALERT, POLICY, TERMS
+from tests.node.test_agreement_policy import ALERT
 
 HOSTILE = "pk-moi"
 VICTIM = "cn-mps"

@@ -47,9 +47,8 @@ from tests.adversarial.hostile import (
     trust,
     valid,
 )
-from tests.conftest import Result, snapshot
+from tests.conftest import POLICY, Result, snapshot
 from tests.integration.conftest import ROOT
-from tests.node.test_agreement_policy import POLICY
 
 pytestmark = pytest.mark.timeout(90)
 RPC = 10.0

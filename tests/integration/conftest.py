@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PASSPHRASE, Result
+from tests.conftest import PASSPHRASE, Result, exchange_cards
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -118,11 +118,5 @@ def partners(
     """Two nodes on free ports that trust each other, cards exchanged through the CLI."""
     a = make_node("pk-moi", free_port())
     b = make_node("cn-mps", free_port())
-    for src, dst in ((a, b), (b, a)):
-        card = tmp_path / f"{src.name}.card"
-        assert accord("--data", src, "card", "export", "--out", card).code == 0
-        shown = accord("--data", src, "card", "show", "--json").json()
-        assert isinstance(shown, dict)
-        r = accord("--data", dst, "peer", "add", card, "--fingerprint", shown["fingerprint"])
-        assert r.code == 0, r.err
+    exchange_cards(accord, a, b, tmp_path)
     return a, b

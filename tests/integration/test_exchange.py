@@ -11,34 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from exchange.sdjwt import PresentationLimits, verify_presentation
-from tests.conftest import Result
+from tests.conftest import Result, agree
 from tests.integration.conftest import ServerProcess
-from tests.node.test_agreement_policy import ALERT, MARKER, POLICY, TERMS
+from tests.node.test_agreement_policy import ALERT, MARKER
 
 Accord = Callable[..., Result]
 WAIT = 30.0
 
 
 def _agree(accord: Accord, pk: Path, cn: Path, tmp_path: Path) -> None:
-    file = tmp_path / "agreement.json"
-    assert (
-        accord(
-            "--data",
-            pk,
-            "agreement",
-            "propose",
-            "--peer",
-            "cn-mps",
-            "--terms",
-            TERMS,
-            "--out",
-            file,
-        ).code
-        == 0
-    )
-    assert accord("--data", cn, "agreement", "sign", file, "--yes").code == 0
-    assert accord("--data", pk, "agreement", "sign", file, "--yes").code == 0
-    assert accord("--data", pk, "policy", "apply", POLICY).code == 0
+    agree(accord, pk, cn, tmp_path)
 
 
 def _until(what: str, check: Callable[[], object], procs: list[ServerProcess]) -> object:

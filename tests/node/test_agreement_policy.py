@@ -10,11 +10,9 @@ import pytest
 
 from exchange.events import parse_event_unverified
 from node.home import Node
-from tests.conftest import PASSPHRASE, Result, snapshot
+from tests.conftest import PASSPHRASE, POLICY, Result, exchange_cards, propose, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
-TERMS = ROOT / "sop" / "agreements" / "example-terms.toml"
-POLICY = ROOT / "sop" / "policies" / "example.toml"
 MARKER = "QWX-marker-5521"
 ALERT = {
     "sop": "threat-alert@1",
@@ -39,11 +37,7 @@ Accord = Callable[..., Result]
 @pytest.fixture
 def partners(make_node: Callable[..., Path], accord: Accord, tmp_path: Path) -> tuple[Path, Path]:
     pk, cn = make_node("pk-moi", 7441), make_node("cn-mps", 7442)
-    for a, b in ((pk, cn), (cn, pk)):
-        card = tmp_path / f"{a.name}.card"
-        assert accord("--data", a, "card", "export", "--out", card).code == 0
-        fp = accord("--data", a, "card", "show", "--json").json()["fingerprint"]  # type: ignore[index]
-        assert accord("--data", b, "peer", "add", card, "--fingerprint", fp).code == 0
+    exchange_cards(accord, pk, cn, tmp_path)
     return pk, cn
 
 
@@ -56,22 +50,7 @@ def _kinds(data: Path) -> list[str]:
 
 
 def _agree(accord: Accord, pk: Path, cn: Path, tmp_path: Path) -> Path:
-    file = tmp_path / "agreement.json"
-    assert (
-        accord(
-            "--data",
-            pk,
-            "agreement",
-            "propose",
-            "--peer",
-            "cn-mps",
-            "--terms",
-            TERMS,
-            "--out",
-            file,
-        ).code
-        == 0
-    )
+    file = propose(accord, pk, tmp_path)
     r = accord("--data", cn, "agreement", "sign", file, "--yes", "--json")
     assert r.code == 0, r.err
     assert r.json()["stored"] is True  # type: ignore[index]
@@ -117,22 +96,7 @@ def test_tampered_agreement_is_refused_and_nothing_is_stored(
     partners: tuple[Path, Path], accord: Accord, tmp_path: Path
 ) -> None:
     pk, cn = partners
-    file = tmp_path / "agreement.json"
-    assert (
-        accord(
-            "--data",
-            pk,
-            "agreement",
-            "propose",
-            "--peer",
-            "cn-mps",
-            "--terms",
-            TERMS,
-            "--out",
-            file,
-        ).code
-        == 0
-    )
+    file = propose(accord, pk, tmp_path)
     doc = json.loads(file.read_bytes())
     import base64
 

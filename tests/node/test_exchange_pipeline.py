@@ -18,8 +18,8 @@ from node import outbox
 from node.home import Node
 from node.inbox import apply_batch, cursor, get_inbox, list_inbox
 from node.schemas import registry
-from tests.conftest import PASSPHRASE, Result, snapshot
-from tests.node.test_agreement_policy import ALERT, MARKER, POLICY, TERMS
+from tests.conftest import PASSPHRASE, Result, agree, exchange_cards, snapshot
+from tests.node.test_agreement_policy import ALERT, MARKER
 
 Accord = Callable[..., Result]
 
@@ -27,30 +27,8 @@ Accord = Callable[..., Result]
 @pytest.fixture
 def pair(make_node: Callable[..., Path], accord: Accord, tmp_path: Path) -> tuple[Node, Node]:
     pk, cn = make_node("pk-moi", 7441), make_node("cn-mps", 7442)
-    for a, b in ((pk, cn), (cn, pk)):
-        card = tmp_path / f"{a.name}.card"
-        assert accord("--data", a, "card", "export", "--out", card).code == 0
-        fp = accord("--data", a, "card", "show", "--json").json()["fingerprint"]  # type: ignore[index]
-        assert accord("--data", b, "peer", "add", card, "--fingerprint", fp).code == 0
-    file = tmp_path / "agreement.json"
-    assert (
-        accord(
-            "--data",
-            pk,
-            "agreement",
-            "propose",
-            "--peer",
-            "cn-mps",
-            "--terms",
-            TERMS,
-            "--out",
-            file,
-        ).code
-        == 0
-    )
-    assert accord("--data", cn, "agreement", "sign", file, "--yes").code == 0
-    assert accord("--data", pk, "agreement", "sign", file, "--yes").code == 0
-    assert accord("--data", pk, "policy", "apply", POLICY).code == 0
+    exchange_cards(accord, pk, cn, tmp_path)
+    agree(accord, pk, cn, tmp_path)
     a, b = Node.open(pk, lambda: PASSPHRASE), Node.open(cn, lambda: PASSPHRASE)
     yield a, b
     a.close()
