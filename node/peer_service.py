@@ -31,6 +31,7 @@ Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type stubs)
 
 
 HEARTBEAT_SECONDS = 15.0
+STREAM_END_MARGIN = 2.0  # seconds before the caller's deadline a followed Pull ends
 
 
 def envelope_message(env: Envelope) -> envelope_pb2.Envelope:
@@ -151,7 +152,15 @@ class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
             yield envelope_pb2.EnvelopeBatch(caught_up=True)
             if not request.follow or self._signal is None:
                 return
-            await self._signal.wait(peer, HEARTBEAT_SECONDS)
+            # End a followed stream cleanly before the caller's deadline, rather than have
+            # the deadline cut it while a heartbeat is being written; the caller re-opens.
+            remaining = context.time_remaining()
+            if remaining is not None and remaining < STREAM_END_MARGIN:
+                return
+            wait = HEARTBEAT_SECONDS
+            if remaining is not None:
+                wait = min(wait, remaining - STREAM_END_MARGIN)
+            await self._signal.wait(peer, wait)
 
     async def Acknowledge(
         self, request: peer_pb2.AcknowledgeRequest, context: Context

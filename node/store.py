@@ -227,6 +227,9 @@ class Store:
             if str(mode).lower() != "wal":
                 raise StoreError(f"database {path} cannot use WAL mode", code="store.error")
             conn.execute("PRAGMA synchronous = FULL")
+            # After a checkpoint the WAL file is cut back to this size, so a long reader
+            # (an audit export) can grow it for a while but not keep it large.
+            conn.execute("PRAGMA journal_size_limit = 67108864")
             conn.execute("PRAGMA foreign_keys = ON")
             if not create:
                 check = conn.execute("PRAGMA quick_check").fetchone()[0]

@@ -235,3 +235,29 @@ def test_pull_and_submit_answer_over_real_transports(tmp_path: Path) -> None:
             await server.stop(grace=1)
 
     asyncio.run(scenario())
+
+
+def test_followed_pull_ends_cleanly_before_the_callers_deadline(tmp_path: Path) -> None:
+    """A followed stream is closed by the server just before the deadline the caller set,
+    so re-opening it every few minutes never shows as an error on either side."""
+    pk, cn = _node(tmp_path, "pk-moi"), _node(tmp_path, "cn-mps")
+    _trust(pk, cn)
+
+    async def scenario() -> None:
+        server = NodeServer(pk, ServeOptions(cosign=False))
+        await server.start()
+        try:
+            card = pk.own_chain().latest
+            async with grpc.aio.secure_channel(
+                card.endpoint, client_credentials(cn, card), options=channel_options()
+            ) as channel:
+                stream = peer_pb2_grpc.PeerExchangeStub(channel).Pull(
+                    peer_pb2.PullRequest(follow=True), timeout=4.0
+                )
+                batches = [b async for b in stream]  # raises if the deadline cut it
+                assert batches and all(b.caught_up and not b.envelopes for b in batches)
+                assert await stream.code() == grpc.StatusCode.OK
+        finally:
+            await server.stop(grace=1)
+
+    asyncio.run(scenario())
