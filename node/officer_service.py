@@ -113,10 +113,28 @@ class ExchangeOfficerService(OfficerService):
     async def Submit(
         self, request: officer_pb2.SubmitRequest, context: Context
     ) -> officer_pb2.SubmitResponse:
+        key = _idempotency_key(request.idempotency_key)
+        earlier = self._replay(key)
+        if earlier is not None:
+            return earlier
         valid = validate(request.report)
-        results = outbox.submit(self._node, [valid], self._now())
+        results = outbox.submit(self._node, [valid], self._now(), [key])
         self._committed(results)
         return submitted_message(results[0])
+
+    def _replay(self, key: str | None) -> officer_pb2.SubmitResponse | None:
+        """A retried submission (same idempotency key) gets the first answer again."""
+        found = None if key is None else outbox.already_submitted(self._node, key)
+        if found is None:
+            return None
+        report_id, version = found
+        return officer_pb2.SubmitResponse(
+            report_id=report_id,
+            version=version,
+            releases=[
+                _outcome_from_event(e) for e in _release_events(self._node, report_id, version)
+            ],
+        )
 
     async def SubmitStream(
         self, request_iterator: AsyncIterator[officer_pb2.SubmitRequest], context: Context
@@ -149,9 +167,20 @@ class ExchangeOfficerService(OfficerService):
                     chunk.append(item)
                 answers: list[officer_pb2.SubmitStreamResponse | None] = []
                 good: list[ValidReport] = []
+                keys: list[str | None] = []
                 for req in chunk:
                     try:
+                        key = _idempotency_key(req.idempotency_key)
+                        earlier = self._replay(key)
+                        if earlier is not None:
+                            answers.append(
+                                officer_pb2.SubmitStreamResponse(
+                                    index=index + len(answers), accepted=earlier
+                                )
+                            )
+                            continue
                         good.append(validate(req.report))
+                        keys.append(key)
                         answers.append(None)
                     except AccordError as e:
                         answers.append(
@@ -162,7 +191,7 @@ class ExchangeOfficerService(OfficerService):
                                 ),
                             )
                         )
-                results = outbox.submit(self._node, good, self._now()) if good else []
+                results = outbox.submit(self._node, good, self._now(), keys) if good else []
                 self._committed(results)
                 it = iter(results)
                 for answer in answers:
@@ -252,25 +281,8 @@ class ExchangeOfficerService(OfficerService):
                 (sealed.report_id,),
             )
         ]
-        releases = []
-        for event in _release_events(node, sealed.report_id, sealed.version):
-            releases.append(
-                officer_pb2.ReleaseOutcome(
-                    peer=event["peer"],
-                    released=event.get("released", []),
-                    transformed=[
-                        officer_pb2.TransformedField(field=f, transform=t)
-                        for f, t in event.get("transformed", {}).items()
-                    ],
-                    withheld=[
-                        officer_pb2.WithheldField(field=f, reason=r)
-                        for f, r in event.get("withheld", {}).items()
-                    ],
-                    policy_digest=event.get("policy_digest", ""),
-                    envelope_id=event.get("envelope_id") or "",
-                    seq=event.get("seq") or 0,
-                )
-            )
+        events = _release_events(node, sealed.report_id, sealed.version)
+        releases = [_outcome_from_event(e) for e in events]
         return officer_pb2.GetReportResponse(
             summary=officer_pb2.ReportSummary(
                 report_id=sealed.report_id,
@@ -430,6 +442,32 @@ def _frozen(node: Node, peer: str, window: timedelta) -> bool:
         return False
     grown = parse_time(row[0], field="grown_at")
     return parse_time(receipt, field="receipt at") - grown > window
+
+
+def _idempotency_key(key: str) -> str | None:
+    if not key:
+        return None
+    if len(key) > 128 or not key.isascii() or not key.isprintable():
+        raise InputError("idempotency key must be 1-128 printable ASCII characters")
+    return key
+
+
+def _outcome_from_event(event: dict[str, Any]) -> officer_pb2.ReleaseOutcome:
+    return officer_pb2.ReleaseOutcome(
+        peer=event["peer"],
+        released=event.get("released", []),
+        transformed=[
+            officer_pb2.TransformedField(field=f, transform=t)
+            for f, t in event.get("transformed", {}).items()
+        ],
+        withheld=[
+            officer_pb2.WithheldField(field=f, reason=r)
+            for f, r in event.get("withheld", {}).items()
+        ],
+        policy_digest=event.get("policy_digest", ""),
+        envelope_id=event.get("envelope_id") or "",
+        seq=event.get("seq") or 0,
+    )
 
 
 def _release_events(node: Node, report_id: str, version: int) -> list[dict[str, Any]]:

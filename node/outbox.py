@@ -218,19 +218,40 @@ def _release(
     return tuple(out)
 
 
-def submit(node: Node, reports: Sequence[ValidReport], now: datetime) -> list[Submitted]:
+def submit(
+    node: Node,
+    reports: Sequence[ValidReport],
+    now: datetime,
+    idempotency_keys: Sequence[str | None] | None = None,
+) -> list[Submitted]:
     """Seal, decide, envelope and store a batch of validated reports: one durable commit,
-    then one checkpoint. Every report and every decision is logged."""
+    then one checkpoint. Every report and every decision is logged. A report with an
+    idempotency key is recorded under it in the same commit (see ``already_submitted``)."""
     ctx = release_context(node, now)
+    keys = list(idempotency_keys or [None] * len(reports))
     results = []
     with node.store.transaction() as db:
-        for valid in reports:
+        for valid, key in zip(reports, keys, strict=True):
             sealed = seal_report(node, db, valid, now)
+            if key:
+                node.store.conn.execute(
+                    "INSERT INTO submissions (idempotency_key, report_id, version, at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (key, sealed.report_id, sealed.version, format_time(now)),
+                )
             results.append(
                 Submitted(sealed.report_id, sealed.version, _release(node, db, ctx, valid, sealed))
             )
     node.checkpoint(now)
     return results
+
+
+def already_submitted(node: Node, idempotency_key: str) -> tuple[str, int] | None:
+    """The report an earlier submission with this key produced, if it committed."""
+    row = node.store.conn.execute(
+        "SELECT report_id, version FROM submissions WHERE idempotency_key = ?", (idempotency_key,)
+    ).fetchone()
+    return None if row is None else (str(row[0]), int(row[1]))
 
 
 def _latest_own(node: Node, report_id: str) -> tuple[int, str, str]:

@@ -169,6 +169,13 @@ def _m009_lookups(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m010_submissions(db: sqlite_utils.Database) -> None:
+    db.execute(
+        "CREATE TABLE submissions (idempotency_key TEXT PRIMARY KEY, report_id TEXT NOT NULL,"
+        " version INTEGER NOT NULL, at TEXT NOT NULL)"
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
     (2, "transparency log: leaves, subtrees, checkpoints, cosignatures, witness", _m002_log),
@@ -179,6 +186,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (7, "witness: when each followed log last grew (frozen partners, P03)", _m007_witness_growth),
     (8, "cursors: the partner confirmed our receipts up to this seq", _m008_receipts_acknowledged),
     (9, "lookups: inbox by report, each release decision by report", _m009_lookups),
+    (10, "idempotent submissions: the report each key produced", _m010_submissions),
 ]
 
 

@@ -261,3 +261,49 @@ def test_followed_pull_ends_cleanly_before_the_callers_deadline(tmp_path: Path) 
             await server.stop(grace=1)
 
     asyncio.run(scenario())
+
+
+def test_a_retried_submission_with_the_same_key_is_not_sealed_twice(tmp_path: Path) -> None:
+    """An officer whose answer was lost resubmits with the same idempotency key and gets
+    the first answer; the report is sealed, logged and released once."""
+    import json
+
+    pk, cn = _node(tmp_path, "pk-moi"), _node(tmp_path, "cn-mps")
+    _trust(pk, cn)
+    report = json.dumps(
+        {
+            "sop": "threat-alert@1",
+            "tlp": "green",
+            "fields": {
+                "title": "Protest planned at the consulate",
+                "threat_type": "civil-unrest",
+                "severity": "moderate",
+                "region": "Karachi",
+                "time_window": {"start": "2026-11-26T08:00:00Z", "end": "2026-11-26T18:00:00Z"},
+                "source": {"kind": "osint", "reliability": "C", "credibility": 3},
+            },
+        }
+    ).encode()
+
+    async def scenario() -> tuple[str, str, str]:
+        server = NodeServer(pk, ServeOptions(cosign=False))
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"unix:{server.officer_socket}") as officer:
+                stub = officer_pb2_grpc.OfficerStub(officer)
+                request = officer_pb2.SubmitRequest(report=report, idempotency_key="officer-7/42")
+                first = await stub.Submit(request, timeout=RPC_TIMEOUT)
+                again = await stub.Submit(request, timeout=RPC_TIMEOUT)
+                other = await stub.Submit(
+                    officer_pb2.SubmitRequest(report=report, idempotency_key="officer-7/43"),
+                    timeout=RPC_TIMEOUT,
+                )
+                assert [r.peer for r in again.releases] == [r.peer for r in first.releases]
+                return first.report_id, again.report_id, other.report_id
+        finally:
+            await server.stop(grace=1)
+
+    first, again, other = asyncio.run(scenario())
+    assert first == again != other
+    count = pk.store.conn.execute("SELECT count(*) FROM reports").fetchone()[0]
+    assert count == 2
