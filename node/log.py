@@ -4,8 +4,10 @@ checkpoints that are never inconsistent with an earlier one (DESIGN.md §9)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -252,13 +254,25 @@ class ExchangeLog:
             )
 
     def _write_highwater(self, signed: SignedCheckpoint) -> None:
+        """Raise the mark to ``signed`` (never lower it). Two writers (a server and a CLI
+        command, or two threads) take turns on a lock file, each with its own temp file."""
         if self._highwater is None:
             return
-        tmp = self._highwater.with_name(HIGHWATER_FILE + ".tmp")
-        tmp.write_text(json.dumps({"size": signed.size, "root": signed.root.hex()}), "utf-8")
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self._highwater)
+        lock_path = self._highwater.with_name(HIGHWATER_FILE + ".lock")
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                mark = json.loads(self._highwater.read_text("utf-8"))
+                if int(mark["size"]) >= signed.size:
+                    return
+            except (FileNotFoundError, ValueError, KeyError, TypeError):
+                pass  # no mark yet (or unreadable: the next check names it)
+            fd, tmp = tempfile.mkstemp(prefix=HIGHWATER_FILE + ".", dir=self._highwater.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps({"size": signed.size, "root": signed.root.hex()}))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._highwater)
 
     # -- cosignatures ---------------------------------------------------------------------
     def add_cosignature(self, size: int, witness: str, line: str, now: datetime) -> None:

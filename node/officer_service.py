@@ -9,10 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from exchange.errors import AccordError, InputError
-from exchange.policy import ReleaseDecision
 from exchange.sdjwt import PresentationLimits, verify_presentation
 from exchange.sop import Report, ValidReport, check_report_document
 from exchange.times import parse_time
@@ -27,27 +24,19 @@ from node.reports import list_reports, load_sealed
 from node.schemas import registry
 from node.server import OfficerService
 from node.sync import OutboxSignal, Puller
+from node.wire import (
+    inbox_message,
+    outcome_from_event,
+    outcome_message,
+    submitted_message,
+    timestamp,
+    timestamp_of,
+)
 
 Context = Any
 MAX_PAGE = 500
 STREAM_CHUNK = 256
 STALE_AFTER = timedelta(minutes=15)
-
-
-def _ts(text: str | None) -> Timestamp | None:
-    if not text:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(parse_time(text, field="time"))
-    return stamp
-
-
-def _ts_dt(at: datetime | None) -> Timestamp | None:
-    if at is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(at.astimezone(UTC))
-    return stamp
 
 
 def report_format(data: bytes) -> str:
@@ -56,34 +45,6 @@ def report_format(data: bytes) -> str:
 
 def validate(data: bytes) -> ValidReport:
     return check_report_document(registry(), data, report_format(data))  # type: ignore[arg-type]
-
-
-def outcome_message(
-    peer: str, decision: ReleaseDecision, envelope_id: str | None, seq: int | None
-) -> officer_pb2.ReleaseOutcome:
-    return officer_pb2.ReleaseOutcome(
-        peer=peer,
-        released=list(decision.released),
-        transformed=[
-            officer_pb2.TransformedField(field=f, transform=t.transform)
-            for f, t in sorted(decision.transformed.items())
-        ],
-        withheld=[
-            officer_pb2.WithheldField(field=f, reason=r)
-            for f, r in sorted(decision.withheld.items())
-        ],
-        policy_digest=decision.policy_digest,
-        envelope_id=envelope_id or "",
-        seq=seq or 0,
-    )
-
-
-def submitted_message(s: outbox.Submitted) -> officer_pb2.SubmitResponse:
-    return officer_pb2.SubmitResponse(
-        report_id=s.report_id,
-        version=s.version,
-        releases=[outcome_message(r.peer, r.decision, r.envelope_id, r.seq) for r in s.releases],
-    )
 
 
 class ExchangeOfficerService(OfficerService):
@@ -132,7 +93,7 @@ class ExchangeOfficerService(OfficerService):
             report_id=report_id,
             version=version,
             releases=[
-                _outcome_from_event(e) for e in _release_events(self._node, report_id, version)
+                outcome_from_event(e) for e in _release_events(self._node, report_id, version)
             ],
         )
 
@@ -254,7 +215,7 @@ class ExchangeOfficerService(OfficerService):
                     version=r.version,
                     sop=r.sop,
                     tlp=r.tlp,
-                    sealed_at=_ts(r.sealed_at),
+                    sealed_at=timestamp(r.sealed_at),
                     retracted=r.report_id in retracted,
                 )
                 for r in rows[:limit]
@@ -282,14 +243,14 @@ class ExchangeOfficerService(OfficerService):
             )
         ]
         events = _release_events(node, sealed.report_id, sealed.version)
-        releases = [_outcome_from_event(e) for e in events]
+        releases = [outcome_from_event(e) for e in events]
         return officer_pb2.GetReportResponse(
             summary=officer_pb2.ReportSummary(
                 report_id=sealed.report_id,
                 version=sealed.version,
                 sop=verified.sop,
                 tlp=verified.tlp,
-                sealed_at=_ts(key[1]),
+                sealed_at=timestamp(key[1]),
                 retracted=key[2] is not None,
             ),
             report=json.dumps(
@@ -311,7 +272,7 @@ class ExchangeOfficerService(OfficerService):
         )
         newest = _newest_versions(items)
         return officer_pb2.ListInboxResponse(
-            items=[_inbox_message(i, newest) for i in items[:limit]],
+            items=[inbox_message(i, newest) for i in items[:limit]],
             next_page_token=items[limit - 1].envelope_id if len(items) > limit else "",
         )
 
@@ -344,7 +305,7 @@ class ExchangeOfficerService(OfficerService):
             "release": content.get("release", ""),
         }
         return officer_pb2.GetInboxResponse(
-            item=_inbox_message(item, _newest_versions([item])),
+            item=inbox_message(item, _newest_versions([item])),
             report=json.dumps(body).encode(),
             transformed=[
                 officer_pb2.TransformedField(field=f, transform=t)
@@ -402,12 +363,12 @@ class ExchangeOfficerService(OfficerService):
             status.inbox_seq = cursor(node, status.peer)
             status.rejected = rejected.get(status.peer, 0)
             status.agreement_valid = agreement is not None
-            not_after = _ts(agreement.agreement.not_after) if agreement is not None else None
+            not_after = timestamp(agreement.agreement.not_after) if agreement is not None else None
             if not_after is not None:
                 status.agreement_not_after.CopyFrom(not_after)
             if pull is not None:
                 status.connected = pull.connected
-                last_sync = _ts_dt(pull.last_sync)
+                last_sync = timestamp_of(pull.last_sync)
                 if last_sync is not None:
                     status.last_sync.CopyFrom(last_sync)
                 if pull.last_error_code and not status.last_error_code:
@@ -452,24 +413,6 @@ def _idempotency_key(key: str) -> str | None:
     return key
 
 
-def _outcome_from_event(event: dict[str, Any]) -> officer_pb2.ReleaseOutcome:
-    return officer_pb2.ReleaseOutcome(
-        peer=event["peer"],
-        released=event.get("released", []),
-        transformed=[
-            officer_pb2.TransformedField(field=f, transform=t)
-            for f, t in event.get("transformed", {}).items()
-        ],
-        withheld=[
-            officer_pb2.WithheldField(field=f, reason=r)
-            for f, r in event.get("withheld", {}).items()
-        ],
-        policy_digest=event.get("policy_digest", ""),
-        envelope_id=event.get("envelope_id") or "",
-        seq=event.get("seq") or 0,
-    )
-
-
 def _release_events(node: Node, report_id: str, version: int) -> list[dict[str, Any]]:
     """The release.decided events of one report version (names and reasons only), found
     through the ``releases`` table rather than by scanning the log."""
@@ -488,23 +431,3 @@ def _newest_versions(items: list[Any]) -> dict[str, int]:
     for i in items:
         out[i.report_id] = max(out.get(i.report_id, 0), i.version)
     return out
-
-
-def _inbox_message(item: Any, newest: dict[str, int]) -> officer_pb2.InboxItem:
-    return officer_pb2.InboxItem(
-        peer=item.peer,
-        envelope_id=item.envelope_id,
-        seq=item.seq,
-        kind=item.kind,
-        report_id=item.report_id,
-        version=item.version,
-        sop=item.sop,
-        tlp=item.tlp,
-        fields=list(item.fields),
-        received_at=_ts(item.received_at),
-        superseded=item.version < newest.get(item.report_id, item.version),
-        retracted=item.retracted,
-    )
-
-
-__all__ = ["ExchangeOfficerService", "InputError"]

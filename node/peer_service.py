@@ -12,8 +12,6 @@ from collections.abc import AsyncIterator, Callable, Collection
 from datetime import datetime
 from typing import Any, TypeAlias
 
-from exchange.card import SignedCard
-from exchange.envelope import Envelope
 from exchange.errors import InputError
 from exchange.note import parse_verifier_key
 from keys.keyring import witness_name
@@ -24,6 +22,7 @@ from node.home import Node
 from node.log import SignedCheckpoint
 from node.sync import OutboxSignal
 from node.transport import current_peer
+from node.wire import envelope_message, node_card_message
 from node.witness import Witness, WitnessConflict
 
 MAX_PROOF_HASHES = 128  # a consistency proof has at most about 2*log2(size) <= 128 hashes
@@ -32,20 +31,6 @@ Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type stubs)
 
 HEARTBEAT_SECONDS = 15.0
 STREAM_END_MARGIN = 2.0  # seconds before the caller's deadline a followed Pull ends
-
-
-def envelope_message(env: Envelope) -> envelope_pb2.Envelope:
-    return envelope_pb2.Envelope(
-        header=env.header, ciphertext=env.ciphertext, signature=env.signature
-    )
-
-
-def node_card_message(signed: SignedCard) -> card_pb2.NodeCard:
-    return card_pb2.NodeCard(
-        card=signed.card_bytes,
-        signature=signed.signature,
-        previous_signature=signed.previous_signature or b"",
-    )
 
 
 class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):

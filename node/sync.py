@@ -15,8 +15,6 @@ from datetime import datetime
 import grpc
 import structlog
 
-from exchange.card import SignedCard
-from exchange.envelope import Envelope
 from exchange.errors import AccordError
 from node import clock
 from node._pb.accord.v1 import card_pb2, envelope_pb2, peer_pb2, peer_pb2_grpc
@@ -25,6 +23,7 @@ from node.errors_map import read_error_detail
 from node.home import Node
 from node.inbox import apply_batch, cursor, receipts_acknowledged, unacknowledged_receipts
 from node.transport import PartnerChannels
+from node.wire import envelope_from_message, signed_card_from_message
 
 log = structlog.get_logger("accord.sync")
 
@@ -62,18 +61,6 @@ class PullState:
     last_error_code: str = ""
     applied: int = 0
     rejected: int = 0
-
-
-def signed_card_from_message(message: card_pb2.NodeCard) -> SignedCard:
-    return SignedCard(
-        card_bytes=bytes(message.card),
-        signature=bytes(message.signature),
-        previous_signature=bytes(message.previous_signature) or None,
-    )
-
-
-def envelope_from_message(message: envelope_pb2.Envelope) -> Envelope:
-    return Envelope(bytes(message.header), bytes(message.ciphertext), bytes(message.signature))
 
 
 class Puller:

@@ -45,12 +45,12 @@ from node.agreements import current_agreement, propose_agreement, sign_and_store
 from node.home import Node, init_node
 from node.ids import uuid7
 from node.inbox import cursor
-from node.peer_service import envelope_message, node_card_message
 from node.policy import active_policy, apply_policy, decide_for
 from node.reports import load_sealed
 from node.schemas import registry
 from node.sync import Puller, PullState
 from node.transport import PartnerChannels
+from node.wire import envelope_message, node_card_message
 from node.witness import Witness
 from tests.conftest import POLICY, TERMS
 from tests.integration.conftest import free_port

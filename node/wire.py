@@ -1,0 +1,124 @@
+"""The one place generated protobuf messages and domain values are converted (DESIGN.md §2).
+
+Signed things cross as their exact bytes (``Envelope``, ``SignedCard``, receipts): this
+module never re-serialises them, it only moves bytes between a message and a value.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from exchange.card import SignedCard
+from exchange.envelope import Envelope
+from exchange.policy import ReleaseDecision
+from exchange.times import parse_time
+from node._pb.accord.v1 import card_pb2, envelope_pb2, officer_pb2
+from node.outbox import Submitted
+
+
+def envelope_message(env: Envelope) -> envelope_pb2.Envelope:
+    return envelope_pb2.Envelope(
+        header=env.header, ciphertext=env.ciphertext, signature=env.signature
+    )
+
+
+def envelope_from_message(message: envelope_pb2.Envelope) -> Envelope:
+    return Envelope(bytes(message.header), bytes(message.ciphertext), bytes(message.signature))
+
+
+def node_card_message(signed: SignedCard) -> card_pb2.NodeCard:
+    return card_pb2.NodeCard(
+        card=signed.card_bytes,
+        signature=signed.signature,
+        previous_signature=signed.previous_signature or b"",
+    )
+
+
+def signed_card_from_message(message: card_pb2.NodeCard) -> SignedCard:
+    return SignedCard(
+        card_bytes=bytes(message.card),
+        signature=bytes(message.signature),
+        previous_signature=bytes(message.previous_signature) or None,
+    )
+
+
+def timestamp(text: str | None) -> Timestamp | None:
+    if not text:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(parse_time(text, field="time"))
+    return stamp
+
+
+def timestamp_of(at: datetime | None) -> Timestamp | None:
+    if at is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(at.astimezone(UTC))
+    return stamp
+
+
+def outcome_message(
+    peer: str, decision: ReleaseDecision, envelope_id: str | None, seq: int | None
+) -> officer_pb2.ReleaseOutcome:
+    return officer_pb2.ReleaseOutcome(
+        peer=peer,
+        released=list(decision.released),
+        transformed=[
+            officer_pb2.TransformedField(field=f, transform=t.transform)
+            for f, t in sorted(decision.transformed.items())
+        ],
+        withheld=[
+            officer_pb2.WithheldField(field=f, reason=r)
+            for f, r in sorted(decision.withheld.items())
+        ],
+        policy_digest=decision.policy_digest,
+        envelope_id=envelope_id or "",
+        seq=seq or 0,
+    )
+
+
+def submitted_message(s: Submitted) -> officer_pb2.SubmitResponse:
+    return officer_pb2.SubmitResponse(
+        report_id=s.report_id,
+        version=s.version,
+        releases=[outcome_message(r.peer, r.decision, r.envelope_id, r.seq) for r in s.releases],
+    )
+
+
+def outcome_from_event(event: dict[str, Any]) -> officer_pb2.ReleaseOutcome:
+    return officer_pb2.ReleaseOutcome(
+        peer=event["peer"],
+        released=event.get("released", []),
+        transformed=[
+            officer_pb2.TransformedField(field=f, transform=t)
+            for f, t in event.get("transformed", {}).items()
+        ],
+        withheld=[
+            officer_pb2.WithheldField(field=f, reason=r)
+            for f, r in event.get("withheld", {}).items()
+        ],
+        policy_digest=event.get("policy_digest", ""),
+        envelope_id=event.get("envelope_id") or "",
+        seq=event.get("seq") or 0,
+    )
+
+
+def inbox_message(item: Any, newest: dict[str, int]) -> officer_pb2.InboxItem:
+    return officer_pb2.InboxItem(
+        peer=item.peer,
+        envelope_id=item.envelope_id,
+        seq=item.seq,
+        kind=item.kind,
+        report_id=item.report_id,
+        version=item.version,
+        sop=item.sop,
+        tlp=item.tlp,
+        fields=list(item.fields),
+        received_at=timestamp(item.received_at),
+        superseded=item.version < newest.get(item.report_id, item.version),
+        retracted=item.retracted,
+    )
