@@ -30,7 +30,7 @@ Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type stubs)
 
 
 HEARTBEAT_SECONDS = 15.0
-STREAM_END_MARGIN = 2.0  # seconds before the caller's deadline a followed Pull ends
+STREAM_END_MARGIN = 10.0  # a Pull ends this long (at most 20 % of its deadline) before it
 
 
 class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
@@ -124,7 +124,14 @@ class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
         stay open and send new ones as they are committed (an empty batch is a heartbeat)."""
         peer = current_peer().node
         after = request.after_seq
+        # End the stream cleanly before the caller's deadline, busy or idle, rather than have
+        # the deadline cut it while a batch is in flight; the caller re-opens it.
+        deadline = context.time_remaining()
+        margin = None if deadline is None else min(STREAM_END_MARGIN, deadline * 0.2)
         while True:
+            remaining = context.time_remaining()
+            if remaining is not None and margin is not None and remaining < margin:
+                return
             rows = outbox.pending_with_seq(self._node, peer, after, request.max_batch)
             if rows:
                 after = rows[-1][0]
@@ -137,14 +144,10 @@ class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
             yield envelope_pb2.EnvelopeBatch(caught_up=True)
             if not request.follow or self._signal is None:
                 return
-            # End a followed stream cleanly before the caller's deadline, rather than have
-            # the deadline cut it while a heartbeat is being written; the caller re-opens.
             remaining = context.time_remaining()
-            if remaining is not None and remaining < STREAM_END_MARGIN:
-                return
             wait = HEARTBEAT_SECONDS
-            if remaining is not None:
-                wait = min(wait, remaining - STREAM_END_MARGIN)
+            if remaining is not None and margin is not None:
+                wait = max(0.0, min(wait, remaining - margin))
             await self._signal.wait(peer, wait)
 
     async def Acknowledge(

@@ -7,6 +7,7 @@ All database work runs on the event loop's thread: the node has one writer conne
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,9 @@ from node.wire import envelope_from_message, signed_card_from_message
 
 log = structlog.get_logger("accord.sync")
 
-STREAM_DEADLINE = 300.0  # a followed stream is re-opened at least this often
+# A followed stream is re-opened at least this often (ACCORD_PULL_STREAM_SECONDS overrides,
+# e.g. for soak tests that want many re-opens under load).
+STREAM_DEADLINE = float(os.environ.get("ACCORD_PULL_STREAM_SECONDS", "300"))
 CALL_DEADLINE = 10.0
 
 

@@ -42,6 +42,7 @@ ENV = {
     "PYTHONPATH": str(ROOT),
 }
 ENV.pop("ACCORD_HOME", None)
+ENV["ACCORD_PULL_STREAM_SECONDS"] = "30"  # re-open followed streams often, under load
 WAL_LIMIT = 64 * 1024 * 1024
 RSS_GROWTH_LIMIT = 1.5  # end RSS at most 1.5x the RSS after warm-up
 CN_POLICY = """
