@@ -8,6 +8,7 @@ any handler runs); errors are raised as ``AccordError`` and mapped at the edge
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Collection
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -20,7 +21,7 @@ from node._pb.accord.v1 import card_pb2, envelope_pb2, log_pb2, peer_pb2, peer_p
 from node.errors_map import unimplemented
 from node.home import Node
 from node.log import SignedCheckpoint
-from node.sync import OutboxSignal
+from node.sync import FOLLOW_STREAM_SECONDS, OutboxSignal
 from node.transport import current_peer
 from node.wire import envelope_message, node_card_message
 from node.witness import Witness, WitnessConflict
@@ -31,6 +32,7 @@ Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type stubs)
 
 HEARTBEAT_SECONDS = 15.0
 STREAM_END_MARGIN = 10.0  # a Pull ends this long (at most 20 % of its deadline) before it
+FOLLOW_SECONDS = FOLLOW_STREAM_SECONDS  # a followed Pull ends after this; the caller re-opens
 
 
 class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
@@ -124,13 +126,17 @@ class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
         stay open and send new ones as they are committed (an empty batch is a heartbeat)."""
         peer = current_peer().node
         after = request.after_seq
-        # End the stream cleanly before the caller's deadline, busy or idle, rather than have
-        # the deadline cut it while a batch is in flight; the caller re-opens it.
+        # A followed stream is ended by this side after FOLLOW_SECONDS (the caller sets a
+        # longer deadline and re-opens), and any stream ends a margin before the caller's
+        # deadline: never cut by a deadline while a batch is in flight.
         deadline = context.time_remaining()
         margin = None if deadline is None else min(STREAM_END_MARGIN, deadline * 0.2)
+        ends_at = asyncio.get_running_loop().time() + FOLLOW_SECONDS
         while True:
             remaining = context.time_remaining()
             if remaining is not None and margin is not None and remaining < margin:
+                return
+            if request.follow and asyncio.get_running_loop().time() >= ends_at:
                 return
             rows = outbox.pending_with_seq(self._node, peer, after, request.max_batch)
             if rows:
@@ -145,7 +151,7 @@ class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
             if not request.follow or self._signal is None:
                 return
             remaining = context.time_remaining()
-            wait = HEARTBEAT_SECONDS
+            wait = min(HEARTBEAT_SECONDS, max(0.0, ends_at - asyncio.get_running_loop().time()))
             if remaining is not None and margin is not None:
                 wait = max(0.0, min(wait, remaining - margin))
             await self._signal.wait(peer, wait)

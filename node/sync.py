@@ -28,9 +28,11 @@ from node.wire import envelope_from_message, signed_card_from_message
 
 log = structlog.get_logger("accord.sync")
 
-# A followed stream is re-opened at least this often (ACCORD_PULL_STREAM_SECONDS overrides,
-# e.g. for soak tests that want many re-opens under load).
-STREAM_DEADLINE = float(os.environ.get("ACCORD_PULL_STREAM_SECONDS", "300"))
+# The serving side ends a followed Pull after FOLLOW_STREAM_SECONDS and the caller re-opens
+# it; the caller's deadline is a minute longer, a safety net that never cuts a live stream.
+# ACCORD_PULL_STREAM_SECONDS overrides (the soak test re-opens streams often, under load).
+FOLLOW_STREAM_SECONDS = float(os.environ.get("ACCORD_PULL_STREAM_SECONDS", "300"))
+STREAM_DEADLINE = FOLLOW_STREAM_SECONDS + 60.0
 CALL_DEADLINE = 10.0
 
 

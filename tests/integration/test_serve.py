@@ -307,3 +307,31 @@ def test_a_retried_submission_with_the_same_key_is_not_sealed_twice(tmp_path: Pa
     assert first == again != other
     count = pk.store.conn.execute("SELECT count(*) FROM reports").fetchone()[0]
     assert count == 2
+
+
+def test_a_followed_pull_is_ended_by_the_server_and_never_cut_by_a_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from node import peer_service
+
+    monkeypatch.setattr(peer_service, "FOLLOW_SECONDS", 2.0)
+    pk, cn = _node(tmp_path, "pk-moi"), _node(tmp_path, "cn-mps")
+    _trust(pk, cn)
+
+    async def scenario() -> None:
+        server = NodeServer(pk, ServeOptions(cosign=False))
+        await server.start()
+        try:
+            card = pk.own_chain().latest
+            async with grpc.aio.secure_channel(
+                card.endpoint, client_credentials(cn, card), options=channel_options()
+            ) as channel:
+                stream = peer_pb2_grpc.PeerExchangeStub(channel).Pull(
+                    peer_pb2.PullRequest(follow=True), timeout=60.0
+                )
+                batches = [b async for b in stream]
+                assert batches and await stream.code() == grpc.StatusCode.OK
+        finally:
+            await server.stop(grace=1)
+
+    asyncio.run(scenario())
