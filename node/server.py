@@ -155,6 +155,9 @@ def _prepare_unix_socket(path: Path) -> None:
     )
 
 
+STOP_STEP_SECONDS = 5.0
+
+
 class NodeServer:
     def __init__(
         self,
@@ -309,12 +312,16 @@ class NodeServer:
             await checker.enter_graceful_shutdown()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:  # bounded: a task stuck in a call must not hold up the shutdown
+            _done, stuck = await asyncio.wait(self._tasks, timeout=STOP_STEP_SECONDS)
+            for task in stuck:
+                log.warning("server.task_not_stopped", method=task.get_name())
         self._tasks.clear()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))
-        await self.channels.close()
+        try:
+            await asyncio.wait_for(self.channels.close(), timeout=STOP_STEP_SECONDS)
+        except TimeoutError:
+            log.warning("server.channels_not_closed")
         if self._owns_socket:
             with contextlib.suppress(FileNotFoundError):
                 self.officer_socket.unlink()
