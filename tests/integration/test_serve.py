@@ -237,9 +237,9 @@ def test_pull_and_submit_answer_over_real_transports(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_followed_pull_ends_cleanly_before_the_callers_deadline(tmp_path: Path) -> None:
-    """A followed stream is closed by the server just before the deadline the caller set,
-    so re-opening it every few minutes never shows as an error on either side."""
+def _followed_pull(tmp_path: Path, timeout: float) -> None:
+    """pk-moi serves; cn-mps follows its Pull with ``timeout``: the stream must end with
+    OK (ended by the server, never cut by the deadline), having sent heartbeats."""
     pk, cn = _node(tmp_path, "pk-moi"), _node(tmp_path, "cn-mps")
     _trust(pk, cn)
 
@@ -252,7 +252,7 @@ def test_followed_pull_ends_cleanly_before_the_callers_deadline(tmp_path: Path) 
                 card.endpoint, client_credentials(cn, card), options=channel_options()
             ) as channel:
                 stream = peer_pb2_grpc.PeerExchangeStub(channel).Pull(
-                    peer_pb2.PullRequest(follow=True), timeout=4.0
+                    peer_pb2.PullRequest(follow=True), timeout=timeout
                 )
                 batches = [b async for b in stream]  # raises if the deadline cut it
                 assert batches and all(b.caught_up and not b.envelopes for b in batches)
@@ -261,6 +261,11 @@ def test_followed_pull_ends_cleanly_before_the_callers_deadline(tmp_path: Path) 
             await server.stop(grace=1)
 
     asyncio.run(scenario())
+
+
+def test_followed_pull_ends_cleanly_before_the_callers_deadline(tmp_path: Path) -> None:
+    """A stream whose caller set a short deadline is closed by the server just before it."""
+    _followed_pull(tmp_path, timeout=4.0)
 
 
 def test_a_retried_submission_with_the_same_key_is_not_sealed_twice(tmp_path: Path) -> None:
@@ -312,26 +317,8 @@ def test_a_retried_submission_with_the_same_key_is_not_sealed_twice(tmp_path: Pa
 def test_a_followed_pull_is_ended_by_the_server_and_never_cut_by_a_deadline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The server ends a followed stream after FOLLOW_SECONDS; the caller re-opens it."""
     from node import peer_service
 
     monkeypatch.setattr(peer_service, "FOLLOW_SECONDS", 2.0)
-    pk, cn = _node(tmp_path, "pk-moi"), _node(tmp_path, "cn-mps")
-    _trust(pk, cn)
-
-    async def scenario() -> None:
-        server = NodeServer(pk, ServeOptions(cosign=False))
-        await server.start()
-        try:
-            card = pk.own_chain().latest
-            async with grpc.aio.secure_channel(
-                card.endpoint, client_credentials(cn, card), options=channel_options()
-            ) as channel:
-                stream = peer_pb2_grpc.PeerExchangeStub(channel).Pull(
-                    peer_pb2.PullRequest(follow=True), timeout=60.0
-                )
-                batches = [b async for b in stream]
-                assert batches and await stream.code() == grpc.StatusCode.OK
-        finally:
-            await server.stop(grace=1)
-
-    asyncio.run(scenario())
+    _followed_pull(tmp_path, timeout=60.0)
