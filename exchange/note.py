@@ -105,6 +105,11 @@ def check_key_name(name: object, *, error: type[AccordError] = InputError) -> st
         raise error(f"note key name is longer than {MAX_KEY_NAME_LEN} characters")
     if any(c.isspace() or c == "+" or ord(c) < 0x20 for c in name):
         raise error("note key name must not contain spaces, '+' or control characters")
+    if not name.isascii():
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate, e.g. from a JSON "\ud800" escape
+            raise error("note key name is not valid Unicode text") from e
     return name
 
 

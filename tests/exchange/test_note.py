@@ -328,3 +328,13 @@ def test_signature_line_parses_plus_inside_base64() -> None:
     sig = parse_signature_line_unverified(NOTES["enoch_sig_line"])
     assert (sig.name, sig.key_id.hex()) == ("EnochRoot", "af0cfe78")
     assert sig.line == NOTES["enoch_sig_line"]
+
+
+def test_verifier_key_with_a_lone_surrogate_in_its_name_is_refused() -> None:
+    """Found by make fuzz: a name holding a lone surrogate (as a JSON "\\ud800" escape
+    produces) crashed key id computation instead of being refused."""
+    from exchange.errors import PeerDataError
+    from exchange.note import parse_verifier_key
+
+    with pytest.raises(PeerDataError, match="not valid Unicode"):
+        parse_verifier_key("log\ud800+00000000+AQ" + "A" * 42 + "=")
