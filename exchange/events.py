@@ -26,6 +26,7 @@ KINDS = frozenset(
         "peer.removed",
         "peer.revoked",
         "key.rotated",
+        "key.revoked",
         "policy.changed",
         "report.sealed",
         "report.retracted",

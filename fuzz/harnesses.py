@@ -17,13 +17,14 @@ from nacl.signing import SigningKey
 from exchange import merkle
 from exchange.agreement import parse_signed_agreement_unverified, verify_agreement
 from exchange.audit import audit_bundle
-from exchange.card import verify_chain_bytes
+from exchange.card import Card, EncryptionKey, VerifiedChain, verify_chain_bytes
 from exchange.checkpoint import parse_checkpoint_unverified
 from exchange.envelope import Envelope, open_envelope, parse_header_unverified
 from exchange.events import parse_event_unverified
 from exchange.note import open_note, parse_verifier_key, verifier_key
 from exchange.policy import parse_policy
 from exchange.receipt import verify_receipt
+from exchange.revocation import SignedRevocation, verify_revocation
 from exchange.sdjwt import PresentationLimits, verify_presentation, verify_retraction
 from exchange.sop import SchemaRegistry, check_report_document
 
@@ -49,17 +50,10 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="surrogateescape")
 
 
-def envelope_header(data: bytes) -> None:
-    parse_header_unverified(data)
-
-
-def envelope(data: bytes) -> None:
-    """Split the input into header / ciphertext / signature and open it against a fixed
-    identity: everything must fail cleanly before or after the signature check."""
-    from exchange.card import Card, EncryptionKey
-
-    parts = [*data.split(b"\x00", 2), b"", b""]
-    card = Card(
+@cache
+def _card() -> Card:
+    """A partner card whose identity key is the fixed test key."""
+    return Card(
         node="pk-moi",
         name="x",
         endpoint="127.0.0.1:1",
@@ -75,11 +69,21 @@ def envelope(data: bytes) -> None:
         version=1,
         issued_at="2026-01-01T00:00:00Z",
     )
+
+
+def envelope_header(data: bytes) -> None:
+    parse_header_unverified(data)
+
+
+def envelope(data: bytes) -> None:
+    """Split the input into header / ciphertext / signature and open it against a fixed
+    identity: everything must fail cleanly before or after the signature check."""
+    parts = [*data.split(b"\x00", 2), b"", b""]
     open_envelope(
         Envelope(parts[0], parts[1], parts[2]),
         me="cn-mps",
         expected_sender="pk-moi",
-        sender_card=card,
+        sender_card=_card(),
         last_applied_seq=0,
         decrypter_for=lambda _kid: None,
         agreement=None,  # type: ignore[arg-type]
@@ -146,6 +150,12 @@ def receipt(data: bytes) -> None:
     )
 
 
+def revocation(data: bytes) -> None:
+    statement, _, signature = data.partition(b"\x00")
+    chain = VerifiedChain(cards=(_card(),), signed=())
+    verify_revocation(SignedRevocation(statement, signature), chain)
+
+
 def report(data: bytes) -> None:
     check_report_document(_registry(), data, "toml" if data[:1] == b"#" else "json")
 
@@ -171,6 +181,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "sd_jwt": sd_jwt,
     "retraction": retraction,
     "receipt": receipt,
+    "revocation": revocation,
     "report": report,
     "event": event,
     "bundle": bundle,

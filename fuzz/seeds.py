@@ -12,9 +12,13 @@ from exchange.canonical import b64
 from exchange.checkpoint import Checkpoint, sign_checkpoint
 from exchange.events import event_bytes
 from exchange.merkle import MemoryTree
+from exchange.purpose import Purpose, signed_message
+from exchange.revocation import Revocation
 from exchange.sdjwt import Retraction, seal, sign_retraction
 from exchange.sop import check_report_document
 from fuzz.harnesses import SEED, _registry
+
+T = "2026-11-25T12:00:00Z"
 
 
 class _Signer:
@@ -69,6 +73,8 @@ def seeds() -> dict[str, list[bytes]]:
         ),
         signer,
     )
+    revocation = Revocation("pk-moi", signer.public_key, T, "compromised", T).to_bytes()
+    revoked = revocation + b"\x00" + signer.sign(signed_message(Purpose.REVOCATION, revocation))
     header = json.dumps({"type": "bundle-header"}).encode()
     return {
         "sd_jwt": [sealed.full_presentation().encode(), sealed.present(["title"]).encode()],
@@ -80,6 +86,7 @@ def seeds() -> dict[str, list[bytes]]:
             (Path(__file__).resolve().parents[1] / "sop" / "policies" / "example.toml").read_bytes()
         ],
         "retraction": [retraction.statement + b"\x00" + retraction.signature],
+        "revocation": [revoked],
         "bundle": [
             header
             + b"\n"
@@ -96,7 +103,7 @@ def seeds() -> dict[str, list[bytes]]:
                     "kind": "report",
                     "created_at": "2026-11-25T12:00:00Z",
                     "suite": "X25519/HKDF_SHA256/CHACHA20_POLY1305",
-                    "recipient_kid": "ek",
+                    "kid": "ek",
                 },
                 separators=(",", ":"),
                 sort_keys=True,

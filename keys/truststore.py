@@ -23,6 +23,7 @@ from exchange.card import (
 )
 from exchange.errors import InputError, KeyringError, PeerDataError
 from exchange.names import check_node_id
+from exchange.revocation import Revocation, SignedRevocation, verify_revocation
 from exchange.times import format_time, parse_time
 
 TRUSTED = "trusted"
@@ -47,11 +48,23 @@ class PeerRecord:
     log_index: int | None = None  # the log entry that recorded this state (set by the node)
 
 
+@dataclass(frozen=True)
+class KeyRevocation:
+    """A partner's verified statement that one of its identity keys is invalid from
+    ``revoked_from`` (normalised RFC 3339 UTC) on; ``signed`` is kept as evidence."""
+
+    identity_key: bytes
+    revoked_from: str
+    signed: SignedRevocation
+
+
 class PeerRecords(Protocol):
     def get(self, node: str) -> PeerRecord | None: ...
     def put(self, record: PeerRecord) -> None: ...
     def delete(self, node: str) -> None: ...
     def all(self) -> list[PeerRecord]: ...
+    def key_revocations(self, node: str) -> list[KeyRevocation]: ...
+    def put_key_revocation(self, node: str, revocation: KeyRevocation) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,10 @@ class TrustStore:
         continue the trusted chain, signed by the key it replaces. Returns the extended
         chain, or None when nothing was newer. Nothing is written unless all verify."""
         record = self._require(node)
+        if record.revoked_from is not None and now >= parse_time(
+            record.revoked_from, field="revoked_from"
+        ):  # a revoked key cannot sign its way out by rotating (THREATS.md P06)
+            raise PeerDataError(f"node {node}'s key is revoked", code="peer.revoked")
         known = verify_chain_bytes(record.chain)
         fresh = [s for s in newer if s not in known.signed]
         if not fresh:
@@ -182,6 +199,39 @@ class TrustStore:
         )
         self._records.put(updated)
         return updated
+
+    def apply_revocation(
+        self, node: str, signed: SignedRevocation, now: datetime
+    ) -> tuple[Revocation, PeerRecord] | None:
+        """Verify a partner's signed revocation of one of its own keys against the chain we
+        trust and keep it; None when it was already known. Revoking the chain's latest key
+        revokes the partner from that time on (the earlier time wins), as ``revoke`` does.
+        Nothing is written unless the statement verifies."""
+        record = self._require(node)
+        chain = _verified_chain_bytes(record.chain)
+        revocation = verify_revocation(signed, chain)
+        known = {r.identity_key for r in self._records.key_revocations(node)}
+        if revocation.identity_key in known:
+            return None
+        revoked_from = parse_time(revocation.revoked_from, field="revoked_from")
+        self._records.put_key_revocation(
+            node, KeyRevocation(revocation.identity_key, format_time(revoked_from), signed)
+        )
+        if revocation.identity_key == chain.latest.identity_key:
+            if record.revoked_from is not None:
+                revoked_from = min(
+                    revoked_from, parse_time(record.revoked_from, field="revoked_from")
+                )
+            record = self.revoke(node, revoked_from, now)
+        return revocation, record
+
+    def revoked_keys(self, node: str) -> dict[bytes, datetime]:
+        """Each identity key of ``node`` revoked by a statement it signed, with the time
+        from which the key is invalid."""
+        return {
+            r.identity_key: parse_time(r.revoked_from, field="revoked_from")
+            for r in self._records.key_revocations(node)
+        }
 
     def trusted_chain(self, node: str, at: datetime) -> VerifiedChain:
         """The verified chain of a partner we trust at time ``at``; raises otherwise."""

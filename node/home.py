@@ -27,12 +27,21 @@ from exchange.card import (
     SignedCard,
     VerifiedChain,
     extend_chain,
+    fingerprints_equal,
     parse_signed_card_unverified,
     sign_card,
 )
-from exchange.errors import ConfigError, KeyringError
+from exchange.errors import ConfigError, InputError, KeyringError, PeerDataError
 from exchange.events import parse_event_unverified
 from exchange.names import check_display_name, check_endpoint, check_node_id
+from exchange.revocation import (
+    MAX_REVOCATIONS,
+    Revocation,
+    SignedRevocation,
+    parse_revocation_unverified,
+    sign_revocation,
+)
+from exchange.times import format_time
 from keys.keyfile import PASSPHRASE_ENV
 from keys.keyring import Keyring, generate_keyring, load_keyring, save_keyring
 from keys.truststore import AddResult, PeerRecord, TrustStore
@@ -239,6 +248,124 @@ class Node:
         self.checkpoint(now)
         return record
 
+    def apply_peer_revocations(
+        self, peer: str, statements: Sequence[SignedRevocation], now: datetime
+    ) -> list[Revocation]:
+        """Revocations a partner served for its own keys (GetCard), each verified against
+        the chain we trust and logged as ``peer.revoked``; those already known are skipped.
+        One that fails stores none of them."""
+        if len(statements) > MAX_REVOCATIONS:
+            raise PeerDataError(
+                f"partner {peer} served more than {MAX_REVOCATIONS} revocations",
+                code="peer.revocation_invalid",
+            )
+        applied: list[Revocation] = []
+        with self.store.transaction() as db:
+            store = self.trust_store()
+            for signed in statements:
+                result = store.apply_revocation(peer, signed, now)
+                if result is None:
+                    continue
+                revocation, record = result
+                attrs: dict[str, object] = {
+                    "peer": peer,
+                    "fingerprint": record.fingerprint,
+                    "revoked_key": revocation.fingerprint,
+                    "revoked_from": revocation.revoked_from,
+                    "reason": revocation.reason,
+                    "source": "statement",
+                }
+                if fingerprints_equal(revocation.fingerprint, record.fingerprint):
+                    self._bind_peer("peer.revoked", now, **attrs)  # the row changed
+                else:
+                    self.record(db, "peer.revoked", now, **attrs)
+                applied.append(revocation)
+        if applied:
+            self.checkpoint(now)
+        return applied
+
+    # -- our own keys --------------------------------------------------------------------
+    def own_revocations(self) -> list[SignedRevocation]:
+        """Every revocation of one of our keys, oldest first (served by GetCard)."""
+        rows = self.store.conn.execute(
+            "SELECT statement, signature FROM own_revocations ORDER BY log_index"
+        ).fetchall()
+        return [SignedRevocation(bytes(st), bytes(sig)) for st, sig in rows]
+
+    def pending_sealed_under(self, key_fingerprint: str, revoked_from: datetime) -> int:
+        """Envelopes not yet acknowledged by a partner that were sealed under our identity
+        key ``key_fingerprint`` at or after ``revoked_from``: revoking the key from that
+        time blocks them (partners refuse them, and sync cannot pass them)."""
+        cards = self.own_chain().cards
+        era = [i for i, c in enumerate(cards) if fingerprints_equal(c.fingerprint, key_fingerprint)]
+        if not era:
+            return 0
+        end = cards[era[-1] + 1].issued_at if era[-1] + 1 < len(cards) else "9999"
+        start = max(format_time(revoked_from), cards[era[0]].issued_at)
+        row = self.store.conn.execute(
+            "SELECT count(*) FROM outbox WHERE state = 'pending' AND created_at >= ?"
+            " AND created_at < ?",
+            (start, end),
+        ).fetchone()
+        return int(row[0])
+
+    def own_revocation_count(self) -> int:
+        row = self.store.conn.execute("SELECT count(*) FROM own_revocations").fetchone()
+        return int(row[0])
+
+    def revoke_own_key(
+        self, key_fingerprint: str, revoked_from: datetime, reason: str, now: datetime
+    ) -> tuple[Revocation, bool]:
+        """Sign, keep and log (``key.revoked``) a statement that our identity key with
+        ``key_fingerprint`` is invalid from ``revoked_from`` on. Returns the statement and
+        whether it is new (a key is revoked once; the first statement stands)."""
+        chain = self.own_chain()
+        keys = [
+            c.identity_key
+            for c in chain.cards
+            if fingerprints_equal(c.fingerprint, key_fingerprint)
+        ]
+        if not keys:
+            raise InputError(
+                "no identity key of this node has that fingerprint",
+                code="input.unknown_key",
+                next_step="List this node's identity keys with 'accord keys list'.",
+            )
+        row = self.store.conn.execute(
+            "SELECT statement FROM own_revocations WHERE identity_key = ?", (keys[0],)
+        ).fetchone()
+        if row is not None:
+            return parse_revocation_unverified(bytes(row[0])), False
+        revocation = Revocation(
+            node=self.config.node,
+            identity_key=keys[0],
+            revoked_from=format_time(revoked_from),
+            reason=reason,
+            issued_at=format_time(now),
+        )
+        signed = sign_revocation(revocation, self.keyring().identity_signer(), chain)
+        with self.store.transaction() as db:
+            index = self.record(
+                db,
+                "key.revoked",
+                now,
+                fingerprint=revocation.fingerprint,
+                revoked_from=revocation.revoked_from,
+                reason=reason,
+                current=keys[0] == chain.latest.identity_key,
+            )
+            db.table("own_revocations").insert(
+                {
+                    "identity_key": keys[0],
+                    "revoked_from": revocation.revoked_from,
+                    "statement": signed.statement,
+                    "signature": signed.signature,
+                    "log_index": index,
+                }
+            )
+        self.checkpoint(now)
+        return revocation, True
+
     def rotate_identity(self, now: datetime) -> VerifiedChain:
         """New identity key; the new card version is signed by the old key and the new."""
         old = self.keyring()
@@ -267,8 +394,19 @@ class Node:
             db.table("own_cards").insert(
                 {"version": card.version, "signed": _signed_card_row(signed)}
             )
+            self.record(
+                db,
+                "key.rotated",
+                now,
+                key="identity" if card.identity_key != latest.identity_key else "encryption",
+                card_version=card.version,
+                fingerprint=card.fingerprint,
+                previous_fingerprint=latest.fingerprint,
+                encryption_kids=[k.kid for k in card.encryption_keys],
+            )
         os.replace(pending, self.data_dir / KEYFILE)
         self._keyring = new
+        self.checkpoint(now)
         return extended
 
     def _reuse_passphrase(self) -> str | None:

@@ -4,7 +4,7 @@ log events, cursor), answer with a signed batch receipt; read the inbox back."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,7 +27,7 @@ from exchange.envelope import (
 from exchange.errors import PeerDataError
 from exchange.receipt import ItemRejection, SignedReceipt, make_receipt
 from exchange.sdjwt import HeldVersion, ReportIdCollision, check_retraction, check_version
-from exchange.times import format_time
+from exchange.times import format_time, parse_time
 from node.agreements import current_agreement
 from node.home import Node
 from node.schemas import registry
@@ -230,11 +230,16 @@ def _duplicate(
         return False
 
 
-def signing_card(chain: VerifiedChain, env: Envelope) -> Card:
+def signing_card(
+    chain: VerifiedChain, env: Envelope, revoked: Mapping[bytes, datetime] | None = None
+) -> Card:
     """The partner's card in force when the envelope was sealed: an envelope queued
     before a key rotation still verifies under the key that signed it, and only under
-    that one. ``created_at`` is covered by the outer signature, which this card checks."""
-    if len(chain.cards) == 1:
+    that one. ``created_at`` is covered by the outer signature, which this card checks.
+
+    ``revoked`` maps the partner's revoked identity keys to the time from which each is
+    invalid: an envelope sealed under one at or after that time is refused."""
+    if len(chain.cards) == 1 and not revoked:
         return chain.latest
     try:
         created = parse_header_unverified(env.header).created_at
@@ -244,6 +249,16 @@ def signing_card(chain: VerifiedChain, env: Envelope) -> Card:
     for card in chain.cards:
         if card.issued_at <= created:  # RFC 3339 UTC with Z: ordered as text
             era = card
+    if (
+        revoked
+        and era.identity_key in revoked
+        and parse_time(created, field="envelope created_at") >= revoked[era.identity_key]
+    ):
+        raise PeerDataError(
+            f"envelope sealed under a key {chain.latest.node} revoked "
+            f"({era.fingerprint}) after its revocation time",
+            code="peer.revoked",
+        )
     return era
 
 
@@ -258,7 +273,9 @@ def apply_batch(
     item whose content fails is recorded as rejected (never silently dropped) and the
     cursor passes it. Anything failing before the seq check stops the batch unchanged."""
     out = BatchOutcome()
-    chain = node.trust_store().trusted_chain(peer, now)
+    trust = node.trust_store()
+    chain = trust.trusted_chain(peer, now)
+    revoked = trust.revoked_keys(peer)
     agreement = current_agreement(node, peer, now)
     if agreement is None:
         out.stopped = PeerDataError(f"no agreement in force with {peer}", code="peer.no_agreement")
@@ -275,7 +292,7 @@ def apply_batch(
                     env,
                     me=me,
                     expected_sender=peer,
-                    sender_card=signing_card(chain, env),
+                    sender_card=signing_card(chain, env, revoked),
                     last_applied_seq=last,
                     decrypter_for=ring.decrypter,
                     agreement=agreement,

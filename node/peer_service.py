@@ -23,7 +23,7 @@ from node.home import Node
 from node.log import SignedCheckpoint
 from node.sync import FOLLOW_STREAM_SECONDS, OutboxSignal
 from node.transport import current_peer
-from node.wire import envelope_message, node_card_message
+from node.wire import envelope_message, node_card_message, revocation_message
 from node.witness import Witness, WitnessConflict
 
 MAX_PROOF_HASHES = 128  # a consistency proof has at most about 2*log2(size) <= 128 hashes
@@ -67,6 +67,7 @@ class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
         return card_pb2.GetCardResponse(
             card=node_card_message(signed[-1]),
             rotation_chain=[node_card_message(s) for s in newer],
+            revocations=[revocation_message(r) for r in self._node.own_revocations()],
         )
 
     async def GetCheckpoint(
@@ -132,11 +133,16 @@ class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
         deadline = context.time_remaining()
         margin = None if deadline is None else min(STREAM_END_MARGIN, deadline * 0.2)
         ends_at = asyncio.get_running_loop().time() + FOLLOW_SECONDS
+        # A new revocation of one of our keys ends the stream: the caller re-opens with
+        # GetCard first, so it learns the revocation within a heartbeat.
+        revocations = self._node.own_revocation_count()
         while True:
             remaining = context.time_remaining()
             if remaining is not None and margin is not None and remaining < margin:
                 return
             if request.follow and asyncio.get_running_loop().time() >= ends_at:
+                return
+            if self._node.own_revocation_count() != revocations:
                 return
             rows = outbox.pending_with_seq(self._node, peer, after, request.max_batch)
             if rows:

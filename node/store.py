@@ -15,7 +15,8 @@ from typing import Any
 import sqlite_utils
 
 from exchange.errors import StoreError
-from keys.truststore import PeerRecord
+from exchange.revocation import SignedRevocation
+from keys.truststore import KeyRevocation, PeerRecord
 
 DB_FILE = "node.db"
 PAGE_SIZE = 16384
@@ -176,6 +177,20 @@ def _m010_submissions(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m011_revocations(db: sqlite_utils.Database) -> None:
+    _run_sql(
+        db,
+        """
+        CREATE TABLE own_revocations (
+            identity_key BLOB PRIMARY KEY, revoked_from TEXT NOT NULL,
+            statement BLOB NOT NULL, signature BLOB NOT NULL, log_index INTEGER NOT NULL);
+        CREATE TABLE peer_revocations (
+            peer TEXT NOT NULL, identity_key BLOB NOT NULL, revoked_from TEXT NOT NULL,
+            statement BLOB NOT NULL, signature BLOB NOT NULL, PRIMARY KEY (peer, identity_key))
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
     (2, "transparency log: leaves, subtrees, checkpoints, cosignatures, witness", _m002_log),
@@ -187,6 +202,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (8, "cursors: the partner confirmed our receipts up to this seq", _m008_receipts_acknowledged),
     (9, "lookups: inbox by report, each release decision by report", _m009_lookups),
     (10, "idempotent submissions: the report each key produced", _m010_submissions),
+    (11, "signed revocations: of our own keys, and those partners served", _m011_revocations),
 ]
 
 
@@ -374,6 +390,30 @@ class SqlitePeerRecords:
     def all(self) -> list[PeerRecord]:
         rows = self._store.conn.execute(self.SELECT + " ORDER BY node").fetchall()
         return [self._record(r) for r in rows]
+
+    def key_revocations(self, node: str) -> list[KeyRevocation]:
+        rows = self._store.conn.execute(
+            "SELECT identity_key, revoked_from, statement, signature FROM peer_revocations"
+            " WHERE peer = ? ORDER BY revoked_from",
+            (node,),
+        ).fetchall()
+        return [
+            KeyRevocation(bytes(k), str(t), SignedRevocation(bytes(st), bytes(sig)))
+            for k, t, st, sig in rows
+        ]
+
+    def put_key_revocation(self, node: str, revocation: KeyRevocation) -> None:
+        self._store.conn.execute(
+            "INSERT INTO peer_revocations (peer, identity_key, revoked_from, statement, signature)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                node,
+                revocation.identity_key,
+                revocation.revoked_from,
+                revocation.signed.statement,
+                revocation.signed.signature,
+            ),
+        )
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> PeerRecord:

@@ -24,7 +24,11 @@ from node.errors_map import read_error_detail
 from node.home import Node
 from node.inbox import apply_batch, cursor, receipts_acknowledged, unacknowledged_receipts
 from node.transport import PartnerChannels
-from node.wire import envelope_from_message, signed_card_from_message
+from node.wire import (
+    envelope_from_message,
+    signed_card_from_message,
+    signed_revocation_from_message,
+)
 
 log = structlog.get_logger("accord.sync")
 
@@ -159,14 +163,24 @@ class Puller:
     async def refresh_card(
         self, stub: peer_pb2_grpc.PeerExchangeStub, peer: str, known: int
     ) -> None:
-        """Learn a partner's key rotations: newer card versions it serves are accepted only
-        as continuations of the trusted chain, signed by the key they replace."""
+        """Learn a partner's key rotations and revocations: newer card versions it serves
+        are accepted only as continuations of the trusted chain, signed by the key they
+        replace; a revocation only when signed by the revoked key or a later one."""
         answer = await stub.GetCard(
             card_pb2.GetCardRequest(known_version=known), timeout=CALL_DEADLINE
         )
         newer = [signed_card_from_message(m) for m in answer.rotation_chain]
         if newer and self._node.refresh_peer_card(peer, newer, self._now()):
             log.info("peer.card_updated", peer=peer)
+        statements = [signed_revocation_from_message(m) for m in answer.revocations]
+        for revocation in self._node.apply_peer_revocations(peer, statements, self._now()):
+            log.warning(
+                "peer.key_revoked",
+                peer=peer,
+                fingerprint=revocation.fingerprint,
+                revoked_from=revocation.revoked_from,
+                reason=revocation.reason,
+            )
 
     async def resend_receipts(self, stub: peer_pb2_grpc.PeerExchangeStub, peer: str) -> None:
         """Deliver the receipts that a crash or a failed Acknowledge left unconfirmed

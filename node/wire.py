@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from exchange.card import SignedCard
 from exchange.envelope import Envelope
 from exchange.policy import ReleaseDecision
+from exchange.revocation import SignedRevocation
 from exchange.times import parse_time
 from node._pb.accord.v1 import card_pb2, envelope_pb2, officer_pb2
 from node.outbox import Submitted
@@ -43,6 +44,14 @@ def signed_card_from_message(message: card_pb2.NodeCard) -> SignedCard:
         signature=bytes(message.signature),
         previous_signature=bytes(message.previous_signature) or None,
     )
+
+
+def revocation_message(signed: SignedRevocation) -> card_pb2.Revocation:
+    return card_pb2.Revocation(statement=signed.statement, signature=signed.signature)
+
+
+def signed_revocation_from_message(message: card_pb2.Revocation) -> SignedRevocation:
+    return SignedRevocation(statement=bytes(message.statement), signature=bytes(message.signature))
 
 
 def timestamp(text: str | None) -> Timestamp | None:

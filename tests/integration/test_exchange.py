@@ -150,3 +150,48 @@ def test_identity_rotation_reaches_the_partner_over_grpc(
     assert new_fp == accord("--data", pk, "card", "show", "--json").json()["fingerprint"]  # type: ignore[index]
     entries = accord("--data", cn, "log", "show", "--json").json()["entries"]  # type: ignore[index]
     assert [e["card_version"] for e in entries if e["kind"] == "peer.updated"] == [2]
+
+
+def test_signed_revocation_reaches_the_partner_over_grpc(
+    partners: tuple[Path, Path],
+    servers: Callable[..., ServerProcess],
+    accord: Accord,
+    tmp_path: Path,
+) -> None:
+    """While both nodes serve, pk-moi revokes its current identity key (a theft). cn-mps
+    learns the signed statement with GetCard (pk-moi ends the followed Pull so the partner
+    re-opens within a heartbeat), marks pk-moi revoked and stops pulling from it."""
+    pk, cn = partners
+    _agree(accord, pk, cn, tmp_path)
+    pk_server, cn_server = servers(pk), servers(cn)
+    for p in (pk_server, cn_server):
+        p.wait_ready()
+    report = tmp_path / "alert.json"
+    report.write_text(json.dumps(ALERT))
+    assert accord("--data", pk, "report", "submit", report).code == 0
+
+    def peer() -> dict[str, object]:
+        return accord("--data", cn, "peer", "show", "pk-moi", "--json").json()  # type: ignore[return-value]
+
+    def inbox_count() -> int:
+        r = accord("--data", cn, "inbox", "list", "--json")
+        return len(r.json()) if r.code == 0 else 0  # type: ignore[arg-type]
+
+    _until("the first report", lambda: inbox_count() == 1, [pk_server, cn_server])
+    fp = accord("--data", pk, "card", "show", "--json").json()["fingerprint"]  # type: ignore[index]
+    r = accord("--data", pk, "keys", "revoke", fp, "--yes", "--json")
+    assert r.code == 0, r.err
+    _until(
+        "the revocation at cn-mps", lambda: peer()["status"] == "revoked", [pk_server, cn_server]
+    )
+    shown = peer()
+    assert list(shown["revoked_keys"]) == [fp]  # type: ignore[call-overload]
+    entries = accord("--data", cn, "log", "show", "--json").json()["entries"]  # type: ignore[index]
+    [event] = [e for e in entries if e["kind"] == "peer.revoked"]
+    assert event["revoked_key"] == fp and event["source"] == "statement"
+    # Nothing sealed after the revocation reaches cn-mps.
+    assert accord("--data", pk, "report", "submit", report).code == 0
+    time.sleep(2)
+    assert inbox_count() == 1
+    assert accord("--data", cn, "audit", "export", "--out", tmp_path / "cn.audit").code == 0
+    assert accord("audit", "verify", tmp_path / "cn.audit").code == 0

@@ -20,9 +20,12 @@ from exchange.card import (
     verify_chain_bytes,
 )
 from exchange.errors import AccordError, InputError, KeyringError, PeerDataError
+from exchange.purpose import Purpose, signed_message
+from exchange.revocation import Revocation, SignedRevocation
+from exchange.times import format_time
 from keys.keyring import Keyring, generate_keyring
 from keys.signers import Ed25519Signer
-from keys.truststore import PeerRecord, TrustStore
+from keys.truststore import KeyRevocation, PeerRecord, TrustStore
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -30,6 +33,7 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 class MemoryRecords:
     def __init__(self) -> None:
         self.rows: dict[str, PeerRecord] = {}
+        self.revocations: dict[str, list[KeyRevocation]] = {}
 
     def get(self, node: str) -> PeerRecord | None:
         return self.rows.get(node)
@@ -42,6 +46,12 @@ class MemoryRecords:
 
     def all(self) -> list[PeerRecord]:
         return list(self.rows.values())
+
+    def key_revocations(self, node: str) -> list[KeyRevocation]:
+        return list(self.revocations.get(node, []))
+
+    def put_key_revocation(self, node: str, revocation: KeyRevocation) -> None:
+        self.revocations.setdefault(node, []).append(revocation)
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +279,68 @@ def test_signer_hides_its_seed() -> None:
     signer = Ed25519Signer(seed)
     assert seed.hex() not in repr(signer)
     assert base64.b64encode(seed).decode() not in repr(signer)
+
+
+def _trusting(signed: list[SignedCard], upto: int) -> tuple[MemoryRecords, TrustStore]:
+    records = MemoryRecords()
+    store = TrustStore(records, "cn-mps")
+    store.add(chain_bytes(signed[:upto]), fingerprint=None, tofu=True, now=NOW)
+    return records, store
+
+
+def _statement(key: Keyring, signer: Keyring, revoked_from: datetime) -> SignedRevocation:
+    revocation = Revocation(
+        "pk-moi",
+        key.identity_signer().public_key,
+        format_time(revoked_from),
+        "compromised",
+        format_time(NOW),
+    )
+    data = revocation.to_bytes()
+    return SignedRevocation(
+        data, signer.identity_signer().sign(signed_message(Purpose.REVOCATION, data))
+    )
+
+
+def test_p06_signed_revocation_of_the_current_key_revokes_the_partner(keyring: Keyring) -> None:
+    signed, rings = build_chain(keyring, 2)
+    records, store = _trusting(signed, 2)
+    later = NOW + timedelta(hours=1)
+    result = store.apply_revocation("pk-moi", _statement(rings[1], rings[1], later), NOW)
+    assert result is not None and result[1].status == "revoked"
+    assert store.trusted_chain("pk-moi", NOW).latest.version == 2  # before the time: trusted
+    with pytest.raises(PeerDataError, match="revoked"):
+        store.trusted_chain("pk-moi", later)
+    # Known already: nothing new, nothing changed.
+    rows = dict(records.rows)
+    assert store.apply_revocation("pk-moi", _statement(rings[1], rings[1], later), NOW) is None
+    assert records.rows == rows
+
+
+def test_p06_signed_revocation_of_an_old_key_is_kept_per_key(keyring: Keyring) -> None:
+    signed, rings = build_chain(keyring, 2)
+    records, store = _trusting(signed, 2)
+    result = store.apply_revocation("pk-moi", _statement(rings[0], rings[1], NOW), NOW)
+    assert result is not None and result[1].status == "trusted"
+    assert records.rows["pk-moi"].revoked_from is None
+    assert store.revoked_keys("pk-moi") == {rings[0].identity_signer().public_key: NOW}
+    assert store.trusted_chain("pk-moi", NOW + timedelta(days=1)).latest.version == 2
+
+
+def test_p06_thief_of_an_old_key_cannot_revoke_the_new_one(keyring: Keyring) -> None:
+    signed, rings = build_chain(keyring, 2)
+    records, store = _trusting(signed, 2)
+    rows = dict(records.rows)
+    with pytest.raises(PeerDataError, match="later key"):
+        store.apply_revocation("pk-moi", _statement(rings[1], rings[0], NOW), NOW)
+    assert records.rows == rows and records.revocations == {}
+
+
+def test_p06_revoked_key_cannot_sign_a_rotation(keyring: Keyring) -> None:
+    signed, rings = build_chain(keyring, 2)
+    records, store = _trusting(signed, 1)
+    store.apply_revocation("pk-moi", _statement(rings[0], rings[0], NOW), NOW)
+    rows = dict(records.rows)
+    with pytest.raises(PeerDataError, match="revoked"):
+        store.update("pk-moi", signed[1:], NOW + timedelta(minutes=1))
+    assert records.rows == rows

@@ -250,3 +250,68 @@ def test_init_that_fails_half_way_leaves_nothing(
         "--data", data, "init", "--node", "pk-moi", "--name", "PK", "--endpoint", "127.0.0.1:7441"
     )
     assert again.code == 0, again.err
+
+
+def test_keys_list_and_revoke_an_old_key(make_node: Callable[..., Path], accord: Accord) -> None:
+    pk = make_node("pk-moi")
+    first = _fp(accord, pk)
+    assert accord("--data", pk, "keys", "rotate", "--encryption").code == 0
+    assert accord("--data", pk, "keys", "rotate").code == 0
+    keys = accord("--data", pk, "keys", "list", "--json").json()
+    assert [
+        (k["fingerprint"], k["first_version"], k["last_version"], k["current"]) for k in keys
+    ] == [  # type: ignore[index, union-attr]
+        (first, 1, 2, False),
+        (_fp(accord, pk), 3, 3, True),
+    ]
+    r = accord(
+        "--data",
+        pk,
+        "keys",
+        "revoke",
+        first,
+        "--from",
+        "2026-11-20T00:00:00Z",
+        "--reason",
+        "retired",
+        "--yes",
+        "--json",
+    )
+    assert r.code == 0, r.err
+    assert r.json() == {  # type: ignore[comparison-overlap]
+        "fingerprint": first,
+        "revoked_from": "2026-11-20T00:00:00Z",
+        "reason": "retired",
+        "issued_at": r.json()["issued_at"],  # type: ignore[index]
+        "new": True,
+        "blocked_envelopes": 0,
+    }
+    table = accord("--data", pk, "keys", "list")
+    assert "revoked from 2026-11-20T00:00:00Z (retired)" in table.out and "current" in table.out
+    # A key is revoked once: the first statement stands, nothing new is logged.
+    before = snapshot(pk)
+    again = accord("--data", pk, "keys", "revoke", first, "--yes")
+    assert again.code == 0 and "already revoked" in again.out
+    assert snapshot(pk) == before
+    events = accord("--data", pk, "log", "show", "--json").json()["entries"]  # type: ignore[index]
+    kinds = [e["kind"] for e in events]
+    assert kinds.count("key.rotated") == 2 and kinds.count("key.revoked") == 1
+    revoked = next(e for e in events if e["kind"] == "key.revoked")
+    assert revoked["fingerprint"] == first and revoked["current"] is False
+    assert accord("--data", pk, "audit", "export", "--out", pk.parent / "b.audit").code == 0
+    assert accord("audit", "verify", pk.parent / "b.audit").code == 0
+
+
+def test_keys_revoke_refusals_change_nothing(
+    make_node: Callable[..., Path], accord: Accord
+) -> None:
+    pk = make_node("pk-moi")
+    before = snapshot(pk)
+    r = accord("--data", pk, "keys", "revoke", "AAAA-BBBB-CCCC-DDDD-EEEE-FFFF", "--yes")
+    assert r.code != 0 and "no identity key of this node has that fingerprint" in r.err
+    assert "accord keys list" in r.err
+    r = accord("--data", pk, "keys", "revoke", _fp(accord, pk), "--from", "soon", "--yes")
+    assert r.code != 0 and "--from" in r.err
+    r = accord("--data", pk, "keys", "revoke", _fp(accord, pk), "--reason", "bored", "--yes")
+    assert r.code == 2
+    assert snapshot(pk) == before

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from exchange.errors import PeerDataError
 from exchange.events import parse_event_unverified
 from exchange.sdjwt import PresentationLimits, verify_presentation
 from exchange.sop import check_report_document
@@ -155,6 +156,57 @@ def test_backlog_queued_before_a_rotation_still_arrives(pair: tuple[Node, Node])
     )
     assert bad.stopped is not None and bad.applied == 0
     assert snapshot(cn.data_dir) == before
+
+
+def test_p06_signed_revocation_refuses_what_the_key_sealed_from_its_time(
+    pair: tuple[Node, Node],
+) -> None:
+    """pk-moi seals two reports, rotates, and revokes its old key from a time between
+    them. cn-mps learns the statement (as from GetCard): the first report still applies,
+    the second (sealed under the old key after its revocation time) stops the batch."""
+    pk, cn = pair
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    old_fp = pk.own_chain().latest.fingerprint
+    outbox.submit(pk, [_valid()], t0)
+    outbox.submit(pk, [_valid()], t0 + timedelta(seconds=10))
+    chain = pk.rotate_identity(t0 + timedelta(seconds=20))
+    # The second envelope is still queued: revoking from before it blocks it (warned).
+    assert pk.pending_sealed_under(old_fp, t0 + timedelta(seconds=5)) == 1
+    assert pk.pending_sealed_under(old_fp, t0 + timedelta(seconds=11)) == 0
+    revocation, new = pk.revoke_own_key(old_fp, t0 + timedelta(seconds=5), "compromised", t0)
+    assert new and revocation.fingerprint == old_fp
+    statements = pk.own_revocations()
+    assert len(statements) == 1
+    later = t0 + timedelta(seconds=30)
+    assert cn.refresh_peer_card("pk-moi", list(chain.signed), later)
+    # A tampered statement stores nothing.
+    from exchange.revocation import SignedRevocation
+
+    before = snapshot(cn.data_dir)
+    bent = SignedRevocation(
+        statements[0].statement.replace(b"compromised", b"retired"), statements[0].signature
+    )
+    with pytest.raises(PeerDataError):
+        cn.apply_peer_revocations("pk-moi", [bent], later)
+    assert snapshot(cn.data_dir) == before
+    [learned] = cn.apply_peer_revocations("pk-moi", statements, later)
+    assert learned.fingerprint == old_fp
+    assert cn.apply_peer_revocations("pk-moi", statements, later) == []  # known: once
+    peer_events = [parse_event_unverified(e) for _i, e in cn.log.leaves(0, 100_000)]
+    [event] = [e for e in peer_events if e.kind == "peer.revoked"]
+    assert event.attrs["revoked_key"] == old_fp and event.attrs["source"] == "statement"
+    envelopes = outbox.pending(pk, "cn-mps", 0, 256)
+    out = apply_batch(cn, "pk-moi", envelopes, later)
+    assert out.applied == 1 and out.stopped is not None
+    assert out.stopped.code == "peer.revoked"
+    assert cursor(cn, "pk-moi") == 1
+    # Revoking the current key cuts the partner off from that time on.
+    current = pk.own_chain().latest.fingerprint
+    pk.revoke_own_key(current, later + timedelta(seconds=1), "compromised", later)
+    cn.apply_peer_revocations("pk-moi", pk.own_revocations(), later)
+    assert cn.trust_store().get("pk-moi").status == "revoked"
+    with pytest.raises(PeerDataError, match="revoked"):
+        cn.trust_store().trusted_chain("pk-moi", later + timedelta(seconds=1))
 
 
 def test_p03_partner_serving_the_same_checkpoint_is_frozen(pair: tuple[Node, Node]) -> None:
