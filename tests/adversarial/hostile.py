@@ -50,7 +50,7 @@ from node.reports import load_sealed
 from node.schemas import registry
 from node.sync import Puller, PullState
 from node.transport import PartnerChannels
-from node.wire import envelope_message, node_card_message
+from node.wire import envelope_message, node_card_message, revocation_message
 from node.witness import Witness
 from tests.conftest import POLICY, TERMS
 from tests.integration.conftest import free_port
@@ -260,6 +260,7 @@ class Script:
     cut_after: int | None = None  # end the stream abruptly after this many batches (N04)
     raw_batches: list[envelope_pb2.EnvelopeBatch] = field(default_factory=list)
     freeze_witness: bool = False  # AddCheckpoint answers a conflict, forever (P03)
+    revocations: list[card_pb2.Revocation] | None = None  # GetCard serves these (P06)
 
 
 class HostilePeer(peer_pb2_grpc.PeerExchangeServicer):
@@ -274,7 +275,12 @@ class HostilePeer(peer_pb2_grpc.PeerExchangeServicer):
         )
 
     async def GetCard(self, request: Any, context: Any) -> card_pb2.GetCardResponse:
-        return card_pb2.GetCardResponse(card=node_card_message(self.node.own_chain().signed[-1]))
+        revocations = self.script.revocations
+        if revocations is None:
+            revocations = [revocation_message(r) for r in self.node.own_revocations()]
+        return card_pb2.GetCardResponse(
+            card=node_card_message(self.node.own_chain().signed[-1]), revocations=revocations
+        )
 
     async def Pull(
         self, request: peer_pb2.PullRequest, context: Any

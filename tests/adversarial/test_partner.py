@@ -21,10 +21,13 @@ import pytest
 
 from exchange.card import SUITE_X25519
 from exchange.envelope import MAX_SEQ, Envelope, RetractionRelease
-from exchange.purpose import Purpose
+from exchange.purpose import Purpose, signed_message
 from exchange.receipt import verify_receipt
+from exchange.revocation import Revocation
 from exchange.sdjwt import Retraction, SealedReport, sign_retraction
+from exchange.times import format_time
 from node import outbox
+from node._pb.accord.v1 import card_pb2
 from node.inbox import cursor
 from tests.adversarial.hostile import (
     HOSTILE,
@@ -34,6 +37,7 @@ from tests.adversarial.hostile import (
     Forge,
     World,
     assert_only,
+    integrity_ok,
     log_events,
     pull,
     rows,
@@ -474,3 +478,69 @@ def test_p12_receipt_names_each_rejected_item_and_verifies(world: World) -> None
     )
     assert [(r.seq, r.code) for r in receipt.rejections] == [(3, "peer.above_ceiling")]
     assert p.state.rejected == 1
+
+
+# ---- P06 revocations served with the card -------------------------------------------------------
+
+
+def _statement(w: World, **changes: Any) -> card_pb2.Revocation:
+    """A revocation of pk-moi's current key, signed by it, with ``changes`` applied."""
+    key = w.hostile.own_chain().latest.identity_key
+    fields: dict[str, Any] = {
+        "node": HOSTILE,
+        "identity_key": key,
+        "revoked_from": format_time(w.now),
+        "reason": "compromised",
+        "issued_at": format_time(w.now),
+    }
+    fields.update(changes)
+    data = Revocation(**fields).to_bytes()
+    signature = w.hostile.keyring().identity_signer().sign(signed_message(Purpose.REVOCATION, data))
+    return card_pb2.Revocation(statement=data, signature=signature)
+
+
+@pytest.mark.parametrize(
+    "bend",
+    [
+        lambda m: card_pb2.Revocation(statement=m.statement, signature=_flip(m.signature, 5)),
+        lambda m: card_pb2.Revocation(statement=m.statement + b" ", signature=m.signature),
+        lambda m: card_pb2.Revocation(statement=m.statement, signature=b""),
+    ],
+    ids=["signature-bit", "trailing-byte", "unsigned"],
+)
+def test_p06_forged_revocation_on_get_card(world: World, bend: Any) -> None:
+    [e1] = Forge(world).submit()
+    before, at = snapshot(world.victim.data_dir), cursor(world.victim, HOSTILE)
+    p = pull(world, [e1], revocations=[bend(_statement(world))])
+    assert p.code == "peer.revocation_invalid", p.error
+    assert p.applied == 0 and p.peer.pulls == [] and p.peer.receipts == []
+    assert cursor(world.victim, HOSTILE) == at
+    assert snapshot(world.victim.data_dir) == before
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"node": VICTIM}, {"identity_key": bytes(32)}],
+    ids=["another-node", "key-not-in-chain"],
+)
+def test_p06_revocation_of_what_is_not_its_key(world: World, changes: dict[str, Any]) -> None:
+    before = snapshot(world.victim.data_dir)
+    p = pull(world, revocations=[_statement(world, **changes)])
+    assert p.code == "peer.revocation_invalid", p.error
+    assert snapshot(world.victim.data_dir) == before
+
+
+def test_p06_genuine_revocation_stops_everything_after_it(world: World) -> None:
+    forge = Forge(world)
+    [e1] = forge.submit()
+    _received(world, e1)
+    fp = world.hostile.own_chain().latest.fingerprint
+    world.hostile.revoke_own_key(fp, world.now, "compromised", world.now)
+    [e2] = forge.submit()
+    p = pull(world, [e2])
+    assert p.code == "peer.revoked", p.error
+    assert p.applied == 0 and cursor(world.victim, HOSTILE) == 1
+    assert world.victim.trust_store().get(HOSTILE).status == "revoked"
+    [event] = [e for e in log_events(world.victim) if e["kind"] == "peer.revoked"]
+    assert event["revoked_key"] == fp and event["source"] == "statement"
+    integrity_ok(world.victim)
