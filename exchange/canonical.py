@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import rfc8785
@@ -25,19 +26,46 @@ def _plain(value: Any) -> bool:
     """True when ``json.dumps`` already writes the JCS bytes of ``value``: integers inside
     JCS's domain; floats only where Python's shortest repr is ECMAScript's (finite, not
     integral, 1e-4 <= |x| < 1e16: no exponent either way); ASCII keys (so code point order
-    is UTF-16 order); and only the exact JSON container and scalar types."""
+    is UTF-16 order); and only the exact JSON container and scalar types.
+
+    Scalars inside containers are checked inline (most documents are flat objects of
+    strings and integers, and this runs for every document signed or logged)."""
     kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii():
+                return False
+            item_kind = type(item)
+            if item_kind is str or item_kind is bool or item is None:
+                continue
+            if item_kind is int:
+                if not -_SAFE_INT <= item <= _SAFE_INT:
+                    return False
+            elif not _plain(item):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        for item in value:
+            item_kind = type(item)
+            if item_kind is str or item_kind is bool or item is None:
+                continue
+            if item_kind is int:
+                if not -_SAFE_INT <= item <= _SAFE_INT:
+                    return False
+            elif not _plain(item):
+                return False
+        return True
     if kind is str or kind is bool or value is None:
         return True
     if kind is int:
         return bool(-_SAFE_INT <= value <= _SAFE_INT)
     if kind is float:
         return bool(math.isfinite(value) and 1e-4 <= abs(value) < 1e16 and not value.is_integer())
-    if kind is dict:
-        return all(type(k) is str and k.isascii() and _plain(v) for k, v in value.items())
-    if kind is list or kind is tuple:
-        return all(_plain(v) for v in value)
     return False
+
+
+# json.dumps builds a new encoder per call unless every option is the default; build ours once.
+_JCS_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
 def canonical_json(value: Any) -> bytes:
@@ -48,9 +76,7 @@ def canonical_json(value: Any) -> bytes:
     other value, and any value the fast path cannot encode, goes through ``rfc8785``."""
     if _plain(value):
         try:
-            return json.dumps(
-                value, ensure_ascii=False, sort_keys=True, separators=(",", ":")
-            ).encode("utf-8")
+            return _JCS_ENCODER.encode(value).encode("utf-8")
         except ValueError:  # e.g. a lone surrogate: rfc8785 raises its own error below
             pass
     try:
@@ -147,4 +173,60 @@ def parse_json_unverified(data: bytes, *, what: str, max_bytes: int) -> Any:
         raise InputError(f"{what}: an integer has too many digits") from e
     if text.count("{") + text.count("[") > MAX_JSON_DEPTH:  # else no value can be deeper
         _depth(value, MAX_JSON_DEPTH)
+    return value
+
+
+class _NotPlain(Exception):
+    """A float or an integer outside JCS's safe domain: the exact (slow) path decides."""
+
+
+def _plain_int(text: str) -> int:
+    value = int(text)
+    if len(text) > 15 and not -_SAFE_INT <= value <= _SAFE_INT:
+        raise _NotPlain
+    return value
+
+
+def _not_plain(_text: str) -> Any:
+    raise _NotPlain
+
+
+_PLAIN_DECODER = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_not_plain, parse_int=_plain_int
+)
+# The C scanner the decoder wraps (set in JSONDecoder.__init__; typeshed does not declare
+# it): one value from an index, without decode()'s two Python-level whitespace passes.
+_PLAIN_SCAN: Callable[[str, int], tuple[Any, int]] = _PLAIN_DECODER.scan_once  # type: ignore[attr-defined]
+
+
+def parse_canonical_json_unverified(data: bytes, *, what: str, max_bytes: int) -> Any:
+    """``parse_json_unverified(data)``, refusing bytes that are not exactly
+    ``canonical_json`` of the value: the check every signed document needs, in one step.
+
+    Fast path: for ASCII bytes without floats or large integers, the encoder's output for
+    the parsed value is its JCS form (ASCII keys sort alike in code points and UTF-16; the
+    encoder escapes as JCS does), so the bytes are canonical exactly when re-encoding gives
+    them back: a duplicate key, an escape JCS would not write or a non-canonical number
+    cannot survive that round trip. Anything else takes the exact path (``rfc8785``)."""
+    not_canonical = InputError(f"{what}: bytes are not canonical JSON (RFC 8785)")
+    if len(data) <= max_bytes and data.isascii() and b"\x00" not in data:
+        text = data.decode("ascii")
+        try:
+            value, end = _PLAIN_SCAN(text, 0)
+        except (_NotPlain, ValueError, RecursionError, InputError, StopIteration):
+            pass  # the exact path gives the precise error, or handles the float
+        else:
+            if end == len(text):  # else trailing bytes: the exact path names them
+                if data.count(b"{") + data.count(b"[") > MAX_JSON_DEPTH:
+                    _depth(value, MAX_JSON_DEPTH)
+                try:
+                    again = _JCS_ENCODER.encode(value).encode("utf-8")
+                except ValueError:  # a lone surrogate from an escape: never canonical
+                    raise not_canonical from None
+                if again != data:
+                    raise not_canonical
+                return value
+    value = parse_json_unverified(data, what=what, max_bytes=max_bytes)
+    if canonical_json(value) != data:
+        raise not_canonical
     return value

@@ -32,6 +32,7 @@ from exchange.canonical import (
     b64_decode,
     b64url_decode,
     canonical_json,
+    parse_canonical_json_unverified,
     parse_json_unverified,
     sha256,
 )
@@ -485,14 +486,11 @@ def _strict_object(
 ) -> Any:
     """Parse a JSON object with exactly ``keys`` whose bytes are its canonical form."""
     try:
-        doc = parse_json_unverified(data, what=what, max_bytes=max_bytes)
-        canonical = canonical_json(doc)
+        doc = parse_canonical_json_unverified(data, what=what, max_bytes=max_bytes)
     except InputError as e:
         raise _fail(code, e.message) from e
     if not isinstance(doc, dict) or set(doc) != keys:
         raise _fail(code, f"{what}: fields must be exactly {', '.join(sorted(keys))}")
-    if canonical != data:
-        raise _fail(code, f"{what}: bytes are not canonical JSON (RFC 8785)")
     return doc
 
 

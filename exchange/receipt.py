@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from exchange.canonical import canonical_json, parse_json_unverified, sha256_digest
+from exchange.canonical import canonical_json, parse_canonical_json_unverified, sha256_digest
 from exchange.crypto import Signer, verify_ed25519
 from exchange.errors import InputError, PeerDataError
 from exchange.names import NODE_ID_RE
@@ -225,14 +225,13 @@ def _parse(statement: bytes) -> dict[str, Any]:
     """Strict reading of signed receipt bytes: exact keys, canonical form, every rule."""
     code = "peer.receipt.malformed"
     try:
-        doc = parse_json_unverified(statement, what="receipt", max_bytes=MAX_RECEIPT_BYTES)
-        canonical = canonical_json(doc)
+        doc = parse_canonical_json_unverified(
+            statement, what="receipt", max_bytes=MAX_RECEIPT_BYTES
+        )
     except InputError as e:
         raise _fail(code, e.message) from e
     if not isinstance(doc, dict) or set(doc) != RECEIPT_KEYS or doc["type"] != RECEIPT_TYPE:
         raise _fail(code, f"receipt: not an {RECEIPT_TYPE} statement with exactly its fields")
-    if canonical != statement:
-        raise _fail(code, "receipt: bytes are not canonical JSON (RFC 8785)")
     raw_items = doc["items"]
     if not isinstance(raw_items, list) or len(raw_items) > MAX_RECEIPT_RANGE:
         raise _fail(code, "receipt: items must be a list of at most one per seq")

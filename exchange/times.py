@@ -14,6 +14,13 @@ _RFC3339_Z = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 def format_time(when: datetime) -> str:
     if when.tzinfo is None:
         raise ValueError("naive datetime: pass an aware UTC time")
+    return _format_utc(when)
+
+
+@lru_cache(maxsize=1024)
+def _format_utc(when: datetime) -> str:
+    """Every event of a batch carries the same time: format it once. (Aware datetimes that
+    are the same instant hash and compare equal, and format to the same UTC text.)"""
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

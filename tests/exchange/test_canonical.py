@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 from typing import Any
 
 import pytest
@@ -9,7 +11,11 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exchange.canonical import canonical_json
+from exchange.canonical import (
+    canonical_json,
+    parse_canonical_json_unverified,
+    parse_json_unverified,
+)
 from exchange.errors import InputError
 
 _scalars = (
@@ -104,3 +110,88 @@ def test_parse_json_unverified_refusals(data: bytes, message: str) -> None:
     with pytest.raises(InputError, match=message):
         parse_json_unverified(data, what="x", max_bytes=1000)
     assert parse_json_unverified(b'{"k":"[[[["}', what="x", max_bytes=1000) == {"k": "[[[["}
+
+
+# ---- parse_canonical_json_unverified: the fast round trip agrees with the exact path ----------
+
+
+def _exact(data: bytes) -> Any:
+    """The reference: strict parse, then re-encode with rfc8785 and compare."""
+    try:
+        value = parse_json_unverified(data, what="x", max_bytes=1 << 20)
+        if rfc8785.dumps(value) != data:
+            return InputError
+        return value
+    except (InputError, rfc8785.CanonicalizationError, TypeError, ValueError):
+        return InputError
+
+
+def _fast(data: bytes) -> Any:
+    try:
+        return parse_canonical_json_unverified(data, what="x", max_bytes=1 << 20)
+    except InputError:
+        return InputError
+
+
+def _renderings(value: Any) -> list[bytes]:
+    """The canonical bytes and the usual ways to write the same value otherwise."""
+    out = []
+    reference = _reference(value)
+    if isinstance(reference, bytes):
+        out.append(reference)
+    for kwargs in (
+        {"separators": (",", ":"), "ensure_ascii": True, "sort_keys": True},
+        {"separators": (", ", ": "), "ensure_ascii": False, "sort_keys": True},
+        {"separators": (",", ":"), "ensure_ascii": False, "sort_keys": False},
+    ):
+        with contextlib.suppress(TypeError, ValueError):
+            out.append(json.dumps(value, **kwargs).encode("utf-8"))  # type: ignore[arg-type]
+    return out
+
+
+@settings(max_examples=400)
+@given(_values)
+def test_canonical_parse_agrees_with_the_exact_path(value: Any) -> None:
+    for data in _renderings(value):
+        assert _fast(data) == _exact(data), data
+
+
+@settings(max_examples=400)
+@given(_values, st.integers(min_value=0), st.binary(min_size=1, max_size=3))
+def test_canonical_parse_agrees_on_edited_bytes(value: Any, at: int, insert: bytes) -> None:
+    for data in _renderings(value):
+        i = at % (len(data) + 1)
+        for edited in (data[:i] + insert + data[i:], data[:i] + data[i + 1 :]):
+            fast, exact = _fast(edited), _exact(edited)
+            assert (fast is InputError) == (exact is InputError), edited
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"a":1,"a":1}',  # duplicate key
+        b'{"a":1} ',  # trailing space
+        b' {"a":1}',
+        b'{"a":"\\u0041"}',  # an escape JCS does not write
+        b'{"a":"\\/"}',
+        b'{"a":"\\ud800"}',  # lone surrogate
+        b'{"a":1.0}',  # integral float
+        b'{"a":1e2}',
+        b'{"a":-0}',
+        b'{"a":9007199254740993}',  # beyond the safe integers
+        b'{"a":NaN}',
+        b'{"b":1,"a":2}',  # unsorted
+        b'{"a":1}x',
+        b'["a"]\x00',
+    ],
+)
+def test_canonical_parse_refusals(data: bytes) -> None:
+    assert _exact(data) is InputError
+    with pytest.raises(InputError):
+        parse_canonical_json_unverified(data, what="x", max_bytes=1 << 20)
+
+
+def test_canonical_parse_accepts_floats_and_unicode_exactly() -> None:
+    for value in ({"lat": 25.1264, "n": "é\u2028"}, [1, "x", None, True, {"k": -5}]):
+        data = canonical_json(value)
+        assert parse_canonical_json_unverified(data, what="x", max_bytes=1 << 20) == value
