@@ -21,8 +21,9 @@ from __future__ import annotations
 import hmac
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from exchange.canonical import b64_decode
@@ -112,10 +113,13 @@ def audit_bundle(
     since: tuple[int, bytes] | None = None,
     progress: Callable[[int], None] | None = None,
     on_event: Callable[[Event], None] | None = None,
+    scanner: Scanner | None = None,
 ) -> AuditReport:
     """Verify a bundle given as raw lines. ``since`` = (size, root) of a checkpoint the
     auditor verified before: the log must extend it. ``on_event`` sees every well-formed
-    event (e.g. for reconciliation); trust them only if the report has no findings."""
+    event (e.g. for reconciliation); trust them only if the report has no findings.
+    ``scanner`` checks the entry lines chunk by chunk (default: here, ``scan_in_process``);
+    the outcome is the same whichever scans them."""
     report = AuditReport()
     it = iter(lines)
     try:
@@ -144,86 +148,195 @@ def audit_bundle(
     witnesses = _witness_keys(peers, report)
 
     checkpoints = _read_checkpoints(it, n_checkpoints, log_keys, witnesses, origin, report)
-    pending = sorted(checkpoints, key=lambda c: c.size)
-    tree = CompactRange()
-    verified_upto = 0
-    expected = 0
-    for raw in it:
-        if not raw.strip():
-            continue
-        try:
-            line = _json_line(raw, f"entry {expected}")
-            index = line["i"]
-            event_data = b64_decode(line["event"], what=f"entry {expected} event")
-            stored_hash = b64_decode(line["h"], what=f"entry {expected} hash")
-        except (AccordError, KeyError, TypeError) as e:
-            message = e.message if isinstance(e, AccordError) else f"entry {expected}: malformed"
-            report.add(expected, "entry.malformed", message)
-            tree.append(b"\x00" * 32)
-            expected += 1
-            continue
-        if index != expected:
-            report.add(expected, "entry.out_of_order", f"entry {expected}: row numbered {index}")
-        computed = leaf_hash(event_data)
-        if not hmac.compare_digest(computed, stored_hash):
-            report.add(
-                expected,
-                "entry.edited",
-                f"entry {expected}: event does not match its stored leaf hash",
-            )
-        try:
-            event = parse_event_unverified(event_data)
-            report.kinds[event.kind] += 1
-            if on_event is not None:
-                on_event(event)
-            if event.index != expected:
-                report.add(
-                    expected,
-                    "entry.moved",
-                    f"entry {expected}: event records index {event.index} "
-                    "(a row was deleted, inserted or moved)",
-                )
-        except AccordError as e:
-            report.add(expected, "entry.bad_event", f"entry {expected}: {e.message}")
-        tree.append(computed)
-        expected += 1
-        if since is not None and tree.size == since[0] and tree.root() != since[1]:
-            report.add(
-                expected - 1,
-                "log.since",
-                f"the log does not extend the checkpoint of size {since[0]}",
-            )
-        while pending and pending[0].size == tree.size:
-            cp = pending.pop(0)
-            if tree.root() != cp.root:
-                report.add(
-                    verified_upto,
-                    "checkpoint.root",
-                    f"checkpoint {cp.size}: signed root does not match entries {verified_upto}.."
-                    f"{cp.size - 1}; an entry in that range was changed",
-                )
-            else:
-                verified_upto = cp.size
-            if tree.root() != cp.stored_root:
-                report.add(
-                    cp.size - 1,
-                    "checkpoint.stored_root",
-                    f"checkpoint {cp.size}: the node's stored subtree hashes give another root",
-                )
-        if progress is not None and expected % 10000 == 0:
-            progress(expected)
+    fold = _Fold(report, sorted(checkpoints, key=lambda c: c.size), since, progress)
+    for chunk in (scanner or scan_in_process)(it, on_event is not None):
+        fold.add(chunk, on_event)
+    expected = fold.tree.size
     report.entries = expected
     if progress is not None:
         progress(expected)
     if expected != size:
         report.add(expected, "bundle.size", f"header says {size} entries, bundle has {expected}")
-    for cp in pending:
+    for cp in fold.pending:
         report.add(
             None, "checkpoint.beyond_log", f"checkpoint {cp.size} is beyond the {expected} entries"
         )
     if since is not None and since[0] > expected:
         report.add(None, "log.since", f"the log ({expected}) is smaller than checkpoint {since[0]}")
     return report
+
+
+# ---- entries: each line checked on its own (parallel-safe), then folded in order ----------
+
+SCAN_CHUNK = 4096
+_ZERO_LEAF = b"\x00" * 32
+
+
+@dataclass(frozen=True)
+class ScannedLines:
+    """Entry lines checked on their own, in bundle order: what each claims and hashes to.
+    Positions are relative to the chunk; the fold knows where it starts. Picklable, so a
+    verifier may scan chunks in other processes (``node.audit``)."""
+
+    count: int
+    leaves: bytes  # 32 bytes per entry: the computed leaf hash (zeros when malformed)
+    claimed: list[object]  # the row number each line gives ("i"); None when malformed
+    indexes: list[int | None]  # the index each event records; None when it does not parse
+    kinds: dict[str, int]
+    problems: dict[int, list[tuple[str, str]]]  # position -> [(code, message)], in order
+    events: list[Event | None] | None = None  # kept when the caller wants them
+
+
+def scan_lines(lines: list[bytes], keep_events: bool = False) -> ScannedLines:
+    """Check entry lines that need no context: the JSON line, the event bytes against the
+    stored hash, the event's own shape. Blank lines are skipped."""
+    leaves: list[bytes] = []
+    claimed: list[object] = []
+    indexes: list[int | None] = []
+    kinds: Counter[str] = Counter()
+    problems: dict[int, list[tuple[str, str]]] = {}
+    events: list[Event | None] | None = [] if keep_events else None
+    for raw in lines:
+        if not raw.strip():
+            continue
+        at = len(leaves)
+        try:
+            line = _json_line(raw, "line")
+            index = line["i"]
+            event_data = b64_decode(line["event"], what="event")
+            stored_hash = b64_decode(line["h"], what="hash")
+        except (AccordError, KeyError, TypeError) as e:
+            message = e.message if isinstance(e, AccordError) else "malformed"
+            problems[at] = [("entry.malformed", message)]
+            leaves.append(_ZERO_LEAF)
+            claimed.append(None)
+            indexes.append(None)
+            if events is not None:
+                events.append(None)
+            continue
+        computed = leaf_hash(event_data)
+        leaves.append(computed)
+        claimed.append(index)
+        found: list[tuple[str, str]] = []
+        if not hmac.compare_digest(computed, stored_hash):
+            found.append(("entry.edited", "event does not match its stored leaf hash"))
+        event: Event | None = None
+        try:
+            event = parse_event_unverified(event_data)
+        except AccordError as e:
+            found.append(("entry.bad_event", e.message))
+        if event is not None:
+            kinds[event.kind] += 1
+        indexes.append(None if event is None else event.index)
+        if events is not None:
+            events.append(event)
+        if found:
+            problems[at] = found
+    return ScannedLines(
+        len(leaves), b"".join(leaves), claimed, indexes, dict(kinds), problems, events
+    )
+
+
+Scanner = Callable[[Iterator[bytes], bool], Iterable[ScannedLines]]
+
+
+def scan_in_process(lines: Iterator[bytes], keep_events: bool) -> Iterator[ScannedLines]:
+    """The default ``Scanner``: chunks of ``SCAN_CHUNK`` lines, scanned here."""
+    while chunk := list(islice(lines, SCAN_CHUNK)):
+        yield scan_lines(chunk, keep_events)
+
+
+class _Fold:
+    """Rebuild the tree from scanned chunks in order; name every entry whose position
+    disagrees with what it claims; check the since point and each checkpoint root at
+    its size. A chunk with nothing to name takes a fast path with the same outcome."""
+
+    def __init__(
+        self,
+        report: AuditReport,
+        pending: list[_Checkpoint],
+        since: tuple[int, bytes] | None,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.report = report
+        self.pending = pending
+        self.since = since
+        self.progress = progress
+        self.tree = CompactRange()
+        self.verified_upto = 0
+
+    def add(self, chunk: ScannedLines, on_event: Callable[[Event], None] | None) -> None:
+        start = self.tree.size
+        self.report.kinds.update(chunk.kinds)
+        if on_event is not None and chunk.events is not None:
+            for event in chunk.events:
+                if event is not None:
+                    on_event(event)
+        positions = list(range(start, start + chunk.count))
+        if not chunk.problems and chunk.claimed == positions and chunk.indexes == positions:
+            self._extend_clean(chunk.leaves, start)
+            return
+        for k in range(chunk.count):
+            expected = start + k
+            claimed = chunk.claimed[k]
+            problems = chunk.problems.get(k, [])
+            if claimed is not None and claimed != expected:
+                self.report.add(
+                    expected, "entry.out_of_order", f"entry {expected}: row numbered {claimed}"
+                )
+            for code, message in problems:
+                self.report.add(expected, code, f"entry {expected}: {message}")
+            recorded = chunk.indexes[k]
+            if recorded is not None and recorded != expected:
+                self.report.add(
+                    expected,
+                    "entry.moved",
+                    f"entry {expected}: event records index {recorded} "
+                    "(a row was deleted, inserted or moved)",
+                )
+            self.tree.extend(chunk.leaves, 32 * k, 32 * k + 32)
+            self._at_size()
+
+    def _extend_clean(self, leaves: bytes, start: int) -> None:
+        """Append a chunk with no entry findings, stopping only at the sizes where
+        ``_at_size`` can do something (the since point, checkpoints, progress)."""
+        end = start + len(leaves) // 32
+        stops = {s for s in range(start - start % 10000 + 10000, end + 1, 10000)}
+        stops.update(cp.size for cp in self.pending if start < cp.size <= end)
+        if self.since is not None and start < self.since[0] <= end:
+            stops.add(self.since[0])
+        stops.add(end)
+        done = start
+        for stop in sorted(stops):
+            self.tree.extend(leaves, 32 * (done - start), 32 * (stop - start))
+            done = stop
+            self._at_size()
+
+    def _at_size(self) -> None:
+        tree, report, size = self.tree, self.report, self.tree.size
+        if self.since is not None and size == self.since[0] and tree.root() != self.since[1]:
+            report.add(
+                size - 1, "log.since", f"the log does not extend the checkpoint of size {size}"
+            )
+        while self.pending and self.pending[0].size == size:
+            cp = self.pending.pop(0)
+            if tree.root() != cp.root:
+                report.add(
+                    self.verified_upto,
+                    "checkpoint.root",
+                    f"checkpoint {cp.size}: signed root does not match entries "
+                    f"{self.verified_upto}..{cp.size - 1}; an entry in that range was changed",
+                )
+            else:
+                self.verified_upto = cp.size
+            if tree.root() != cp.stored_root:
+                report.add(
+                    cp.size - 1,
+                    "checkpoint.stored_root",
+                    f"checkpoint {cp.size}: the node's stored subtree hashes give another root",
+                )
+        if self.progress is not None and size % 10000 == 0:
+            self.progress(size)
 
 
 def _log_keys(own: VerifiedChain, report: AuditReport) -> list[VerifierKey]:

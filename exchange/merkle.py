@@ -269,6 +269,18 @@ class CompactRange:
         self._edge.append((level, node))
         self.size += 1
 
+    def extend(self, leaves: bytes, start: int = 0, stop: int | None = None) -> None:
+        """``append`` each 32-byte leaf hash of ``leaves[start:stop]`` (a concatenation)."""
+        edge = self._edge
+        end = len(leaves) if stop is None else stop
+        for at in range(start, end, 32):
+            level, node = 0, leaves[at : at + 32]
+            while edge and edge[-1][0] == level:
+                node = node_hash(edge.pop()[1], node)
+                level += 1
+            edge.append((level, node))
+        self.size += (end - start) // 32
+
     def root(self) -> bytes:
         return _fold_right([h for _level, h in self._edge]) if self._edge else EMPTY_ROOT
 

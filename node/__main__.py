@@ -2,4 +2,5 @@
 
 from node.cli import main
 
-main()
+if __name__ == "__main__":  # import-safe: the audit verifier's worker processes import it
+    main()

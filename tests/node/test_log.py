@@ -196,6 +196,65 @@ def test_single_row_edits_fail_the_audit(
     assert names_entry([i for i, _code in findings]), findings
 
 
+EXTRA_EDITS = [
+    ("malformed_line", lambda text: text.replace('"event":"', '"event":"!', 1)),
+    ("blank_lines", lambda text: text.replace("\n", "\n\n", 3)),
+    ("swapped_lines", lambda text: _swap_entry_lines(text, 4, 5)),
+    ("truncated", lambda text: text[: text.rindex('{"i":')]),
+]
+
+
+def _swap_entry_lines(text: str, a: int, b: int) -> str:
+    lines = text.split("\n")
+    first = next(i for i, line in enumerate(lines) if line.startswith('{"i":'))
+    lines[first + a], lines[first + b] = lines[first + b], lines[first + a]
+    return "\n".join(lines)
+
+
+def _reports_every_way(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The same bundle verified in process (chunks of 4,096 and of 3 lines) and by worker
+    processes (chunks of 5 lines): chunk boundaries fall inside checkpoint ranges."""
+    from exchange import audit as exchange_audit
+    from node import audit as node_audit
+
+    out = []
+    for scan_chunk, workers, parallel_chunk in ((4096, "1", 0), (3, "1", 0), (4096, "2", 5)):
+        monkeypatch.setattr(exchange_audit, "SCAN_CHUNK", scan_chunk)
+        monkeypatch.setattr(node_audit, "PARALLEL_CHUNK", parallel_chunk or 16384)
+        monkeypatch.setenv("ACCORD_AUDIT_WORKERS", workers)
+        assert node_audit.audit_workers(bundle) == int(workers)  # really in other processes
+        out.append(verify_bundle_file(bundle).to_json())
+    return out
+
+
+@pytest.mark.parametrize("edit", [m[0] for m in MUTATIONS] + [e[0] for e in EXTRA_EDITS])
+def test_parallel_and_chunked_audits_find_exactly_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: str
+) -> None:
+    node = _busy_node(tmp_path)
+    sql = dict((m[0], m[1]) for m in MUTATIONS).get(edit)
+    if sql is not None:
+        for statement in sql.split("; "):
+            node.store.conn.execute(statement)
+    bundle = tmp_path / "b.jsonl"
+    export_bundle(node, bundle, NOW)
+    text_edit = dict(EXTRA_EDITS).get(edit)
+    if text_edit is not None:
+        bundle.write_text(text_edit(bundle.read_text()))
+    first, *others = _reports_every_way(bundle, monkeypatch)
+    assert first["findings"], f"{edit}: no finding"  # type: ignore[index]
+    assert all(o == first for o in others), (first, others)
+
+
+def test_parallel_audit_of_a_clean_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = _busy_node(tmp_path)
+    bundle = tmp_path / "b.jsonl"
+    export_bundle(node, bundle, NOW)
+    first, *others = _reports_every_way(bundle, monkeypatch)
+    assert first["ok"] and first["entries"] == node.log.size()  # type: ignore[index]
+    assert all(o == first for o in others)
+
+
 # -- the witness ----------------------------------------------------------------------------
 
 
