@@ -3,6 +3,7 @@ current agreements whenever it is loaded, and the decision for one report and pa
 
 from __future__ import annotations
 
+import hmac
 import os
 from collections.abc import Mapping
 from datetime import datetime
@@ -10,7 +11,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from exchange.agreement import Ceiling, ceilings_between
-from exchange.errors import InputError
+from exchange.errors import InputError, PolicyError
 from exchange.policy import (
     PeerStats,
     Policy,
@@ -26,6 +27,7 @@ from node.home import Node
 from node.schemas import registry
 
 POLICY_FILE = "policy.toml"
+POLICY_DIGEST_META = "policy.digest"  # the digest last logged as policy.changed
 MAX_POLICY_FILE = 256 * 1024
 
 REASON_TEXT = {
@@ -81,30 +83,50 @@ def check_policy(node: Node | None, text: str, now: datetime) -> Policy:
 
 
 def active_policy(node: Node, now: datetime) -> Policy | None:
+    """The applied policy, or None when there is none (nothing is released). A policy file
+    that is not the one last applied and logged is refused: a release policy changes only
+    through ``accord policy apply``, which logs it (``policy.changed``)."""
     path = node.data_dir / POLICY_FILE
     if not path.exists():
         return None
-    return check_policy(node, read_policy_text(path), now)
+    policy = check_policy(node, read_policy_text(path), now)
+    logged = node.store.get_meta(POLICY_DIGEST_META)
+    if logged is None or not hmac.compare_digest(logged, policy.digest):
+        raise PolicyError(
+            f"{path} is not the release policy last applied (it was changed outside "
+            "'accord policy apply', so the change is not in the log)",
+            code="policy.unlogged",
+            next_step=f"Review the file, then apply it with 'accord --data {node.data_dir} "
+            f"policy apply {path}' (or restore the applied version). Nothing is released "
+            "until then.",
+        )
+    return policy
 
 
 def apply_policy(node: Node, text: str, now: datetime) -> Policy:
-    """Install ``text`` as the active policy (checked first); logs ``policy.changed``."""
+    """Install ``text`` as the active policy (checked first); logs ``policy.changed`` and
+    records its digest in the same transaction (a file changed by hand is then refused)."""
     policy = check_policy(node, text, now)
-    previous = active_policy(node, now) if (node.data_dir / POLICY_FILE).exists() else None
-    if previous is not None and previous.digest == policy.digest:
-        return policy
+    logged = node.store.get_meta(POLICY_DIGEST_META)
+    path = node.data_dir / POLICY_FILE
     tmp = node.data_dir / (POLICY_FILE + ".tmp")
     tmp.write_text(text, "utf-8")
+    if logged == policy.digest:  # the same rules (comments or layout may differ)
+        os.replace(tmp, path)
+        return policy
     with node.store.transaction() as db:
         node.record(
             db,
             "policy.changed",
             now,
             policy_digest=policy.digest,
-            previous_digest=None if previous is None else previous.digest,
+            previous_digest=logged,
             peers=sorted(policy.peers),
         )
-        os.replace(tmp, node.data_dir / POLICY_FILE)
+        node.store.set_meta(db, POLICY_DIGEST_META, policy.digest)
+        # Inside the transaction: if the commit fails after this, the new file is refused
+        # as unlogged until it is applied again; never a logged policy that is not in force.
+        os.replace(tmp, path)
     node.checkpoint(now)
     return policy
 

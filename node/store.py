@@ -6,6 +6,7 @@ durable commit. Schema changes are numbered migrations, applied in order at open
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -191,6 +192,19 @@ def _m011_revocations(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m012_policy_digest(db: sqlite_utils.Database) -> None:
+    """The digest of the policy last logged, so a policy file edited by hand is refused."""
+    row = db.execute(
+        "SELECT event FROM log_leaves WHERE CAST(event AS TEXT) LIKE ? ORDER BY idx DESC LIMIT 1",
+        ('%"kind":"policy.changed"%',),
+    ).fetchone()
+    if row is not None:
+        digest = json.loads(bytes(row[0]))["policy_digest"]
+        db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('policy.digest', ?)", (digest,)
+        )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
     (2, "transparency log: leaves, subtrees, checkpoints, cosignatures, witness", _m002_log),
@@ -203,6 +217,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (9, "lookups: inbox by report, each release decision by report", _m009_lookups),
     (10, "idempotent submissions: the report each key produced", _m010_submissions),
     (11, "signed revocations: of our own keys, and those partners served", _m011_revocations),
+    (12, "the digest of the release policy last logged", _m012_policy_digest),
 ]
 
 

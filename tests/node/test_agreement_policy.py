@@ -173,3 +173,66 @@ def test_explain_shows_every_field_and_never_leaks_into_the_log(
     # Explaining stores nothing and logs nothing.
     db = b"".join(p.read_bytes() for p in pk.glob("node.db*"))
     assert MARKER.encode() not in db
+
+
+def test_a_policy_edited_by_hand_is_refused_until_applied(
+    partners: tuple[Path, Path], accord: Accord, tmp_path: Path
+) -> None:
+    """A release policy changes only through 'policy apply', which logs it: an edited
+    policy.toml releases nothing and changes nothing until it is applied."""
+    pk, cn = partners
+    _agree(accord, pk, cn, tmp_path)
+    assert accord("--data", pk, "policy", "apply", POLICY).code == 0
+    report = tmp_path / "alert.json"
+    report.write_text(json.dumps(ALERT))
+    # Comments and layout are not rules: re-applying them logs nothing new.
+    commented = tmp_path / "commented.toml"
+    commented.write_text("# reviewed 2026-11-25\n" + POLICY.read_text())
+    kinds = _kinds(pk)
+    assert accord("--data", pk, "policy", "apply", commented).code == 0
+    assert _kinds(pk) == kinds
+    # An insider widens the policy in the file, bypassing the CLI.
+    active = pk / "policy.toml"
+    active.write_text(
+        active.read_text().replace('withhold_labels = ["sensitive-source"]', "withhold_labels = []")
+    )
+    before = snapshot(pk)
+    r = accord("--data", pk, "policy", "explain", "--peer", "cn-mps", report)
+    assert r.code == 4 and "policy.unlogged" in r.err and "policy apply" in r.err
+    assert snapshot(pk) == before
+    # Applying it logs the change (previous digest = the one in force), and it works again.
+    assert accord("--data", pk, "policy", "apply", active).code == 0
+    node = Node.open(pk, lambda: PASSPHRASE)
+    try:
+        changes = [
+            e
+            for e in (parse_event_unverified(d) for _i, d in node.log.leaves(0, 10_000))
+            if e.kind == "policy.changed"
+        ]
+    finally:
+        node.close()
+    assert len(changes) == 2
+    assert changes[1].attrs["previous_digest"] == changes[0].attrs["policy_digest"]
+    assert accord("--data", pk, "policy", "explain", "--peer", "cn-mps", report).code == 0
+
+
+def test_migration_recovers_the_logged_policy_digest(
+    partners: tuple[Path, Path], accord: Accord
+) -> None:
+    """Nodes made before the digest was kept learn it from their log (migration 12)."""
+    import sqlite3
+
+    pk, _cn = partners
+    assert accord("--data", pk, "policy", "apply", POLICY).code == 0
+    conn = sqlite3.connect(pk / "node.db")
+    [(digest,)] = conn.execute("SELECT value FROM meta WHERE key = 'policy.digest'").fetchall()
+    with conn:
+        conn.execute("DELETE FROM meta WHERE key = 'policy.digest'")
+        conn.execute("DELETE FROM _migrations WHERE version = 12")
+    conn.close()
+    assert accord("--data", pk, "status", "--json").code in (0, 8)  # opens, migrates
+    node = Node.open(pk, lambda: PASSPHRASE)
+    try:
+        assert node.store.get_meta("policy.digest") == digest
+    finally:
+        node.close()
