@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -142,13 +143,16 @@ class ParallelScanner:
     chunks ahead of the fold (bounded memory), and hands the results back in order.
     Scanning a line needs nothing but the line, so the outcome is the in-process one."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, start_method: str | None = None) -> None:
         self.workers = workers
+        self.start_method = start_method
 
     def __call__(self, lines: Iterator[bytes], keep_events: bool) -> Iterator[ScannedLines]:
-        # spawn, not fork: safe from any process, threads or not (the program's main
-        # module must be import-safe, as every Accord entry point is).
-        context = multiprocessing.get_context("spawn")
+        # fork starts a worker at once with everything loaded, but is unsafe in a process
+        # with threads; there, spawn (the program's main module must then be import-safe,
+        # as every Accord entry point is). 'accord audit verify' has one thread.
+        method = self.start_method or ("fork" if threading.active_count() == 1 else "spawn")
+        context = multiprocessing.get_context(method)
         with ProcessPoolExecutor(self.workers, mp_context=context) as pool:
             ahead: deque[Future[ScannedLines]] = deque()
             while True:

@@ -224,6 +224,13 @@ def _reports_every_way(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> list[ob
         monkeypatch.setenv("ACCORD_AUDIT_WORKERS", workers)
         assert node_audit.audit_workers(bundle) == int(workers)  # really in other processes
         out.append(verify_bundle_file(bundle).to_json())
+    # Both ways to start workers, as the default picks them: fork only without threads.
+    import threading
+
+    for method in ("spawn", "fork") if threading.active_count() == 1 else ("spawn",):
+        scanner = node_audit.ParallelScanner(2, method)
+        report = exchange_audit.audit_bundle(node_audit.read_lines(bundle), scanner=scanner)
+        out.append(report.to_json())
     return out
 
 
