@@ -331,11 +331,6 @@ class Node:
                 code="input.unknown_key",
                 next_step="List this node's identity keys with 'accord keys list'.",
             )
-        row = self.store.conn.execute(
-            "SELECT statement FROM own_revocations WHERE identity_key = ?", (keys[0],)
-        ).fetchone()
-        if row is not None:
-            return parse_revocation_unverified(bytes(row[0])), False
         revocation = Revocation(
             node=self.config.node,
             identity_key=keys[0],
@@ -344,7 +339,12 @@ class Node:
             issued_at=format_time(now),
         )
         signed = sign_revocation(revocation, self.keyring().identity_signer(), chain)
-        with self.store.transaction() as db:
+        with self.store.transaction() as db:  # BEGIN IMMEDIATE: one revoker at a time
+            row = self.store.conn.execute(
+                "SELECT statement FROM own_revocations WHERE identity_key = ?", (keys[0],)
+            ).fetchone()
+            if row is not None:
+                return parse_revocation_unverified(bytes(row[0])), False
             index = self.record(
                 db,
                 "key.revoked",
