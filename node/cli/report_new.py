@@ -438,7 +438,7 @@ def report_new(ctx: CliContext, sop: str, tlp: str | None, out: Path | None, as_
             if not iv.confirm(f"Seal and send this report to {to}?", default=False):
                 iv.note("Not sent; nothing was stored.", style="bold")
                 _offer_save(iv, data, sop, ctx.data_dir)
-                return
+                raise click.exceptions.Exit(130)  # a refused confirmation, as elsewhere
             answer = call(stub.Submit, officer_pb2.SubmitRequest(report=data))
     except AccordError as e:
         print_error(e)

@@ -222,3 +222,52 @@ def _partner_text_is_shown_escaped(
         assert not any(ch in shown.out for ch in raw), (args, shown.out)
     table = accord("--data", cn, "inbox", "show", item["envelope_id"]).out
     assert "\\u202etxt.exe" in table and "Gwadar\\u000dFAKE" in table
+
+
+def test_report_new_declined_sends_nothing_and_exits_130(
+    partners: tuple[Path, Path],
+    servers: Callable[..., ServerProcess],
+    accord: Accord,
+    tmp_path: Path,
+) -> None:
+    """The officer sees the explanation and answers no: nothing is sealed, stored or
+    logged, and the exit status says the confirmation was refused (130), as everywhere."""
+    pk, cn = partners
+    _agree(accord, pk, cn, tmp_path)
+    procs = [servers(pk), servers(cn)]
+    for p in procs:
+        p.wait_ready()
+    entries = len(accord("--data", pk, "log", "show", "--json").json()["entries"])  # type: ignore[index]
+    args = ["--data", str(pk), "report", "new", "--schema", "threat-alert@1"]
+    term = Terminal([sys.executable, "-m", "node", *args], cwd=tmp_path)
+    try:
+        for prompt, text in [
+            (r"tlp \[amber\]: ", "green"),
+            (r"\ntitle: ", "Checkpoint closure"),
+            (r"\nthreat_type: ", "other"),
+            (r"\nseverity: ", "low"),
+            (r"\nregion: ", "Sindh"),
+            (r"\nsite: ", ""),
+            (r"Add location\? \[y/N\]: ", "n"),
+            (r"\ntime_window\.start: ", "2026-11-26T00:00:00Z"),
+            (r"\ntime_window\.end: ", "2026-11-27T00:00:00Z"),
+            (r"\nsummary: ", ""),
+            (r"\nindicators\[0\]: ", ""),
+            (r"\nrecommended_actions\[0\]: ", ""),
+            (r"\nsource\.kind: ", "osint"),
+            (r"\nsource\.reliability: ", "c"),
+            (r"\nsource\.credibility: ", "3"),
+            (r"Seal and send this report to cn-mps\? \[y/N\]: ", "n"),
+            (r"Save the report to a file, to submit it later\? \[Y/n\]: ", "n"),
+        ]:
+            term.answer(prompt, text)
+        assert term.wait() == 130, term.seen[-3000:]
+    finally:
+        term.close()
+    assert "Not sent; nothing was stored." in term.seen
+    assert accord("--data", pk, "report", "list", "--json").json() == []
+    after = accord("--data", pk, "log", "show", "--json").json()["entries"]  # type: ignore[index]
+    # Only the partner's cosignatures of our checkpoints arrive meanwhile.
+    assert {e["kind"] for e in after[entries:]} <= {"checkpoint.cosigned"}
+    for p in procs:
+        assert p.terminate() == 0
