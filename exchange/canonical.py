@@ -113,7 +113,11 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def b64_decode(text: str, *, what: str) -> bytes:
+def b64_decode(text: object, *, what: str) -> bytes:
+    """Strict standard base64. ``text`` comes from parsed JSON: anything but a string
+    (a number, null, a list) is refused like bad base64, never an AttributeError."""
+    if not isinstance(text, str):
+        raise InputError(f"{what}: not standard base64 (a {type(text).__name__})")
     try:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError) as e:

@@ -76,6 +76,7 @@ def seeds() -> dict[str, list[bytes]]:
     revocation = Revocation("pk-moi", signer.public_key, T, "compromised", T).to_bytes()
     revoked = revocation + b"\x00" + signer.sign(signed_message(Purpose.REVOCATION, revocation))
     header = json.dumps({"type": "bundle-header"}).encode()
+    chain, full_bundle = _chain_and_bundle(signer)
     return {
         "sd_jwt": [sealed.full_presentation().encode(), sealed.present(["title"]).encode()],
         "note": [note],
@@ -87,10 +88,12 @@ def seeds() -> dict[str, list[bytes]]:
         ],
         "retraction": [retraction.statement + b"\x00" + retraction.signature],
         "revocation": [revoked],
+        "card_chain": [chain],
         "bundle": [
+            full_bundle,
             header
             + b"\n"
-            + json.dumps({"i": 0, "event": b64(event), "h": b64(tree.subtree(0, 0))}).encode()
+            + json.dumps({"i": 0, "event": b64(event), "h": b64(tree.subtree(0, 0))}).encode(),
         ],
         "envelope_header": [
             json.dumps(
@@ -110,6 +113,52 @@ def seeds() -> dict[str, list[bytes]]:
             ).encode()
         ],
     }
+
+
+def _chain_and_bundle(signer: _Signer) -> tuple[bytes, bytes]:
+    """A one-card chain of the fixed key, and a one-entry audit bundle that verifies
+    under it (so the bundle fuzzer gets past the header to the entries)."""
+    from datetime import UTC, datetime
+
+    from exchange.audit import BUNDLE_TYPE
+    from exchange.card import SUITE_X25519, Card, EncryptionKey, chain_bytes, sign_card
+    from exchange.merkle import leaf_hash
+    from exchange.note import verifier_key
+    from keys.tls import generate_tls
+
+    tls = generate_tls("pk-moi", "127.0.0.1", datetime(2026, 1, 1, tzinfo=UTC))
+    card = Card(
+        node="pk-moi",
+        name="Pakistan MoI",
+        endpoint="127.0.0.1:7441",
+        identity_key=signer.public_key,
+        log_vkey=verifier_key("pk-moi.accord/log", signer.public_key).encode(),
+        witness_vkey=verifier_key("pk-moi.accord/witness", signer.public_key, 0x04).encode(),
+        encryption_keys=(EncryptionKey("ek", SUITE_X25519, signer.public_key, T),),
+        tls_ca_pem=tls.ca_cert_pem.decode("ascii"),
+        version=1,
+        issued_at="2026-01-01T00:00:00Z",
+    )
+    chain = chain_bytes([sign_card(card, signer, None)])
+    event = event_bytes("node.created", 0, T, {"node": "pk-moi", "fingerprint": card.fingerprint})
+    leaf = leaf_hash(event)
+    note = sign_checkpoint(Checkpoint("pk-moi.accord/log", 1, leaf), "pk-moi.accord/log", signer)
+    header = {
+        "type": BUNDLE_TYPE,
+        "node": "pk-moi",
+        "origin": "pk-moi.accord/log",
+        "cards": b64(chain),
+        "peers": {},
+        "size": 1,
+        "checkpoints": 1,
+        "exported_at": T,
+    }
+    lines = [
+        json.dumps(header, sort_keys=True),
+        json.dumps({"checkpoint": note.decode("utf-8"), "stored_root": b64(leaf)}),
+        json.dumps({"i": 0, "event": b64(event), "h": b64(leaf)}),
+    ]
+    return chain, "\n".join(lines).encode() + b"\n"
 
 
 def write(root: Path) -> dict[str, Path]:

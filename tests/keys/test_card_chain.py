@@ -148,7 +148,15 @@ def _garbage(signed: list[SignedCard]) -> bytes:
     )
 
 
+def _card_not_a_string(signed: list[SignedCard]) -> bytes:
+    return (
+        b'{"type":"accord.card-chain/v1","cards":'
+        b'[{"card":5,"signature":null,"previous_signature":null}]}'
+    )
+
+
 ATTACKS: list[tuple[str, Callable[..., bytes], str]] = [
+    ("card_field_not_a_string", _card_not_a_string, "base64"),
     ("one_changed_byte", _flip_byte, "signature"),
     ("chain_skips_a_version", _skip_version, "skips"),
     ("rotation_signed_only_by_new_key", _rotation_signed_by_new_key_only, "v1 identity key"),

@@ -4,6 +4,7 @@ an earlier one, audit of every single-row edit, and the witness (THREATS.md I01-
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -201,6 +202,12 @@ EXTRA_EDITS = [
     ("blank_lines", lambda text: text.replace("\n", "\n\n", 3)),
     ("swapped_lines", lambda text: _swap_entry_lines(text, 4, 5)),
     ("truncated", lambda text: text[: text.rindex('{"i":')]),
+    ("event_not_a_string", lambda text: re.sub(r'"event":"[^"]*"', '"event":5', text, count=1)),
+    ("hash_is_null", lambda text: re.sub(r'"h":"[^"]*"', '"h":null', text, count=1)),
+    (
+        "stored_root_not_a_string",
+        lambda text: text.replace('"stored_root": "', '"stored_root": 7, "x": "', 1),
+    ),
 ]
 
 
