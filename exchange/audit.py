@@ -457,6 +457,13 @@ def reconcile(
     return report
 
 
+def _int_attr(event: Event, name: str, default: int) -> int:
+    """An integer attribute of a signed event; a node that signs another type in its own
+    log gets no match from it (a finding), never a crash of the auditor's tool."""
+    value = event.attrs.get(name, default)
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
 def _reconcile_direction(
     sender: str, sent: list[Event], receiver: str, received: list[Event], report: ReconcileReport
 ) -> None:
@@ -468,7 +475,7 @@ def _reconcile_direction(
         and e.attrs.get("envelope_id")
     }
     receipts = [
-        (int(e.attrs.get("first_seq", 0)), int(e.attrs.get("last_seq", -1)))
+        (_int_attr(e, "first_seq", 0), _int_attr(e, "last_seq", -1))
         for e in sent
         if e.kind == "receipt.received" and e.attrs.get("peer") == receiver
     ]
@@ -488,7 +495,7 @@ def _reconcile_direction(
                 )
             )
     for envelope_id, event in sorted(releases.items(), key=lambda kv: kv[1].index):
-        seq = int(event.attrs.get("seq", -1))
+        seq = _int_attr(event, "seq", -1)
         if envelope_id not in arrivals:
             report.findings.append(
                 Finding(

@@ -233,7 +233,7 @@ def _parse_encryption_key(raw: object) -> EncryptionKey:
     if not isinstance(raw, dict) or set(raw) != {"kid", "suite", "public", "not_after"}:
         raise InputError("card: each encryption key needs exactly kid, suite, public, not_after")
     suite = raw["suite"]
-    if suite not in SUITE_PUBLIC_KEY_LEN:
+    if not isinstance(suite, str) or suite not in SUITE_PUBLIC_KEY_LEN:
         raise InputError("card: encryption key has an unknown suite")
     public = b64_decode(raw["public"], what="card encryption key")
     if len(public) != SUITE_PUBLIC_KEY_LEN[suite]:

@@ -109,7 +109,7 @@ def parse_event_unverified(data: bytes) -> Event:
     if not isinstance(doc, dict) or doc.get("type") != EVENT_TYPE:
         raise PeerDataError(f"log event is not an {EVENT_TYPE} object", code="log.bad_event")
     kind, index, at = doc.get("kind"), doc.get("index"), doc.get("at")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:  # a list or object is not hashable
         raise PeerDataError("log event has an unknown kind", code="log.bad_event")
     if not isinstance(index, int) or isinstance(index, bool) or index < 0:
         raise PeerDataError("log event has no valid index", code="log.bad_event")
