@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from exchange.canonical import (
@@ -270,9 +271,10 @@ def _check_tls_ca(value: object) -> str:
     try:
         cert = x509.load_pem_x509_certificate(value.encode("ascii"))
         basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except (ValueError, UnicodeEncodeError, x509.ExtensionNotFound) as e:
-        raise InputError("card tls_ca is not a PEM CA certificate") from e
-    if not basic.ca or not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
+        public_key = cert.public_key()  # an unknown curve or algorithm raises here
+    except (ValueError, UnicodeEncodeError, x509.ExtensionNotFound, UnsupportedAlgorithm) as e:
+        raise InputError("card tls_ca is not a PEM CA certificate we can use") from e
+    if not basic.ca or not isinstance(public_key, ec.EllipticCurvePublicKey):
         raise InputError("card tls_ca is not an ECDSA CA certificate")
     return value
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -156,3 +157,15 @@ def test_no_json_type_in_any_field_crashes_a_parser(name: str) -> None:
     assert variants
     for data in variants:
         _run(name, data)
+
+
+# ---- inputs that crashed a harness once (make fuzz saves them under fuzz/crashes/) --------
+
+REGRESSIONS = sorted((Path(__file__).parent / "fuzz_regressions").glob("*"))
+
+
+@pytest.mark.parametrize("path", REGRESSIONS, ids=[p.name for p in REGRESSIONS])
+def test_inputs_that_once_crashed_a_harness(path: Path) -> None:
+    """File name: ``<target>-<what>``. The input must now be refused cleanly (or pass)."""
+    target = next(t for t in sorted(TARGETS, key=len, reverse=True) if path.name.startswith(t))
+    _run(target, path.read_bytes())

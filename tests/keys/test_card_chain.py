@@ -352,3 +352,32 @@ def test_p06_revoked_key_cannot_sign_a_rotation(keyring: Keyring) -> None:
     with pytest.raises(PeerDataError, match="revoked"):
         store.update("pk-moi", signed[1:], NOW + timedelta(minutes=1))
     assert records.rows == rows
+
+
+def test_card_whose_tls_ca_uses_an_unknown_curve_is_refused(keyring: Keyring) -> None:
+    """Found by make fuzz: cryptography raised UnsupportedAlgorithm from the certificate's
+    public key (curve OID 1.2.840.10045.3.33.7), which escaped as an internal error."""
+    import base64 as b64mod
+
+    from exchange.canonical import canonical_json
+    from exchange.purpose import Purpose as P
+    from exchange.purpose import signed_message as sm
+
+    signed, rings = build_chain(keyring, 1)
+    doc = json.loads(signed[0].card_bytes)
+    body = "".join(doc["tls_ca"].strip().splitlines()[1:-1])
+    der = b64mod.b64decode(body)
+    p256 = bytes.fromhex("06082a8648ce3d030107")
+    assert p256 in der
+    bad = der.replace(p256, bytes.fromhex("06082a8648ce3d032107"))
+    lines = [b64mod.b64encode(bad).decode()[i : i + 64] for i in range(0, 4 * len(bad), 64)]
+    pem = "-----BEGIN CERTIFICATE-----\n" + "\n".join(x for x in lines if x)
+    doc["tls_ca"] = pem + "\n-----END CERTIFICATE-----\n"
+    data = canonical_json(doc)
+    sig = rings[0].identity_signer().sign(sm(P.CARD, data))
+    records = MemoryRecords()
+    with pytest.raises(PeerDataError, match="tls_ca"):
+        TrustStore(records, "cn-mps").add(
+            chain_bytes([SignedCard(data, sig, None)]), fingerprint=None, tofu=True, now=NOW
+        )
+    assert records.rows == {}
