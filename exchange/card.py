@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from exchange.canonical import (
@@ -272,7 +271,8 @@ def _check_tls_ca(value: object) -> str:
         cert = x509.load_pem_x509_certificate(value.encode("ascii"))
         basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         public_key = cert.public_key()  # an unknown curve or algorithm raises here
-    except (ValueError, UnicodeEncodeError, x509.ExtensionNotFound, UnsupportedAlgorithm) as e:
+    except Exception as e:  # hostile DER raises ValueError, InvalidVersion,
+        # UnsupportedAlgorithm, ExtensionNotFound, ...: all mean "not a certificate we use"
         raise InputError("card tls_ca is not a PEM CA certificate we can use") from e
     if not basic.ca or not isinstance(public_key, ec.EllipticCurvePublicKey):
         raise InputError("card tls_ca is not an ECDSA CA certificate")
