@@ -387,13 +387,18 @@ def pending_with_seq(
 
 
 def backlog(node: Node, peer: str) -> tuple[int, int]:
-    """(highest seq sent to ``peer``, highest seq it acknowledged)."""
-    row = node.store.conn.execute(
-        "SELECT max(seq), max(CASE WHEN state != 'pending' THEN seq END) "
-        "FROM outbox WHERE peer = ?",
-        (peer,),
-    ).fetchone()
-    return int(row[0] or 0), int(row[1] or 0)
+    """(highest seq sent to ``peer``, highest seq it acknowledged). Point queries on the
+    ``(peer, seq)`` key and the ``(peer, state, seq)`` index (migration 13): this runs on
+    every Acknowledge, and scanning a large outbox there stalled the whole server."""
+    conn = node.store.conn
+    sent = conn.execute("SELECT max(seq) FROM outbox WHERE peer = ?", (peer,)).fetchone()[0]
+    acknowledged = 0
+    for state in ("delivered", "rejected"):
+        row = conn.execute(
+            "SELECT max(seq) FROM outbox WHERE peer = ? AND state = ?", (peer, state)
+        ).fetchone()
+        acknowledged = max(acknowledged, int(row[0] or 0))
+    return int(sent or 0), acknowledged
 
 
 def accept_receipt(

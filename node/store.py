@@ -205,6 +205,10 @@ def _m012_policy_digest(db: sqlite_utils.Database) -> None:
         )
 
 
+def _m013_outbox_by_state(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE INDEX outbox_by_state ON outbox (peer, state, seq)")
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
     (2, "transparency log: leaves, subtrees, checkpoints, cosignatures, witness", _m002_log),
@@ -218,6 +222,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (10, "idempotent submissions: the report each key produced", _m010_submissions),
     (11, "signed revocations: of our own keys, and those partners served", _m011_revocations),
     (12, "the digest of the release policy last logged", _m012_policy_digest),
+    (13, "outbox by state: what a partner acknowledged, without a scan", _m013_outbox_by_state),
 ]
 
 

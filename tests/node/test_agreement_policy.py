@@ -228,7 +228,9 @@ def test_migration_recovers_the_logged_policy_digest(
     [(digest,)] = conn.execute("SELECT value FROM meta WHERE key = 'policy.digest'").fetchall()
     with conn:
         conn.execute("DELETE FROM meta WHERE key = 'policy.digest'")
-        conn.execute("DELETE FROM _migrations WHERE version = 12")
+        # As a node made before migration 12: later migrations undone too.
+        conn.execute("DELETE FROM _migrations WHERE version >= 12")
+        conn.execute("DROP INDEX outbox_by_state")
     conn.close()
     assert accord("--data", pk, "status", "--json").code in (0, 8)  # opens, migrates
     node = Node.open(pk, lambda: PASSPHRASE)
