@@ -8,7 +8,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import rfc8785
@@ -22,39 +22,32 @@ _SAFE_INT = 2**53 - 1
 _SPACE = re.compile(r"\s")  # str.isspace(), in C: the same characters
 
 
+def _plain_items(items: Iterable[Any]) -> bool:
+    """``_plain`` for the items of a container, with scalars checked inline (most
+    documents are flat objects of strings and integers, and this runs for every document
+    signed or logged)."""
+    for item in items:
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int:
+            if not -_SAFE_INT <= item <= _SAFE_INT:
+                return False
+        elif not _plain(item):
+            return False
+    return True
+
+
 def _plain(value: Any) -> bool:
     """True when ``json.dumps`` already writes the JCS bytes of ``value``: integers inside
     JCS's domain; floats only where Python's shortest repr is ECMAScript's (finite, not
     integral, 1e-4 <= |x| < 1e16: no exponent either way); ASCII keys (so code point order
-    is UTF-16 order); and only the exact JSON container and scalar types.
-
-    Scalars inside containers are checked inline (most documents are flat objects of
-    strings and integers, and this runs for every document signed or logged)."""
+    is UTF-16 order); and only the exact JSON container and scalar types."""
     kind = type(value)
     if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str or not key.isascii():
-                return False
-            item_kind = type(item)
-            if item_kind is str or item_kind is bool or item is None:
-                continue
-            if item_kind is int:
-                if not -_SAFE_INT <= item <= _SAFE_INT:
-                    return False
-            elif not _plain(item):
-                return False
-        return True
+        return all(type(k) is str and k.isascii() for k in value) and _plain_items(value.values())
     if kind is list or kind is tuple:
-        for item in value:
-            item_kind = type(item)
-            if item_kind is str or item_kind is bool or item is None:
-                continue
-            if item_kind is int:
-                if not -_SAFE_INT <= item <= _SAFE_INT:
-                    return False
-            elif not _plain(item):
-                return False
-        return True
+        return _plain_items(value)
     if kind is str or kind is bool or value is None:
         return True
     if kind is int:

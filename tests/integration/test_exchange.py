@@ -114,6 +114,26 @@ def test_report_flows_from_pk_moi_to_cn_mps(
         assert MARKER not in json.dumps(entry)
 
 
+def _serving_with_one_report(
+    accord: Accord, servers: Callable[..., ServerProcess], pk: Path, cn: Path, tmp_path: Path
+) -> tuple[ServerProcess, ServerProcess, Path]:
+    """Both nodes agreed and serving; one report from pk-moi already in cn-mps's inbox."""
+    _agree(accord, pk, cn, tmp_path)
+    pk_server, cn_server = servers(pk), servers(cn)
+    for p in (pk_server, cn_server):
+        p.wait_ready()
+    report = tmp_path / "alert.json"
+    report.write_text(json.dumps(ALERT))
+    assert accord("--data", pk, "report", "submit", report).code == 0
+    _until("the first report", lambda: _inbox_count(accord, cn) == 1, [pk_server, cn_server])
+    return pk_server, cn_server, report
+
+
+def _inbox_count(accord: Accord, data: Path) -> int:
+    r = accord("--data", data, "inbox", "list", "--json")
+    return len(r.json()) if r.code == 0 else 0  # type: ignore[arg-type]
+
+
 def test_identity_rotation_reaches_the_partner_over_grpc(
     partners: tuple[Path, Path],
     servers: Callable[..., ServerProcess],
@@ -123,19 +143,8 @@ def test_identity_rotation_reaches_the_partner_over_grpc(
     """pk-moi rotates its identity key between two reports. cn-mps learns the new card
     with GetCard (accepted only because the old key signed it) and keeps receiving."""
     pk, cn = partners
-    _agree(accord, pk, cn, tmp_path)
-    pk_server, cn_server = servers(pk), servers(cn)
-    for p in (pk_server, cn_server):
-        p.wait_ready()
-    report = tmp_path / "alert.json"
-    report.write_text(json.dumps(ALERT))
-    assert accord("--data", pk, "report", "submit", report).code == 0
+    pk_server, cn_server, report = _serving_with_one_report(accord, servers, pk, cn, tmp_path)
 
-    def inbox_count() -> int:
-        r = accord("--data", cn, "inbox", "list", "--json")
-        return len(r.json()) if r.code == 0 else 0  # type: ignore[arg-type]
-
-    _until("the first report", lambda: inbox_count() == 1, [pk_server, cn_server])
     refused = accord("--data", pk, "keys", "rotate")
     assert refused.code == 7 and "running" in refused.err
     assert pk_server.terminate() == 0
@@ -144,7 +153,11 @@ def test_identity_rotation_reaches_the_partner_over_grpc(
     pk_server = servers(pk, "serve")
     pk_server.wait_ready()
     assert accord("--data", pk, "report", "submit", report).code == 0
-    _until("the report signed by the new key", lambda: inbox_count() == 2, [pk_server, cn_server])
+    _until(
+        "the report signed by the new key",
+        lambda: _inbox_count(accord, cn) == 2,
+        [pk_server, cn_server],
+    )
     new_fp = accord("--data", cn, "peer", "show", "pk-moi", "--json").json()["fingerprint"]  # type: ignore[index]
     assert new_fp != old_fp
     assert new_fp == accord("--data", pk, "card", "show", "--json").json()["fingerprint"]  # type: ignore[index]
@@ -162,22 +175,11 @@ def test_signed_revocation_reaches_the_partner_over_grpc(
     learns the signed statement with GetCard (pk-moi ends the followed Pull so the partner
     re-opens within a heartbeat), marks pk-moi revoked and stops pulling from it."""
     pk, cn = partners
-    _agree(accord, pk, cn, tmp_path)
-    pk_server, cn_server = servers(pk), servers(cn)
-    for p in (pk_server, cn_server):
-        p.wait_ready()
-    report = tmp_path / "alert.json"
-    report.write_text(json.dumps(ALERT))
-    assert accord("--data", pk, "report", "submit", report).code == 0
+    pk_server, cn_server, report = _serving_with_one_report(accord, servers, pk, cn, tmp_path)
 
     def peer() -> dict[str, object]:
         return accord("--data", cn, "peer", "show", "pk-moi", "--json").json()  # type: ignore[return-value]
 
-    def inbox_count() -> int:
-        r = accord("--data", cn, "inbox", "list", "--json")
-        return len(r.json()) if r.code == 0 else 0  # type: ignore[arg-type]
-
-    _until("the first report", lambda: inbox_count() == 1, [pk_server, cn_server])
     fp = accord("--data", pk, "card", "show", "--json").json()["fingerprint"]  # type: ignore[index]
     r = accord("--data", pk, "keys", "revoke", fp, "--yes", "--json")
     assert r.code == 0, r.err
@@ -192,6 +194,6 @@ def test_signed_revocation_reaches_the_partner_over_grpc(
     # Nothing sealed after the revocation reaches cn-mps.
     assert accord("--data", pk, "report", "submit", report).code == 0
     time.sleep(2)
-    assert inbox_count() == 1
+    assert _inbox_count(accord, cn) == 1
     assert accord("--data", cn, "audit", "export", "--out", tmp_path / "cn.audit").code == 0
     assert accord("audit", "verify", tmp_path / "cn.audit").code == 0
