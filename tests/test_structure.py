@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from node.cli.base import cli
 
@@ -76,19 +77,26 @@ def test_keys_does_not_depend_on_node(path: Path) -> None:
 
 
 def _commands(
-    group: click.Group, prefix: tuple[str, ...] = ()
+    group: click.Group, prefix: tuple[str, ...] = (), *, groups: bool = False
 ) -> list[tuple[tuple[str, ...], click.Command]]:
     out: list[tuple[tuple[str, ...], click.Command]] = []
     for name, cmd in sorted(group.commands.items()):
         path = (*prefix, name)
         if isinstance(cmd, click.Group):
-            out.extend(_commands(cmd, path))
+            if groups:
+                out.append((path, cmd))
+            out.extend(_commands(cmd, path, groups=groups))
         else:
             out.append((path, cmd))
     return out
 
 
 COMMANDS = _commands(cli)
+GROUPS = [
+    ((), cli),
+    *((p, c) for p, c in _commands(cli, groups=True) if isinstance(c, click.Group)),
+]
+EVERYTHING = [((), cli), *_commands(cli, groups=True)]
 
 
 @pytest.mark.parametrize(("path", "cmd"), COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
@@ -96,6 +104,34 @@ def test_every_command_has_help_with_an_example(path: tuple[str, ...], cmd: clic
     assert cmd.help and cmd.help.strip(), f"accord {' '.join(path)} has no help"
     assert cmd.epilog and "Example" in cmd.epilog, f"accord {' '.join(path)} has no example"
     assert "accord " in cmd.epilog and " ".join(path) in cmd.epilog
+
+
+@pytest.mark.parametrize(("path", "cmd"), GROUPS, ids=[" ".join(p) or "accord" for p, _ in GROUPS])
+def test_every_command_group_has_an_example(path: tuple[str, ...], cmd: click.Command) -> None:
+    assert cmd.help and cmd.help.strip(), f"accord {' '.join(path)} has no help"
+    assert cmd.epilog and "Example" in cmd.epilog, f"accord {' '.join(path)} has no example"
+    assert "accord " in cmd.epilog and " ".join(path) in cmd.epilog
+
+
+@pytest.mark.parametrize("width", [60, 80, 100])
+@pytest.mark.parametrize(
+    ("path", "cmd"), EVERYTHING, ids=[" ".join(p) or "accord" for p, _ in EVERYTHING]
+)
+def test_help_prints_each_example_on_one_line(
+    path: tuple[str, ...], cmd: click.Command, width: int
+) -> None:
+    """Click rewraps help text; an example must come out as one whole line, whatever the
+    terminal width (a run-together or broken example cannot be pasted)."""
+    assert cmd.epilog
+    examples = [
+        line.strip() for line in cmd.epilog.splitlines()[1:] if line.strip() not in ("", "\b")
+    ]
+    assert examples, f"accord {' '.join(path)}: no example lines"
+    result = CliRunner().invoke(cli, [*path, "--help"], terminal_width=width)
+    assert result.exit_code == 0, result.output
+    shown = [line.strip() for line in result.output.splitlines()]
+    for example in examples:
+        assert example in shown, f"accord {' '.join(path)} --help breaks {example!r}"
 
 
 @pytest.mark.parametrize(("path", "cmd"), COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])

@@ -22,7 +22,7 @@ from node.agreements import (
     sign_and_store,
     stored_agreements,
 )
-from node.cli.base import CliContext, cli, json_option, pass_ctx
+from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
 from node.cli.node_cmds import opened
 from node.cli.output import ok, print_fields, print_json, print_table, say, stderr, warn
 from node.cli.report_cmds import read_report_file
@@ -80,15 +80,22 @@ def _print_agreement(a: Agreement, digest: str | None, signed_by: list[str]) -> 
     )
 
 
-@cli.group()
+@cli.group(
+    epilog=examples(
+        "accord --data ./pk-moi agreement propose --peer cn-mps --terms t.toml --out a.json",
+        "accord --data ./pk-moi agreement show --peer cn-mps",
+    )
+)
 def agreement() -> None:
     """Bilateral agreements: the ceiling both partners signed. Nothing flows without one."""
 
 
 @agreement.command(
     "propose",
-    epilog="Example:\n\n    accord --data ./pk-moi agreement propose --peer cn-mps "
-    "--terms sop/agreements/example-terms.toml --out agreement.json",
+    epilog=examples(
+        "accord --data ./pk-moi agreement propose --peer cn-mps "
+        "--terms sop/agreements/example-terms.toml --out agreement.json"
+    ),
 )
 @click.option("--peer", required=True, help="The partner node id.")
 @click.option(
@@ -125,9 +132,7 @@ def agreement_propose(ctx: CliContext, peer: str, terms: Path, out: Path, as_jso
     )
 
 
-@agreement.command(
-    "sign", epilog="Example:\n\n    accord --data ./cn-mps agreement sign agreement.json"
-)
+@agreement.command("sign", epilog=examples("accord --data ./cn-mps agreement sign agreement.json"))
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--yes", is_flag=True, help="Sign without asking for confirmation.")
 @json_option
@@ -169,7 +174,7 @@ def agreement_sign(ctx: CliContext, file: Path, yes: bool, as_json: bool) -> Non
         say(f"digest {verified.digest}")
 
 
-@agreement.command("list", epilog="Example:\n\n    accord --data ./pk-moi agreement list --json")
+@agreement.command("list", epilog=examples("accord --data ./pk-moi agreement list --json"))
 @json_option
 @pass_ctx
 def agreement_list(ctx: CliContext, as_json: bool) -> None:
@@ -207,9 +212,7 @@ def agreement_list(ctx: CliContext, as_json: bool) -> None:
     )
 
 
-@agreement.command(
-    "show", epilog="Example:\n\n    accord --data ./pk-moi agreement show --peer cn-mps"
-)
+@agreement.command("show", epilog=examples("accord --data ./pk-moi agreement show --peer cn-mps"))
 @click.option("--peer", help="Show the agreement in force with this partner.")
 @click.option(
     "--file",
@@ -247,7 +250,12 @@ def agreement_show(ctx: CliContext, peer: str | None, file: Path | None, as_json
 # -- policy -------------------------------------------------------------------------------
 
 
-@cli.group()
+@cli.group(
+    epilog=examples(
+        "accord --data ./pk-moi policy apply sop/policies/example.toml",
+        "accord --data ./pk-moi policy explain --peer cn-mps alert.json",
+    )
+)
 def policy() -> None:
     """Release policies: what each partner may receive, per field (deny by default)."""
 
@@ -261,7 +269,7 @@ def _problems_table(e: PolicyInvalid) -> None:
 
 
 @policy.command(
-    "check", epilog="Example:\n\n    accord --data ./pk-moi policy check sop/policies/example.toml"
+    "check", epilog=examples("accord --data ./pk-moi policy check sop/policies/example.toml")
 )
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @json_option
@@ -298,7 +306,7 @@ def policy_check(ctx: CliContext, file: Path, as_json: bool) -> None:
 
 
 @policy.command(
-    "apply", epilog="Example:\n\n    accord --data ./pk-moi policy apply sop/policies/example.toml"
+    "apply", epilog=examples("accord --data ./pk-moi policy apply sop/policies/example.toml")
 )
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @json_option
@@ -320,8 +328,10 @@ def policy_apply(ctx: CliContext, file: Path, as_json: bool) -> None:
 
 @policy.command(
     "explain",
-    epilog="Example:\n\n    accord --data ./pk-moi policy explain --peer cn-mps alert.json\n"
-    "    accord --data ./pk-moi policy explain --peer cn-mps --report 0193...",
+    epilog=examples(
+        "accord --data ./pk-moi policy explain --peer cn-mps alert.json",
+        "accord --data ./pk-moi policy explain --peer cn-mps --report 0193...",
+    ),
 )
 @click.argument(
     "file", required=False, type=click.Path(dir_okay=False, path_type=Path, allow_dash=True)

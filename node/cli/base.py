@@ -22,9 +22,22 @@ class CliContext:
 pass_ctx = click.make_pass_decorator(CliContext)
 
 
+def examples(*lines: str) -> str:
+    """A help epilog with one example command per line.
+
+    Click rewraps help paragraphs to the terminal width, which runs examples together or
+    breaks them mid-token; a paragraph that starts with ``\\b`` is printed as written.
+    """
+    return "Examples:\n\n\b\n" + "\n".join("  " + line for line in lines)
+
+
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-    epilog="Example:\n\n    accord --data ./pk-moi card show",
+    epilog=examples(
+        "accord --data ./pk-moi status",
+        "accord --data ./pk-moi report new --schema threat-alert@1",
+        "accord audit verify pk-moi.bundle",
+    ),
 )
 @click.option(
     "--data",

@@ -7,21 +7,28 @@ import click
 from exchange.errors import ConfigError
 from exchange.times import parse_time
 from node import clock
-from node.cli.base import CliContext, cli, json_option, pass_ctx
+from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
 from node.cli.node_cmds import SUITES, card_json, opened
 from node.cli.output import ok, print_json, print_table, say, warn
 from node.home import Node, is_serving
 
 
-@cli.group()
+@cli.group(
+    epilog=examples(
+        "accord --data ./pk-moi keys list",
+        "accord --data ./pk-moi keys rotate",
+    )
+)
 def keys() -> None:
     """This node's keys: rotate, list the identity keys, revoke one."""
 
 
 @keys.command(
     "rotate",
-    epilog="Example:\n\n    accord --data ./pk-moi keys rotate            # new identity key\n"
-    "    accord --data ./pk-moi keys rotate --encryption   # new encryption-key epoch",
+    epilog=examples(
+        "accord --data ./pk-moi keys rotate                # new identity key",
+        "accord --data ./pk-moi keys rotate --encryption   # new encryption-key epoch",
+    ),
 )
 @click.option(
     "--encryption",
@@ -98,7 +105,7 @@ def _own_keys(node: Node) -> list[dict[str, object]]:
     return [{k: v for k, v in key.items() if k != "_key"} for key in keys]
 
 
-@keys.command("list", epilog="Example:\n\n    accord --data ./pk-moi keys list")
+@keys.command("list", epilog=examples("accord --data ./pk-moi keys list"))
 @json_option
 @pass_ctx
 def keys_list(ctx: CliContext, as_json: bool) -> None:
@@ -132,8 +139,10 @@ def keys_list(ctx: CliContext, as_json: bool) -> None:
 
 @keys.command(
     "revoke",
-    epilog="Example:\n\n    accord --data ./pk-moi keys revoke ABCD-EFGH-IJKL-MNOP-QRST-UVWX "
-    "--from 2026-11-20T00:00:00Z --reason compromised --yes",
+    epilog=examples(
+        "accord --data ./pk-moi keys revoke ABCD-EFGH-IJKL-MNOP-QRST-UVWX "
+        "--from 2026-11-20T00:00:00Z --reason compromised --yes"
+    ),
 )
 @click.argument("fingerprint")
 @click.option(

@@ -13,19 +13,24 @@ from exchange.errors import InputError
 from exchange.events import Event, parse_event_unverified
 from node import clock
 from node.audit import export_bundle, verify_bundle_file
-from node.cli.base import CliContext, cli, json_option, pass_ctx
+from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
 from node.cli.node_cmds import opened
 from node.cli.output import ok, print_fields, print_json, print_table, say, stderr
 
 MAX_LIMIT = 10_000
 
 
-@cli.group()
+@cli.group(
+    epilog=examples(
+        "accord --data ./pk-moi log show --from 0 --limit 20",
+        "accord --data ./pk-moi log checkpoint",
+    )
+)
 def log() -> None:
     """This node's exchange log: entries, checkpoints and proofs."""
 
 
-@log.command("show", epilog="Example:\n\n    accord --data ./pk-moi log show --from 0 --limit 20")
+@log.command("show", epilog=examples("accord --data ./pk-moi log show --from 0 --limit 20"))
 @click.option(
     "--from", "start", type=click.IntRange(min=0), default=0, show_default=True, help="First entry."
 )
@@ -74,7 +79,7 @@ def _details(event: Event) -> str:
     return " ".join(parts)
 
 
-@log.command("checkpoint", epilog="Example:\n\n    accord --data ./pk-moi log checkpoint --json")
+@log.command("checkpoint", epilog=examples("accord --data ./pk-moi log checkpoint --json"))
 @click.option(
     "--sign", is_flag=True, help="Sign a new checkpoint if entries were added since the last one."
 )
@@ -115,7 +120,7 @@ def log_checkpoint(ctx: CliContext, sign: bool, as_json: bool) -> None:
     say(note.rstrip("\n"))
 
 
-@log.command("prove", epilog="Example:\n\n    accord --data ./pk-moi log prove --leaf 3")
+@log.command("prove", epilog=examples("accord --data ./pk-moi log prove --leaf 3"))
 @click.option("--leaf", type=click.IntRange(min=0), required=True, help="The entry to prove.")
 @json_option
 @pass_ctx
@@ -158,7 +163,12 @@ def log_prove(ctx: CliContext, leaf: int, as_json: bool) -> None:
 # -- audit --------------------------------------------------------------------------------
 
 
-@cli.group()
+@cli.group(
+    epilog=examples(
+        "accord --data ./pk-moi audit export --out pk-moi.bundle",
+        "accord audit verify pk-moi.bundle",
+    )
+)
 def audit() -> None:
     """Export a node's log for auditors and verify bundles offline with public keys only."""
 
@@ -175,9 +185,7 @@ def _progress() -> Progress:
     )
 
 
-@audit.command(
-    "export", epilog="Example:\n\n    accord --data ./pk-moi audit export --out pk-moi.bundle"
-)
+@audit.command("export", epilog=examples("accord --data ./pk-moi audit export --out pk-moi.bundle"))
 @click.option(
     "--out",
     required=True,
@@ -231,7 +239,7 @@ def _print_report(bundle: Path, report: AuditReport) -> None:
         )
 
 
-@audit.command("verify", epilog="Example:\n\n    accord audit verify pk-moi.bundle --json")
+@audit.command("verify", epilog=examples("accord audit verify pk-moi.bundle --json"))
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--since",
@@ -255,9 +263,7 @@ def audit_verify(bundle: Path, since: Path | None, as_json: bool) -> None:
         raise click.exceptions.Exit(3)
 
 
-@audit.command(
-    "reconcile", epilog="Example:\n\n    accord audit reconcile pk-moi.bundle cn-mps.bundle"
-)
+@audit.command("reconcile", epilog=examples("accord audit reconcile pk-moi.bundle cn-mps.bundle"))
 @click.argument("bundle_a", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("bundle_b", type=click.Path(dir_okay=False, path_type=Path))
 @json_option

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import click
 
+from exchange.canonical import b64
 from exchange.card import SUITE_HYBRID, SUITE_X25519, Card, fingerprint
 from exchange.errors import InputError
 from exchange.times import format_time, parse_time
 from keys.keyfile import PASSPHRASE_ENV
 from keys.truststore import PeerRecord
 from node import clock
-from node.cli.base import CliContext, cli, json_option, pass_ctx
+from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
 from node.cli.output import ok, print_fields, print_json, print_table, say, warn
 from node.home import Node, init_node, passphrase_from_env_or
 
@@ -42,6 +43,9 @@ def card_json(card: Card) -> dict[str, object]:
         "name": card.name,
         "endpoint": card.endpoint,
         "fingerprint": card.fingerprint,
+        # The Ed25519 key an SD-JWT or envelope verifier checks the author's signatures
+        # with, base64 as in the card itself (docs/DESIGN.md §3); its fingerprint is above.
+        "identity_key": b64(card.identity_key),
         "version": card.version,
         "issued_at": card.issued_at,
         "log_vkey": card.log_vkey,
@@ -74,8 +78,10 @@ def _card_fields(card: Card) -> list[tuple[str, object]]:
 
 
 @cli.command(
-    epilog="Example:\n\n    ACCORD_PASSPHRASE=... accord --data ./pk-moi init --node pk-moi "
-    "--name 'Pakistan MoI' --endpoint 127.0.0.1:7441"
+    epilog=examples(
+        "ACCORD_PASSPHRASE=... accord --data ./pk-moi init --node pk-moi "
+        "--name 'Pakistan MoI' --endpoint 127.0.0.1:7441"
+    )
 )
 @click.option("--node", "node_id", required=True, help="Node id, e.g. pk-moi (a-z, 0-9, '-').")
 @click.option("--name", required=True, help="Human name of the agency running the node.")
@@ -155,12 +161,17 @@ def init(
 # -- card -------------------------------------------------------------------------------
 
 
-@cli.group()
+@cli.group(
+    epilog=examples(
+        "accord --data ./pk-moi card show",
+        "accord --data ./pk-moi card export --out pk-moi.card",
+    )
+)
 def card() -> None:
     """This node's signed card: identity, keys and endpoint for partners."""
 
 
-@card.command("show", epilog="Example:\n\n    accord --data ./pk-moi card show --json")
+@card.command("show", epilog=examples("accord --data ./pk-moi card show --json"))
 @json_option
 @pass_ctx
 def card_show(ctx: CliContext, as_json: bool) -> None:
@@ -173,9 +184,7 @@ def card_show(ctx: CliContext, as_json: bool) -> None:
         print_fields(_card_fields(latest))
 
 
-@card.command(
-    "export", epilog="Example:\n\n    accord --data ./pk-moi card export --out pk-moi.card"
-)
+@card.command("export", epilog=examples("accord --data ./pk-moi card export --out pk-moi.card"))
 @click.option(
     "--out",
     "out",
@@ -227,15 +236,21 @@ def peer_json(record: PeerRecord, card: Card | None = None) -> dict[str, object]
     return out
 
 
-@cli.group()
+@cli.group(
+    epilog=examples(
+        "accord --data ./cn-mps peer add pk-moi.card --fingerprint ABCD-EFGH-IJKL-MNOP-QRST-UVWX",
+        "accord --data ./cn-mps peer list",
+    )
+)
 def peer() -> None:
     """Partner nodes this node trusts (the trust store)."""
 
 
 @peer.command(
     "add",
-    epilog="Example:\n\n    accord --data ./cn-mps peer add pk-moi.card "
-    "--fingerprint ABCD-EFGH-IJKL-MNOP-QRST-UVWX",
+    epilog=examples(
+        "accord --data ./cn-mps peer add pk-moi.card --fingerprint ABCD-EFGH-IJKL-MNOP-QRST-UVWX"
+    ),
 )
 @click.argument(
     "card_file", metavar="CARD", type=click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -280,7 +295,7 @@ def peer_add(
     print_fields(_card_fields(latest))
 
 
-@peer.command("list", epilog="Example:\n\n    accord --data ./cn-mps peer list --json")
+@peer.command("list", epilog=examples("accord --data ./cn-mps peer list --json"))
 @json_option
 @pass_ctx
 def peer_list(ctx: CliContext, as_json: bool) -> None:
@@ -316,7 +331,7 @@ def peer_list(ctx: CliContext, as_json: bool) -> None:
     )
 
 
-@peer.command("show", epilog="Example:\n\n    accord --data ./cn-mps peer show pk-moi")
+@peer.command("show", epilog=examples("accord --data ./cn-mps peer show pk-moi"))
 @click.argument("peer_id", metavar="ID")
 @json_option
 @pass_ctx
@@ -350,7 +365,7 @@ def peer_show(ctx: CliContext, peer_id: str, as_json: bool) -> None:
     )
 
 
-@peer.command("remove", epilog="Example:\n\n    accord --data ./cn-mps peer remove pk-moi --yes")
+@peer.command("remove", epilog=examples("accord --data ./cn-mps peer remove pk-moi --yes"))
 @click.argument("peer_id", metavar="ID")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option
@@ -370,8 +385,7 @@ def peer_remove(ctx: CliContext, peer_id: str, yes: bool, as_json: bool) -> None
 
 @peer.command(
     "revoke",
-    epilog="Example:\n\n    accord --data ./cn-mps peer revoke pk-moi "
-    "--from 2026-11-20T00:00:00Z --yes",
+    epilog=examples("accord --data ./cn-mps peer revoke pk-moi --from 2026-11-20T00:00:00Z --yes"),
 )
 @click.argument("peer_id", metavar="ID")
 @click.option(

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from exchange.errors import InputError
 from node._pb.accord.v1 import officer_pb2
-from node.cli.base import CliContext, cli, json_option, pass_ctx
+from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
 from node.cli.output import ok, print_fields, print_json, print_table, safe, say, stdout, warn
 from node.cli.report_cmds import read_report_file, report
 from node.officer_client import call, officer
@@ -76,8 +76,10 @@ def _tlp(tlp: str) -> Text:
 
 @report.command(
     "submit",
-    epilog="Example:\n\n    accord --data ./pk-moi report submit alert.json\n"
-    "    cat alert.toml | accord --data ./pk-moi report submit - --json",
+    epilog=examples(
+        "accord --data ./pk-moi report submit alert.json",
+        "cat alert.toml | accord --data ./pk-moi report submit - --json",
+    ),
 )
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True))
 @json_option
@@ -94,7 +96,7 @@ def report_submit(ctx: CliContext, file: Path, as_json: bool) -> None:
     print_submitted(answer, as_json, f"report {answer.report_id} sealed (version {answer.version})")
 
 
-@report.command("list", epilog="Example:\n\n    accord --data ./pk-moi report list --limit 20")
+@report.command("list", epilog=examples("accord --data ./pk-moi report list --limit 20"))
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
 @click.option("--sop", help="Only reports of this schema, e.g. threat-alert@1.")
 @json_option
@@ -137,7 +139,7 @@ def report_list(ctx: CliContext, limit: int, sop: str | None, as_json: bool) -> 
     )
 
 
-@report.command("show", epilog="Example:\n\n    accord --data ./pk-moi report show 0193f2c4-...")
+@report.command("show", epilog=examples("accord --data ./pk-moi report show 0193f2c4-..."))
 @click.argument("report_id", metavar="ID")
 @click.option(
     "--version", type=click.IntRange(min=1), help="A given version (default: the latest)."
@@ -178,7 +180,7 @@ def report_show(ctx: CliContext, report_id: str, version: int | None, as_json: b
 
 
 @report.command(
-    "amend", epilog="Example:\n\n    accord --data ./pk-moi report amend 0193f2c4-... alert-v2.json"
+    "amend", epilog=examples("accord --data ./pk-moi report amend 0193f2c4-... alert-v2.json")
 )
 @click.argument("report_id", metavar="ID")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True))
@@ -209,8 +211,7 @@ RETRACT_REASONS = ["erroneous", "withdrawn", "duplicate", "source-compromised"]
 
 @report.command(
     "retract",
-    epilog="Example:\n\n    accord --data ./pk-moi report retract 0193f2c4-... "
-    "--reason erroneous --yes",
+    epilog=examples("accord --data ./pk-moi report retract 0193f2c4-... --reason erroneous --yes"),
 )
 @click.argument("report_id", metavar="ID")
 @click.option(
@@ -250,7 +251,12 @@ def report_retract(ctx: CliContext, report_id: str, reason: str, yes: bool, as_j
 # -- inbox --------------------------------------------------------------------------------
 
 
-@cli.group()
+@cli.group(
+    epilog=examples(
+        "accord --data ./cn-mps inbox list",
+        "accord --data ./cn-mps inbox show 0193f2c5-...",
+    )
+)
 def inbox() -> None:
     """Reports partners sent to this node (verified against their authors' signatures)."""
 
@@ -271,7 +277,7 @@ def _inbox_json(i: officer_pb2.InboxItem) -> dict[str, Any]:
     }
 
 
-@inbox.command("list", epilog="Example:\n\n    accord --data ./cn-mps inbox list --peer pk-moi")
+@inbox.command("list", epilog=examples("accord --data ./cn-mps inbox list --peer pk-moi"))
 @click.option("--peer", help="Only from this partner.")
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
 @json_option
@@ -312,7 +318,7 @@ def _get(ctx: CliContext, envelope_id: str) -> tuple[officer_pb2.GetInboxRespons
     return answer, json.loads(answer.report)
 
 
-@inbox.command("show", epilog="Example:\n\n    accord --data ./cn-mps inbox show 0193f2c5-...")
+@inbox.command("show", epilog=examples("accord --data ./cn-mps inbox show 0193f2c5-..."))
 @click.argument("envelope_id", metavar="ID")
 @json_option
 @pass_ctx
@@ -363,8 +369,9 @@ def inbox_show(ctx: CliContext, envelope_id: str, as_json: bool) -> None:
 
 @inbox.command(
     "export",
-    epilog="Example:\n\n    accord --data ./cn-mps inbox export 0193f2c5-... "
-    "--format stix --out alert.stix.json",
+    epilog=examples(
+        "accord --data ./cn-mps inbox export 0193f2c5-... --format stix --out alert.stix.json"
+    ),
 )
 @click.argument("envelope_id", metavar="ID")
 @click.option(
@@ -443,7 +450,7 @@ def _peer_json(p: officer_pb2.PeerStatus) -> dict[str, Any]:
     }
 
 
-@cli.command("status", epilog="Example:\n\n    accord --data ./pk-moi status --json")
+@cli.command("status", epilog=examples("accord --data ./pk-moi status --json"))
 @json_option
 @pass_ctx
 def status(ctx: CliContext, as_json: bool) -> None:
@@ -510,12 +517,16 @@ def _sync_table(s: officer_pb2.StatusResponse) -> None:
             warn(f"{p.peer}: no cosigned checkpoint recently; the sync is not known to be healthy")
 
 
-@cli.group()
+@cli.group(
+    epilog=examples(
+        "accord --data ./pk-moi sync status",
+    )
+)
 def sync() -> None:
     """Machine-to-machine sync with partners (runs inside 'accord serve')."""
 
 
-@sync.command("status", epilog="Example:\n\n    accord --data ./pk-moi sync status")
+@sync.command("status", epilog=examples("accord --data ./pk-moi sync status"))
 @json_option
 @pass_ctx
 def sync_status(ctx: CliContext, as_json: bool) -> None:

@@ -10,19 +10,24 @@ import click
 
 from exchange.errors import InputError
 from exchange.sop import ReportInvalid, check_report_document
-from node.cli.base import cli, json_option
+from node.cli.base import cli, examples, json_option
 from node.cli.output import ok, print_json, print_table, stderr
 from node.schemas import registry
 
 MAX_REPORT_FILE = 1 << 20
 
 
-@cli.group()
+@cli.group(
+    epilog=examples(
+        "accord schema list",
+        "accord schema show threat-alert@1",
+    )
+)
 def schema() -> None:
     """The SOP schemas reports must follow (shipped pack, agreed by both partners)."""
 
 
-@schema.command("list", epilog="Example:\n\n    accord schema list --json")
+@schema.command("list", epilog=examples("accord schema list --json"))
 @json_option
 def schema_list(as_json: bool) -> None:
     """List the SOP schemas with their digests."""
@@ -57,7 +62,7 @@ def _type_of(prop: dict[str, Any]) -> str:
     return str(kind)
 
 
-@schema.command("show", epilog="Example:\n\n    accord schema show threat-alert@1")
+@schema.command("show", epilog=examples("accord schema show threat-alert@1"))
 @click.argument("name", metavar="NAME@V")
 @json_option
 def schema_show(name: str, as_json: bool) -> None:
@@ -96,7 +101,12 @@ def schema_show(name: str, as_json: bool) -> None:
     )
 
 
-@cli.group()
+@cli.group(
+    epilog=examples(
+        "accord --data ./pk-moi report new --schema threat-alert@1",
+        "accord --data ./pk-moi report list",
+    )
+)
 def report() -> None:
     """Threat reports: validate (and, with a running node, submit, list, show)."""
 
@@ -119,8 +129,9 @@ def read_report_file(path: Path) -> tuple[bytes, str]:
 
 @report.command(
     "validate",
-    epilog="Example:\n\n    accord report validate alert.json\n"
-    "    accord report validate alert.toml --json",
+    epilog=examples(
+        "accord report validate alert.json", "accord report validate alert.toml --json"
+    ),
 )
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True))
 @json_option

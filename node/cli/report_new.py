@@ -32,7 +32,7 @@ from exchange.sop import (
     join_path,
 )
 from node._pb.accord.v1 import officer_pb2
-from node.cli.base import CliContext, json_option, pass_ctx
+from node.cli.base import CliContext, examples, json_option, pass_ctx
 from node.cli.officer_cmds import TLP_STYLE, print_submitted
 from node.cli.output import ok, print_error, print_json, safe, stderr, stdout, warn
 from node.cli.report_cmds import report
@@ -374,8 +374,10 @@ def _offer_save(iv: Interview, data: bytes, sop: str, data_dir: Path) -> Path | 
 
 @report.command(
     "new",
-    epilog="Example:\n\n    accord --data ./pk-moi report new --schema threat-alert@1\n"
-    "    accord report new --schema incident-report@1 --out incident.json",
+    epilog=examples(
+        "accord --data ./pk-moi report new --schema threat-alert@1",
+        "accord report new --schema incident-report@1 --out incident.json",
+    ),
 )
 @click.option("--schema", "sop", required=True, metavar="NAME@V", help="e.g. threat-alert@1.")
 @click.option("--tlp", type=click.Choice(TLP_LEVELS), help="Set the TLP instead of asking.")

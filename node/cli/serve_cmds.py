@@ -11,7 +11,7 @@ import click
 from exchange.errors import ConfigError
 from exchange.names import check_endpoint, check_node_id
 from keys.keyfile import PASSPHRASE_ENV
-from node.cli.base import CliContext, cli, pass_ctx
+from node.cli.base import CliContext, cli, examples, pass_ctx
 from node.home import Node
 from node.logsetup import configure_logging
 from node.server import ServeOptions, run
@@ -62,8 +62,9 @@ _log_level = click.option(
 
 @cli.command(
     "serve",
-    epilog="Example:\n\n    ACCORD_PASSPHRASE=... accord --data ./pk-moi serve "
-    "--ready-file /run/accord/ready",
+    epilog=examples(
+        "ACCORD_PASSPHRASE=... accord --data ./pk-moi serve --ready-file /run/accord/ready"
+    ),
 )
 @_listen
 @_ready
@@ -81,15 +82,21 @@ def serve(
     _serve(ctx, ServeOptions(listen=listen, ready_file=ready_file, cosign=not no_cosign), log_level)
 
 
-@cli.group()
+@cli.group(
+    epilog=examples(
+        "accord --data ./witness witness serve --listen 127.0.0.1:7443 --follow pk-moi",
+    )
+)
 def witness() -> None:
     """Run an independent witness that cosigns partners' log checkpoints."""
 
 
 @witness.command(
     "serve",
-    epilog="Example:\n\n    accord --data ./witness witness serve --listen 127.0.0.1:7443 "
-    "--follow pk-moi --follow cn-mps",
+    epilog=examples(
+        "accord --data ./witness witness serve --listen 127.0.0.1:7443 "
+        "--follow pk-moi --follow cn-mps"
+    ),
 )
 @_listen
 @click.option(

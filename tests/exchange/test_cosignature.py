@@ -37,7 +37,7 @@ from exchange.note import (
     verifier_key,
 )
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 COSIG = json.loads((VECTORS / "cosignature.json").read_text(encoding="utf-8"))
 NOTES = json.loads((VECTORS / "signed_note.json").read_text(encoding="utf-8"))
 VECTOR = COSIG["valid"][0]

@@ -25,7 +25,7 @@ from exchange.note import (
     verifier_key,
 )
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 NOTES = json.loads((VECTORS / "signed_note.json").read_text(encoding="utf-8"))
 VALID = NOTES["valid"]
 PETER = VALID[1]

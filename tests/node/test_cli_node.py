@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from exchange.canonical import b64_decode
+from exchange.card import fingerprint
 from tests.conftest import Result, snapshot
 
 Accord = Callable[..., Result]
@@ -37,6 +39,17 @@ def test_init_creates_a_complete_node(make_node: Callable[..., Path], accord: Ac
     assert len(shown["fingerprint"]) == 29  # type: ignore[index]
     human = accord("--data", data, "card", "show")
     assert "pk-moi" in human.out and shown["fingerprint"] in human.out  # type: ignore[index]
+
+
+def test_card_show_json_gives_the_identity_key_a_verifier_needs(
+    make_node: Callable[..., Path], accord: Accord
+) -> None:
+    """An independent SD-JWT verifier needs the author's public key, not only its fingerprint."""
+    data = make_node("pk-moi")
+    shown = accord("--data", data, "card", "show", "--json").json()
+    key = b64_decode(shown["identity_key"], what="identity_key")  # type: ignore[index]
+    assert len(key) == 32
+    assert fingerprint(key) == shown["fingerprint"]  # type: ignore[index]
 
 
 def test_peer_add_list_show_remove(pair: tuple[Path, Path, Path], accord: Accord) -> None:
