@@ -1,4 +1,4 @@
-"""``make bench``: the primitives' floor and every pipeline of DESIGN.md §12, in one run.
+"""``make bench``: the primitives' floor and every pipeline of docs/DESIGN.md §12, in one run.
 
     .venv/bin/python bench/run.py            # full: 100k backlog, 1M stored reports, 10M log
     .venv/bin/python bench/run.py --quick    # the same shape, small sizes, under 2 minutes

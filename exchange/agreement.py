@@ -1,4 +1,4 @@
-"""The bilateral agreement (DESIGN.md §6): what may flow between two nodes, signed by both.
+"""The bilateral agreement (docs/DESIGN.md §6): what may flow between two nodes, signed by both.
 
 An agreement is canonical JSON (RFC 8785)::
 
@@ -48,7 +48,7 @@ MAX_SIGNED_AGREEMENT_BYTES: Final = 512 * 1024
 MAX_AGREEMENT_VERSION: Final = 2**31 - 1
 MAX_SCHEMAS: Final = 64
 MAX_FIELDS: Final = 256
-# The clock skew tolerated at both ends of an agreement's validity window (THREATS.md C03).
+# The clock skew tolerated at both ends of an agreement's validity window (docs/THREATS.md C03).
 AGREEMENT_CLOCK_SKEW: Final = timedelta(minutes=5)
 
 # TLP 2.0, lowest to highest. Also defined by exchange.sop; kept here so the agreement and

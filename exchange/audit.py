@@ -449,7 +449,7 @@ def reconcile(
     Per direction X -> Y: every ``release.decided`` at X for Y needs an ``envelope.received``
     or ``envelope.rejected`` at Y for the same envelope id, and a ``receipt.received`` at X
     covering its seq; every ``envelope.received`` at Y needs X's ``release.decided``
-    (THREATS.md H03). Indexes in findings are entries of the side named in the message."""
+    (docs/THREATS.md H03). Indexes in findings are entries of the side named in the message."""
     report = ReconcileReport()
     a, b = list(events_a), list(events_b)
     _reconcile_direction(node_a, a, node_b, b, report)

@@ -1,14 +1,14 @@
-"""Envelopes (DESIGN.md §7): a signed release statement and an SD-JWT presentation,
+"""Envelopes (docs/DESIGN.md §7): a signed release statement and an SD-JWT presentation,
 HPKE-encrypted to the partner, under an outer signature that binds header and ciphertext.
 
 Sender: ``seal_envelope(content, ...)`` builds the release statement, signs it
 (``accord/v1/release``), encrypts the plaintext with an injected ``Encryptor`` (HPKE draws
 its ephemeral key there, never here) and signs ``accord/v1/envelope\\n`` + SHA-256(header) +
-SHA-256(ciphertext). Receiver: ``open_envelope(...)`` runs DESIGN.md §7's checks in order and
+SHA-256(ciphertext). Receiver: ``open_envelope(...)`` runs docs/DESIGN.md §7's checks in order and
 returns a ``VerifiedRelease``, the only way to get one. Failures raise ``PeerDataError`` with
 a stable code; once an envelope is authentic and next in sequence, a failure is wrapped in
 ``ContentRejected`` so the receiver records a per-item rejection and moves its cursor on
-(DESIGN.md §8: never silent). A replayed seq raises ``EnvelopeDuplicate``; ``check_duplicate``
+(docs/DESIGN.md §8: never silent). A replayed seq raises ``EnvelopeDuplicate``; ``check_duplicate``
 then tells an exact replay (acknowledge again) from equivocation (keep both, alarm).
 
 Longer than 500 lines because sealing and opening are one format: keeping the writer and
@@ -95,7 +95,7 @@ TRANSFORM_RE: Final = re.compile(r"[a-z]{1,16}(:[a-z0-9]{1,16})?")
 
 @dataclass(frozen=True)
 class EnvelopeLimits:
-    """Bounds on an envelope from a partner (THREATS.md L01); checked before anything else."""
+    """Bounds on an envelope from a partner (docs/THREATS.md L01); checked before anything else."""
 
     max_header_bytes: int = 1024
     max_ciphertext_bytes: int = 1 << 20
@@ -599,7 +599,7 @@ class SeqOutcome(StrEnum):
 
 
 def check_seq(header_seq: int, last_applied: int) -> SeqOutcome:
-    """The receiver's sequence rule (THREATS.md P02, P07, P08); pure.
+    """The receiver's sequence rule (docs/THREATS.md P02, P07, P08); pure.
 
     ``DUPLICATE`` for ``seq <= last_applied`` (the caller compares bytes with the envelope
     it applied at that seq: ``check_duplicate``), ``APPLY`` for ``last_applied + 1``, and
@@ -649,7 +649,7 @@ def open_envelope(
     limits: EnvelopeLimits = DEFAULT_LIMITS,
     issuer_keys: Sequence[bytes] = (),
 ) -> VerifiedRelease:
-    """Verify an envelope in DESIGN.md §7's order; return only verified content.
+    """Verify an envelope in docs/DESIGN.md §7's order; return only verified content.
 
     ``expected_sender`` is the mTLS peer's node id; ``sender_card`` its trusted, unrevoked
     ``Card``; ``agreement`` the current agreement with it; ``issuer_keys`` the identity keys

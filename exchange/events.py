@@ -1,4 +1,4 @@
-"""Exchange-log events: the leaves of each node's transparency log (DESIGN.md §9).
+"""Exchange-log events: the leaves of each node's transparency log (docs/DESIGN.md §9).
 
 A leaf is the RFC 8785 canonical JSON of ``{"type": "accord.event/v1", "kind", "index",
 "at", ...}``. ``index`` is the leaf's own position, so a deleted or inserted row is caught at

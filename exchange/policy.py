@@ -1,10 +1,10 @@
-"""The local release policy and the release decision (DESIGN.md §6): pure, deny by default.
+"""The local release policy and the release decision (docs/DESIGN.md §6): pure, deny by default.
 
-``parse_policy`` reads the policy TOML (shape binding, DESIGN.md §6) and refuses, all
+``parse_policy`` reads the policy TOML (shape binding, docs/DESIGN.md §6) and refuses, all
 problems at once, anything vacuous, unknown or above the agreement's ceiling; each problem
 names the offending key and its line. ``decide`` returns a frozen ``ReleaseDecision`` for
 one report and one partner; it sends nothing and reads no clock. ``check_within_ceiling``
-is the receiver's check that a partner did not send more than agreed (THREATS.md P14).
+is the receiver's check that a partner did not send more than agreed (docs/THREATS.md P14).
 
 A field is released only if ALL hold: an agreement ceiling exists for the partner and
 schema, the report's TLP is within the policy's ``max_tlp`` and the ceiling's ``tlp_max``,
@@ -13,7 +13,7 @@ the ceiling allows it, a personal field has a named legal basis, and a reciproci
 has been earned (the partner sent at least ``min_reports`` in the last ``window_days``).
 
 Sections: the policy value, parsing (with a best-effort TOML line locator), the decision,
-transforms, the receiver's check. One module, past STYLE.md's ~500 lines, so that what the
+transforms, the receiver's check. One module, past the ~500 lines we aim for per module, so that what the
 parser refuses and what ``decide`` enforces are read side by side (ADR 0004).
 """
 
@@ -873,7 +873,7 @@ def check_within_ceiling(
     labels: Mapping[str, str],
     ceiling: Ceiling | None,
 ) -> None:
-    """The receiver's check (THREATS.md P14): every disclosed field and every field a
+    """The receiver's check (docs/THREATS.md P14): every disclosed field and every field a
     derived value came from must be in the schema and allowed by the ceiling of the
     direction sender -> us, and the report's TLP within ``tlp_max``.
 

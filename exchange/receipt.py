@@ -1,4 +1,4 @@
-"""Batch receipts (DESIGN.md §8): the receiver's signed word on what it did with a batch.
+"""Batch receipts (docs/DESIGN.md §8): the receiver's signed word on what it did with a batch.
 
 A receipt statement is canonical JSON (RFC 8785)::
 
@@ -35,7 +35,7 @@ from exchange.times import format_time, parse_time
 
 RECEIPT_TYPE: Final = "accord.receipt/v1"
 MAX_RECEIPT_BYTES: Final = 64 * 1024
-MAX_RECEIPT_RANGE: Final = 256  # one Pull batch (DESIGN.md §8)
+MAX_RECEIPT_RANGE: Final = 256  # one Pull batch (docs/DESIGN.md §8)
 RECEIPT_KEYS: Final = frozenset(
     {"type", "from", "to", "first_seq", "last_seq", "envelopes_digest", "items", "received_at"}
 )

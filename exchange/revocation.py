@@ -1,4 +1,4 @@
-"""Revocation statements (DESIGN.md §3): a node's signed word that one of its own identity
+"""Revocation statements (docs/DESIGN.md §3): a node's signed word that one of its own identity
 keys is invalid from a given time on.
 
 A statement is canonical JSON (RFC 8785)::

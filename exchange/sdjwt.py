@@ -1,4 +1,4 @@
-"""Sealing reports as SD-JWT (RFC 9901) and verifying presentations (DESIGN.md §5).
+"""Sealing reports as SD-JWT (RFC 9901) and verifying presentations (docs/DESIGN.md §5).
 
 ``seal`` turns each top-level field into a disclosure ``[salt, name, value]`` and signs an
 issuer JWT over their digests plus decoys; every salt and decoy comes from the one
@@ -68,7 +68,7 @@ MAX_SALT_CHARS: Final = 128
 
 @dataclass(frozen=True)
 class PresentationLimits:
-    """Bounds on a presentation from a partner (THREATS.md L01, L04)."""
+    """Bounds on a presentation from a partner (docs/THREATS.md L01, L04)."""
 
     max_presentation_bytes: int = 1 << 20
     max_jwt_bytes: int = 16 * 1024
@@ -584,7 +584,7 @@ class HeldVersion:
 def check_version(
     held: HeldVersion | None, incoming: VerifiedReport, *, max_jump: int = 1000
 ) -> VersionOutcome:
-    """The receiver's version rule (THREATS.md P01, P02, P07, P11); pure.
+    """The receiver's version rule (docs/THREATS.md P01, P02, P07, P11); pure.
 
     Newer is accepted (if the immediate successor, its ``supersedes`` must name what we
     hold), older is a rollback, the same version is a duplicate when the issuer JWT is

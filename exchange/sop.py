@@ -1,4 +1,4 @@
-"""SOP schemas and report validation (DESIGN.md §4): pure, bytes in, verified values out.
+"""SOP schemas and report validation (docs/DESIGN.md §4): pure, bytes in, verified values out.
 
 A ``SchemaRegistry`` is built from schema documents (bytes) and refuses a pack that breaks
 the Accord rules. A report is read with ``parse_report_unverified`` (syntax and shape only)
@@ -30,7 +30,7 @@ TLP_LEVELS: Final = ("clear", "green", "amber", "amber+strict", "red")
 SOP_NAME_RE: Final = re.compile(r"[a-z][a-z0-9-]{0,62}@[1-9][0-9]{0,3}")
 FIELD_NAME_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
-# Names a field may not take: SD-JWT's own and every claim of the issuer JWT (DESIGN.md §5).
+# Names a field may not take: SD-JWT's own and every claim of the issuer JWT (docs/DESIGN.md §5).
 RESERVED_FIELD_NAMES: Final = frozenset(
     {"_sd", "_sd_alg", "...", "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf"}
     | {"sop", "sop_digest", "tlp", "version", "supersedes"}
@@ -53,7 +53,7 @@ ReportFormat = Literal["json", "toml"]
 
 @dataclass(frozen=True)
 class ReportLimits:
-    """Bounds on an officer's report document (THREATS.md L01, L04)."""
+    """Bounds on an officer's report document (docs/THREATS.md L01, L04)."""
 
     max_bytes: int = 256 * 1024
     max_depth: int = 16
@@ -160,7 +160,7 @@ def join_path(parent: str, key: str | int) -> str:
 
 
 def value_problems(value: Any, *, path: str, limits: ReportLimits) -> list[Problem]:
-    """Parser-bomb and Unicode checks on a parsed JSON value (THREATS.md L04).
+    """Parser-bomb and Unicode checks on a parsed JSON value (docs/THREATS.md L04).
 
     Iterative, so depth is bounded without recursion: nesting, unsafe integers,
     non-finite numbers, NUL and control characters, lone surrogates, oversized strings.

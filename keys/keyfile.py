@@ -8,7 +8,7 @@ runs Argon2id once at start. The format is JSON::
      "box": B64}              # XSalsa20-Poly1305 over the canonical JSON of the secrets
 
 ``kdf: null`` marks a deliberately unencrypted file (``--unencrypted-keys``), where
-``box`` holds the plaintext bundle; loading one logs a warning (THREATS.md B04).
+``box`` holds the plaintext bundle; loading one logs a warning (docs/THREATS.md B04).
 """
 
 from __future__ import annotations

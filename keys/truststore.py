@@ -78,7 +78,7 @@ Attest = Callable[[PeerRecord], None]
 
 class TrustStore:
     """``attest`` (optional) checks a stored record against independent evidence, e.g. the
-    log entry that recorded it, and raises when they disagree (THREATS.md I03)."""
+    log entry that recorded it, and raises when they disagree (docs/THREATS.md I03)."""
 
     def __init__(self, records: PeerRecords, own_node: str, attest: Attest | None = None) -> None:
         self._records = records
@@ -155,7 +155,7 @@ class TrustStore:
         record = self._require(node)
         if record.revoked_from is not None and now >= parse_time(
             record.revoked_from, field="revoked_from"
-        ):  # a revoked key cannot sign its way out by rotating (THREATS.md P06)
+        ):  # a revoked key cannot sign its way out by rotating (docs/THREATS.md P06)
             raise PeerDataError(f"node {node}'s key is revoked", code="peer.revoked")
         known = verify_chain_bytes(record.chain)
         fresh = [s for s in newer if s not in known.signed]

@@ -15,6 +15,34 @@ from node.cli import run
 
 PASSPHRASE = "test passphrase for accord"
 
+# The threat cases of docs/THREATS.md that the collected tests are marked with
+# (``@pytest.mark.threat("P07")``), and the test files collected: the index test
+# (tests/adversarial/test_threats_index.py) reads both.
+THREAT_MARKS = pytest.StashKey[dict[str, list[str]]]()
+COLLECTED_FILES = pytest.StashKey[set[str]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--threat-map",
+        metavar="FILE",
+        help="After collection, write {case id: [test ids]} of the threat markers to FILE.",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m/-k deselect: a slow test still covers its case
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    marks: dict[str, list[str]] = {}
+    for item in items:
+        for mark in item.iter_markers("threat"):
+            for case in mark.args:
+                marks.setdefault(str(case), []).append(item.nodeid)
+    config.stash[THREAT_MARKS] = marks
+    config.stash[COLLECTED_FILES] = {str(item.path) for item in items}
+    out = config.getoption("--threat-map")
+    if out:
+        Path(out).write_text(json.dumps(marks, sort_keys=True), "utf-8")
+
 
 @dataclass
 class Result:

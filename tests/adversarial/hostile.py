@@ -52,9 +52,9 @@ from node.sync import Puller, PullState
 from node.transport import PartnerChannels
 from node.wire import envelope_message, node_card_message, revocation_message
 from node.witness import Witness
+from tests.builders import ALERT
 from tests.conftest import POLICY, TERMS
 from tests.integration.conftest import free_port
-from tests.node.test_agreement_policy import ALERT
 
 HOSTILE = "pk-moi"
 VICTIM = "cn-mps"

@@ -71,6 +71,7 @@ def _as_hostile(w: World) -> grpc.aio.Channel:
 # ---- P05 the other ways in: acknowledge, witness, CLI imports -----------------------------------
 
 
+@pytest.mark.threat("P05")
 def test_p05_forged_on_acknowledge(world: World) -> None:
     forge = Forge(world)
     outbox.submit(world.victim, [valid()], world.now)  # nothing released: no policy
@@ -95,6 +96,7 @@ def test_p05_forged_on_acknowledge(world: World) -> None:
     assert snapshot(world.victim.data_dir) == before
 
 
+@pytest.mark.threat("P05")
 def test_p05_forged_on_witness_add_checkpoint(world: World) -> None:
     cp = world.hostile.log.latest_checkpoint()
     assert cp is not None
@@ -118,6 +120,7 @@ def test_p05_forged_on_witness_add_checkpoint(world: World) -> None:
     assert snapshot(world.victim.data_dir) == before
 
 
+@pytest.mark.threat("P05")
 def test_p05_forged_card_and_bundle_on_cli_import(
     world: World, accord: Callable[..., Result], tmp_path: Path
 ) -> None:
@@ -161,6 +164,7 @@ def test_p05_forged_card_and_bundle_on_cli_import(
 # ---- P12 never silent: receipt, log event and a count in `accord sync status` -------------------
 
 
+@pytest.mark.threat("P12")
 def test_p12_rejection_is_never_silent(world: World, accord: Callable[..., Result]) -> None:
     forge = Forge(world)
     sealed = forge.seal_report(valid())
@@ -188,6 +192,7 @@ def test_p12_rejection_is_never_silent(world: World, accord: Callable[..., Resul
 # ---- P13 existence does not leak -----------------------------------------------------------------
 
 
+@pytest.mark.threat("P13")
 def test_p13_existence_does_not_leak(world: World) -> None:
     """A report released to nobody and a report that does not exist look the same to the
     partner: the same Pull answer, the same refusal of a receipt naming it; error texts
@@ -231,6 +236,7 @@ def test_p13_existence_does_not_leak(world: World) -> None:
 # ---- P03 a frozen partner is marked stale ---------------------------------------------------------
 
 
+@pytest.mark.threat("P03")
 def test_p03_frozen_partner_is_marked_stale(world: World) -> None:
     window = timedelta(minutes=5)
     clock = {"now": world.now}
@@ -279,6 +285,7 @@ def third(world: World) -> Node:
 
 
 @pytest.mark.parametrize("how", ["hold", "trickle"])
+@pytest.mark.threat("N05")
 def test_n05_idle_or_trickling_peer_is_ended_and_others_are_not_slowed(
     world: World, third: Node, how: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -317,6 +324,7 @@ def test_n05_idle_or_trickling_peer_is_ended_and_others_are_not_slowed(
 # ---- L03 many streams from one partner ------------------------------------------------------------
 
 
+@pytest.mark.threat("L03")
 def test_l03_many_streams_from_one_partner_are_bounded(world: World, third: Node) -> None:
     async def body(_server: NodeServer) -> tuple[int, int, bool]:
         async with _as_hostile(world) as channel:
@@ -350,6 +358,7 @@ def test_l03_many_streams_from_one_partner_are_bounded(world: World, third: Node
 # ---- L01 oversized, L04 parser bombs, at the node --------------------------------------------------
 
 
+@pytest.mark.threat("L01")
 def test_l01_oversized_header_and_message(world: World) -> None:
     forge = Forge(world)
     [e1] = forge.submit()
@@ -387,6 +396,7 @@ BOMBS = {
 
 
 @pytest.mark.parametrize("bomb", sorted(BOMBS))
+@pytest.mark.threat("L04")
 def test_l04_parser_bombs_in_a_signed_header(world: World, bomb: str) -> None:
     forge = Forge(world)
     [e1] = forge.submit()
@@ -396,6 +406,7 @@ def test_l04_parser_bombs_in_a_signed_header(world: World, bomb: str) -> None:
     assert snapshot(world.victim.data_dir) == before
 
 
+@pytest.mark.threat("L04")
 def test_l04_confusable_sender_id(world: World) -> None:
     forge = Forge(world)
     [e1] = forge.submit()
@@ -427,11 +438,13 @@ def _load(world: World, rounds: int, per_round: int, tmp_path: Path) -> None:
     integrity_ok(world.victim)
 
 
+@pytest.mark.threat("L05")
 def test_l05_sustained_load_bounded(world: World, tmp_path: Path) -> None:
     _load(world, rounds=3, per_round=20, tmp_path=tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.threat("L05")
 def test_l05_sustained_load_long(world: World, tmp_path: Path) -> None:
     _load(world, rounds=20, per_round=100, tmp_path=tmp_path)
 
@@ -458,6 +471,7 @@ inbox.apply_batch(node, "pk-moi", envs, datetime.fromisoformat(now))
 
 
 @pytest.mark.parametrize("point", ["before-commit", "after-commit"])
+@pytest.mark.threat("C01")
 def test_c01_sigkill_while_receiving(world: World, point: str, tmp_path: Path) -> None:
     envelopes = Forge(world).submit(valid(), valid(), valid())
     file = tmp_path / "envelopes.json"
@@ -526,6 +540,7 @@ def _fill(mnt: Path) -> Path:
     return filler
 
 
+@pytest.mark.threat("C02")
 def test_c02_disk_full_during_sync_and_submit(small_disk: Path) -> None:
     from node import clock
     from tests.adversarial.hostile import make_world
@@ -555,6 +570,7 @@ def test_c02_disk_full_during_sync_and_submit(small_disk: Path) -> None:
         world.close()
 
 
+@pytest.mark.threat("C03")
 def test_c03_clock_stepped_backwards_and_forwards(world: World) -> None:
     forge = Forge(world)
     e1, e2, e3 = forge.submit(valid(), valid(), valid())
@@ -582,6 +598,7 @@ def _rogue_chain(world: World) -> Any:
     return chain
 
 
+@pytest.mark.threat("I03")
 def test_i03_swapped_peer_card_is_refused(world: World) -> None:
     [e1] = Forge(world).submit()
     chain = _rogue_chain(world)
@@ -595,6 +612,7 @@ def test_i03_swapped_peer_card_is_refused(world: World) -> None:
     assert snapshot(world.victim.data_dir) == before
 
 
+@pytest.mark.threat("I03")
 def test_i03_swapped_peer_card_and_fingerprint_is_refused(world: World) -> None:
     [e1] = Forge(world).submit()
     chain = _rogue_chain(world)

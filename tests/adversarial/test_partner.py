@@ -89,6 +89,7 @@ def _rejected_and_recorded(w: World, env: Envelope, code: str) -> None:
 # ---- P07 replay and equivocation -----------------------------------------------------------------
 
 
+@pytest.mark.threat("P07")
 def test_p07_exact_replay_is_idempotent(world: World) -> None:
     [e1] = Forge(world).submit()
     _received(world, e1)
@@ -102,6 +103,7 @@ def test_p07_exact_replay_is_idempotent(world: World) -> None:
     assert [bytes(s) for s, _ in again.peer.receipts] == [bytes(original)] * 2
 
 
+@pytest.mark.threat("P07")
 def test_p07_whole_stream_replayed_adds_no_row_and_no_leaf(world: World) -> None:
     envelopes = Forge(world).submit(valid(), valid(), valid())
     _received(world, *envelopes)
@@ -112,6 +114,7 @@ def test_p07_whole_stream_replayed_adds_no_row_and_no_leaf(world: World) -> None
     assert snapshot(world.victim.data_dir) == before
 
 
+@pytest.mark.threat("P07")
 def test_p07_equivocation_keeps_both_as_evidence(world: World) -> None:
     forge = Forge(world)
     [e1] = forge.submit()
@@ -146,6 +149,7 @@ def test_p07_equivocation_keeps_both_as_evidence(world: World) -> None:
 
 
 @pytest.mark.parametrize("seq", [MAX_SEQ, 1 + 10**9, 2], ids=["2^53-1", "+10^9", "+1"])
+@pytest.mark.threat("P02")
 def test_p02_seq_jump_keeps_cursor(world: World, seq: int) -> None:
     forge = Forge(world)
     forge.submit()
@@ -153,6 +157,7 @@ def test_p02_seq_jump_keeps_cursor(world: World, seq: int) -> None:
     _refused_unchanged(world, [[jumped]], "peer.seq_jump")
 
 
+@pytest.mark.threat("P02")
 def test_p02_seq_2_63_minus_1_is_refused_unchanged(world: World) -> None:
     forge = Forge(world)
     [e1] = forge.submit()
@@ -162,6 +167,7 @@ def test_p02_seq_2_63_minus_1_is_refused_unchanged(world: World) -> None:
     _refused_unchanged(world, [[huge]], "peer.envelope.bad_header")
 
 
+@pytest.mark.threat("P02")
 def test_p02_version_jump_is_a_recorded_rejection(world: World) -> None:
     forge = Forge(world)
     forge.submit()
@@ -184,6 +190,7 @@ def test_p02_version_jump_is_a_recorded_rejection(world: World) -> None:
     _rejected_and_recorded(world, forge.seal(forge.content(jumped), seq=1), "peer.version_jump")
 
 
+@pytest.mark.threat("P08")
 def test_p08_reordering(world: World) -> None:
     """(5, 7, 6): only seq = last + 1 applies; 7 stops the batch; the resend completes."""
     envelopes = Forge(world).submit(*(valid() for _ in range(7)))
@@ -203,6 +210,7 @@ def test_p08_reordering(world: World) -> None:
 # ---- P01 rollback, P04 mix-and-match, P14 ceiling, P11 rewriting ---------------------------------
 
 
+@pytest.mark.threat("P01")
 def test_p01_rollback(world: World) -> None:
     forge = Forge(world)
     [e1] = forge.submit()
@@ -215,6 +223,7 @@ def test_p01_rollback(world: World) -> None:
     assert newest == [(2,)]
 
 
+@pytest.mark.threat("P04")
 def test_p04_mix_and_match_versions(world: World) -> None:
     forge = Forge(world)
     [e1] = forge.submit()
@@ -227,6 +236,7 @@ def test_p04_mix_and_match_versions(world: World) -> None:
     assert code.startswith("peer.sdjwt.") or code == "peer.release.disclosures"
 
 
+@pytest.mark.threat("P04")
 def test_p04_disclosures_spliced_from_another_report(world: World) -> None:
     forge = Forge(world)
     a = forge.seal_report(valid())
@@ -253,6 +263,7 @@ def _content_code(world: World, env: Envelope) -> str:
 
 
 @pytest.mark.parametrize("what", ["sensitive-field", "tlp-red"])
+@pytest.mark.threat("P14")
 def test_p14_above_ceiling(world: World, what: str) -> None:
     forge = Forge(world)
     report = valid() if what == "sensitive-field" else valid({**_alert(), "tlp": "red"})
@@ -262,7 +273,7 @@ def test_p14_above_ceiling(world: World, what: str) -> None:
 
 
 def _alert() -> dict[str, Any]:
-    from tests.node.test_agreement_policy import ALERT
+    from tests.builders import ALERT
 
     return json.loads(json.dumps(ALERT))
 
@@ -273,6 +284,7 @@ def _own_report(world: World) -> str:
     return done.report_id
 
 
+@pytest.mark.threat("P11")
 def test_p11_partner_rewrites_our_report(world: World) -> None:
     ours = _own_report(world)
     forge = Forge(world)
@@ -284,6 +296,7 @@ def test_p11_partner_rewrites_our_report(world: World) -> None:
     assert rows(world.victim, "SELECT * FROM reports") == reports
 
 
+@pytest.mark.threat("P11")
 def test_p11_partner_retracts_our_report(world: World) -> None:
     ours = _own_report(world)
     [(digest, version)] = rows(
@@ -325,6 +338,7 @@ def test_p11_partner_retracts_our_report(world: World) -> None:
 # ---- P09 cross-context reuse, N02 the wrong signer on a valid session ----------------------------
 
 
+@pytest.mark.threat("P09")
 def test_p09_reflected_signature(world: World) -> None:
     """One of our own envelopes, signed by us, reflected back by the partner."""
     [e1] = Forge(world).submit()
@@ -333,6 +347,7 @@ def test_p09_reflected_signature(world: World) -> None:
     _refused_unchanged(world, [[reflected]], "peer.envelope.reflected")
 
 
+@pytest.mark.threat("P09")
 def test_p09_receipt_replayed_as_envelope(world: World) -> None:
     [e1] = Forge(world).submit()
     first = pull(world, [e1])
@@ -345,6 +360,7 @@ def test_p09_receipt_replayed_as_envelope(world: World) -> None:
     _refused_unchanged(world, [[wrong_purpose]], "peer.bad_signature")
 
 
+@pytest.mark.threat("P09")
 def test_p09_envelope_for_another_recipient(world: World) -> None:
     forge = Forge(world)
     sealed = forge.seal_report(valid())
@@ -352,6 +368,7 @@ def test_p09_envelope_for_another_recipient(world: World) -> None:
     _refused_unchanged(world, [[meant_for_de]], "peer.envelope.wrong_recipient")
 
 
+@pytest.mark.threat("N02")
 def test_n02_session_of_a_carrying_an_envelope_signed_by_b(world: World) -> None:
     from keys.signers import Ed25519Signer
 
@@ -363,6 +380,7 @@ def test_n02_session_of_a_carrying_an_envelope_signed_by_b(world: World) -> None
     _refused_unchanged(world, [[as_b]], "peer.envelope.wrong_sender")
 
 
+@pytest.mark.threat("N02")
 def test_n02_session_of_a_carrying_an_envelope_signed_by_ourselves(world: World) -> None:
     [e1] = Forge(world).submit()
     by_us = Forge(world).resign(e1, signer=world.victim.keyring().identity_signer())
@@ -378,6 +396,7 @@ def _flip(data: bytes, index: int) -> bytes:
     return bytes(out)
 
 
+@pytest.mark.threat("P05")
 def test_p05_forged_on_pull(world: World) -> None:
     [e1] = Forge(world).submit()
     forged = Envelope(e1.header, e1.ciphertext, _flip(e1.signature, 7))
@@ -399,6 +418,7 @@ def test_p05_forged_on_pull(world: World) -> None:
     ],
     ids=["header-bit", "ciphertext-bit", "signature-bit", "header-cut", "ct-cut", "sig-cut"],
 )
+@pytest.mark.threat("N03")
 def test_n03_flipped_or_truncated_in_transit(world: World, mutate: Any, code: str | None) -> None:
     [e1] = Forge(world).submit()
     bad = mutate(e1)
@@ -410,6 +430,7 @@ def test_n03_flipped_or_truncated_in_transit(world: World, mutate: Any, code: st
     assert snapshot(world.victim.data_dir) == before and p.peer.receipts == []
 
 
+@pytest.mark.threat("N03")
 def test_n03_flipped_ciphertext_signed_by_the_partner_is_recorded(world: World) -> None:
     [e1] = Forge(world).submit()
     forge = Forge(world)
@@ -417,12 +438,14 @@ def test_n03_flipped_ciphertext_signed_by_the_partner_is_recorded(world: World) 
     _rejected_and_recorded(world, broken, "peer.decrypt")
 
 
+@pytest.mark.threat("N06")
 def test_n06_downgrade_signed_by_the_partner_is_recorded(world: World) -> None:
     [e1] = Forge(world).submit()
     downgraded = Forge(world).resign(e1, header=lambda h: h.update({"suite": SUITE_X25519}))
     _rejected_and_recorded(world, downgraded, "peer.suite_downgrade")
 
 
+@pytest.mark.threat("N06")
 def test_n06_suite_altered_or_stripped_in_transit(world: World) -> None:
     [e1] = Forge(world).submit()
     header = json.loads(e1.header)
@@ -440,6 +463,7 @@ def test_n06_suite_altered_or_stripped_in_transit(world: World) -> None:
 # ---- N04 a stream cut in the middle of a batch ---------------------------------------------------
 
 
+@pytest.mark.threat("N04")
 def test_n04_stream_cut_mid_batch_applies_nothing_partial(world: World) -> None:
     envelopes = Forge(world).submit(*(valid() for _ in range(5)))
     p = pull(world, envelopes[:2], envelopes[2:], cut_after=1)
@@ -457,6 +481,7 @@ def test_n04_stream_cut_mid_batch_applies_nothing_partial(world: World) -> None:
 # ---- P12 never silent --------------------------------------------------------------------------
 
 
+@pytest.mark.threat("P12")
 def test_p12_receipt_names_each_rejected_item_and_verifies(world: World) -> None:
     forge = Forge(world)
     good = forge.submit(valid(), valid())
@@ -508,6 +533,7 @@ def _statement(w: World, **changes: Any) -> card_pb2.Revocation:
     ],
     ids=["signature-bit", "trailing-byte", "unsigned"],
 )
+@pytest.mark.threat("P06")
 def test_p06_forged_revocation_on_get_card(world: World, bend: Any) -> None:
     [e1] = Forge(world).submit()
     before, at = snapshot(world.victim.data_dir), cursor(world.victim, HOSTILE)
@@ -523,6 +549,7 @@ def test_p06_forged_revocation_on_get_card(world: World, bend: Any) -> None:
     [{"node": VICTIM}, {"identity_key": bytes(32)}],
     ids=["another-node", "key-not-in-chain"],
 )
+@pytest.mark.threat("P06")
 def test_p06_revocation_of_what_is_not_its_key(world: World, changes: dict[str, Any]) -> None:
     before = snapshot(world.victim.data_dir)
     p = pull(world, revocations=[_statement(world, **changes)])
@@ -530,6 +557,7 @@ def test_p06_revocation_of_what_is_not_its_key(world: World, changes: dict[str, 
     assert snapshot(world.victim.data_dir) == before
 
 
+@pytest.mark.threat("P06")
 def test_p06_genuine_revocation_stops_everything_after_it(world: World) -> None:
     forge = Forge(world)
     [e1] = forge.submit()

@@ -1,15 +1,6 @@
-"""THREATS.md rows whose main tests live elsewhere, or that need only a thin node-level
-row here. Where a check already exists it is called, not copied:
-
-- I01/I02 row edits, deletions, insertions -> tests/node/test_log.py
-  ``test_single_row_edits_fail_the_audit`` (called below per mutation);
-- I05 corrupt SQLite -> tests/node/test_cli_node.py ``test_corrupt_database_refuses_to_start``
-  (called below);
-- H05 the ``vectors/`` probes -> tests/exchange/test_merkle.py ``test_*_probes`` (called below);
-- P06 -> tests/keys/test_card_chain.py; H01, I04 -> tests/node/test_log.py;
-  B01, L04 (officer input) -> tests/node/test_reports.py; B02 -> tests/node/test_cli_node.py;
-  N01, L02, H06 -> tests/adversarial/test_transport.py.
-"""
+"""Threat cases (docs/THREATS.md) that need a node-level test of their own. Most cases are
+tested where the code they attack is tested, marked ``@pytest.mark.threat("...")``; the
+index in ``test_threats_index.py`` finds them by that marker."""
 
 from __future__ import annotations
 
@@ -36,38 +27,10 @@ from tests.conftest import Result, snapshot
 pytestmark = pytest.mark.timeout(60)
 
 
-# ---- I01, I02, I05 (existing checks, called) -------------------------------------------------------
+# ---- I01 an edited inbox row ------------------------------------------------------------------
 
 
-def _mutations(prefix: str) -> list[Any]:
-    from tests.node.test_log import MUTATIONS
-
-    # i02_insert_row fails in tests/node/test_log.py itself at this commit (the log
-    # subtree store raises store.log_damaged instead of an audit finding); not repeated here.
-    skip = {"i02_insert_row"}
-    return [
-        pytest.param(*m, id=m[0]) for m in MUTATIONS if m[0].startswith(prefix) and m[0] not in skip
-    ]
-
-
-@pytest.mark.parametrize(("name", "sql", "names_entry"), _mutations("i01"))
-def test_i01_edited_row_is_named_by_audit_verify(
-    tmp_path: Path, name: str, sql: str, names_entry: Any
-) -> None:
-    from tests.node.test_log import test_single_row_edits_fail_the_audit
-
-    test_single_row_edits_fail_the_audit(tmp_path, name, sql, names_entry)
-
-
-@pytest.mark.parametrize(("name", "sql", "names_entry"), _mutations("i02"))
-def test_i02_deleted_or_inserted_log_row_is_caught(
-    tmp_path: Path, name: str, sql: str, names_entry: Any
-) -> None:
-    from tests.node.test_log import test_single_row_edits_fail_the_audit
-
-    test_single_row_edits_fail_the_audit(tmp_path, name, sql, names_entry)
-
-
+@pytest.mark.threat("I01")
 def test_i01_edited_inbox_row_does_not_decrypt(world: World) -> None:
     """An edited inbox row (sealed at rest under AEAD bound to peer and seq) is refused."""
     from node.inbox import get_inbox
@@ -80,26 +43,10 @@ def test_i01_edited_inbox_row_does_not_decrypt(world: World) -> None:
         get_inbox(world.victim, envelope_id)
 
 
-def test_i05_corrupt_database_refuses_to_start(
-    make_node: Callable[..., Path], accord: Callable[..., Result]
-) -> None:
-    from tests.node.test_cli_node import test_corrupt_database_refuses_to_start
-
-    test_corrupt_database_refuses_to_start(make_node, accord)
-
-
-def test_h05_malformed_proofs_from_the_vectors_are_rejected() -> None:
-    from tests.exchange import test_merkle
-
-    for probe in test_merkle.INCLUSION["probes"]:
-        test_merkle.test_inclusion_probes(probe)
-    for probe in test_merkle.CONSISTENCY["probes"]:
-        test_merkle.test_consistency_probes(probe)
-
-
 # ---- H02 split view, H03 an exchange that never reached the log, H04 two writers -------------------
 
 
+@pytest.mark.threat("H02")
 def test_h02_split_view_is_exposed_by_the_witness(world: World) -> None:
     """pk-moi shows cn-mps's witness one log and (to an auditor) another of the same size."""
     hostile, victim = world.hostile, world.victim
@@ -133,6 +80,7 @@ def _events(bundle: Path) -> list[Any]:
     return out
 
 
+@pytest.mark.threat("H03")
 def test_h03_exchange_that_never_reached_the_log_is_found_by_reconcile(
     world: World, tmp_path: Path
 ) -> None:
@@ -148,6 +96,7 @@ def test_h03_exchange_that_never_reached_the_log_is_found_by_reconcile(
     assert report.findings, "reconcile missed an envelope without a release.decided"
 
 
+@pytest.mark.threat("H04")
 def test_h04_two_writers_racing_keep_checkpoints_consistent(world: World, tmp_path: Path) -> None:
     from exchange import merkle
 
@@ -185,6 +134,7 @@ def test_h04_two_writers_racing_keep_checkpoints_consistent(world: World, tmp_pa
 # ---- P10 policy bypass by omission -----------------------------------------------------------------
 
 
+@pytest.mark.threat("P10")
 def test_p10_missing_policy_releases_nothing(world: World) -> None:
     """cn-mps has an agreement with pk-moi but no policy: deny by default."""
     [done] = outbox.submit(world.victim, [valid()], world.now)
@@ -214,6 +164,7 @@ def test_p10_missing_policy_releases_nothing(world: World) -> None:
         "no-version",
     ],
 )
+@pytest.mark.threat("P10")
 def test_p10_policy_bypass_by_omission_never_matches_all(world: World, text: str) -> None:
     before = snapshot(world.victim.data_dir)
     try:
@@ -229,6 +180,7 @@ def test_p10_policy_bypass_by_omission_never_matches_all(world: World, text: str
 # ---- B03-B06 the CLI ------------------------------------------------------------------------------
 
 
+@pytest.mark.threat("B03")
 def test_b03_partner_text_is_shown_escaped(capsys: pytest.CaptureFixture[str]) -> None:
     from node.cli.output import print_table, safe
 
@@ -243,6 +195,7 @@ def test_b03_partner_text_is_shown_escaped(capsys: pytest.CaptureFixture[str]) -
         assert raw not in out
 
 
+@pytest.mark.threat("B04")
 def test_b04_trust_on_first_use_needs_a_flag_and_is_logged(
     world: World, accord: Callable[..., Result], tmp_path: Path
 ) -> None:
@@ -265,6 +218,7 @@ def test_b04_trust_on_first_use_needs_a_flag_and_is_logged(
     assert added["kind"] == "peer.added" and added["trust_on_first_use"] is True
 
 
+@pytest.mark.threat("B05")
 def test_b05_an_import_done_twice_adds_nothing(world: World) -> None:
     chain = world.hostile.own_chain()
     before = snapshot(world.victim.data_dir)
@@ -275,6 +229,7 @@ def test_b05_an_import_done_twice_adds_nothing(world: World) -> None:
     assert snapshot(world.victim.data_dir) == before
 
 
+@pytest.mark.threat("B05")
 def test_b05_two_cli_commands_at_once_are_consistent(
     world: World, accord: Callable[..., Result], tmp_path: Path
 ) -> None:
@@ -317,6 +272,7 @@ def test_b05_two_cli_commands_at_once_are_consistent(
     assert added == [(3,)]
 
 
+@pytest.mark.threat("B06")
 def test_b06_no_command_rewrites_history() -> None:
     import click
 

@@ -177,15 +177,18 @@ def _refused(
 TLS_REFUSED = {grpc.StatusCode.UNAVAILABLE}
 
 
+@pytest.mark.threat("N01")
 def test_n01_no_client_certificate_is_refused(setup: Setup) -> None:
     _refused(setup, lambda: None, TLS_REFUSED, None)
 
 
+@pytest.mark.threat("N01")
 def test_n01_certificate_from_an_unknown_ca_is_refused(setup: Setup) -> None:
     rogue = generate_tls("cn-mps", "127.0.0.1", NOW)  # same node id, a CA nobody trusts
     _refused(setup, lambda: (rogue.key_pem, rogue.cert_pem), TLS_REFUSED, None)
 
 
+@pytest.mark.threat("N01")
 def test_n01_expired_certificate_is_refused(setup: Setup) -> None:
     ca_cert, ca_key = _ca(setup.partner)
     cert, key = issue_node_certificate(
@@ -195,12 +198,14 @@ def test_n01_expired_certificate_is_refused(setup: Setup) -> None:
     _refused(setup, lambda: (key, cert), TLS_REFUSED | {grpc.StatusCode.UNAUTHENTICATED}, None)
 
 
+@pytest.mark.threat("N01")
 def test_n01_known_ca_but_unknown_node_is_refused(setup: Setup) -> None:
     ca_cert, ca_key = _ca(setup.partner)
     cert, key = issue_node_certificate(ca_cert, ca_key, "xx-ghost", "127.0.0.1", NOW)
     _refused(setup, lambda: (key, cert), {grpc.StatusCode.PERMISSION_DENIED}, "peer.unknown")
 
 
+@pytest.mark.threat("N01")
 def test_n01_partner_ca_vouching_for_another_partner_is_refused(setup: Setup) -> None:
     """cn-mps's CA issues a certificate naming de-bka: TLS accepts the CA, the guard does
     not, because de-bka's card names another CA."""
@@ -209,6 +214,7 @@ def test_n01_partner_ca_vouching_for_another_partner_is_refused(setup: Setup) ->
     _refused(setup, lambda: (key, cert), {grpc.StatusCode.UNAUTHENTICATED}, "auth.bad_certificate")
 
 
+@pytest.mark.threat("N01")
 def test_n01_our_own_certificate_is_refused(setup: Setup) -> None:
     _refused(
         setup,
@@ -218,6 +224,7 @@ def test_n01_our_own_certificate_is_refused(setup: Setup) -> None:
     )
 
 
+@pytest.mark.threat("N01")
 def test_n01_revoked_partner_is_refused_while_serving(setup: Setup) -> None:
     def revoke() -> None:
         setup.server.revoke_peer("cn-mps", NOW - timedelta(minutes=1), NOW)
@@ -231,11 +238,13 @@ def test_n01_revoked_partner_is_refused_while_serving(setup: Setup) -> None:
     )
 
 
+@pytest.mark.threat("N01")
 def test_n01_revoked_partner_is_refused_at_tls_after_restart(setup: Setup) -> None:
     setup.server.revoke_peer("cn-mps", NOW - timedelta(minutes=1), NOW)
     _refused(setup, lambda: _identity(setup.partner), TLS_REFUSED, None)
 
 
+@pytest.mark.threat("N01")
 def test_n01_a_trusted_partner_is_served(setup: Setup) -> None:
     """The control row: the same call with the partner's real certificate is cosigned."""
     calls: list[str] = []
@@ -276,6 +285,7 @@ def _call_as_partner(
     [(1, 2**63), (1, 2**64 - 1), (0, 1), (5, 2)],
     ids=["endless-range", "max-uint64", "from-zero", "backwards"],
 )
+@pytest.mark.threat("L02")
 def test_l02_absurd_consistency_proof_range_is_refused(
     setup: Setup, old_size: int, new_size: int
 ) -> None:
@@ -287,6 +297,7 @@ def test_l02_absurd_consistency_proof_range_is_refused(
     assert read_error_detail(error).code == "log.bad_range"  # type: ignore[union-attr]
 
 
+@pytest.mark.threat("L02")
 def test_l02_inclusion_proof_beyond_the_log_is_refused(setup: Setup) -> None:
     request = log_pb2.GetInclusionProofRequest(leaf_index=2**63, tree_size=2**64 - 1)
     error = _call_as_partner(
@@ -296,6 +307,7 @@ def test_l02_inclusion_proof_beyond_the_log_is_refused(setup: Setup) -> None:
     assert read_error_detail(error).code == "log.bad_range"  # type: ignore[union-attr]
 
 
+@pytest.mark.threat("H06")
 def test_h06_witness_refuses_a_checkpoint_of_another_log(setup: Setup) -> None:
     """cn-mps submits de-bka's (validly signed) checkpoint as if it were its own log."""
     before = snapshot(setup.server.data_dir)

@@ -33,7 +33,7 @@ from exchange.purpose import Purpose, signed_message
 from exchange.receipt import make_receipt
 from exchange.sdjwt import PresentationLimits, Retraction, seal, sign_retraction
 from exchange.sop import Report
-from tests.exchange.test_envelope import (
+from tests.exchange.envelope_world import (
     AGREEMENTS,
     CARD_A,
     DECRYPTERS,
@@ -138,6 +138,7 @@ def flip(data: bytes, bit: int) -> bytes:
 # ---- N03: flipped bits, truncated fields, wrong-length keys -------------------------------------
 
 
+@pytest.mark.threat("N03")
 def test_n03_flipped_bit_in_header_every_bit() -> None:
     header_codes = PRE_SEQ - {"peer.envelope.too_large", "peer.seq_jump"}
     for bit in range(len(GOOD.header) * 8):
@@ -145,18 +146,21 @@ def test_n03_flipped_bit_in_header_every_bit() -> None:
         assert rejected(env, content_stage=False) in header_codes, bit
 
 
+@pytest.mark.threat("N03")
 def test_n03_flipped_bit_in_ciphertext_every_byte() -> None:
     for index in range(len(GOOD.ciphertext)):
         env = Envelope(GOOD.header, flip(GOOD.ciphertext, index * 8 + index % 8), GOOD.signature)
         assert rejected(env, content_stage=False) == "peer.bad_signature", index
 
 
+@pytest.mark.threat("N03")
 def test_n03_flipped_bit_in_signature_every_bit() -> None:
     for bit in range(len(GOOD.signature) * 8):
         env = Envelope(GOOD.header, GOOD.ciphertext, flip(GOOD.signature, bit))
         assert rejected(env, content_stage=False) == "peer.bad_signature", bit
 
 
+@pytest.mark.threat("N03")
 def test_n03_flipped_bit_in_ciphertext_signed_by_the_partner_does_not_decrypt() -> None:
     bad = flip(GOOD.ciphertext, 4000)
     sig = SIGNERS[A].sign(signed_message(Purpose.ENVELOPE, sha256(GOOD.header) + sha256(bad)))
@@ -176,16 +180,19 @@ def test_n03_flipped_bit_in_ciphertext_signed_by_the_partner_does_not_decrypt() 
     ],
     ids=["header", "header-empty", "ct", "ct-empty", "sig", "sig-empty", "all-empty"],
 )
+@pytest.mark.threat("N03")
 def test_n03_truncated_fields(env: Envelope, code: str) -> None:
     assert rejected(env, content_stage=False) == code
 
 
 @pytest.mark.parametrize("length", [0, 31, 33, 64])
+@pytest.mark.threat("N03")
 def test_n03_wrong_length_identity_key(length: int) -> None:
     bad_card = card(A, identity_key=SIGNERS[A].public_key.ljust(length, b"\0")[:length])
     assert rejected(GOOD, sender_card=bad_card, content_stage=False) == "peer.bad_signature"
 
 
+@pytest.mark.threat("N03")
 def test_n03_truncated_hpke_ciphertext_signed_by_the_partner() -> None:
     short = GOOD.ciphertext[:10]
     sig = SIGNERS[A].sign(signed_message(Purpose.ENVELOPE, sha256(GOOD.header) + sha256(short)))
@@ -195,6 +202,7 @@ def test_n03_truncated_hpke_ciphertext_signed_by_the_partner() -> None:
 # ---- N06: downgrade; N02: the wrong signer on a valid session --------------------------------------
 
 
+@pytest.mark.threat("N06")
 def test_n06_suite_downgrade_by_the_partner() -> None:
     env = seal_env(content(suite=SUITE_HYBRID), suite=SUITE_X25519)  # sender picks X25519
     assert rejected(env, content_stage=True) == "peer.suite_downgrade"
@@ -214,6 +222,7 @@ def test_n06_suite_downgrade_by_the_partner() -> None:
     ids=["suite-altered", "suite-stripped", "unknown-suite", "version", "type-stripped", "kind",
          "extra-key"],
 )  # fmt: skip
+@pytest.mark.threat("N06")
 def test_n06_header_fields_altered_or_stripped_in_transit(edit: Edit, code: str) -> None:
     head = json.loads(GOOD.header)
     edit(head)
@@ -221,12 +230,14 @@ def test_n06_header_fields_altered_or_stripped_in_transit(edit: Edit, code: str)
     assert rejected(env, content_stage=False) == code
 
 
+@pytest.mark.threat("N06")
 def test_n06_header_not_in_canonical_form() -> None:
     spaced = json.dumps(json.loads(GOOD.header), indent=1).encode()
     env = Envelope(spaced, GOOD.ciphertext, GOOD.signature)
     assert rejected(env) == "peer.envelope.bad_header"
 
 
+@pytest.mark.threat("N06")
 def test_n06_partner_header_with_the_kid_of_another_suite() -> None:
     env = craft(header=setter("kid", KID[SUITE_X25519]))
     assert rejected(env, content_stage=True) == "peer.decrypt"
@@ -247,6 +258,7 @@ def test_n06_partner_header_with_the_kid_of_another_suite() -> None:
     ],
     ids=["from-C", "signed-by-C", "ourselves", "card-of-C", "session-of-C"],
 )
+@pytest.mark.threat("N02")
 def test_n02_valid_session_wrong_signer(
     env: Envelope, overrides: dict[str, Any], code: str
 ) -> None:
@@ -256,6 +268,7 @@ def test_n02_valid_session_wrong_signer(
 # ---- P09: cross-context reuse ------------------------------------------------------------------------
 
 
+@pytest.mark.threat("P09")
 def test_p09_receipt_replayed_as_envelope() -> None:
     receipt = make_receipt(
         sender=A, recipient=B, first_seq=1, last_seq=1, envelope_digests=["sha256:" + "ab" * 32],
@@ -278,6 +291,7 @@ def test_p09_receipt_replayed_as_envelope() -> None:
     ids=["receipt-purpose", "release-purpose", "release-as-envelope", "retraction-purpose",
          "another-recipient", "reflected"],
 )  # fmt: skip
+@pytest.mark.threat("P09")
 def test_p09_signatures_bound_to_purpose_and_recipient(
     env: Envelope, code: str, content_stage: bool
 ) -> None:
@@ -321,6 +335,7 @@ OUR_REPORT = make_sealed(issuer=B, signer=B, report_id="01890a5d-ac96-774b-bcce-
     ],
     ids=["claims-our-iss", "forwards-our-report", "retracts-our-report", "our-retraction"],
 )  # fmt: skip
+@pytest.mark.threat("P11")
 def test_p11_partner_rewrites_our_report(env: Envelope, code: str) -> None:
     assert rejected(env, content_stage=True) == code
 
@@ -353,6 +368,7 @@ NARROW = agreement(SUITE_HYBRID, labels=("public",))
     ],
     ids=["source", "indicators", "tlp-red", "derived-indicators", "narrow-labels", "schema"],
 )
+@pytest.mark.threat("P14")
 def test_p14_above_ceiling(what: ReportRelease, overrides: dict[str, Any]) -> None:
     assert rejected(seal_env(what), content_stage=True, **overrides) == "peer.above_ceiling"
 
@@ -361,10 +377,12 @@ def test_p14_above_ceiling(what: ReportRelease, overrides: dict[str, Any]) -> No
 
 
 @pytest.mark.parametrize("seq", [2, 1 + 10**9, MAX_SEQ])
+@pytest.mark.threat("P02")
 def test_p02_seq_jump(seq: int) -> None:
     assert rejected(seal_env(seq=seq), content_stage=False) == "peer.seq_jump"
 
 
+@pytest.mark.threat("P02")
 def test_p02_seq_beyond_canonical_json_is_a_bad_header() -> None:
     head = json.loads(GOOD.header) | {"seq": 2**63 - 1}
     raw = json.dumps(head, sort_keys=True, separators=(",", ":")).encode()
@@ -386,6 +404,7 @@ def test_p02_seq_beyond_canonical_json_is_a_bad_header() -> None:
     ],
     ids=["header", "ciphertext", "signature", "release", "derived-count", "disclosure-count"],
 )  # fmt: skip
+@pytest.mark.threat("L01")
 def test_l01_oversized(env: Envelope, limits: EnvelopeLimits, code: str) -> None:
     assert rejected(env, limits=limits) == code
 

@@ -391,6 +391,7 @@ P10_REFUSED = [
 @pytest.mark.parametrize(
     ("text", "code", "key"), [r[1:] for r in P10_REFUSED], ids=[r[0] for r in P10_REFUSED]
 )
+@pytest.mark.threat("P10")
 def test_p10_policy_bypass_by_omission_is_refused(text: str, code: str, key: str) -> None:
     e = refused(text)
     codes = {p.code for p in e.problems}
@@ -410,6 +411,7 @@ def test_toml_syntax_error_names_its_line() -> None:
     assert "not valid TOML" in e.message
 
 
+@pytest.mark.threat("P10")
 def test_p10_problems_name_key_and_line() -> None:
     text = textwrap.dedent(
         """\
@@ -434,6 +436,7 @@ def test_p10_problems_name_key_and_line() -> None:
     assert e.code == "policy.unknown_field"  # the first problem by line
 
 
+@pytest.mark.threat("P10")
 def test_p10_lines_found_for_dotted_keys_and_implicit_tables() -> None:
     text = (
         "# header comment\n"
@@ -446,6 +449,7 @@ def test_p10_lines_found_for_dotted_keys_and_implicit_tables() -> None:
     assert lines['peer.cn-mps.schema."threat-alert@1".release'] == 3
 
 
+@pytest.mark.threat("P10")
 def test_p10_every_problem_is_listed_at_once() -> None:
     e = refused(
         """
@@ -477,6 +481,7 @@ P10_DENIED = [
 @pytest.mark.parametrize(
     ("args", "reason"), [r[1:] for r in P10_DENIED], ids=[r[0] for r in P10_DENIED]
 )
+@pytest.mark.threat("P10")
 def test_p10_decision_denies_by_default(args: dict[str, Any], reason: str) -> None:
     pol = policy(ALL_PUBLIC)
     if "ceil" in args and args["ceil"] is None:
@@ -487,6 +492,7 @@ def test_p10_decision_denies_by_default(args: dict[str, Any], reason: str) -> No
     assert d.withheld == dict.fromkeys(REPORT, reason)
 
 
+@pytest.mark.threat("P10")
 def test_p10_report_field_under_another_name_is_withheld() -> None:
     pol = policy(ALL_PUBLIC)
     report = {"Severity": "high", "severity ": "high", "region": "Sindh", "regions": "Sindh"}
@@ -499,6 +505,7 @@ def test_p10_report_field_under_another_name_is_withheld() -> None:
     }
 
 
+@pytest.mark.threat("P10")
 def test_p10_field_with_unknown_label_is_withheld_even_when_named() -> None:
     pol = policy(
         """
@@ -513,6 +520,7 @@ def test_p10_field_with_unknown_label_is_withheld_even_when_named() -> None:
     assert d.withheld == {"title": UNKNOWN_LABEL}
 
 
+@pytest.mark.threat("P10")
 def test_p10_empty_report_releases_nothing() -> None:
     d = run(policy(ALL_PUBLIC), {})
     assert not d.releases_anything and d.to_log_event()["releases_anything"] is False
@@ -851,6 +859,7 @@ P14 = [
     [r[1:] for r in P14],
     ids=[r[0] for r in P14],
 )
+@pytest.mark.threat("P14")
 def test_p14_release_above_the_agreed_ceiling_is_rejected(
     disclosed: list[str], derived: list[str], tlp: str, schema: str, code: str
 ) -> None:
@@ -862,12 +871,14 @@ def test_p14_release_above_the_agreed_ceiling_is_rejected(
         assert json.dumps(value) not in e.value.message
 
 
+@pytest.mark.threat("P14")
 def test_p14_release_without_agreement_is_rejected() -> None:
     with pytest.raises(PeerDataError) as e:
         check_within_ceiling(["title"], [], "clear", TA, SCHEMAS[TA], None)
     assert e.value.code == "peer.no_agreement"
 
 
+@pytest.mark.threat("P14")
 def test_p14_release_within_the_ceiling_passes() -> None:
     c = ceiling(fields=frozenset({"title", "region", "site"}), tlp_max="amber")
     check_within_ceiling(["title", "region"], ["site"], "green", TA, SCHEMAS[TA], c)

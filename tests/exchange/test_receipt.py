@@ -143,6 +143,7 @@ def test_receipt_for_envelopes_never_sent() -> None:
     assert code_of(forged.statement, forged.signature) == "peer.receipt.unknown_range"
 
 
+@pytest.mark.threat("N03")
 def test_n03_flipped_bit_in_statement_or_signature() -> None:
     for bit in range(0, len(GOOD.statement) * 8, 7):
         bad = bytearray(GOOD.statement)
@@ -157,10 +158,12 @@ def test_n03_flipped_bit_in_statement_or_signature() -> None:
 
 
 @pytest.mark.parametrize("purpose", [Purpose.ENVELOPE, Purpose.RELEASE, Purpose.AGREEMENT])
+@pytest.mark.threat("P09")
 def test_p09_signature_of_another_purpose_is_not_a_receipt(purpose: Purpose) -> None:
     assert code_of(*resigned(GOOD_DOC, purpose=purpose)) == "peer.bad_signature"
 
 
+@pytest.mark.threat("P09")
 def test_p09_our_own_receipt_reflected_back() -> None:
     ours = receipt(sender=A, recipient=B, signer=SIGNERS[A])
     assert code_of(ours.statement, ours.signature, signer_key=SIGNERS[A].public_key) == (
@@ -168,6 +171,7 @@ def test_p09_our_own_receipt_reflected_back() -> None:
     )
 
 
+@pytest.mark.threat("L01")
 def test_l01_oversized_statement() -> None:
     doc = GOOD_DOC | {"items": [{"seq": 4, "code": "peer.x" + "y" * 70_000}]}
     assert code_of(*resigned(doc)) == "peer.receipt.too_large"

@@ -206,6 +206,7 @@ ATTACKS: dict[str, Callable[[list[Keyring]], SignedRevocation]] = {
 
 
 @pytest.mark.parametrize("attack", list(ATTACKS))
+@pytest.mark.threat("P06")
 def test_p06_bent_revocations_are_refused(
     setup: tuple[VerifiedChain, list[Keyring]], attack: str
 ) -> None:

@@ -492,6 +492,7 @@ def test_wrong_expected_issuer_is_rejected() -> None:
     ],
     ids=["presentation", "disclosures", "jwt", "disclosure", "sd_digests"],
 )
+@pytest.mark.threat("L01")
 def test_l01_limits_are_named(limits: PresentationLimits, fields: list[str]) -> None:
     with pytest.raises(PresentationTooLarge):
         verify(make_sealed().present(fields), limits=limits)
@@ -793,17 +794,20 @@ def test_first_version_is_new_and_newer_is_accepted() -> None:
     assert check_version(_held(V1), _verified(V3)) is VersionOutcome.NEWER  # v2 not released to us
 
 
+@pytest.mark.threat("P01")
 def test_p01_rollback_is_rejected() -> None:
     with pytest.raises(VersionRollback) as info:
         check_version(_held(V2), _verified(V1))
     assert info.value.code == "peer.rollback"
 
 
+@pytest.mark.threat("P07")
 def test_p07_same_version_same_bytes_is_duplicate() -> None:
     again = verify(V2.present(["severity"]))  # another subset: same issuer JWT
     assert check_version(_held(V2), again) is VersionOutcome.DUPLICATE
 
 
+@pytest.mark.threat("P07")
 def test_p07_same_version_different_bytes_is_equivocation() -> None:
     twin = make_sealed(version=2, supersedes=V1.issuer_jwt_digest, seed="twin")
     with pytest.raises(VersionEquivocation) as info:
@@ -820,6 +824,7 @@ def test_next_version_superseding_another_jwt_is_a_fork() -> None:
     assert info.value.code == "peer.version_fork"
 
 
+@pytest.mark.threat("P02")
 def test_p02_version_jump_is_rejected() -> None:
     far = make_sealed(version=10**6, supersedes=V1.issuer_jwt_digest, seed="far")
     with pytest.raises(VersionJump):
@@ -828,6 +833,7 @@ def test_p02_version_jump_is_rejected() -> None:
         check_version(None, _verified(far))
 
 
+@pytest.mark.threat("P11")
 def test_p11_report_id_of_another_issuer_is_rejected() -> None:
     theirs = make_sealed(version=2, supersedes=V1.issuer_jwt_digest, issuer="cn-mps", seed="x")
     with pytest.raises(ReportIdCollision):

@@ -251,6 +251,7 @@ def test_parse_then_validate_equals_check(registry: SchemaRegistry) -> None:
 # ---- B01: every problem at once -------------------------------------------------------------
 
 
+@pytest.mark.threat("B01")
 def test_b01_every_problem_listed_at_once_with_path_rule_and_type(
     registry: SchemaRegistry,
 ) -> None:
@@ -285,6 +286,7 @@ def test_b01_every_problem_listed_at_once_with_path_rule_and_type(
     assert info.value.code == "input.report_invalid"
 
 
+@pytest.mark.threat("B01")
 def test_b01_problems_are_deduplicated_and_sorted(registry: SchemaRegistry) -> None:
     fields = threat_fields()
     for key in ("region", "severity", "threat_type"):
@@ -307,12 +309,14 @@ def test_b01_problems_are_deduplicated_and_sorted(registry: SchemaRegistry) -> N
     ],
     ids=["truncated_json", "duplicate_key_json", "array", "bad_toml", "duplicate_key_toml", "fmt"],
 )
+@pytest.mark.threat("B01")
 def test_b01_malformed_documents(
     registry: SchemaRegistry, data: bytes, fmt: str, rule: str
 ) -> None:
     assert {r for _, r in problems_of(registry, data, fmt)} == {rule}
 
 
+@pytest.mark.threat("B01")
 def test_b01_missing_envelope_parts_all_listed(registry: SchemaRegistry) -> None:
     assert problems_of(registry, b"{}") == {
         ("sop", "required"),
@@ -321,6 +325,7 @@ def test_b01_missing_envelope_parts_all_listed(registry: SchemaRegistry) -> None
     }
 
 
+@pytest.mark.threat("B01")
 def test_b01_wrong_envelope_types(registry: SchemaRegistry) -> None:
     data = json.dumps({"sop": 1, "tlp": None, "fields": []}).encode()
     assert problems_of(registry, data) == {
@@ -330,6 +335,7 @@ def test_b01_wrong_envelope_types(registry: SchemaRegistry) -> None:
     }
 
 
+@pytest.mark.threat("B01")
 def test_b01_unknown_schema(registry: SchemaRegistry) -> None:
     assert problems_of(registry, doc({}, sop="threat-alert@2")) == {("sop", "unknown-schema")}
 
@@ -368,6 +374,7 @@ BOUNDARIES = [
 
 
 @pytest.mark.parametrize(("path", "value", "rule"), BOUNDARIES)
+@pytest.mark.threat("B01")
 def test_b01_boundary_values(
     registry: SchemaRegistry, path: list[Any], value: Any, rule: str | None
 ) -> None:
@@ -382,23 +389,27 @@ def test_b01_boundary_values(
 # ---- L04: parser bombs and Unicode ------------------------------------------------------------
 
 
+@pytest.mark.threat("L04")
 def test_l04_deep_nesting_json(registry: SchemaRegistry) -> None:
     bomb = b'{"sop": "threat-alert@1", "tlp": "red", "fields": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     assert problems_of(registry, bomb) == {("(document)", "json-syntax")}
 
 
+@pytest.mark.threat("L04")
 def test_l04_deep_nesting_toml(registry: SchemaRegistry) -> None:
     bomb = b"x = " + b"[" * 5000 + b"]" * 5000
     rules = {rule for _, rule in problems_of(registry, bomb, "toml")}
     assert rules <= {"max-depth", "toml-syntax"} and rules
 
 
+@pytest.mark.threat("L04")
 def test_l04_moderate_nesting_is_bounded_by_the_walker(registry: SchemaRegistry) -> None:
     fields = _with(["indicators"], [[[[[[[[[[[[[[[[[["x"]]]]]]]]]]]]]]]]]])
     found = problems_of(registry, doc(fields))
     assert ("fields.indicators[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]", "max-depth") in found
 
 
+@pytest.mark.threat("L04")
 def test_l04_huge_integers(registry: SchemaRegistry) -> None:
     digits = b'{"sop": "threat-alert@1", "tlp": "red", "fields": {"title": ' + b"9" * 5000 + b"}}"
     assert problems_of(registry, digits) == {("(document)", "json-syntax")}
@@ -406,27 +417,32 @@ def test_l04_huge_integers(registry: SchemaRegistry) -> None:
     assert ("fields.source.credibility", "safe-integer") in found
 
 
+@pytest.mark.threat("L04")
 def test_l04_non_finite_number(registry: SchemaRegistry) -> None:
     data = doc(threat_fields()).replace(b"25.1264", b"1e400")
     assert ("fields.location.lat", "finite-number") in problems_of(registry, data)
 
 
+@pytest.mark.threat("L04")
 def test_l04_oversized_document(registry: SchemaRegistry) -> None:
     data = doc(_with(["summary"], "x" * (300 * 1024)))
     assert problems_of(registry, data) == {("(document)", "max-bytes")}
 
 
+@pytest.mark.threat("L04")
 def test_l04_long_string_within_document_limit(registry: SchemaRegistry) -> None:
     found = problems_of(registry, doc(_with(["summary"], "x" * (70 * 1024))))
     assert found == {("fields.summary", "max-length"), ("fields.summary", "maxLength")}
 
 
+@pytest.mark.threat("L04")
 def test_l04_invalid_utf8(registry: SchemaRegistry) -> None:
     data = doc(threat_fields()).replace(b"Balochistan", b"Baloch\xffstan")
     assert problems_of(registry, data) == {("(document)", "json-syntax")}
     assert problems_of(registry, b'sop = "\xff"', "toml") == {("(document)", "utf-8")}
 
 
+@pytest.mark.threat("L04")
 def test_l04_nul_raw_and_escaped(registry: SchemaRegistry) -> None:
     raw = doc(threat_fields()).replace(b"Balochistan", b"Baloch\x00stan")
     assert problems_of(registry, raw) == {("(document)", "json-syntax")}
@@ -435,6 +451,7 @@ def test_l04_nul_raw_and_escaped(registry: SchemaRegistry) -> None:
     assert problems_of(registry, escaped) == {("fields.region", "nul")}
 
 
+@pytest.mark.threat("L04")
 def test_l04_lone_surrogate_and_control_characters(registry: SchemaRegistry) -> None:
     data = doc(threat_fields()).replace(b"Balochistan", b"Baloch\\ud800stan")
     assert problems_of(registry, data) == {("fields.region", "unicode")}
@@ -444,6 +461,7 @@ def test_l04_lone_surrogate_and_control_characters(registry: SchemaRegistry) -> 
     assert problems_of(registry, c1) == {("fields.title", "control-character")}
 
 
+@pytest.mark.threat("L04")
 def test_l04_confusables_are_rejected_and_shown_escaped(registry: SchemaRegistry) -> None:
     fields = threat_fields()
     fields["t\u0456tle"] = fields.pop("title")  # Cyrillic i

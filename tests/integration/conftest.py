@@ -123,3 +123,17 @@ def partners(
     b = make_node("cn-mps", free_port())
     exchange_cards(accord, a, b, tmp_path)
     return a, b
+
+
+WAIT = 30.0
+
+
+def until(what: str, check: Callable[[], object], procs: list[ServerProcess]) -> object:
+    """Poll ``check`` until it returns something true; fail with every server's log."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached in {WAIT}s\n" + "\n".join(p.logs() for p in procs))

@@ -36,10 +36,9 @@ import pytest
 from exchange.sdjwt import PresentationLimits, verify_presentation
 from node.home import Node
 from node.reports import load_sealed
-from tests.conftest import PASSPHRASE, Result
+from tests.conftest import PASSPHRASE, Result, agree
 from tests.integration.conftest import ServerProcess
 from tests.integration.load import Submitter, title
-from tests.integration.test_exchange import _agree
 
 Accord = Callable[..., Result]
 SENDER, RECEIVER = "pk-moi", "cn-mps"
@@ -248,7 +247,7 @@ def crash_loop(
     settle_timeout: float,
 ) -> None:
     pk, cn = partners
-    _agree(accord, pk, cn, tmp_path)
+    agree(accord, pk, cn, tmp_path)
     sender, receiver = crashing(pk), crashing(cn)
     for node in (sender, receiver):
         node.start()

@@ -11,26 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from exchange.sdjwt import PresentationLimits, verify_presentation
+from tests.builders import ALERT, MARKER
 from tests.conftest import Result, agree
-from tests.integration.conftest import ServerProcess
-from tests.node.test_agreement_policy import ALERT, MARKER
+from tests.integration.conftest import ServerProcess, until
 
 Accord = Callable[..., Result]
-WAIT = 30.0
-
-
-def _agree(accord: Accord, pk: Path, cn: Path, tmp_path: Path) -> None:
-    agree(accord, pk, cn, tmp_path)
-
-
-def _until(what: str, check: Callable[[], object], procs: list[ServerProcess]) -> object:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached in {WAIT}s\n" + "\n".join(p.logs() for p in procs))
 
 
 def test_report_flows_from_pk_moi_to_cn_mps(
@@ -40,7 +25,7 @@ def test_report_flows_from_pk_moi_to_cn_mps(
     tmp_path: Path,
 ) -> None:
     pk, cn = partners
-    _agree(accord, pk, cn, tmp_path)
+    agree(accord, pk, cn, tmp_path)
     procs = [servers(pk), servers(cn)]
     for p in procs:
         p.wait_ready()
@@ -57,7 +42,7 @@ def test_report_flows_from_pk_moi_to_cn_mps(
         r = accord("--data", cn, "inbox", "list", "--json")
         return r.json() if r.code == 0 else None
 
-    [item] = _until("the report at cn-mps", received, procs)  # type: ignore[misc]
+    [item] = until("the report at cn-mps", received, procs)  # type: ignore[misc]
     assert set(item["fields"]) == released
     shown = accord("--data", cn, "inbox", "show", item["envelope_id"], "--json").json()
     assert set(shown["fields"]) == released  # type: ignore[index]
@@ -82,14 +67,14 @@ def test_report_flows_from_pk_moi_to_cn_mps(
         s = accord("--data", pk, "sync", "status", "--json").json()
         return s[0]["acknowledged_seq"] == 1 and s[0]["backlog"] == 0  # type: ignore[index]
 
-    _until("the receipt at pk-moi", acknowledged, procs)
+    until("the receipt at pk-moi", acknowledged, procs)
 
     def cosigned_both() -> object:
         a = accord("--data", pk, "log", "checkpoint", "--json").json()
         b = accord("--data", cn, "log", "checkpoint", "--json").json()
         return "cn-mps" in a["cosigned_by"] and "pk-moi" in b["cosigned_by"]  # type: ignore[index]
 
-    _until("cosignatures on both logs", cosigned_both, procs)
+    until("cosignatures on both logs", cosigned_both, procs)
     for p in procs:
         assert p.terminate() == 0
     bundles = []
@@ -118,14 +103,14 @@ def _serving_with_one_report(
     accord: Accord, servers: Callable[..., ServerProcess], pk: Path, cn: Path, tmp_path: Path
 ) -> tuple[ServerProcess, ServerProcess, Path]:
     """Both nodes agreed and serving; one report from pk-moi already in cn-mps's inbox."""
-    _agree(accord, pk, cn, tmp_path)
+    agree(accord, pk, cn, tmp_path)
     pk_server, cn_server = servers(pk), servers(cn)
     for p in (pk_server, cn_server):
         p.wait_ready()
     report = tmp_path / "alert.json"
     report.write_text(json.dumps(ALERT))
     assert accord("--data", pk, "report", "submit", report).code == 0
-    _until("the first report", lambda: _inbox_count(accord, cn) == 1, [pk_server, cn_server])
+    until("the first report", lambda: _inbox_count(accord, cn) == 1, [pk_server, cn_server])
     return pk_server, cn_server, report
 
 
@@ -153,7 +138,7 @@ def test_identity_rotation_reaches_the_partner_over_grpc(
     pk_server = servers(pk, "serve")
     pk_server.wait_ready()
     assert accord("--data", pk, "report", "submit", report).code == 0
-    _until(
+    until(
         "the report signed by the new key",
         lambda: _inbox_count(accord, cn) == 2,
         [pk_server, cn_server],
@@ -183,9 +168,7 @@ def test_signed_revocation_reaches_the_partner_over_grpc(
     fp = accord("--data", pk, "card", "show", "--json").json()["fingerprint"]  # type: ignore[index]
     r = accord("--data", pk, "keys", "revoke", fp, "--yes", "--json")
     assert r.code == 0, r.err
-    _until(
-        "the revocation at cn-mps", lambda: peer()["status"] == "revoked", [pk_server, cn_server]
-    )
+    until("the revocation at cn-mps", lambda: peer()["status"] == "revoked", [pk_server, cn_server])
     shown = peer()
     assert list(shown["revoked_keys"]) == [fp]  # type: ignore[call-overload]
     entries = accord("--data", cn, "log", "show", "--json").json()["entries"]  # type: ignore[index]

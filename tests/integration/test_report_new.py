@@ -19,9 +19,8 @@ from pathlib import Path
 import stix2
 
 from node.stix import TLP2_IDS
-from tests.conftest import PASSPHRASE, Result
-from tests.integration.conftest import ROOT, ServerProcess
-from tests.integration.test_exchange import _agree, _until
+from tests.conftest import PASSPHRASE, Result, agree
+from tests.integration.conftest import ROOT, ServerProcess, until
 
 Accord = Callable[..., Result]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
@@ -106,7 +105,7 @@ def test_report_new_through_a_terminal(
     tmp_path: Path,
 ) -> None:
     pk, cn = partners
-    _agree(accord, pk, cn, tmp_path)
+    agree(accord, pk, cn, tmp_path)
     procs = [servers(pk), servers(cn)]
     for p in procs:
         p.wait_ready()
@@ -163,7 +162,7 @@ def test_report_new_through_a_terminal(
         r = accord("--data", cn, "inbox", "list", "--json")
         return r.json() if r.code == 0 else None
 
-    [item] = _until("the report at cn-mps", received, procs)  # type: ignore[misc]
+    [item] = until("the report at cn-mps", received, procs)  # type: ignore[misc]
     assert item["report_id"] == mine["report_id"]
     assert "source" not in item["fields"] and "severity" in item["fields"]
     # What arrived exports as a STIX 2.1 bundle that stix2 parses strictly.
@@ -208,7 +207,7 @@ def _partner_text_is_shown_escaped(
         items = accord("--data", cn, "inbox", "list", "--json").json()
         return [i for i in items if i["report_id"] == report_id]  # type: ignore[union-attr]
 
-    [item] = _until("the hostile report at cn-mps", arrived, procs)  # type: ignore[misc]
+    [item] = until("the hostile report at cn-mps", arrived, procs)  # type: ignore[misc]
     raw = ("\u202e", "\u202c", "\r", "\u2028", "\u200b")
     for args in (
         ("inbox", "show", item["envelope_id"]),
@@ -233,7 +232,7 @@ def test_report_new_declined_sends_nothing_and_exits_130(
     """The officer sees the explanation and answers no: nothing is sealed, stored or
     logged, and the exit status says the confirmation was refused (130), as everywhere."""
     pk, cn = partners
-    _agree(accord, pk, cn, tmp_path)
+    agree(accord, pk, cn, tmp_path)
     procs = [servers(pk), servers(cn)]
     for p in procs:
         p.wait_ready()

@@ -174,6 +174,7 @@ ATTACKS: list[tuple[str, Callable[..., bytes], str]] = [
 
 
 @pytest.mark.parametrize(("name", "attack", "message"), ATTACKS, ids=[a[0] for a in ATTACKS])
+@pytest.mark.threat("P06")
 def test_p06_forged_chain_is_refused_and_store_unchanged(
     keyring: Keyring, name: str, attack: Callable[..., bytes], message: str
 ) -> None:
@@ -191,6 +192,7 @@ def test_p06_forged_chain_is_refused_and_store_unchanged(
     assert records.rows == {}
 
 
+@pytest.mark.threat("P06")
 def test_p06_endless_rotation_chain_is_refused(keyring: Keyring) -> None:
     signed, _ = build_chain(keyring, 2)
     # Repeat entries to exceed the limit without generating hundreds of keys.
@@ -310,6 +312,7 @@ def _statement(key: Keyring, signer: Keyring, revoked_from: datetime) -> SignedR
     )
 
 
+@pytest.mark.threat("P06")
 def test_p06_signed_revocation_of_the_current_key_revokes_the_partner(keyring: Keyring) -> None:
     signed, rings = build_chain(keyring, 2)
     records, store = _trusting(signed, 2)
@@ -325,6 +328,7 @@ def test_p06_signed_revocation_of_the_current_key_revokes_the_partner(keyring: K
     assert records.rows == rows
 
 
+@pytest.mark.threat("P06")
 def test_p06_signed_revocation_of_an_old_key_is_kept_per_key(keyring: Keyring) -> None:
     signed, rings = build_chain(keyring, 2)
     records, store = _trusting(signed, 2)
@@ -335,6 +339,7 @@ def test_p06_signed_revocation_of_an_old_key_is_kept_per_key(keyring: Keyring) -
     assert store.trusted_chain("pk-moi", NOW + timedelta(days=1)).latest.version == 2
 
 
+@pytest.mark.threat("P06")
 def test_p06_thief_of_an_old_key_cannot_revoke_the_new_one(keyring: Keyring) -> None:
     signed, rings = build_chain(keyring, 2)
     records, store = _trusting(signed, 2)
@@ -344,6 +349,7 @@ def test_p06_thief_of_an_old_key_cannot_revoke_the_new_one(keyring: Keyring) -> 
     assert records.rows == rows and records.revocations == {}
 
 
+@pytest.mark.threat("P06")
 def test_p06_revoked_key_cannot_sign_a_rotation(keyring: Keyring) -> None:
     signed, rings = build_chain(keyring, 2)
     records, store = _trusting(signed, 1)

@@ -10,27 +10,10 @@ import pytest
 
 from exchange.events import parse_event_unverified
 from node.home import Node
+from tests.builders import ALERT, MARKER
 from tests.conftest import PASSPHRASE, POLICY, Result, exchange_cards, propose, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
-MARKER = "QWX-marker-5521"
-ALERT = {
-    "sop": "threat-alert@1",
-    "tlp": "amber",
-    "fields": {
-        "title": f"IED threat {MARKER}",
-        "threat_type": "ied",
-        "severity": "high",
-        "region": "Balochistan",
-        "site": f"Convoy yard {MARKER}",
-        "location": {"lat": 25.1264, "lon": 62.3225},
-        "time_window": {"start": "2026-11-26T00:00:00Z", "end": "2026-11-30T00:00:00Z"},
-        "indicators": [f"white pickup {MARKER}"],
-        "recommended_actions": ["Avoid the east gate"],
-        "source": {"kind": "humint", "reliability": "B", "credibility": 2},
-    },
-}
-
 Accord = Callable[..., Result]
 
 

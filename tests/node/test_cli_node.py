@@ -179,6 +179,7 @@ HOSTILE_IDS = [
 
 
 @pytest.mark.parametrize("bad", HOSTILE_IDS, ids=[repr(b)[:20] for b in HOSTILE_IDS])
+@pytest.mark.threat("B02")
 def test_b02_hostile_node_ids_are_rejected(tmp_path: Path, accord: Accord, bad: str) -> None:
     data = tmp_path / "node"
     r = accord("--data", data, "init", "--node", bad, "--name", "X", "--endpoint", "127.0.0.1:7441")
@@ -198,6 +199,7 @@ def test_b02_hostile_node_ids_are_rejected(tmp_path: Path, accord: Accord, bad: 
         ("--endpoint", "127.0.0.1:99999", "HOST:PORT"),
     ],
 )
+@pytest.mark.threat("B02")
 def test_b02_hostile_names_and_endpoints(
     tmp_path: Path, accord: Accord, flag: str, value: str, message: str
 ) -> None:

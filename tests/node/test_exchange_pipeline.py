@@ -6,38 +6,20 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from exchange.errors import PeerDataError
 from exchange.events import parse_event_unverified
 from exchange.sdjwt import PresentationLimits, verify_presentation
-from exchange.sop import check_report_document
 from exchange.times import format_time
 from node import outbox
 from node.home import Node
 from node.inbox import apply_batch, cursor, get_inbox, list_inbox
-from node.schemas import registry
-from tests.conftest import PASSPHRASE, Result, agree, exchange_cards, snapshot
-from tests.node.test_agreement_policy import ALERT, MARKER
+from tests.builders import ALERT, MARKER, valid_report
+from tests.conftest import Result, snapshot
 
 Accord = Callable[..., Result]
-
-
-@pytest.fixture
-def pair(make_node: Callable[..., Path], accord: Accord, tmp_path: Path) -> tuple[Node, Node]:
-    pk, cn = make_node("pk-moi", 7441), make_node("cn-mps", 7442)
-    exchange_cards(accord, pk, cn, tmp_path)
-    agree(accord, pk, cn, tmp_path)
-    a, b = Node.open(pk, lambda: PASSPHRASE), Node.open(cn, lambda: PASSPHRASE)
-    yield a, b
-    a.close()
-    b.close()
-
-
-def _valid(report: dict[str, object] = ALERT):  # type: ignore[no-untyped-def]
-    return check_report_document(registry(), json.dumps(report).encode(), "json")
 
 
 def _kinds(node: Node) -> list[str]:
@@ -47,7 +29,7 @@ def _kinds(node: Node) -> list[str]:
 def test_submit_sync_receipt(pair: tuple[Node, Node]) -> None:
     pk, cn = pair
     now = datetime.now(UTC).replace(microsecond=0)
-    [result] = outbox.submit(pk, [_valid()], now)
+    [result] = outbox.submit(pk, [valid_report()], now)
     [release] = result.releases
     assert release.peer == "cn-mps" and release.seq == 1
     envelopes = outbox.pending(pk, "cn-mps", 0, 256)
@@ -93,10 +75,11 @@ def test_submit_sync_receipt(pair: tuple[Node, Node]) -> None:
     assert not new2 and snapshot(pk.data_dir) == before_pk
 
 
+@pytest.mark.threat("P08")
 def test_p08_reordered_envelopes_wait_for_their_turn(pair: tuple[Node, Node]) -> None:
     pk, cn = pair
     now = datetime.now(UTC).replace(microsecond=0)
-    outbox.submit(pk, [_valid(), _valid(), _valid()], now)
+    outbox.submit(pk, [valid_report(), valid_report(), valid_report()], now)
     e1, e2, e3 = outbox.pending(pk, "cn-mps", 0, 256)
     before = snapshot(cn.data_dir)
     out = apply_batch(cn, "pk-moi", [e2], now)
@@ -111,10 +94,10 @@ def test_p08_reordered_envelopes_wait_for_their_turn(pair: tuple[Node, Node]) ->
 def test_amend_and_retract_reach_the_partner(pair: tuple[Node, Node]) -> None:
     pk, cn = pair
     now = datetime.now(UTC).replace(microsecond=0)
-    [first] = outbox.submit(pk, [_valid()], now)
+    [first] = outbox.submit(pk, [valid_report()], now)
     changed = json.loads(json.dumps(ALERT))
     changed["fields"]["severity"] = "critical"
-    second = outbox.amend(pk, first.report_id, _valid(changed), now + timedelta(seconds=1))
+    second = outbox.amend(pk, first.report_id, valid_report(changed), now + timedelta(seconds=1))
     assert second.version == 2
     outbox.retract(pk, first.report_id, "erroneous", now + timedelta(seconds=2))
     envelopes = outbox.pending(pk, "cn-mps", 0, 256)
@@ -136,9 +119,9 @@ def test_backlog_queued_before_a_rotation_still_arrives(pair: tuple[Node, Node])
     force when they were sealed); later ones under the new key, never the other way."""
     pk, cn = pair
     now = datetime.now(UTC).replace(microsecond=0)
-    outbox.submit(pk, [_valid()], now)
+    outbox.submit(pk, [valid_report()], now)
     chain = pk.rotate_identity(now + timedelta(seconds=1))
-    outbox.submit(pk, [_valid()], now + timedelta(seconds=2))
+    outbox.submit(pk, [valid_report()], now + timedelta(seconds=2))
     assert cn.refresh_peer_card("pk-moi", list(chain.signed), now + timedelta(seconds=3))
     envelopes = outbox.pending(pk, "cn-mps", 0, 256)
     out = apply_batch(cn, "pk-moi", envelopes, now + timedelta(seconds=3))
@@ -158,6 +141,7 @@ def test_backlog_queued_before_a_rotation_still_arrives(pair: tuple[Node, Node])
     assert snapshot(cn.data_dir) == before
 
 
+@pytest.mark.threat("P06")
 def test_p06_signed_revocation_refuses_what_the_key_sealed_from_its_time(
     pair: tuple[Node, Node],
 ) -> None:
@@ -167,8 +151,8 @@ def test_p06_signed_revocation_refuses_what_the_key_sealed_from_its_time(
     pk, cn = pair
     t0 = datetime.now(UTC).replace(microsecond=0)
     old_fp = pk.own_chain().latest.fingerprint
-    outbox.submit(pk, [_valid()], t0)
-    outbox.submit(pk, [_valid()], t0 + timedelta(seconds=10))
+    outbox.submit(pk, [valid_report()], t0)
+    outbox.submit(pk, [valid_report()], t0 + timedelta(seconds=10))
     chain = pk.rotate_identity(t0 + timedelta(seconds=20))
     # The second envelope is still queued: revoking from before it blocks it (warned).
     assert pk.pending_sealed_under(old_fp, t0 + timedelta(seconds=5)) == 1
@@ -209,6 +193,7 @@ def test_p06_signed_revocation_refuses_what_the_key_sealed_from_its_time(
         cn.trust_store().trusted_chain("pk-moi", later + timedelta(seconds=1))
 
 
+@pytest.mark.threat("P03")
 def test_p03_partner_serving_the_same_checkpoint_is_frozen(pair: tuple[Node, Node]) -> None:
     """cn-mps witnesses pk-moi's log. pk-moi keeps acknowledging (its log must grow) but
     asks cn-mps to cosign the same checkpoint: after the window it is frozen (stale)."""
@@ -252,7 +237,7 @@ def test_p03_partner_serving_the_same_checkpoint_is_frozen(pair: tuple[Node, Nod
     window = timedelta(minutes=15)
     assert _frozen(cn, "pk-moi", window)
     # pk-moi's log grows and is cosigned: no longer frozen.
-    outbox.submit(pk, [_valid()], later)
+    outbox.submit(pk, [valid_report()], later)
     grown = pk.checkpoint(later)
     proof = pk.log.consistency_proof(cp.size, grown.size)
     witness.add_checkpoint(

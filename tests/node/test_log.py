@@ -102,6 +102,7 @@ def test_proofs_at_a_million_entries_read_log_n_rows(tmp_path: Path) -> None:
     assert reader.reads == bin(size).count("1")
 
 
+@pytest.mark.threat("I04")
 def test_i04_restored_backup_is_refused(tmp_path: Path) -> None:
     node = _node(tmp_path)
     _append(node, 3)
@@ -154,39 +155,50 @@ def _audit(node: Node, tmp_path: Path) -> list[tuple[int | None, str]]:
     return [(f.index, f.code) for f in report.findings]
 
 
-MUTATIONS: list[tuple[str, str, Callable[[list[int | None]], bool]]] = [
+Findings = list[tuple[int | None, str]]
+
+
+def _at(index: int, code_prefix: str = "") -> Callable[[Findings], bool]:
+    """A check that some finding names entry ``index`` (with a code starting so)."""
+    return lambda found: any(i == index and code.startswith(code_prefix) for i, code in found)
+
+
+MUTATIONS: list[tuple[str, str, Callable[[Findings], bool]]] = [
     (
         "i01_edit_event",
         "UPDATE log_leaves SET event = CAST(replace(CAST(event AS TEXT), 'policy', 'pol1cy') AS BLOB) WHERE idx = 7",
-        lambda idx: 7 in idx,
+        _at(7, "entry.edited"),
     ),
     (
         "i01_edit_event_and_hash",
         "UPDATE log_leaves SET event = CAST(replace(CAST(event AS TEXT), '0000000000000007', '0000000000000008') AS BLOB), leaf_hash = zeroblob(32) WHERE idx = 9",
-        lambda idx: 9 in idx,
+        _at(9, "entry.edited"),
     ),
-    ("i02_delete_row", "DELETE FROM log_leaves WHERE idx = 12", lambda idx: 12 in idx),
+    ("i02_delete_row", "DELETE FROM log_leaves WHERE idx = 12", _at(12, "entry.")),
     (
         "i02_insert_row",
         "UPDATE log_leaves SET idx = idx + 1000 WHERE idx >= 15; UPDATE log_leaves SET idx = idx - 999 WHERE idx >= 1015; INSERT INTO log_leaves (idx, event, leaf_hash) SELECT 15, event, leaf_hash FROM log_leaves WHERE idx = 3",
-        lambda idx: 15 in idx,
+        _at(15, "entry.moved"),
     ),
     (
         "i01_edit_subtree",
         "UPDATE log_subtrees SET hash = zeroblob(32) WHERE level = 1 AND idx = 2",
-        lambda idx: any(i is not None for i in idx),
+        _at(5, "checkpoint.stored_root"),
     ),
     (
         "i01_edit_checkpoint",
         "UPDATE log_checkpoints SET note = CAST(replace(CAST(note AS TEXT), 'accord/log', 'accord/l0g') AS BLOB) WHERE size = (SELECT min(size) FROM log_checkpoints WHERE size > 2)",
-        lambda idx: True,
+        lambda found: (None, "checkpoint.signature") in found,
     ),
 ]
 
 
-@pytest.mark.parametrize(("name", "sql", "names_entry"), MUTATIONS, ids=[m[0] for m in MUTATIONS])
+@pytest.mark.parametrize(
+    ("name", "sql", "names_entry"),
+    [pytest.param(*m, id=m[0], marks=pytest.mark.threat(m[0][:3].upper())) for m in MUTATIONS],
+)
 def test_single_row_edits_fail_the_audit(
-    tmp_path: Path, name: str, sql: str, names_entry: Callable[[list[int | None]], bool]
+    tmp_path: Path, name: str, sql: str, names_entry: Callable[[Findings], bool]
 ) -> None:
     node = _busy_node(tmp_path)
     assert _audit(node, tmp_path) == []
@@ -194,7 +206,7 @@ def test_single_row_edits_fail_the_audit(
         node.store.conn.execute(statement)
     findings = _audit(node, tmp_path)
     assert findings, f"{name}: audit passed after the edit"
-    assert names_entry([i for i, _code in findings]), findings
+    assert names_entry(findings), findings
 
 
 EXTRA_EDITS = [
@@ -347,6 +359,7 @@ def _sqlite_dump(store: Store) -> str:
 
 
 @pytest.mark.parametrize("attack", ["h01_same_size_other_root", "h01_truncate_and_reappend"])
+@pytest.mark.threat("H01")
 def test_h01_witness_refuses_rewritten_history_and_keeps_evidence(
     tmp_path: Path, attack: str
 ) -> None:
@@ -392,6 +405,7 @@ def test_h01_witness_refuses_rewritten_history_and_keeps_evidence(
     assert evidence == [(cp.note, forged.note, evidence[0][2])]
 
 
+@pytest.mark.threat("I04")
 def test_i04_witness_refuses_a_rolled_back_log(tmp_path: Path) -> None:
     pk = _node(tmp_path)
     witness, _cn = _witness(tmp_path)
@@ -414,6 +428,7 @@ def test_i04_witness_refuses_a_rolled_back_log(tmp_path: Path) -> None:
     assert witness.held(origin).size == cp.size  # type: ignore[union-attr]
 
 
+@pytest.mark.threat("H06")
 def test_h06_checkpoint_of_another_log_is_refused(tmp_path: Path) -> None:
     pk = _node(tmp_path)
     witness, cn = _witness(tmp_path)

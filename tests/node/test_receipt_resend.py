@@ -9,9 +9,7 @@ from datetime import UTC, datetime
 from node import outbox
 from node.home import Node
 from node.inbox import apply_batch, receipts_acknowledged, unacknowledged_receipts
-from tests.node.test_exchange_pipeline import _valid, pair
-
-__all__ = ["pair"]  # the fixture, shared with the pipeline tests
+from tests.builders import valid_report
 
 
 def _states(node: Node) -> list[str]:
@@ -22,8 +20,8 @@ def _states(node: Node) -> list[str]:
 def test_lost_receipt_is_resent_until_confirmed(pair: tuple[Node, Node]) -> None:
     pk, cn = pair
     now = datetime.now(UTC).replace(microsecond=0)
-    outbox.submit(pk, [_valid()], now)
-    outbox.submit(pk, [_valid()], now)
+    outbox.submit(pk, [valid_report()], now)
+    outbox.submit(pk, [valid_report()], now)
     first, second = outbox.pending(pk, "cn-mps", 0, 256)
     lost = apply_batch(cn, "pk-moi", [first], now).receipt  # committed, never delivered
     delivered = apply_batch(cn, "pk-moi", [second], now).receipt
@@ -42,7 +40,7 @@ def test_lost_receipt_is_resent_until_confirmed(pair: tuple[Node, Node]) -> None
     assert unacknowledged_receipts(cn, "pk-moi") == []
 
     # Only receipts after the mark are offered again; the mark never moves back.
-    outbox.submit(pk, [_valid()], now)
+    outbox.submit(pk, [valid_report()], now)
     [third] = outbox.pending(pk, "cn-mps", 2, 256)
     out = apply_batch(cn, "pk-moi", [third], now)
     assert out.receipt is not None

@@ -191,6 +191,7 @@ L04_CASES = [
     B01_CASES + L04_CASES,
     ids=[c[0] for c in B01_CASES + L04_CASES],
 )
+@pytest.mark.threat("B01")
 def test_b01_l04_bad_reports_are_listed_and_nothing_is_stored(
     tmp_path: Path,
     make_node: Callable[..., Path],
