@@ -13,7 +13,7 @@ the ceiling allows it, a personal field has a named legal basis, and a reciproci
 has been earned (the partner sent at least ``min_reports`` in the last ``window_days``).
 
 Sections: the policy value, parsing (with a best-effort TOML line locator), the decision,
-transforms, the receiver's check. One module, past the ~500 lines we aim for per module, so that what the
+transforms, the receiver's check. One module, past our ~500-line guide, so that what the
 parser refuses and what ``decide`` enforces are read side by side (ADR 0004).
 """
 
