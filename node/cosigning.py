@@ -1,4 +1,4 @@
-"""Getting this node's checkpoints cosigned by its partners (DESIGN.md §9, tlog-witness).
+"""Getting this node's checkpoints cosigned by its partners (docs/DESIGN.md §9, tlog-witness).
 
 For each trusted partner the :class:`Cosigner` sends our latest signed checkpoint with
 ``old_size`` = the largest of our checkpoints that partner cosigned before (0 at first)

@@ -1,5 +1,5 @@
 """``make demo``: the whole mission on two partner nodes, pk-moi and cn-mps, on loopback in
-a temporary folder (DESIGN.md §1). Each step runs the real ``accord`` command and shows it,
+a temporary folder (docs/DESIGN.md §1). Each step runs the real ``accord`` command and shows it,
 so the demo doubles as a walk-through a newcomer can repeat by hand. Nothing is left
 running: both nodes are stopped and the folder removed, whatever happens.
 """

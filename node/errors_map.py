@@ -11,7 +11,7 @@ peer port), then the handler, and turns any failure into an abort with
   towards the local officer the detail also carries the message and the next step.
 
 The real error is logged with the same correlation id, so an operator finds it from the
-id the partner quotes (DESIGN.md §10, STYLE.md 10-11).
+id the partner quotes (docs/DESIGN.md §10).
 """
 
 from __future__ import annotations

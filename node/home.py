@@ -167,7 +167,7 @@ class Node:
         )
 
     def _attest_peer(self, record: PeerRecord) -> None:
-        """A trust-store row must match the log entry that recorded it (THREATS.md I03): an
+        """A trust-store row must match the log entry that recorded it (docs/THREATS.md I03): an
         insider who swaps a partner's card and fingerprint in the database is caught here,
         and editing the log entry too is caught by the checkpoints and ``audit verify``."""
         event = None

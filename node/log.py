@@ -1,6 +1,6 @@
 """The node's exchange log: events appended in the caller's transaction, perfect-subtree
 hashes stored beside them so roots and proofs cost O(log n) indexed reads, and signed
-checkpoints that are never inconsistent with an earlier one (DESIGN.md §9)."""
+checkpoints that are never inconsistent with an earlier one (docs/DESIGN.md §9)."""
 
 from __future__ import annotations
 
@@ -198,7 +198,7 @@ class ExchangeLog:
 
         Refuses (and signs nothing) when the stored tree does not extend the last signed
         checkpoint, or the log is smaller than a checkpoint this node published before
-        (a database restored from an old backup, THREATS.md I04)."""
+        (a database restored from an old backup, docs/THREATS.md I04)."""
         with self.store.transaction():
             size = self.size()
             latest = self.latest_checkpoint()

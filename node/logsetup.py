@@ -4,7 +4,7 @@
 ``configure_logging("console", "info")`` for a terminal. Records from the standard
 ``logging`` module (grpc, asyncio, sqlite-utils) go through the same pipeline.
 
-No field value may ever reach a log line (DESIGN.md §9, §13.1), so the last step before
+No field value may ever reach a log line (docs/DESIGN.md §9, §13.1), so the last step before
 rendering is :func:`redact`: only keys on an allow-list pass, only with plain scalar values;
 every other value becomes ``"[redacted]"``. Event names must be stable dotted names such as
 ``release.decided``; free text (which could carry a value) is redacted too. Exceptions are

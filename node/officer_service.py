@@ -1,5 +1,5 @@
 """The Officer API on the local unix socket: submit, amend, retract, read reports and the
-inbox, explain decisions, status. Thin handlers over node functions (DESIGN.md §10)."""
+inbox, explain decisions, status. Thin handlers over node functions (docs/DESIGN.md §10)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class ExchangeOfficerService(OfficerService):
         self._signal = signal
         self._puller = puller
         self._now = now
-        self._stale_after = stale_after  # THREATS.md P03: the configured staleness window
+        self._stale_after = stale_after  # docs/THREATS.md P03: the configured staleness window
 
     def _committed(self, results: list[outbox.Submitted]) -> None:
         peers = sorted({r.peer for s in results for r in s.releases if r.envelope_id})
@@ -390,7 +390,7 @@ class ExchangeOfficerService(OfficerService):
 
 
 def _frozen(node: Node, peer: str, window: timedelta) -> bool:
-    """THREATS.md P03: the partner acknowledged our envelopes (so its log grew with
+    """docs/THREATS.md P03: the partner acknowledged our envelopes (so its log grew with
     receipt.sent events) but the checkpoint it asks us to cosign has not grown for longer
     than the window: it is serving a frozen view."""
     row = node.store.conn.execute(

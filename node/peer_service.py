@@ -1,4 +1,4 @@
-"""PeerExchange, the node-to-node service (DESIGN.md §8-§10).
+"""PeerExchange, the node-to-node service (docs/DESIGN.md §8-§10).
 
 Thin handlers: convert the request, call one function of the node, convert the answer.
 Who is calling comes from :func:`node.transport.current_peer` (set by ``PeerGuard`` before

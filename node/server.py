@@ -1,4 +1,4 @@
-"""``accord serve``: the node's gRPC servers in one process (DESIGN.md §10).
+"""``accord serve``: the node's gRPC servers in one process (docs/DESIGN.md §10).
 
 Two ``grpc.aio`` servers share one event loop: PeerExchange on the TCP listen address with
 mutual TLS, and Officer on the unix socket ``DATA/officer.sock`` (mode 0660). Two servers

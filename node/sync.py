@@ -1,5 +1,5 @@
 """Machine-to-machine sync: the receiving loop per partner, and the signal that wakes
-followed Pull streams when new envelopes are committed (DESIGN.md §8).
+followed Pull streams when new envelopes are committed (docs/DESIGN.md §8).
 
 All database work runs on the event loop's thread: the node has one writer connection.
 """

@@ -38,7 +38,7 @@ from node.home import Node
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_CONCURRENT_STREAMS = 32  # per HTTP/2 connection
-MAX_CALLS_PER_PEER = 16  # in flight, over all of a partner's connections (THREATS.md L03)
+MAX_CALLS_PER_PEER = 16  # in flight, over all of a partner's connections (docs/THREATS.md L03)
 ROOTS_REFRESH_SECONDS = 5.0
 NODE_URI_PREFIX = node_uri("")
 
@@ -48,7 +48,7 @@ _current_peer: ContextVar[AuthenticatedPeer | None] = ContextVar("accord_peer", 
 
 
 def server_options() -> list[tuple[str, Any]]:
-    """Limits and keepalive enforcement for the peer and officer servers (THREATS.md N05)."""
+    """Limits and keepalive enforcement for the peer and officer servers (docs/THREATS.md N05)."""
     return [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -1,4 +1,4 @@
-"""The one place generated protobuf messages and domain values are converted (DESIGN.md §2).
+"""The one place generated protobuf messages and domain values are converted (docs/DESIGN.md §2).
 
 Signed things cross as their exact bytes (``Envelope``, ``SignedCard``, receipts): this
 module never re-serialises them, it only moves bytes between a message and a value.

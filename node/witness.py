@@ -1,4 +1,4 @@
-"""Witnessing partners' logs (C2SP tlog-witness semantics, DESIGN.md §9).
+"""Witnessing partners' logs (C2SP tlog-witness semantics, docs/DESIGN.md §9).
 
 For each log origin the witness holds the last (size, root) it cosigned. It cosigns a new
 checkpoint only when the caller's ``old_size`` equals that size and the consistency proof

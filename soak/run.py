@@ -1,5 +1,5 @@
 """``make soak``: officers submitting, two partners syncing both ways and an auditor
-exporting, all at once for a set time (THREATS.md L05); then the checks:
+exporting, all at once for a set time (docs/THREATS.md L05); then the checks:
 
 - no errors (exit codes, server error log lines, rejected submissions),
 - nothing lost or duplicated (every envelope a sender committed is in the receiver's

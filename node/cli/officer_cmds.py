@@ -405,7 +405,7 @@ def inbox_export(ctx: CliContext, envelope_id: str, fmt: str, out: Path | None) 
                     "version": answer.item.version,
                 },
                 indent=2,
-                ensure_ascii=True,  # partner text stays inert in a terminal (THREATS.md B03)
+                ensure_ascii=True,  # partner text stays inert in a terminal (docs/THREATS.md B03)
             )
             + "\n"
         )

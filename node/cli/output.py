@@ -1,7 +1,7 @@
 """Everything the CLI prints goes through here: tables, JSON and errors.
 
 Text that came from a partner (names, endpoints, report fields) is escaped before it
-reaches the terminal (THREATS.md B03).
+reaches the terminal (docs/THREATS.md B03).
 """
 
 from __future__ import annotations
