@@ -1,4 +1,4 @@
-"""The rules of the layout (DESIGN.md §2) and of the CLI, checked on the source itself."""
+"""The rules of the layout (docs/DESIGN.md §2) and of the CLI, checked on the source itself."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A hostile partner for the adversarial suite (THREATS.md P, N, L).
+"""A hostile partner for the adversarial suite (docs/THREATS.md P, N, L).
 
 ``pk-moi`` is a real node (``node.home.init_node``: real identity, log, witness, TLS and
 encryption keys), trusted by the victim ``cn-mps`` through the real trust store, with an
@@ -60,7 +60,7 @@ HOSTILE = "pk-moi"
 VICTIM = "cn-mps"
 THIRD = "de-bka"
 ENCRYPTOR = HpkeEncryptor()
-# Tables an authentic, in-sequence but refused envelope may touch (DESIGN.md §8: the
+# Tables an authentic, in-sequence but refused envelope may touch (docs/DESIGN.md §8: the
 # cursor passes it only with a recorded decision): the inbound row, the cursor, the
 # receipt, and the log (leaf, subtrees, checkpoint) holding ``envelope.rejected``.
 REJECTION_TABLES = frozenset(

@@ -1,4 +1,4 @@
-"""THREATS.md rows that need the victim serving (P05 acknowledge/witness, P12 status, P13,
+"""docs/THREATS.md rows that need the victim serving (P05 acknowledge/witness, P12 status, P13,
 L03), a third partner (N05), faults (C01 SIGKILL, C02 disk full, C03 clock steps), load
 (L01, L04, L05) and the insider (I03). Each asserts the stored state afterwards."""
 

@@ -1,4 +1,4 @@
-"""THREATS.md P and N rows at the NODE level: a real partner (tests/adversarial/hostile.py)
+"""docs/THREATS.md P and N rows at the NODE level: a real partner (tests/adversarial/hostile.py)
 serves crafted envelopes over mutual TLS; the victim pulls with the real Puller. Every row
 asserts the victim's stored state afterwards:
 

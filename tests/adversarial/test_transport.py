@@ -1,4 +1,4 @@
-"""THREATS.md N01, L02, P05/H06 at the witness, and error hygiene, on a real mTLS server.
+"""docs/THREATS.md N01, L02, P05/H06 at the witness, and error hygiene, on a real mTLS server.
 
 Each N01 row calls AddCheckpoint with a valid checkpoint of a trusted partner's log: had
 any handler run, the witness would have stored a view. Every row asserts that no handler

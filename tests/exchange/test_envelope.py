@@ -1,7 +1,7 @@
-"""Envelopes (DESIGN.md §7): round trips with real HPKE for both suites, the sequence rule,
+"""Envelopes (docs/DESIGN.md §7): round trips with real HPKE for both suites, the sequence rule,
 duplicates and equivocation, retractions, sealing refusals, and the no-leak property.
 
-Attack tables (THREATS.md N02, N03, N06, P02, P09, P11, P14, L01) are in
+Attack tables (docs/THREATS.md N02, N03, N06, P02, P09, P11, P14, L01) are in
 ``test_envelope_attacks.py``; both use the world in ``envelope_world.py``.
 """
 
@@ -134,7 +134,7 @@ def test_retraction_round_trip() -> None:
     assert got.release.disclosed == () and got.release.derived == ()
 
 
-# ---- the sequence rule, duplicates, equivocation (THREATS.md P02, P07, P08) ------------------------
+# ---- the sequence rule, duplicates, equivocation (docs/THREATS.md P02, P07, P08) ------------------------
 
 
 @pytest.mark.parametrize(
@@ -250,7 +250,7 @@ def test_sealing_refuses_an_expired_recipient_key() -> None:
         )
 
 
-# ---- invariant 1: nothing withheld leaves (DESIGN.md §13) ----------------------------------------------
+# ---- invariant 1: nothing withheld leaves (docs/DESIGN.md §13) ----------------------------------------------
 
 PUBLIC_OR_OPERATIONAL = (f for f, label in LABELS.items() if label in ("public", "operational"))
 ALLOWED = [*sorted(PUBLIC_OR_OPERATIONAL), "recommended_actions"]

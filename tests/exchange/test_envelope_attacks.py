@@ -1,4 +1,4 @@
-"""Attacks on envelopes, one table row per THREATS.md case, each checking its stable code.
+"""Attacks on envelopes, one table row per docs/THREATS.md case, each checking its stable code.
 
 ``open_envelope`` is pure: a rejection returns nothing and changes nothing. What the caller
 may do with its cursor is in the exception's type: a plain ``PeerDataError`` before the

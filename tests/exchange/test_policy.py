@@ -179,7 +179,7 @@ def test_example_policy_parses_and_decides_as_commented() -> None:
     assert run(pol, tlp="amber+strict").withheld == dict.fromkeys(REPORT, TLP_ABOVE_MAX)
 
 
-# ---- THREATS.md P10: policy bypass by omission -------------------------------------------------
+# ---- docs/THREATS.md P10: policy bypass by omission -------------------------------------------------
 
 P10_REFUSED = [
     ("empty-file", "", "policy.empty", "peer"),

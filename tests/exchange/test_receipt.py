@@ -1,5 +1,5 @@
-"""Batch receipts (DESIGN.md §8): signed by the receiver, checked by the sender against the
-digests of what it actually sent; THREATS.md P05, P09, P12, N03."""
+"""Batch receipts (docs/DESIGN.md §8): signed by the receiver, checked by the sender against the
+digests of what it actually sent; docs/THREATS.md P05, P09, P12, N03."""
 
 from __future__ import annotations
 

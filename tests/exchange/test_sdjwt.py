@@ -1,4 +1,4 @@
-"""SD-JWT sealing and verification: DESIGN.md §5, THREATS.md P01, P04, P07, P11, L01."""
+"""SD-JWT sealing and verification: docs/DESIGN.md §5, docs/THREATS.md P01, P04, P07, P11, L01."""
 
 from __future__ import annotations
 
@@ -309,7 +309,7 @@ def test_reopen_sealed_round_trips_the_stored_original() -> None:
     assert reopen_sealed(sealed.full_presentation(), SIGNER.public_key, limits=LIMITS) == sealed
 
 
-# ---- tampering (THREATS.md P04 and friends) --------------------------------------------------
+# ---- tampering (docs/THREATS.md P04 and friends) --------------------------------------------------
 
 
 def _jwt_parts(p: str) -> tuple[str, str, str, list[str]]:

@@ -1,4 +1,4 @@
-"""SOP schema pack and report validation: DESIGN.md §4, THREATS.md B01 and L04."""
+"""SOP schema pack and report validation: docs/DESIGN.md §4, docs/THREATS.md B01 and L04."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""Issue 6, THREATS.md C01: SIGKILL either node at random moments while reports flow.
+"""docs/THREATS.md C01: SIGKILL either node at random moments while reports flow.
 
 Two real ``accord serve`` processes (pk-moi sends, cn-mps receives) with real
 certificates and real SQLite files. A submitter streams numbered reports into pk-moi's
 Officer API while a killer SIGKILLs one node (sometimes both, sometimes a node that is
 still starting) after random sleeps and restarts it. Then the exchange settles and we
-check, from the databases and the exported logs, what DESIGN.md §8, §11 and §13.4 promise:
+check, from the databases and the exported logs, what docs/DESIGN.md §8, §11 and §13.4 promise:
 
 - every report pk-moi acknowledged to the officer is stored at pk-moi (a report whose
   answer was lost in a kill is stored at most once, or not at all);
@@ -458,7 +458,7 @@ def test_crash_loop_full(
     crashing: Callable[[Path], CrashingNode],
     tmp_path: Path,
 ) -> None:
-    """Issue 6 acceptance: 5,000 reports, at least 30 kills of either node."""
+    """Acceptance: 5,000 reports, at least 30 kills of either node."""
     crash_loop(
         accord,
         partners,

@@ -1,4 +1,4 @@
-"""Issue 6 acceptance: two real `accord serve` processes on loopback with real
+"""Acceptance: two real `accord serve` processes on loopback with real
 certificates. A report submitted at pk-moi is stored at cn-mps with exactly the fields
 its policy released, verifiable with the issuer key; both logs hold matching events and
 each other's cosignatures; the audit bundles verify and reconcile."""

@@ -1,4 +1,4 @@
-"""Issue 7 acceptance: ``accord report new`` driven through a real pseudo-terminal, the way
+"""Acceptance: ``accord report new`` driven through a real pseudo-terminal, the way
 an officer types it, against two running nodes. Wrong answers (an unknown severity, a
 latitude of 100) are refused, naming the rule, and asked again; the explanation per
 partner comes from the node; the confirmed report is sealed and reaches the partner."""
@@ -182,7 +182,7 @@ def test_report_new_through_a_terminal(
 def _partner_text_is_shown_escaped(
     accord: Accord, pk: Path, cn: Path, tmp_path: Path, procs: list[ServerProcess]
 ) -> None:
-    """THREATS.md B03 on the live path: what pk-moi wrote reaches cn-mps's officer escaped.
+    """docs/THREATS.md B03 on the live path: what pk-moi wrote reaches cn-mps's officer escaped.
     (Escape sequences are already refused by both nodes' validation; carriage returns, bidi
     controls, zero-width and line-separator characters are valid text that must not act.)"""
     hostile = {

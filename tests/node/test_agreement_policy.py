@@ -1,4 +1,4 @@
-"""Agreements and release policies at the node, through the CLI (issue 4)."""
+"""Agreements and release policies at the node, through the CLI."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The stored exchange log: proofs in O(log n) reads, checkpoints that never contradict
-an earlier one, audit of every single-row edit, and the witness (THREATS.md I01-I04, H01)."""
+an earlier one, audit of every single-row edit, and the witness (docs/THREATS.md I01-I04, H01)."""
 
 from __future__ import annotations
 

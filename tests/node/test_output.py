@@ -1,4 +1,4 @@
-"""THREATS.md B03: partner-supplied text printed in a terminal (escape sequences, ``\\r``,
+"""docs/THREATS.md B03: partner-supplied text printed in a terminal (escape sequences, ``\\r``,
 bidi controls) is shown escaped. One row per kind of hostile character; every path the CLI
 prints through (tables, key/value views, messages, warnings, errors) is checked. The live
 path (a partner's report in ``accord inbox show``) is in

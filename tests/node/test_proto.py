@@ -1,4 +1,4 @@
-"""The wire contract: generated code is current, services match DESIGN.md §10, bytes survive."""
+"""The wire contract: generated code is current, services match docs/DESIGN.md §10, bytes survive."""
 
 from __future__ import annotations
 

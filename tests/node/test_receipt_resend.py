@@ -1,6 +1,6 @@
 """A receipt committed at the receiver but never delivered (a crash, a failed Acknowledge)
 stays 'unacknowledged' until the partner confirms it; the sync loop re-sends exactly those
-(THREATS.md C01; the loop itself is exercised by tests/integration/test_crash.py)."""
+(docs/THREATS.md C01; the loop itself is exercised by tests/integration/test_crash.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sealed reports at rest (issue 3) and the report/schema commands, with stored-state checks."""
+"""Sealed reports at rest and the report/schema commands, with stored-state checks."""
 
 from __future__ import annotations
 
