@@ -19,10 +19,13 @@ $(STAMP): pyproject.toml
 proto: $(STAMP)
 	$(BIN)/python -m node.protogen
 
+# ruff (every ignore in pyproject.toml says why), mypy --strict on the code and the tests,
+# and the import contracts of pyproject.toml [tool.importlinter] (docs/DESIGN.md §2).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy exchange keys node
+	$(BIN)/mypy exchange keys node tests
+	$(BIN)/lint-imports
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q

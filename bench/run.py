@@ -205,7 +205,7 @@ def report(r: dict[str, Any], cfg: dict[str, Any]) -> str:
             ["primitive", "per operation"],
         )
     )
-    out += ["", "Pipelines against the floor and DESIGN.md §12:", ""]
+    out += ["", "Pipelines against the floor and the budget of docs/DESIGN.md §12:", ""]
     out.append(
         render(rows(r, cfg), ["pipeline", "measured", "floor", "of floor", "target", "result"])
     )

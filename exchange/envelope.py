@@ -403,7 +403,9 @@ def _report_statement(
     released = sorted(set(content.released))
     derived_names = [name for name, _, _ in content.derived]
     if sealed.issuer != header.sender:
-        raise EnvelopeArgumentInvalid("a node releases only reports it issued (THREATS.md P11)")
+        raise EnvelopeArgumentInvalid(
+            "a node releases only reports it issued (docs/THREATS.md P11)"
+        )
     if not released and not derived_names:
         raise EnvelopeArgumentInvalid("nothing to release: the decision withholds every field")
     if len(set(derived_names)) != len(derived_names) or set(derived_names) & set(released):
@@ -459,7 +461,9 @@ def _retraction_statement(
 ) -> tuple[ReleaseStatement, dict[str, Any]]:
     r = content.retraction
     if r.issuer != header.sender:
-        raise EnvelopeArgumentInvalid("a node retracts only reports it issued (THREATS.md P11)")
+        raise EnvelopeArgumentInvalid(
+            "a node retracts only reports it issued (docs/THREATS.md P11)"
+        )
     if content.signed.statement != r.statement():
         raise EnvelopeArgumentInvalid("the signed retraction is not this retraction")
     statement = _statement(header, content, r.report_id, r.version, r.issuer_jwt_digest)

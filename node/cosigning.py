@@ -147,7 +147,7 @@ class Cosigner:
                     f"{partner.node}'s witness holds size {held} of our log, larger than "
                     f"our latest checkpoint {cp.size}",
                     code="witness.ahead",
-                    next_step="Our log may have been rolled back (THREATS.md I04); "
+                    next_step="Our log may have been rolled back (docs/THREATS.md I04); "
                     "compare with the partner before signing anything.",
                 )
             answer = await self._add_checkpoint(partner, held, cp)

@@ -6,6 +6,7 @@ Tests import from here (or use conftest fixtures), never from another ``test_*``
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from exchange.sop import ValidReport, check_report_document
 from node.schemas import registry
@@ -13,7 +14,7 @@ from node.schemas import registry
 # A string in every withheld field of ALERT: if it shows up where the partner or a log
 # can see it, a withheld value leaked.
 MARKER = "QWX-marker-5521"
-ALERT = {
+ALERT: dict[str, Any] = {
     "sop": "threat-alert@1",
     "tlp": "amber",
     "fields": {
@@ -31,6 +32,6 @@ ALERT = {
 }
 
 
-def valid_report(report: dict[str, object] = ALERT) -> ValidReport:
+def valid_report(report: dict[str, Any] = ALERT) -> ValidReport:
     """``report`` validated against the shipped SOP schemas, as ``report submit`` does."""
     return check_report_document(registry(), json.dumps(report).encode(), "json")

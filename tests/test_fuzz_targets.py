@@ -85,8 +85,8 @@ def _replaced(doc: object, path: tuple[object, ...], value: object) -> object:
     copy = json.loads(json.dumps(doc))
     target = copy
     for key in path[:-1]:
-        target = target[key]  # type: ignore[index]
-    target[path[-1]] = value  # type: ignore[index]
+        target = target[key]
+    target[path[-1]] = value
     return copy
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import click
@@ -152,3 +154,47 @@ def test_readme_starts_with_the_two_commands() -> None:
         "make",
         "test",
     ]
+
+
+# ---- The repository stands on its own ---------------------------------------------------------
+
+# A user clones the repository and nothing else: nothing may read a folder beside the clone.
+OUTSIDE = re.compile(r"\.\./shared|parents\[2\]\.parent|/shared/(vectors|THREATS|DESIGN)")
+DOC_REFERENCE = re.compile(r"([\w./-]*)\b(DESIGN|THREATS)\.md")
+TEXT_SUFFIXES = {".py", ".md", ".toml", ".txt", ".cfg", ".proto", ".sh", ""}
+
+
+def _tracked_text_files() -> list[Path]:
+    try:
+        git = shutil.which("git") or "git"
+        listed = subprocess.run(
+            [git, "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=30
+        ).stdout.decode("utf-8")
+        paths = [ROOT / name for name in listed.split("\0") if name]
+    except (OSError, subprocess.CalledProcessError):  # an exported tree without .git
+        paths = [p for p in ROOT.rglob("*") if ".venv" not in p.parts and ".git" not in p.parts]
+    return [p for p in paths if p.is_file() and p.suffix in TEXT_SUFFIXES]
+
+
+def test_nothing_reads_outside_the_repository() -> None:
+    hits = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in _tracked_text_files()
+        for n, line in enumerate(path.read_text("utf-8", errors="replace").splitlines(), 1)
+        if OUTSIDE.search(line)
+    ]
+    assert not hits, f"these lines point outside the repository: {hits}"
+
+
+def test_every_design_or_threats_document_named_exists() -> None:
+    """Every design or threat document a file names resolves, from the file or the root."""
+    broken = []
+    for path in _tracked_text_files():
+        text = path.read_text("utf-8", errors="replace")
+        for match in DOC_REFERENCE.finditer(text):
+            named = (
+                match.group(0).lstrip("./") if match.group(1).startswith("./") else match.group(0)
+            )
+            if not any((base / named).resolve().is_file() for base in (path.parent, ROOT)):
+                broken.append(f"{path.relative_to(ROOT)}: {match.group(0)}")
+    assert not broken, f"documents named but not in the repository: {sorted(set(broken))}"

@@ -11,7 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -185,7 +185,7 @@ def test_p12_rejection_is_never_silent(world: World, accord: Callable[..., Resul
 
     r = asyncio.run(_serving(world, body))
     assert r.code == 0, r.err
-    [status] = r.json()  # type: ignore[misc]
+    [status] = r.json()
     assert status["peer"] == HOSTILE and status["rejected"] == 1 and status["inbox_seq"] == 1
 
 
@@ -273,7 +273,7 @@ def test_p03_frozen_partner_is_marked_stale(world: World) -> None:
 
 
 @pytest.fixture
-def third(world: World) -> Node:
+def third(world: World) -> Iterator[Node]:
     de = make_node(world.tmp, THIRD, world.now - timedelta(hours=1))
     past = world.now - timedelta(minutes=30)
     trust(de, world.victim, past)

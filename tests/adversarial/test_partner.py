@@ -14,6 +14,7 @@ Pure-level rows of the same cases are in tests/exchange/test_envelope_attacks.py
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -275,7 +276,7 @@ def test_p14_above_ceiling(world: World, what: str) -> None:
 def _alert() -> dict[str, Any]:
     from tests.builders import ALERT
 
-    return json.loads(json.dumps(ALERT))
+    return copy.deepcopy(ALERT)
 
 
 def _own_report(world: World) -> str:

@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import COLLECTED_FILES, THREAT_MARKS
 
 ROOT = Path(__file__).resolve().parents[2]
-CATALOG = ROOT / "docs" / "THREATS.md"
+CATALOG = ROOT / "docs/THREATS.md"
 CASE = re.compile(r"^\| ([A-Z]\d\d) \|", re.MULTILINE)
 
 # Cases of the catalog that no test attacks yet, each with what will attack it. Shrinks only.

@@ -202,6 +202,7 @@ def _probe_id(case: dict[str, Any]) -> str:
     return str(case["file"]).removeprefix("testdata/").removesuffix(".json")
 
 
+@pytest.mark.threat("H05")
 @pytest.mark.parametrize("probe", INCLUSION["probes"], ids=_probe_id)
 def test_inclusion_probes(probe: dict[str, Any]) -> None:
     def run() -> VerifiedInclusion:
@@ -241,6 +242,7 @@ def test_consistency_known_answers(reference_tree: MemoryTree, case: dict[str, A
     assert verified == VerifiedConsistency(case["size1"], case["size2"], root1, root2)
 
 
+@pytest.mark.threat("H05")
 @pytest.mark.parametrize("probe", CONSISTENCY["probes"], ids=_probe_id)
 def test_consistency_probes(probe: dict[str, Any]) -> None:
     def run() -> VerifiedConsistency:

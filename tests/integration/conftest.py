@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,7 +129,7 @@ def partners(
 WAIT = 30.0
 
 
-def until(what: str, check: Callable[[], object], procs: list[ServerProcess]) -> object:
+def until(what: str, check: Callable[[], object], procs: list[ServerProcess]) -> Any:
     """Poll ``check`` until it returns something true; fail with every server's log."""
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:

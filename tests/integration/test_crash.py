@@ -398,7 +398,7 @@ def _events(accord: Accord, data: Path) -> list[dict[str, object]]:
     while True:
         page = accord("--data", data, "log", "show", "--from", len(out), "--limit", 1000, "--json")
         assert page.code == 0, page.err
-        entries = page.json()["entries"]  # type: ignore[index]
+        entries = page.json()["entries"]
         if not entries:
             return out
         out.extend(entries)
@@ -419,11 +419,11 @@ def check_logs(accord: Accord, pk: Path, cn: Path, tmp_path: Path, last: int) ->
         assert exported.code == 0, exported.err
         verified = accord("audit", "verify", out, "--json")
         assert verified.code == 0, verified.out
-        assert verified.json()["cosigned_checkpoints"] >= 1  # type: ignore[index]
+        assert verified.json()["cosigned_checkpoints"] >= 1
         bundles.append(out)
     reconciled = accord("audit", "reconcile", *bundles, "--json")
     assert reconciled.code == 0, reconciled.out
-    assert reconciled.json()["matched"] == last  # type: ignore[index]
+    assert reconciled.json()["matched"] == last
 
 
 # -- the runs -----------------------------------------------------------------------------------

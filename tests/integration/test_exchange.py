@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from exchange.sdjwt import PresentationLimits, verify_presentation
 from tests.builders import ALERT, MARKER
@@ -33,7 +34,7 @@ def test_report_flows_from_pk_moi_to_cn_mps(
     report.write_text(json.dumps(ALERT))
     sent = accord("--data", pk, "report", "submit", report, "--json")
     assert sent.code == 0, sent.err
-    [release] = sent.json()["releases"]  # type: ignore[index]
+    [release] = sent.json()["releases"]
     assert release["peer"] == "cn-mps" and release["seq"] == 1
     released = set(release["released"])
     assert released == {"title", "threat_type", "severity", "region", "time_window"}
@@ -42,12 +43,12 @@ def test_report_flows_from_pk_moi_to_cn_mps(
         r = accord("--data", cn, "inbox", "list", "--json")
         return r.json() if r.code == 0 else None
 
-    [item] = until("the report at cn-mps", received, procs)  # type: ignore[misc]
+    [item] = until("the report at cn-mps", received, procs)
     assert set(item["fields"]) == released
     shown = accord("--data", cn, "inbox", "show", item["envelope_id"], "--json").json()
-    assert set(shown["fields"]) == released  # type: ignore[index]
-    assert set(shown["derived"]) == {"location", "site"}  # type: ignore[index]
-    assert shown["derived"]["location"] == {"lat": 25.1, "lon": 62.3}  # type: ignore[index]
+    assert set(shown["fields"]) == released
+    assert set(shown["derived"]) == {"location", "site"}
+    assert shown["derived"]["location"] == {"lat": 25.1, "lon": 62.3}
     # The SD-JWT verifies under pk-moi's identity key alone and shows exactly those fields.
     presentation = accord(
         "--data", cn, "inbox", "export", item["envelope_id"], "--format", "sd-jwt"
@@ -56,7 +57,7 @@ def test_report_flows_from_pk_moi_to_cn_mps(
     from exchange.card import verify_chain_bytes
 
     key = verify_chain_bytes((tmp_path / "pk-moi.card").read_bytes()).latest.identity_key
-    assert card["fingerprint"]  # type: ignore[index]
+    assert card["fingerprint"]
     assert (
         set(verify_presentation(presentation, key, limits=PresentationLimits()).fields) == released
     )
@@ -65,14 +66,14 @@ def test_report_flows_from_pk_moi_to_cn_mps(
     # The receipt came back; both logs cosigned by the other side.
     def acknowledged() -> object:
         s = accord("--data", pk, "sync", "status", "--json").json()
-        return s[0]["acknowledged_seq"] == 1 and s[0]["backlog"] == 0  # type: ignore[index]
+        return s[0]["acknowledged_seq"] == 1 and s[0]["backlog"] == 0
 
     until("the receipt at pk-moi", acknowledged, procs)
 
     def cosigned_both() -> object:
         a = accord("--data", pk, "log", "checkpoint", "--json").json()
         b = accord("--data", cn, "log", "checkpoint", "--json").json()
-        return "cn-mps" in a["cosigned_by"] and "pk-moi" in b["cosigned_by"]  # type: ignore[index]
+        return "cn-mps" in a["cosigned_by"] and "pk-moi" in b["cosigned_by"]
 
     until("cosignatures on both logs", cosigned_both, procs)
     for p in procs:
@@ -83,13 +84,13 @@ def test_report_flows_from_pk_moi_to_cn_mps(
         assert accord("--data", data, "audit", "export", "--out", out).code == 0
         verified = accord("audit", "verify", out, "--json")
         assert verified.code == 0, verified.out
-        assert verified.json()["cosigned_checkpoints"] >= 1  # type: ignore[index]
+        assert verified.json()["cosigned_checkpoints"] >= 1
         bundles.append(out)
     reconciled = accord("audit", "reconcile", *bundles, "--json")
     assert reconciled.code == 0, reconciled.out
-    assert reconciled.json()["matched"] == 1  # type: ignore[index]
-    pk_kinds = accord("--data", pk, "log", "show", "--json").json()["entries"]  # type: ignore[index]
-    cn_kinds = accord("--data", cn, "log", "show", "--json").json()["entries"]  # type: ignore[index]
+    assert reconciled.json()["matched"] == 1
+    pk_kinds = accord("--data", pk, "log", "show", "--json").json()["entries"]
+    cn_kinds = accord("--data", cn, "log", "show", "--json").json()["entries"]
     [decided] = [e for e in pk_kinds if e["kind"] == "release.decided"]
     [arrived] = [e for e in cn_kinds if e["kind"] == "envelope.received"]
     assert decided["envelope_id"] == arrived["envelope_id"]
@@ -116,7 +117,7 @@ def _serving_with_one_report(
 
 def _inbox_count(accord: Accord, data: Path) -> int:
     r = accord("--data", data, "inbox", "list", "--json")
-    return len(r.json()) if r.code == 0 else 0  # type: ignore[arg-type]
+    return len(r.json()) if r.code == 0 else 0
 
 
 def test_identity_rotation_reaches_the_partner_over_grpc(
@@ -133,7 +134,7 @@ def test_identity_rotation_reaches_the_partner_over_grpc(
     refused = accord("--data", pk, "keys", "rotate")
     assert refused.code == 7 and "running" in refused.err
     assert pk_server.terminate() == 0
-    old_fp = accord("--data", cn, "peer", "show", "pk-moi", "--json").json()["fingerprint"]  # type: ignore[index]
+    old_fp = accord("--data", cn, "peer", "show", "pk-moi", "--json").json()["fingerprint"]
     assert accord("--data", pk, "keys", "rotate").code == 0
     pk_server = servers(pk, "serve")
     pk_server.wait_ready()
@@ -143,10 +144,10 @@ def test_identity_rotation_reaches_the_partner_over_grpc(
         lambda: _inbox_count(accord, cn) == 2,
         [pk_server, cn_server],
     )
-    new_fp = accord("--data", cn, "peer", "show", "pk-moi", "--json").json()["fingerprint"]  # type: ignore[index]
+    new_fp = accord("--data", cn, "peer", "show", "pk-moi", "--json").json()["fingerprint"]
     assert new_fp != old_fp
-    assert new_fp == accord("--data", pk, "card", "show", "--json").json()["fingerprint"]  # type: ignore[index]
-    entries = accord("--data", cn, "log", "show", "--json").json()["entries"]  # type: ignore[index]
+    assert new_fp == accord("--data", pk, "card", "show", "--json").json()["fingerprint"]
+    entries = accord("--data", cn, "log", "show", "--json").json()["entries"]
     assert [e["card_version"] for e in entries if e["kind"] == "peer.updated"] == [2]
 
 
@@ -162,16 +163,16 @@ def test_signed_revocation_reaches_the_partner_over_grpc(
     pk, cn = partners
     pk_server, cn_server, report = _serving_with_one_report(accord, servers, pk, cn, tmp_path)
 
-    def peer() -> dict[str, object]:
-        return accord("--data", cn, "peer", "show", "pk-moi", "--json").json()  # type: ignore[return-value]
+    def peer() -> Any:
+        return accord("--data", cn, "peer", "show", "pk-moi", "--json").json()
 
-    fp = accord("--data", pk, "card", "show", "--json").json()["fingerprint"]  # type: ignore[index]
+    fp = accord("--data", pk, "card", "show", "--json").json()["fingerprint"]
     r = accord("--data", pk, "keys", "revoke", fp, "--yes", "--json")
     assert r.code == 0, r.err
     until("the revocation at cn-mps", lambda: peer()["status"] == "revoked", [pk_server, cn_server])
     shown = peer()
-    assert list(shown["revoked_keys"]) == [fp]  # type: ignore[call-overload]
-    entries = accord("--data", cn, "log", "show", "--json").json()["entries"]  # type: ignore[index]
+    assert list(shown["revoked_keys"]) == [fp]
+    entries = accord("--data", cn, "log", "show", "--json").json()["entries"]
     [event] = [e for e in entries if e["kind"] == "peer.revoked"]
     assert event["revoked_key"] == fp and event["source"] == "statement"
     # Nothing sealed after the revocation reaches cn-mps.

@@ -152,17 +152,17 @@ def test_report_new_through_a_terminal(
         assert term.wait() == 0, term.seen[-3000:]
     finally:
         term.close()
-    [mine] = accord("--data", pk, "report", "list", "--json").json()  # type: ignore[misc]
+    [mine] = accord("--data", pk, "report", "list", "--json").json()
     assert mine["sop"] == "threat-alert@1" and mine["tlp"] == "amber"
     stored = accord("--data", pk, "report", "show", mine["report_id"], "--json").json()
-    assert stored["fields"]["severity"] == "high"  # type: ignore[index]
-    assert stored["fields"]["source"]["reliability"] == "B"  # type: ignore[index]
+    assert stored["fields"]["severity"] == "high"
+    assert stored["fields"]["source"]["reliability"] == "B"
 
     def received() -> object:
         r = accord("--data", cn, "inbox", "list", "--json")
         return r.json() if r.code == 0 else None
 
-    [item] = until("the report at cn-mps", received, procs)  # type: ignore[misc]
+    [item] = until("the report at cn-mps", received, procs)
     assert item["report_id"] == mine["report_id"]
     assert "source" not in item["fields"] and "severity" in item["fields"]
     # What arrived exports as a STIX 2.1 bundle that stix2 parses strictly.
@@ -201,13 +201,13 @@ def _partner_text_is_shown_escaped(
     file.write_text(json.dumps(hostile))
     sent = accord("--data", pk, "report", "submit", file, "--json")
     assert sent.code == 0, sent.err
-    report_id = sent.json()["report_id"]  # type: ignore[index]
+    report_id = sent.json()["report_id"]
 
     def arrived() -> object:
         items = accord("--data", cn, "inbox", "list", "--json").json()
-        return [i for i in items if i["report_id"] == report_id]  # type: ignore[union-attr]
+        return [i for i in items if i["report_id"] == report_id]
 
-    [item] = until("the hostile report at cn-mps", arrived, procs)  # type: ignore[misc]
+    [item] = until("the hostile report at cn-mps", arrived, procs)
     raw = ("\u202e", "\u202c", "\r", "\u2028", "\u200b")
     for args in (
         ("inbox", "show", item["envelope_id"]),
@@ -236,7 +236,7 @@ def test_report_new_declined_sends_nothing_and_exits_130(
     procs = [servers(pk), servers(cn)]
     for p in procs:
         p.wait_ready()
-    entries = len(accord("--data", pk, "log", "show", "--json").json()["entries"])  # type: ignore[index]
+    entries = len(accord("--data", pk, "log", "show", "--json").json()["entries"])
     args = ["--data", str(pk), "report", "new", "--schema", "threat-alert@1"]
     term = Terminal([sys.executable, "-m", "node", *args], cwd=tmp_path)
     try:
@@ -265,7 +265,7 @@ def test_report_new_declined_sends_nothing_and_exits_130(
         term.close()
     assert "Not sent; nothing was stored." in term.seen
     assert accord("--data", pk, "report", "list", "--json").json() == []
-    after = accord("--data", pk, "log", "show", "--json").json()["entries"]  # type: ignore[index]
+    after = accord("--data", pk, "log", "show", "--json").json()["entries"]
     # Only the partner's cosignatures of our checkpoints arrive meanwhile.
     assert {e["kind"] for e in after[entries:]} <= {"checkpoint.cosigned"}
     for p in procs:

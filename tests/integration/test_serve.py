@@ -58,7 +58,7 @@ def _wait_cosigned(accord: Callable[..., Result], data: Path, partner: str) -> d
         assert r.code == 0, r.err
         doc = r.json()
         assert isinstance(doc, dict)
-        if partner in doc["cosigned_by"]:  # type: ignore[operator]
+        if partner in doc["cosigned_by"]:
             return doc
         if time.monotonic() > deadline:
             pytest.fail(f"{data.name}'s checkpoint not cosigned by {partner}: {doc}")

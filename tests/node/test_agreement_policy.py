@@ -36,9 +36,9 @@ def _agree(accord: Accord, pk: Path, cn: Path, tmp_path: Path) -> Path:
     file = propose(accord, pk, tmp_path)
     r = accord("--data", cn, "agreement", "sign", file, "--yes", "--json")
     assert r.code == 0, r.err
-    assert r.json()["stored"] is True  # type: ignore[index]
+    assert r.json()["stored"] is True
     r = accord("--data", pk, "agreement", "sign", file, "--yes", "--json")
-    assert r.json()["stored"] is True  # type: ignore[index]
+    assert r.json()["stored"] is True
     return file
 
 
@@ -51,9 +51,9 @@ def test_nothing_flows_without_an_agreement(
     report.write_text(json.dumps(ALERT))
     r = accord("--data", pk, "policy", "explain", "--peer", "cn-mps", report, "--json")
     assert r.code == 0, r.err
-    outcomes = {f["field"]: (f["outcome"], f["detail"]) for f in r.json()["fields"]}  # type: ignore[index]
+    outcomes = {f["field"]: (f["outcome"], f["detail"]) for f in r.json()["fields"]}
     assert all(o == ("withheld", "no-agreement") for o in outcomes.values()), outcomes
-    assert r.json()["releases_anything"] is False  # type: ignore[index]
+    assert r.json()["releases_anything"] is False
 
 
 def test_agreement_signed_by_both_and_logged_on_both_sides(
@@ -63,11 +63,11 @@ def test_agreement_signed_by_both_and_logged_on_both_sides(
     _agree(accord, pk, cn, tmp_path)
     for side, peer in ((pk, "cn-mps"), (cn, "pk-moi")):
         shown = accord("--data", side, "agreement", "show", "--peer", peer, "--json").json()
-        assert sorted(shown["signed_by"]) == ["cn-mps", "pk-moi"]  # type: ignore[index]
+        assert sorted(shown["signed_by"]) == ["cn-mps", "pk-moi"]
         assert _kinds(side).count("agreement.signed") == 1
     digests = {
         accord("--data", d, "agreement", "list", "--json").json()[0]["digest"] for d in (pk, cn)
-    }  # type: ignore[index]
+    }
     assert len(digests) == 1
     # Signing again (or importing twice) adds nothing.
     before = snapshot(cn)
@@ -109,7 +109,7 @@ def test_policy_check_names_the_offending_key_and_line(
     before = snapshot(pk)
     r = accord("--data", pk, "policy", "check", bad, "--json")
     assert r.code == 4
-    problem = r.json()["problems"][0]  # type: ignore[index]
+    problem = r.json()["problems"][0]
     assert "recomended_actions" in problem["key"] + problem["rule"] and problem["line"]
     human = accord("--data", pk, "policy", "apply", bad)
     assert human.code == 4 and "recomended_actions" in human.out + human.err
@@ -131,7 +131,7 @@ def test_policy_above_the_ceiling_is_refused(
     )
     r = accord("--data", pk, "policy", "check", wide, "--json")
     assert r.code == 4
-    assert any(p["code"] == "policy.above_ceiling" for p in r.json()["problems"])  # type: ignore[index]
+    assert any(p["code"] == "policy.above_ceiling" for p in r.json()["problems"])
 
 
 def test_explain_shows_every_field_and_never_leaks_into_the_log(
@@ -144,7 +144,7 @@ def test_explain_shows_every_field_and_never_leaks_into_the_log(
     report = tmp_path / "alert.json"
     report.write_text(json.dumps(ALERT))
     r = accord("--data", pk, "policy", "explain", "--peer", "cn-mps", report, "--json")
-    outcomes = {f["field"]: (f["outcome"], f["detail"]) for f in r.json()["fields"]}  # type: ignore[index]
+    outcomes = {f["field"]: (f["outcome"], f["detail"]) for f in r.json()["fields"]}
     assert outcomes["source"] == ("withheld", "withheld-label")
     assert outcomes["location"] == ("transformed", "round:1")
     assert outcomes["site"] == ("transformed", "pseudonym")

@@ -18,7 +18,7 @@ Accord = Callable[..., Result]
 def _fp(accord: Accord, data: Path) -> str:
     r = accord("--data", data, "card", "show", "--json")
     assert r.code == 0, r.err
-    return str(r.json()["fingerprint"])  # type: ignore[index]
+    return str(r.json()["fingerprint"])
 
 
 @pytest.fixture
@@ -35,10 +35,10 @@ def test_init_creates_a_complete_node(make_node: Callable[..., Path], accord: Ac
     assert (data / "keys" / "secrets.key").stat().st_mode & 0o777 == 0o600
     assert data.stat().st_mode & 0o777 == 0o700
     shown = accord("--data", data, "card", "show", "--json").json()
-    assert shown["node"] == "pk-moi"  # type: ignore[index]
-    assert len(shown["fingerprint"]) == 29  # type: ignore[index]
+    assert shown["node"] == "pk-moi"
+    assert len(shown["fingerprint"]) == 29
     human = accord("--data", data, "card", "show")
-    assert "pk-moi" in human.out and shown["fingerprint"] in human.out  # type: ignore[index]
+    assert "pk-moi" in human.out and shown["fingerprint"] in human.out
 
 
 def test_card_show_json_gives_the_identity_key_a_verifier_needs(
@@ -47,25 +47,25 @@ def test_card_show_json_gives_the_identity_key_a_verifier_needs(
     """An independent SD-JWT verifier needs the author's public key, not only its fingerprint."""
     data = make_node("pk-moi")
     shown = accord("--data", data, "card", "show", "--json").json()
-    key = b64_decode(shown["identity_key"], what="identity_key")  # type: ignore[index]
+    key = b64_decode(shown["identity_key"], what="identity_key")
     assert len(key) == 32
-    assert fingerprint(key) == shown["fingerprint"]  # type: ignore[index]
+    assert fingerprint(key) == shown["fingerprint"]
 
 
 def test_peer_add_list_show_remove(pair: tuple[Path, Path, Path], accord: Accord) -> None:
     pk, cn, card = pair
     r = accord("--data", cn, "peer", "add", card, "--fingerprint", _fp(accord, pk), "--json")
     assert r.code == 0, r.err
-    assert r.json()["outcome"] == "added"  # type: ignore[index]
+    assert r.json()["outcome"] == "added"
     listed = accord("--data", cn, "peer", "list", "--json").json()
-    assert [p["node"] for p in listed] == ["pk-moi"]  # type: ignore[union-attr,index]
-    assert listed[0]["fingerprint"] == _fp(accord, pk)  # type: ignore[index]
+    assert [p["node"] for p in listed] == ["pk-moi"]
+    assert listed[0]["fingerprint"] == _fp(accord, pk)
     shown = accord("--data", cn, "peer", "show", "pk-moi", "--json").json()
-    assert shown["endpoint"] == "127.0.0.1:7441"  # type: ignore[index]
+    assert shown["endpoint"] == "127.0.0.1:7441"
     # B05: adding the same card again is consistent and adds nothing.
     before = snapshot(cn)
     again = accord("--data", cn, "peer", "add", card, "--fingerprint", _fp(accord, pk), "--json")
-    assert again.json()["outcome"] == "unchanged"  # type: ignore[index]
+    assert again.json()["outcome"] == "unchanged"
     assert snapshot(cn) == before
     assert accord("--data", cn, "peer", "remove", "pk-moi", "--yes").code == 0
     assert accord("--data", cn, "peer", "list", "--json").json() == []
@@ -102,15 +102,15 @@ def test_rotation_reaches_the_partner(
     old_fp = _fp(accord, pk)
     r = accord("--data", pk, "keys", "rotate", "--json")
     assert r.code == 0, r.err
-    assert r.json()["previous_fingerprint"] == old_fp  # type: ignore[index]
+    assert r.json()["previous_fingerprint"] == old_fp
     new_fp = _fp(accord, pk)
     assert new_fp != old_fp
     card2 = tmp_path / "pk-moi-v2.card"
     assert accord("--data", pk, "card", "export", "--out", card2).code == 0
     upd = accord("--data", cn, "peer", "add", card2, "--json")
     assert upd.code == 0, upd.err
-    assert upd.json()["outcome"] == "updated"  # type: ignore[index]
-    assert accord("--data", cn, "peer", "show", "pk-moi", "--json").json()["fingerprint"] == new_fp  # type: ignore[index]
+    assert upd.json()["outcome"] == "updated"
+    assert accord("--data", cn, "peer", "show", "pk-moi", "--json").json()["fingerprint"] == new_fp
     # The rotated node still opens (the key file matches its latest card) and can rotate again.
     assert accord("--data", pk, "keys", "rotate", "--encryption", "--json").code == 0
 
@@ -227,9 +227,10 @@ def test_revoke(pair: tuple[Path, Path, Path], accord: Accord) -> None:
     )
     assert r.code == 0, r.err
     shown = accord("--data", cn, "peer", "show", "pk-moi", "--json").json()
-    assert shown["status"] == "revoked" and shown["revoked_from"] == "2026-01-01T00:00:00Z"  # type: ignore[index]
+    assert shown["status"] == "revoked" and shown["revoked_from"] == "2026-01-01T00:00:00Z"
 
 
+@pytest.mark.threat("I05")
 def test_corrupt_database_refuses_to_start(make_node: Callable[..., Path], accord: Accord) -> None:
     data = make_node("pk-moi")
     db = data / "node.db"
@@ -247,12 +248,12 @@ def test_init_that_fails_half_way_leaves_nothing(
     tmp_path: Path, accord: Accord, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from exchange.errors import StoreError
-    from node import home
+    from node.store import Store
 
     def broken_open(*_a: object, **_k: object) -> None:
         raise StoreError("disk full while writing node.db", code="store.disk_full")
 
-    monkeypatch.setattr(home.Store, "open", broken_open)
+    monkeypatch.setattr(Store, "open", broken_open)
     data = tmp_path / "pk-moi"
     r = accord(
         "--data", data, "init", "--node", "pk-moi", "--name", "PK", "--endpoint", "127.0.0.1:7441"
@@ -275,7 +276,7 @@ def test_keys_list_and_revoke_an_old_key(make_node: Callable[..., Path], accord:
     keys = accord("--data", pk, "keys", "list", "--json").json()
     assert [
         (k["fingerprint"], k["first_version"], k["last_version"], k["current"]) for k in keys
-    ] == [  # type: ignore[index, union-attr]
+    ] == [
         (first, 1, 2, False),
         (_fp(accord, pk), 3, 3, True),
     ]
@@ -293,11 +294,11 @@ def test_keys_list_and_revoke_an_old_key(make_node: Callable[..., Path], accord:
         "--json",
     )
     assert r.code == 0, r.err
-    assert r.json() == {  # type: ignore[comparison-overlap]
+    assert r.json() == {
         "fingerprint": first,
         "revoked_from": "2026-11-20T00:00:00Z",
         "reason": "retired",
-        "issued_at": r.json()["issued_at"],  # type: ignore[index]
+        "issued_at": r.json()["issued_at"],
         "new": True,
         "blocked_envelopes": 0,
     }
@@ -308,7 +309,7 @@ def test_keys_list_and_revoke_an_old_key(make_node: Callable[..., Path], accord:
     again = accord("--data", pk, "keys", "revoke", first, "--yes")
     assert again.code == 0 and "already revoked" in again.out
     assert snapshot(pk) == before
-    events = accord("--data", pk, "log", "show", "--json").json()["entries"]  # type: ignore[index]
+    events = accord("--data", pk, "log", "show", "--json").json()["entries"]
     kinds = [e["kind"] for e in events]
     assert kinds.count("key.rotated") == 2 and kinds.count("key.revoked") == 1
     revoked = next(e for e in events if e["kind"] == "key.revoked")

@@ -39,9 +39,10 @@ def test_submit_sync_receipt(pair: tuple[Node, Node]) -> None:
     outcome = apply_batch(cn, "pk-moi", envelopes, now)
     assert outcome.applied == 1 and outcome.stopped is None and not outcome.rejected
     assert cursor(cn, "pk-moi") == 1
+    assert outcome.receipt is not None
     receipt, new = outbox.accept_receipt(
         pk, "cn-mps", outcome.receipt.statement, outcome.receipt.signature, now
-    )  # type: ignore[union-attr]
+    )
     assert new and receipt.first_seq == 1 and receipt.last_seq == 1
     state = pk.store.conn.execute(
         "SELECT state FROM outbox WHERE peer = 'cn-mps' AND seq = 1"

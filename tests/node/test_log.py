@@ -10,6 +10,7 @@ import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -209,7 +210,7 @@ def test_single_row_edits_fail_the_audit(
     assert names_entry(findings), findings
 
 
-EXTRA_EDITS = [
+EXTRA_EDITS: list[tuple[str, Callable[[str], str]]] = [
     ("malformed_line", lambda text: text.replace('"event":"', '"event":"!', 1)),
     ("blank_lines", lambda text: text.replace("\n", "\n\n", 3)),
     ("swapped_lines", lambda text: _swap_entry_lines(text, 4, 5)),
@@ -230,7 +231,7 @@ def _swap_entry_lines(text: str, a: int, b: int) -> str:
     return "\n".join(lines)
 
 
-def _reports_every_way(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+def _reports_every_way(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """The same bundle verified in process (chunks of 4,096 and of 3 lines) and by worker
     processes (chunks of 5 lines): chunk boundaries fall inside checkpoint ranges."""
     from exchange import audit as exchange_audit
@@ -268,7 +269,7 @@ def test_parallel_and_chunked_audits_find_exactly_the_same(
     if text_edit is not None:
         bundle.write_text(text_edit(bundle.read_text()))
     first, *others = _reports_every_way(bundle, monkeypatch)
-    assert first["findings"], f"{edit}: no finding"  # type: ignore[index]
+    assert first["findings"], f"{edit}: no finding"
     assert all(o == first for o in others), (first, others)
 
 
@@ -277,7 +278,7 @@ def test_parallel_audit_of_a_clean_bundle(tmp_path: Path, monkeypatch: pytest.Mo
     bundle = tmp_path / "b.jsonl"
     export_bundle(node, bundle, NOW)
     first, *others = _reports_every_way(bundle, monkeypatch)
-    assert first["ok"] and first["entries"] == node.log.size()  # type: ignore[index]
+    assert first["ok"] and first["entries"] == node.log.size()
     assert all(o == first for o in others)
 
 

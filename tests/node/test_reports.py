@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,7 @@ from tests.conftest import Result, snapshot
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 MARKER = "ZQXJ-unique-marker-7731"
 
-REPORT = {
+REPORT: dict[str, Any] = {
     "sop": "threat-alert@1",
     "tlp": "amber",
     "fields": {
@@ -59,7 +60,7 @@ def test_sealed_report_is_encrypted_at_rest_and_logged_without_values(tmp_path: 
     assert len(sealed_events) == 1
     attrs = sealed_events[0].attrs
     assert attrs["report_id"] == sealed.report_id
-    assert attrs["fields"] == sorted(REPORT["fields"])  # type: ignore[call-overload]
+    assert attrs["fields"] == sorted(REPORT["fields"])
     assert MARKER not in json.dumps(attrs)
     # The stored original reopens and verifies under the author's key, every field intact.
     again = load_sealed(node, sealed.report_id)
@@ -101,10 +102,10 @@ def test_edited_ciphertext_at_rest_is_detected(tmp_path: Path) -> None:
 
 def test_schema_commands(accord: Callable[..., Result]) -> None:
     listed = accord("schema", "list", "--json").json()
-    ids = [s["id"] for s in listed]  # type: ignore[union-attr,index]
+    ids = [s["id"] for s in listed]
     assert {"threat-alert@1", "incident-report@1", "travel-advisory@1"} <= set(ids)
     shown = accord("schema", "show", "threat-alert@1", "--json").json()
-    labels = {f["name"]: f["label"] for f in shown["fields"]}  # type: ignore[index]
+    labels = {f["name"]: f["label"] for f in shown["fields"]}
     assert labels["source"] == "sensitive-source"
     human = accord("schema", "show", "threat-alert@1")
     assert "sensitive-source" in human.out and "time_window" in human.out
@@ -132,7 +133,7 @@ B01_CASES = [
         "r.json",
         json.dumps({**REPORT, "fields": {**REPORT["fields"], "severity": 3}}).encode(),
         "fields.severity",
-    ),  # type: ignore[dict-item]
+    ),
     (
         "boundary_latitude",
         "r.json",
@@ -140,7 +141,7 @@ B01_CASES = [
             {**REPORT, "fields": {**REPORT["fields"], "location": {"lat": 90.0001, "lon": 0}}}
         ).encode(),
         "fields.location.lat",
-    ),  # type: ignore[dict-item]
+    ),
     ("unknown_tlp", "r.json", json.dumps({**REPORT, "tlp": "white"}).encode(), "tlp"),
 ]
 L04_CASES = [
@@ -164,7 +165,7 @@ L04_CASES = [
         "r.json",
         json.dumps({**REPORT, "fields": {**REPORT["fields"], "title": "x" * 200_000}}).encode(),
         "fields.title",
-    ),  # type: ignore[dict-item]
+    ),
     (
         "invalid_utf8",
         "r.json",
@@ -182,7 +183,7 @@ L04_CASES = [
         "r.json",
         json.dumps({**REPORT, "fields": {"t\u0456tle": "x", **REPORT["fields"]}}).encode(),
         "\\u0456",
-    ),  # type: ignore[dict-item]
+    ),
 ]
 
 
@@ -206,7 +207,7 @@ def test_b01_l04_bad_reports_are_listed_and_nothing_is_stored(
     path = _write(tmp_path, file, data)
     r = accord("--data", node_dir, "report", "validate", path, "--json")
     assert r.code == 2, (r.out, r.err)
-    problems = r.json()["problems"]  # type: ignore[index]
+    problems = r.json()["problems"]
     assert problems, name
     assert any(expect.lower() in json.dumps(p).lower() for p in problems), problems
     for p in problems:
@@ -226,7 +227,7 @@ def test_every_problem_is_listed_at_once(tmp_path: Path, accord: Callable[..., R
         },
     }
     r = accord("report", "validate", _write(tmp_path, "r.json", json.dumps(bad).encode()), "--json")
-    paths = {p["path"] for p in r.json()["problems"]}  # type: ignore[index]
+    paths = {p["path"] for p in r.json()["problems"]}
     assert {
         "fields.title",
         "fields.severity",
@@ -257,7 +258,7 @@ credibility = 3
 """
     r = accord("report", "validate", _write(tmp_path, "r.toml", toml), "--json")
     assert r.code == 0, r.out + r.err
-    assert r.json()["valid"] is True  # type: ignore[index]
+    assert r.json()["valid"] is True
 
 
 def test_db_file_has_no_plaintext_even_in_wal(tmp_path: Path) -> None:
