@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -89,6 +90,7 @@ class Node:
     @classmethod
     def open(cls, data_dir: Path, passphrase: PassphraseSource) -> Node:
         config = NodeConfig.load(data_dir)
+        _check_private_dir(data_dir)
         return cls(
             data_dir=data_dir, config=config, store=Store.open(data_dir), passphrase=passphrase
         )
@@ -478,6 +480,9 @@ def _write_new_node(
     data_dir: Path, config: NodeConfig, keyring: Keyring, passphrase: str | None, now: datetime
 ) -> Node:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # An existing directory keeps its mode through mkdir: a 0755 one would leave node.db and
+    # decrypted partner data readable by every local user (docs/THREATS.md B07).
+    os.chmod(data_dir, 0o700)
     save_keyring(data_dir / KEYFILE, keyring, passphrase, replace=False)
     tls_dir = data_dir / "tls"
     tls_dir.mkdir(mode=0o700, exist_ok=True)
@@ -506,6 +511,17 @@ def _write_new_node(
     tmp.write_text(config.to_toml(), "utf-8")
     os.replace(tmp, data_dir / CONFIG_FILE)
     return node
+
+
+def _check_private_dir(data_dir: Path) -> None:
+    """The data directory holds the database and exports of partner data: owner only."""
+    mode = stat.S_IMODE(data_dir.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(
+            f"the data directory {data_dir} has loose permissions {mode:04o}",
+            code="config.loose_permissions",
+            next_step=f"Run 'chmod 700 {data_dir}' and check who could have read node.db.",
+        )
 
 
 def _remove_partial_node(data_dir: Path, created: bool) -> None:

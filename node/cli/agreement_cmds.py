@@ -26,6 +26,7 @@ from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
 from node.cli.node_cmds import opened
 from node.cli.output import ok, print_fields, print_json, print_table, say, stderr, warn
 from node.cli.report_cmds import read_report_file
+from node.files import write_export
 from node.policy import (
     REASON_TEXT,
     active_policy,
@@ -108,17 +109,20 @@ def agreement() -> None:
     "--out",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Agreement file to write.",
+    help="Agreement file to write (mode 0600).",
 )
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
 @json_option
 @pass_ctx
-def agreement_propose(ctx: CliContext, peer: str, terms: Path, out: Path, as_json: bool) -> None:
+def agreement_propose(
+    ctx: CliContext, peer: str, terms: Path, out: Path, force: bool, as_json: bool
+) -> None:
     """Turn terms into a canonical agreement, sign it, and write it for the partner."""
-    if out.exists():
-        raise InputError(f"{out} exists", next_step="Choose another --out.")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise InputError(f"{out} exists", next_step="Choose another --out, or pass --force.")
     with opened(ctx) as node:
         signed = propose_agreement(node, peer, load_terms(terms), clock.now())
-    out.write_bytes(signed.to_bytes())
+    write_export(out, signed.to_bytes(), force=force)
     content = parse_agreement_unverified(signed.agreement_bytes)
     if as_json:
         print_json(

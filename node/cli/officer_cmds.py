@@ -11,11 +11,11 @@ import click
 from rich.panel import Panel
 from rich.text import Text
 
-from exchange.errors import InputError
 from node._pb.accord.v1 import officer_pb2
 from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
 from node.cli.output import ok, print_fields, print_json, print_table, safe, say, stdout, warn
 from node.cli.report_cmds import read_report_file, report
+from node.files import write_export
 from node.officer_client import call, officer
 from node.policy import REASON_TEXT
 
@@ -384,10 +384,13 @@ def inbox_show(ctx: CliContext, envelope_id: str, as_json: bool) -> None:
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="File to write (default: standard output).",
+    help="File to write, mode 0600 (default: standard output).",
 )
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
 @pass_ctx
-def inbox_export(ctx: CliContext, envelope_id: str, fmt: str, out: Path | None) -> None:
+def inbox_export(
+    ctx: CliContext, envelope_id: str, fmt: str, out: Path | None, force: bool
+) -> None:
     """Export a received report: the SD-JWT presentation, plain JSON, or a STIX 2.1 bundle."""
     answer, body = _get(ctx, envelope_id)
     if fmt == "sd-jwt":
@@ -416,9 +419,7 @@ def inbox_export(ctx: CliContext, envelope_id: str, fmt: str, out: Path | None) 
     if out is None:
         click.echo(text, nl=False)
     else:
-        if out.exists():
-            raise InputError(f"{out} exists", next_step="Choose another --out.")
-        out.write_text(text, "utf-8")
+        write_export(out, text.encode("utf-8"), force=force)
         ok(f"{fmt} export written to {out}")
 
 
