@@ -60,6 +60,7 @@ class Mapped:
 BY_CODE: dict[str, grpc.StatusCode] = {
     "auth.no_certificate": grpc.StatusCode.UNAUTHENTICATED,
     "auth.bad_certificate": grpc.StatusCode.UNAUTHENTICATED,
+    "auth.classical_tls": grpc.StatusCode.UNAUTHENTICATED,
     "peer.unknown": grpc.StatusCode.PERMISSION_DENIED,
     "peer.revoked": grpc.StatusCode.PERMISSION_DENIED,
     "witness.not_followed": grpc.StatusCode.PERMISSION_DENIED,

@@ -57,8 +57,10 @@ class ExchangeOfficerService(OfficerService):
         puller: Puller | None = None,
         now: Callable[[], datetime] = clock.now,
         stale_after: timedelta = STALE_AFTER,
+        classical_tls_allowed: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__(node, cosigner)
+        self._classical_ok = classical_tls_allowed
         self._signal = signal
         self._puller = puller
         self._now = now
@@ -363,6 +365,7 @@ class ExchangeOfficerService(OfficerService):
             status.inbox_seq = cursor(node, status.peer)
             status.rejected = rejected.get(status.peer, 0)
             status.agreement_valid = agreement is not None
+            status.classical_tls_allowed = status.peer in self._classical_ok
             not_after = timestamp(agreement.agreement.not_after) if agreement is not None else None
             if not_after is not None:
                 status.agreement_not_after.CopyFrom(not_after)

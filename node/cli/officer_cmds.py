@@ -448,6 +448,7 @@ def _peer_json(p: officer_pb2.PeerStatus) -> dict[str, Any]:
         "agreement_valid": p.agreement_valid,
         "agreement_not_after": _time(p.agreement_not_after),
         "stale": p.stale,
+        "classical_tls_allowed": p.classical_tls_allowed,
     }
 
 
@@ -464,6 +465,7 @@ def status(ctx: CliContext, as_json: bool) -> None:
                 "version": s.version,
                 "log_size": s.log_size,
                 "checkpoint_size": s.checkpoint_size,
+                "tls12_refused": s.tls12_refused,
                 "peers": [_peer_json(p) for p in s.peers],
             }
         )
@@ -474,9 +476,20 @@ def status(ctx: CliContext, as_json: bool) -> None:
             ("software", s.version),
             ("log", f"{s.log_size} entries"),
             ("checkpoint", f"size {s.checkpoint_size}"),
+            ("transport", _transport_line(s)),
         ]
     )
     _sync_table(s)
+
+
+def _transport_line(s: officer_pb2.StatusResponse) -> str:
+    """What the peer port enforces, no more (docs/adr/0015-post-quantum-transport.md)."""
+    version = "TLS 1.3 only" if s.tls12_refused else "TLS 1.2 ACCEPTED"
+    classical = sorted(p.peer for p in s.peers if p.classical_tls_allowed)
+    groups = "calls only over X25519MLKEM768"
+    if classical:
+        groups += f", except classical TLS allowed for {', '.join(classical)}"
+    return f"{version}; {groups}"
 
 
 def _sync_table(s: officer_pb2.StatusResponse) -> None:
@@ -516,6 +529,8 @@ def _sync_table(s: officer_pb2.StatusResponse) -> None:
     for p in s.peers:
         if p.stale:
             warn(f"{p.peer}: no cosigned checkpoint recently; the sync is not known to be healthy")
+        if p.classical_tls_allowed:
+            warn(f"{p.peer}: may call over classical TLS (--allow-classical-tls)")
 
 
 @cli.group(

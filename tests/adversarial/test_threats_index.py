@@ -37,7 +37,6 @@ NOT_YET: dict[str, str] = {
     "L06": "bounded evidence for equivocations and receipts",
     "C04": "unattended key epochs and expiry warnings",
     "C05": "PostgreSQL backend with a standby",
-    "N07": "TLS 1.3 with X25519MLKEM768 only on the peer and feed ports",
     "F01": "TAXII feed consumers and their credentials",
     "F02": "onward-dissemination rules enforced by the feed",
     "F03": "TAXII pagination cursors",
