@@ -263,9 +263,8 @@ def _verify_with_bar(
 
 def _print_report(bundle: Path, report: AuditReport) -> None:
     anchors = [
-        f"{a['node']} {a['fingerprint']} ({a['source']}"
-        + (f", card v{a['card_version']}" if a["card_version"] else "")
-        + f"): {a['used_for']}"
+        f"{a['node']} {a['fingerprint']} by {a['source']}: "
+        + (f"{a['used_for']} from card v{a['card_version']}" if a["card_version"] else "unused")
         for a in report.anchors
     ]
     partners = [
@@ -278,7 +277,7 @@ def _print_report(bundle: Path, report: AuditReport) -> None:
             ("bundle", bundle),
             ("node", report.node),
             ("origin", report.origin),
-            ("anchors", "\n".join(anchors) or "-"),
+            ("anchors", "; ".join(anchors) or "-"),
             ("entries", report.entries),
             (
                 "checkpoints",
@@ -286,7 +285,7 @@ def _print_report(bundle: Path, report: AuditReport) -> None:
                 "partners)",
             ),
             ("largest checkpoint", report.largest_checkpoint),
-            ("partners", "\n".join(partners) or "-"),
+            ("partners", "; ".join(partners) or "-"),
             (
                 "not checked",
                 ", ".join(report.unanchored_peers) + " (no anchor: cosignatures not checked)"
