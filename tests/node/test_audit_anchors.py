@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 
 from exchange.audit import Anchor, AuditReport, card_anchor, fingerprint_anchor
+from exchange.card import SignedCard, chain_bytes, verify_chain_bytes
 from exchange.cosignature import verify_cosignature
 from exchange.errors import InputError
 from exchange.note import parse_note_unverified, parse_verifier_key
+from exchange.purpose import Purpose, signed_message
 from keys.keyring import witness_name
 from node.audit import export_bundle, verify_bundle_file
 from node.home import Node, init_node
@@ -302,6 +304,33 @@ def test_i06_cli_verify_with_fingerprints(pair: Pair, accord: Accord) -> None:
     r = accord("audit", "verify", forged, *args, "--json")
     assert r.code == 3
     assert [f["code"] for f in r.json()["findings"]] == ["audit.unanchored"]  # type: ignore[index]
+
+
+@pytest.mark.threat("I06")
+def test_i06_versions_prepended_before_the_anchored_card_are_not_trusted(pair: Pair) -> None:
+    """After pk-moi rotates, a rogue prepends its own version 1 to pk-moi's real version 2
+    (it signs v2's bytes as the "previous" key): the chain verifies and contains the
+    anchored key, but only the anchored card's keys are used, so the rogue's checkpoints,
+    signed by its own log key, do not verify."""
+    pair.pk.rotate_identity(NOW)
+    real_v2 = pair.pk.own_chain().signed[1]
+    rogue = _node(pair.tmp, "pk-moi", folder="rogue")
+    _append(rogue, 2)
+    forged_v2 = SignedCard(
+        real_v2.card_bytes,
+        real_v2.signature,
+        rogue.keyring().identity_signer().sign(signed_message(Purpose.CARD, real_v2.card_bytes)),
+    )
+    chain = chain_bytes([rogue.own_chain().signed[0], forged_v2])
+    assert verify_chain_bytes(chain).latest.fingerprint == pair.fp(pair.pk)
+    bundle = pair.export(rogue, "rogue.bundle")
+    _edit_header(bundle, cards=base64.b64encode(chain).decode())
+    report = verify_bundle_file(bundle, pair.anchors(pair.pk))
+    entries = rogue.log.size()
+    assert _findings(report) == [(None, "checkpoint.signature")] * len(rogue.log.checkpoints()) + [
+        (i, "audit.unsigned_tail") for i in range(entries)
+    ]
+    assert report.anchors[0]["card_version"] == 2 and report.largest_checkpoint == 0
 
 
 # ---- --card: pinning a card file -----------------------------------------------------------
