@@ -445,6 +445,14 @@ def _partner_findings(
         events = by_peer.get(peer, [])
         added = [i for i, kind, _v in events if kind == "peer.added"]
         coverage.peer_since = added[0] if added else None
+        if peer in trust.missing and coverage.peer_since is None and not events:
+            # Anchored (e.g. for the other bundle of a reconcile), but this log never had
+            # it as a partner: nothing was due from it here.
+            del report.partners[peer]
+            for row in report.anchors:
+                if row["node"] == peer:
+                    row["used_for"] = "none (not a partner of this log)"
+            continue
         answers = [(i, v) for i, kind, v in events if kind == "checkpoint.cosigned"]
         coverage.recorded_cosigned = max((v for _i, v in answers), default=0)
         second_last = answers[-2][0] if len(answers) > 1 else 0

@@ -264,7 +264,11 @@ def _verify_with_bar(
 def _print_report(bundle: Path, report: AuditReport) -> None:
     anchors = [
         f"{a['node']} {a['fingerprint']} by {a['source']}: "
-        + (f"{a['used_for']} from card v{a['card_version']}" if a["card_version"] else "unused")
+        + (
+            f"{a['used_for']} from card v{a['card_version']}"
+            if a["card_version"]
+            else a["used_for"]
+        )
         for a in report.anchors
     ]
     partners = [
@@ -305,9 +309,9 @@ def _print_report(bundle: Path, report: AuditReport) -> None:
 
 @audit.command(
     "verify",
-    epilog="Example:\n\n    accord audit verify pk-moi.bundle "
-    "--fingerprint pk-moi=Y3TO-64CP-W63K-R2V7-F7PI-SB3E "
-    "--fingerprint cn-mps=ABCD-EFGH-IJKL-MNOP-QRST-UVWX",
+    epilog="Example:\n\n\b\n    accord audit verify pk-moi.bundle \\\n"
+    "      --fingerprint pk-moi=Y3TO-64CP-W63K-R2V7-F7PI-SB3E \\\n"
+    "      --fingerprint cn-mps=AIEW-ZRNT-ASNM-FZLN-VY7U-TQSS",
 )
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
 @anchor_options
@@ -343,8 +347,8 @@ def audit_verify(
 
 @audit.command(
     "reconcile",
-    epilog="Example:\n\n    accord audit reconcile pk-moi.bundle cn-mps.bundle "
-    "--card pk-moi.card --card cn-mps.card",
+    epilog="Example:\n\n\b\n    accord audit reconcile pk-moi.bundle cn-mps.bundle \\\n"
+    "      --card pk-moi.card --card cn-mps.card",
 )
 @click.argument("bundle_a", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("bundle_b", type=click.Path(dir_okay=False, path_type=Path))

@@ -177,7 +177,10 @@ def test_i06_rogue_bundle_with_fresh_keys_named_pk_moi_fails(pair: Pair) -> None
     assert pair.fp(pair.pk) in report.findings[0].message
     assert report.anchors[0]["used_for"] == "none"
     # Anchoring the partner too changes nothing: the rogue log never added it.
-    assert _findings(verify_bundle_file(bundle, pair.anchors())) == [(None, "audit.unanchored")]
+    both = verify_bundle_file(bundle, pair.anchors())
+    assert _findings(both) == [(None, "audit.unanchored")]
+    assert both.anchors[1]["used_for"] == "none (not a partner of this log)"
+    assert both.partners == {}
 
 
 @pytest.mark.threat("I06")
