@@ -7,7 +7,7 @@ import multiprocessing
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import datetime
 from itertools import islice
@@ -15,7 +15,14 @@ from pathlib import Path
 
 import structlog
 
-from exchange.audit import BUNDLE_TYPE, AuditReport, ScannedLines, audit_bundle, scan_lines
+from exchange.audit import (
+    BUNDLE_TYPE,
+    Anchor,
+    AuditReport,
+    ScannedLines,
+    audit_bundle,
+    scan_lines,
+)
 from exchange.canonical import b64
 from exchange.errors import AccordError, InputError
 from exchange.events import Event
@@ -32,10 +39,14 @@ def export_bundle(
 ) -> tuple[int, int]:
     """Write the log, its checkpoints (with cosignatures) and the public keys needed to
     verify them. Signs a checkpoint over everything committed first, so every exported
-    entry is covered by a signature; then reads one consistent snapshot."""
+    entry is covered by a signature; then reads one consistent snapshot, cut at its largest
+    checkpoint (entries a running node appends meanwhile go to the next export, not out
+    as an unsigned tail, which 'audit verify' reports)."""
+    signed = True
     try:
         node.checkpoint(now)
     except AccordError as e:
+        signed = False
         # A damaged or edited log cannot be signed; export it as it is, so that
         # 'audit verify' names what is wrong instead of the export hiding it.
         log_event.warning("audit.export_unsigned_tail", code=e.code)
@@ -45,6 +56,8 @@ def export_bundle(
     try:
         size = log.size()
         checkpoints = [c for c in log.checkpoints() if c.size <= size]
+        if signed and checkpoints:
+            size = checkpoints[-1].size
         peers = {r.node: b64(r.chain) for r in node.trust_store().list()}
         header = {
             "type": BUNDLE_TYPE,
@@ -99,6 +112,7 @@ def read_lines(path: Path) -> Iterator[bytes]:
 
 def verify_bundle_file(
     path: Path,
+    anchors: Sequence[Anchor],
     since: Path | None = None,
     progress: Callable[[int], None] | None = None,
     on_event: Callable[[Event], None] | None = None,
@@ -113,7 +127,12 @@ def verify_bundle_file(
     workers = audit_workers(path) if on_event is None else 1
     scanner = None if workers < 2 else ParallelScanner(workers)
     return audit_bundle(
-        read_lines(path), since=since_point, progress=progress, on_event=on_event, scanner=scanner
+        read_lines(path),
+        anchors=anchors,
+        since=since_point,
+        progress=progress,
+        on_event=on_event,
+        scanner=scanner,
     )
 
 

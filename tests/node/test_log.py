@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from exchange import merkle
+from exchange.audit import Anchor
 from exchange.checkpoint import open_checkpoint
 from exchange.cosignature import verify_cosignatures
 from exchange.errors import PeerDataError, StoreError
@@ -149,10 +150,15 @@ def _busy_node(tmp_path: Path) -> Node:
     return node
 
 
+def anchors(*nodes: Node) -> list[Anchor]:
+    """Each node's fingerprint, as the auditor checked it out of band."""
+    return [Anchor(n.config.node, n.own_chain().latest.fingerprint) for n in nodes]
+
+
 def _audit(node: Node, tmp_path: Path) -> list[tuple[int | None, str]]:
     out = tmp_path / f"bundle-{len(list(tmp_path.glob('bundle-*')))}.jsonl"
     export_bundle(node, out, NOW)
-    report = verify_bundle_file(out)
+    report = verify_bundle_file(out, anchors(node))
     return [(f.index, f.code) for f in report.findings]
 
 
@@ -231,7 +237,9 @@ def _swap_entry_lines(text: str, a: int, b: int) -> str:
     return "\n".join(lines)
 
 
-def _reports_every_way(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+def _reports_every_way(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch, anchored: list[Anchor]
+) -> list[dict[str, Any]]:
     """The same bundle verified in process (chunks of 4,096 and of 3 lines) and by worker
     processes (chunks of 5 lines): chunk boundaries fall inside checkpoint ranges."""
     from exchange import audit as exchange_audit
@@ -243,13 +251,15 @@ def _reports_every_way(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> list[di
         monkeypatch.setattr(node_audit, "PARALLEL_CHUNK", parallel_chunk or 16384)
         monkeypatch.setenv("ACCORD_AUDIT_WORKERS", workers)
         assert node_audit.audit_workers(bundle) == int(workers)  # really in other processes
-        out.append(verify_bundle_file(bundle).to_json())
+        out.append(verify_bundle_file(bundle, anchored).to_json())
     # Both ways to start workers, as the default picks them: fork only without threads.
     import threading
 
     for method in ("spawn", "fork") if threading.active_count() == 1 else ("spawn",):
         scanner = node_audit.ParallelScanner(2, method)
-        report = exchange_audit.audit_bundle(node_audit.read_lines(bundle), scanner=scanner)
+        report = exchange_audit.audit_bundle(
+            node_audit.read_lines(bundle), anchors=anchored, scanner=scanner
+        )
         out.append(report.to_json())
     return out
 
@@ -268,7 +278,7 @@ def test_parallel_and_chunked_audits_find_exactly_the_same(
     text_edit = dict(EXTRA_EDITS).get(edit)
     if text_edit is not None:
         bundle.write_text(text_edit(bundle.read_text()))
-    first, *others = _reports_every_way(bundle, monkeypatch)
+    first, *others = _reports_every_way(bundle, monkeypatch, anchors(node))
     assert first["findings"], f"{edit}: no finding"
     assert all(o == first for o in others), (first, others)
 
@@ -277,7 +287,7 @@ def test_parallel_audit_of_a_clean_bundle(tmp_path: Path, monkeypatch: pytest.Mo
     node = _busy_node(tmp_path)
     bundle = tmp_path / "b.jsonl"
     export_bundle(node, bundle, NOW)
-    first, *others = _reports_every_way(bundle, monkeypatch)
+    first, *others = _reports_every_way(bundle, monkeypatch, anchors(node))
     assert first["ok"] and first["entries"] == node.log.size()
     assert all(o == first for o in others)
 
@@ -322,7 +332,7 @@ def test_witness_cosigns_consistent_checkpoints(tmp_path: Path) -> None:
     pk.add_peer(cn_card, fingerprint=cn.own_chain().latest.fingerprint, tofu=False, now=NOW)
     out = tmp_path / "pk.bundle"
     export_bundle(pk, out, NOW)
-    report = verify_bundle_file(out)
+    report = verify_bundle_file(out, anchors(pk, cn))
     assert report.ok, report.findings
     assert report.cosigned_checkpoints == 1
 
