@@ -149,7 +149,7 @@ def _busy_node(tmp_path: Path) -> Node:
 
 def _audit(node: Node, tmp_path: Path) -> list[tuple[int | None, str]]:
     out = tmp_path / f"bundle-{len(list(tmp_path.glob('bundle-*')))}.jsonl"
-    export_bundle(node, out, NOW)
+    export_bundle(node, out, NOW, unsigned_ok=True)  # forensic: the edited log as it is
     report = verify_bundle_file(out)
     return [(f.index, f.code) for f in report.findings]
 
@@ -251,7 +251,7 @@ def test_parallel_and_chunked_audits_find_exactly_the_same(
         for statement in sql.split("; "):
             node.store.conn.execute(statement)
     bundle = tmp_path / "b.jsonl"
-    export_bundle(node, bundle, NOW)
+    export_bundle(node, bundle, NOW, unsigned_ok=True)
     text_edit = dict(EXTRA_EDITS).get(edit)
     if text_edit is not None:
         bundle.write_text(text_edit(bundle.read_text()))
@@ -289,15 +289,17 @@ def test_witness_cosigns_consistent_checkpoints(tmp_path: Path) -> None:
     cp1 = pk.log.latest_checkpoint()
     assert cp1 is not None
     line = witness.add_checkpoint(
+        partner="pk-moi",
         origin=origin, log_key=_log_key(pk), old_size=0, proof=[], note=cp1.note, now=NOW
     )
     _append(pk, 10)
     cp2 = pk.checkpoint(NOW)
     proof = pk.log.consistency_proof(cp1.size, cp2.size)
     line2 = witness.add_checkpoint(
+        partner="pk-moi",
         origin=origin, log_key=_log_key(pk), old_size=cp1.size, proof=proof, note=cp2.note, now=NOW
     )
-    assert witness.held(origin).size == cp2.size  # type: ignore[union-attr]
+    assert witness.held_for("pk-moi").size == cp2.size  # type: ignore[union-attr]
     with pk.store.transaction():
         pk.log.add_cosignature(cp2.size, "cn-mps", line2, NOW)
     note = pk.log.cosigned_note(cp2)
@@ -320,6 +322,7 @@ def test_witness_conflict_answers_with_the_held_size(tmp_path: Path) -> None:
     cp1 = pk.log.latest_checkpoint()
     assert cp1 is not None
     witness.add_checkpoint(
+        partner="pk-moi",
         origin=pk.config.log_origin,
         log_key=_log_key(pk),
         old_size=0,
@@ -331,6 +334,7 @@ def test_witness_conflict_answers_with_the_held_size(tmp_path: Path) -> None:
     cp2 = pk.checkpoint(NOW)
     with pytest.raises(WitnessConflict) as err:
         witness.add_checkpoint(
+            partner="pk-moi",
             origin=pk.config.log_origin,
             log_key=_log_key(pk),
             old_size=0,
@@ -339,7 +343,7 @@ def test_witness_conflict_answers_with_the_held_size(tmp_path: Path) -> None:
             now=NOW,
         )
     assert err.value.held_size == cp1.size
-    assert witness.held(pk.config.log_origin).size == cp1.size  # type: ignore[union-attr]
+    assert witness.held_for("pk-moi").size == cp1.size  # type: ignore[union-attr]
 
 
 def _sqlite_dump(store: Store) -> str:
@@ -356,6 +360,7 @@ def test_h01_witness_refuses_rewritten_history_and_keeps_evidence(
     _append(pk, 4)
     cp = pk.checkpoint(NOW)
     witness.add_checkpoint(
+        partner="pk-moi",
         origin=origin, log_key=_log_key(pk), old_size=0, proof=[], note=cp.note, now=NOW
     )
     # The log owner rewrites history: a fresh database with the same keys, other events.
@@ -364,7 +369,7 @@ def test_h01_witness_refuses_rewritten_history_and_keeps_evidence(
     for f in ("node.db", "node.db-wal", "node.db-shm", "log.highwater"):
         (forged_dir / f).unlink(missing_ok=True)
     store = Store.open(forged_dir, create=True)
-    log = ExchangeLog(store, origin)
+    log = ExchangeLog(store, origin, keys=pk.keyring)
     extra = 0 if attack == "h01_same_size_other_root" else 3
     with store.transaction() as db:
         log.append(
@@ -376,9 +381,10 @@ def test_h01_witness_refuses_rewritten_history_and_keeps_evidence(
         )
     forged = log.sign_checkpoint(pk.keyring().log_signer(), NOW)
     proof = log.consistency_proof(cp.size, forged.size) if extra else []
-    held_before = witness.held(origin)
+    held_before = witness.held_for("pk-moi")
     with pytest.raises(PeerDataError) as err:
         witness.add_checkpoint(
+            partner="pk-moi",
             origin=origin,
             log_key=_log_key(pk),
             old_size=cp.size,
@@ -387,7 +393,7 @@ def test_h01_witness_refuses_rewritten_history_and_keeps_evidence(
             now=NOW,
         )
     assert err.value.code == "witness.inconsistent"
-    assert witness.held(origin) == held_before
+    assert witness.held_for("pk-moi") == held_before
     evidence = witness.evidence(origin)
     assert evidence == [(cp.note, forged.note, evidence[0][2])]
 
@@ -399,11 +405,13 @@ def test_i04_witness_refuses_a_rolled_back_log(tmp_path: Path) -> None:
     _append(pk, 8)
     cp = pk.checkpoint(NOW)
     witness.add_checkpoint(
+        partner="pk-moi",
         origin=origin, log_key=_log_key(pk), old_size=0, proof=[], note=cp.note, now=NOW
     )
     earlier = pk.log.checkpoints()[0]
     with pytest.raises(WitnessConflict):
         witness.add_checkpoint(
+            partner="pk-moi",
             origin=origin,
             log_key=_log_key(pk),
             old_size=cp.size,
@@ -411,7 +419,7 @@ def test_i04_witness_refuses_a_rolled_back_log(tmp_path: Path) -> None:
             note=earlier.note,
             now=NOW,
         )
-    assert witness.held(origin).size == cp.size  # type: ignore[union-attr]
+    assert witness.held_for("pk-moi").size == cp.size  # type: ignore[union-attr]
 
 
 def test_h06_checkpoint_of_another_log_is_refused(tmp_path: Path) -> None:
@@ -422,6 +430,7 @@ def test_h06_checkpoint_of_another_log_is_refused(tmp_path: Path) -> None:
     before = _sqlite_dump(cn.store)
     with pytest.raises(PeerDataError):
         witness.add_checkpoint(
+            partner="pk-moi",
             origin=pk.config.log_origin,
             log_key=_log_key(pk),
             old_size=0,
