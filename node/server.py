@@ -37,7 +37,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from exchange.errors import ConfigError
+from exchange.errors import AccordError, ConfigError
 from node import clock
 from node._pb.accord.v1 import officer_pb2, officer_pb2_grpc, peer_pb2, peer_pb2_grpc
 from node.cosigning import Cosigner
@@ -113,12 +113,19 @@ class OfficerService(officer_pb2_grpc.OfficerServicer):
                     last_error_code=state.last_error_code if state else "",
                 )
             )
+        problem_code, problem = "", ""
+        try:
+            node.check_log()
+        except AccordError as e:
+            problem_code, problem = e.code, e.diagnostics()
         return officer_pb2.StatusResponse(
             node=node.config.node,
             version=software_version(),
             log_size=node.log.size(),
             checkpoint_size=0 if cp is None else cp.size,
             peers=peers,
+            log_problem_code=problem_code,
+            log_problem=problem,
         )
 
 
@@ -192,6 +199,9 @@ class NodeServer:
     async def start(self) -> None:
         node, opts = self.node, self.options
         node.keyring()  # a wrong passphrase fails here, before anything listens
+        # Never serve (or sign, or let partners cosign) a log shorter than what this node
+        # published or holding an entry it did not write (THREATS.md I04, I07, I09).
+        node.check_log()
         for peer in opts.follow:
             node.trust_store().trusted_chain(peer, self._now())  # each followed log is trusted
         roots = PartnerRoots(node, self._now())

@@ -303,7 +303,11 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (12, "the digest of the release policy last logged", _m012_policy_digest),
     (13, "outbox by state: what a partner acknowledged, without a scan", _m013_outbox_by_state),
     (14, "log leaves: each leaf's tag by this node's keyring (I07)", _m014_leaf_tags),
-    (15, "witness state per authenticated partner, origin and log key (P16)", _m015_witness_per_partner),
+    (
+        15,
+        "witness state per authenticated partner, origin and log key (P16)",
+        _m015_witness_per_partner,
+    ),
 ]
 
 

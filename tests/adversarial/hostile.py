@@ -312,7 +312,7 @@ class HostilePeer(peer_pb2_grpc.PeerExchangeServicer):
         """pk-moi really witnesses the victim's log, until the script freezes it."""
         self.checkpoints.append(request)
         if self.script.freeze_witness:
-            held = self._witness.held(f"{VICTIM}.accord/log")
+            held = self._witness.held_for(VICTIM)
             return log_pb2.AddCheckpointResponse(
                 conflict=log_pb2.CheckpointConflict(size=0 if held is None else held.size)
             )
@@ -321,6 +321,7 @@ class HostilePeer(peer_pb2_grpc.PeerExchangeServicer):
         victim = self.node.trust_store().trusted_chain(VICTIM, datetime.now().astimezone())
         key = parse_verifier_key(victim.latest.log_vkey)
         line = self._witness.add_checkpoint(
+            partner=VICTIM,
             origin=key.name,
             log_key=key,
             old_size=request.old_size,

@@ -290,14 +290,24 @@ def test_witness_cosigns_consistent_checkpoints(tmp_path: Path) -> None:
     assert cp1 is not None
     line = witness.add_checkpoint(
         partner="pk-moi",
-        origin=origin, log_key=_log_key(pk), old_size=0, proof=[], note=cp1.note, now=NOW
+        origin=origin,
+        log_key=_log_key(pk),
+        old_size=0,
+        proof=[],
+        note=cp1.note,
+        now=NOW,
     )
     _append(pk, 10)
     cp2 = pk.checkpoint(NOW)
     proof = pk.log.consistency_proof(cp1.size, cp2.size)
     line2 = witness.add_checkpoint(
         partner="pk-moi",
-        origin=origin, log_key=_log_key(pk), old_size=cp1.size, proof=proof, note=cp2.note, now=NOW
+        origin=origin,
+        log_key=_log_key(pk),
+        old_size=cp1.size,
+        proof=proof,
+        note=cp2.note,
+        now=NOW,
     )
     assert witness.held_for("pk-moi").size == cp2.size  # type: ignore[union-attr]
     with pk.store.transaction():
@@ -361,7 +371,12 @@ def test_h01_witness_refuses_rewritten_history_and_keeps_evidence(
     cp = pk.checkpoint(NOW)
     witness.add_checkpoint(
         partner="pk-moi",
-        origin=origin, log_key=_log_key(pk), old_size=0, proof=[], note=cp.note, now=NOW
+        origin=origin,
+        log_key=_log_key(pk),
+        old_size=0,
+        proof=[],
+        note=cp.note,
+        now=NOW,
     )
     # The log owner rewrites history: a fresh database with the same keys, other events.
     forged_dir = tmp_path / "forged"
@@ -406,7 +421,12 @@ def test_i04_witness_refuses_a_rolled_back_log(tmp_path: Path) -> None:
     cp = pk.checkpoint(NOW)
     witness.add_checkpoint(
         partner="pk-moi",
-        origin=origin, log_key=_log_key(pk), old_size=0, proof=[], note=cp.note, now=NOW
+        origin=origin,
+        log_key=_log_key(pk),
+        old_size=0,
+        proof=[],
+        note=cp.note,
+        now=NOW,
     )
     earlier = pk.log.checkpoints()[0]
     with pytest.raises(WitnessConflict):
