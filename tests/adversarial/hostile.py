@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 
 from exchange.canonical import canonical_json, sha256
-from exchange.card import Card, EncryptionKey
+from exchange.card import Card, EncryptionKey, SignedCard
 from exchange.envelope import Envelope, ReportRelease, seal_envelope
 from exchange.errors import AccordError
 from exchange.purpose import Purpose, signed_message
@@ -261,6 +261,7 @@ class Script:
     raw_batches: list[envelope_pb2.EnvelopeBatch] = field(default_factory=list)
     freeze_witness: bool = False  # AddCheckpoint answers a conflict, forever (P03)
     revocations: list[card_pb2.Revocation] | None = None  # GetCard serves these (P06)
+    rotation: list[SignedCard] | None = None  # GetCard serves these newer versions (P16)
 
 
 class HostilePeer(peer_pb2_grpc.PeerExchangeServicer):
@@ -278,8 +279,12 @@ class HostilePeer(peer_pb2_grpc.PeerExchangeServicer):
         revocations = self.script.revocations
         if revocations is None:
             revocations = [revocation_message(r) for r in self.node.own_revocations()]
+        rotation = self.script.rotation or []
+        latest = rotation[-1] if rotation else self.node.own_chain().signed[-1]
         return card_pb2.GetCardResponse(
-            card=node_card_message(self.node.own_chain().signed[-1]), revocations=revocations
+            card=node_card_message(latest),
+            rotation_chain=[node_card_message(s) for s in rotation],
+            revocations=revocations,
         )
 
     async def Pull(
