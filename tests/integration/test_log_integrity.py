@@ -320,3 +320,28 @@ def test_i09_export_with_a_wrong_passphrase_fails(
     assert "code: keyring." in r.err
     assert not bundle.exists()
     assert snapshot(pk) == before
+
+
+@pytest.mark.threat("I07")
+def test_i07_entry_appended_while_serving_is_shown_by_status_and_never_signed(
+    make_node: Callable[..., Path], servers: Callable[..., ServerProcess], accord: Accord
+) -> None:
+    pk = make_node("pk-moi", free_port())
+    proc = servers(pk, "serve", "--no-cosign")
+    proc.wait_ready()
+    r = accord("--data", pk, "status", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["log_problem_code"] is None  # type: ignore[index]
+    sizes = _checkpoint_sizes(pk)
+    index = insider_append(pk, "policy.changed", policy_digest="sha256:" + "ef" * 32)
+    r = accord("--data", pk, "status", "--json")
+    assert r.code == StoreError.exit_code
+    doc = r.json()
+    assert isinstance(doc, dict)
+    assert doc["log_problem_code"] == "log.foreign_entry"
+    assert f"log entry {index} " in str(doc["log_problem"])
+    human = accord("--data", pk, "status")
+    assert human.code == StoreError.exit_code and "log.foreign_entry" in human.err
+    assert _checkpoint_sizes(pk) == sizes
+    assert proc.terminate() == 0, proc.logs()
+    assert _checkpoint_sizes(pk) == sizes
