@@ -322,12 +322,9 @@ class ExchangeLog:
                 raise foreign_entry(expected, "its tag does not verify")
             hashes.append(leaf)
         result = merkle.new_subtrees_after_append_batch(start, hashes, self.reader())
+        stored = self._stored_subtrees(result.subtrees)
         for subtree in result.subtrees:
-            row = self.store.conn.execute(
-                "SELECT hash FROM log_subtrees WHERE level = ? AND idx = ?",
-                (subtree.level, subtree.index),
-            ).fetchone()
-            if row is None or bytes(row[0]) != subtree.hash:
+            if stored.get((subtree.level, subtree.index)) != subtree.hash:
                 raise StoreError(
                     f"log subtree ({subtree.level}, {subtree.index}) does not match the "
                     "entries it covers; refusing to sign",
@@ -336,6 +333,21 @@ class ExchangeLog:
                     + ROLLED_BACK_STEP,
                 )
         return result
+
+    def _stored_subtrees(self, wanted: Sequence[merkle.Subtree]) -> dict[tuple[int, int], bytes]:
+        """The stored rows at the positions of ``wanted``: one range read per level."""
+        ranges: dict[int, tuple[int, int]] = {}
+        for s in wanted:
+            lo, hi = ranges.get(s.level, (s.index, s.index))
+            ranges[s.level] = (min(lo, s.index), max(hi, s.index))
+        out: dict[tuple[int, int], bytes] = {}
+        for level, (lo, hi) in ranges.items():
+            for idx, h in self.store.conn.execute(
+                "SELECT idx, hash FROM log_subtrees WHERE level = ? AND idx BETWEEN ? AND ?",
+                (level, lo, hi),
+            ):
+                out[(level, int(idx))] = bytes(h)
+        return out
 
     def _check_own_checkpoint(self, latest: SignedCheckpoint, public_key: bytes) -> None:
         """The newest checkpoint row must be one this node signed, over the stored tree: an
