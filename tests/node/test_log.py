@@ -473,3 +473,82 @@ def test_log_events_hold_no_secret_material(tmp_path: Path) -> None:
 def test_keyring_unused(tmp_path: Path) -> None:
     ring = generate_keyring("pk-moi", "pk-moi.accord/log", "127.0.0.1", NOW)
     assert witness_name(ring.node) == "pk-moi.accord/witness"
+
+
+# -- leaf authentication (ADR 0012) ---------------------------------------------------------
+
+
+def _insider_append(node: Node, data: bytes) -> int:
+    """What someone with node.db but no keyring can do: a leaf and its correct subtrees."""
+    size = node.log.size()
+    result = merkle.new_subtrees_after_append_batch(
+        size, [merkle.leaf_hash(data)], node.log.reader()
+    )
+    with node.store.transaction():
+        node.store.conn.execute(
+            "INSERT INTO log_leaves (idx, event, leaf_hash) VALUES (?, ?, ?)",
+            (size, data, merkle.leaf_hash(data)),
+        )
+        node.store.conn.executemany(
+            "INSERT INTO log_subtrees (level, idx, hash) VALUES (?, ?, ?)",
+            [s.as_row() for s in result.subtrees],
+        )
+    return size
+
+
+@pytest.mark.threat("I07")
+def test_i07_a_checkpoint_row_inserted_by_an_insider_covers_nothing(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    _append(node, 3)
+    node.checkpoint(NOW)
+    index = _insider_append(node, node.log.leaf(1))
+    size = node.log.size()
+    # The insider also adds a checkpoint row "covering" the entry (it cannot sign it).
+    with node.store.transaction():
+        node.store.conn.execute(
+            "INSERT INTO log_checkpoints (size, root, note, signed_at) VALUES (?, ?, ?, ?)",
+            (size, node.log.root(size), b"not a signed note\n", "2026-11-25T12:00:00Z"),
+        )
+    with pytest.raises(StoreError) as err:
+        node.checkpoint(NOW)
+    assert err.value.code == "log.inconsistent"
+    assert node.log.authenticated_event(index) is None
+    assert node.log.authenticated_event(0) is not None
+
+
+@pytest.mark.threat("I07")
+def test_i07_a_forged_subtree_over_new_entries_is_refused(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    node.checkpoint(NOW)
+    _append(node, 6)  # authentic, tagged, not yet signed: entries 1..6
+    with node.store.transaction():
+        node.store.conn.execute(
+            "UPDATE log_subtrees SET hash = zeroblob(32) WHERE level = 1 AND idx = 2"
+        )
+    before = [c.size for c in node.log.checkpoints()]
+    with pytest.raises(StoreError) as err:
+        node.checkpoint(NOW)
+    assert err.value.code == "log.inconsistent" and "(1, 2)" in err.value.message
+    assert [c.size for c in node.log.checkpoints()] == before
+
+
+@pytest.mark.threat("I07")
+def test_i07_legacy_leaves_covered_by_a_signed_checkpoint_need_no_tag(tmp_path: Path) -> None:
+    """Leaves from before migration 14 have no tag: covered ones still sign and attest,
+    an untagged one past the newest signed checkpoint is foreign."""
+    node = _node(tmp_path)
+    _append(node, 4)
+    cp = node.checkpoint(NOW)
+    with node.store.transaction():
+        node.store.conn.execute("UPDATE log_leaves SET tag = NULL")
+    assert node.log.authenticated_event(2) is not None
+    _append(node, 2)
+    signed = node.checkpoint(NOW)
+    assert signed.size == cp.size + 2
+    _append(node, 2)
+    with node.store.transaction():
+        node.store.conn.execute("UPDATE log_leaves SET tag = NULL WHERE idx = ?", (signed.size,))
+    with pytest.raises(StoreError) as err:
+        node.checkpoint(NOW)
+    assert err.value.code == "log.foreign_entry"
+    assert f"log entry {signed.size} " in err.value.message
