@@ -35,29 +35,35 @@ EXPORT_BATCH = 5000
 
 
 def export_bundle(
-    node: Node, out: Path, now: datetime, progress: Callable[[int, int], None] | None = None
+    node: Node,
+    out: Path,
+    now: datetime,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    unsigned_ok: bool = False,
 ) -> tuple[int, int]:
     """Write the log, its checkpoints (with cosignatures) and the public keys needed to
-    verify them. Signs a checkpoint over everything committed first, so every exported
-    entry is covered by a signature; then reads one consistent snapshot, cut at its largest
-    checkpoint (entries a running node appends meanwhile go to the next export, not out
-    as an unsigned tail, which 'audit verify' reports)."""
-    signed = True
+    verify them. Signs a checkpoint over everything committed first and exports exactly
+    the entries it covers, so no exported entry lacks a signature (entries a running node
+    appends meanwhile go to the next export).
+
+    When that checkpoint cannot be signed (wrong passphrase, a log shorter than one this
+    node published, an entry it did not write: docs/THREATS.md I04, I07, I09) the export fails
+    with that error and writes nothing. ``unsigned_ok`` (forensics, tests) exports the
+    database as it is instead, so that ``audit verify`` names what is wrong."""
+    covered: int | None = None
     try:
-        node.checkpoint(now)
+        covered = node.checkpoint(now).size
     except AccordError as e:
-        signed = False
-        # A damaged or edited log cannot be signed; export it as it is, so that
-        # 'audit verify' names what is wrong instead of the export hiding it.
+        if not unsigned_ok:
+            raise
         log_event.warning("audit.export_unsigned_tail", code=e.code)
     log = node.log
     conn = node.store.conn
     conn.execute("BEGIN")  # a read snapshot: appends made meanwhile are not half-exported
     try:
-        size = log.size()
+        size = log.size() if covered is None else min(covered, log.size())
         checkpoints = [c for c in log.checkpoints() if c.size <= size]
-        if signed and checkpoints:
-            size = checkpoints[-1].size
         peers = {r.node: b64(r.chain) for r in node.trust_store().list()}
         header = {
             "type": BUNDLE_TYPE,

@@ -137,7 +137,7 @@ class Node:
     # -- the exchange log ----------------------------------------------------------------
     @property
     def log(self) -> ExchangeLog:
-        return ExchangeLog(self.store, self.config.log_origin, self.data_dir)
+        return ExchangeLog(self.store, self.config.log_origin, self.data_dir, self.keyring)
 
     def record(self, db: sqlite_utils.Database, kind: str, now: datetime, **attrs: object) -> int:
         """Append one event to the log inside the caller's transaction (staged, and
@@ -145,8 +145,23 @@ class Node:
         return self.log.stage(kind, now, attrs)
 
     def checkpoint(self, now: datetime) -> SignedCheckpoint:
-        """Sign a checkpoint over everything committed so far (one per commit batch)."""
+        """Sign a checkpoint over everything committed so far (one per commit batch);
+        refuses (``log.foreign_entry``, ``log.rolled_back``, ``log.inconsistent``) a log
+        that holds anything this node did not write (ADR 0012)."""
         return self.log.sign_checkpoint(self.keyring().log_signer(), now)
+
+    def check_log(self) -> None:
+        """Raise what :meth:`checkpoint` would refuse, without signing or writing: used by
+        ``serve`` before it listens, and by Status (docs/THREATS.md I04, I07, I09)."""
+        conn = self.store.conn
+        if conn.in_transaction:
+            self.log.verify()
+            return
+        conn.execute("BEGIN")  # one read snapshot
+        try:
+            self.log.verify()
+        finally:
+            conn.execute("COMMIT")
 
     # -- cards ---------------------------------------------------------------------------
     def own_chain(self) -> VerifiedChain:
@@ -174,10 +189,10 @@ class Node:
         and editing the log entry too is caught by the checkpoints and ``audit verify``."""
         event = None
         if record.log_index is not None:
-            row = self.store.conn.execute(
-                "SELECT event FROM log_leaves WHERE idx = ?", (record.log_index,)
-            ).fetchone()
-            event = None if row is None else parse_event_unverified(bytes(row[0]))
+            # Only an entry this node wrote counts (its tag, or a checkpoint it signed):
+            # an insider's appended peer.updated row is not evidence (ADR 0012).
+            data = self.log.authenticated_event(record.log_index)
+            event = None if data is None else parse_event_unverified(data)
         if (
             event is None
             or event.kind not in ("peer.added", "peer.updated", "peer.revoked")
@@ -494,7 +509,7 @@ def _write_new_node(
     with store.transaction() as db:
         db.table("own_cards").insert({"version": 1, "signed": _signed_card_row(signed)})
         store.set_meta(db, "node", config.node)
-        ExchangeLog(store, config.log_origin).append(
+        ExchangeLog(store, config.log_origin, keys=lambda: keyring).append(
             db, [("node.created", now, {"node": config.node, "fingerprint": card.fingerprint})]
         )
     node = Node(

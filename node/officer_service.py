@@ -32,6 +32,7 @@ from node.wire import (
     timestamp,
     timestamp_of,
 )
+from node.witness import grown_at as witness_grown_at
 
 Context = Any
 MAX_PAGE = 500
@@ -396,15 +397,13 @@ def _frozen(node: Node, peer: str, window: timedelta) -> bool:
     """docs/THREATS.md P03: the partner acknowledged our envelopes (so its log grew with
     receipt.sent events) but the checkpoint it asks us to cosign has not grown for longer
     than the window: it is serving a frozen view."""
-    row = node.store.conn.execute(
-        "SELECT grown_at FROM witness_state WHERE origin = ?", (f"{peer}.accord/log",)
-    ).fetchone()
+    grown_at = witness_grown_at(node.store, peer)
     receipt = node.store.conn.execute(
         "SELECT max(at) FROM receipts WHERE peer = ? AND direction = 'received'", (peer,)
     ).fetchone()[0]
-    if row is None or row[0] is None or receipt is None:
+    if grown_at is None or receipt is None:
         return False
-    grown = parse_time(row[0], field="grown_at")
+    grown = parse_time(grown_at, field="grown_at")
     return parse_time(receipt, field="receipt at") - grown > window
 
 

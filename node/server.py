@@ -37,7 +37,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from exchange.errors import ConfigError
+from exchange.errors import AccordError, ConfigError
 from node import clock, tls_policy
 from node._pb.accord.v1 import officer_pb2, officer_pb2_grpc, peer_pb2, peer_pb2_grpc
 from node.cosigning import Cosigner
@@ -115,6 +115,11 @@ class OfficerService(officer_pb2_grpc.OfficerServicer):
                     last_error_code=state.last_error_code if state else "",
                 )
             )
+        problem_code, problem = "", ""
+        try:
+            node.check_log()
+        except AccordError as e:
+            problem_code, problem = e.code, e.diagnostics()
         return officer_pb2.StatusResponse(
             node=node.config.node,
             version=software_version(),
@@ -122,6 +127,8 @@ class OfficerService(officer_pb2_grpc.OfficerServicer):
             checkpoint_size=0 if cp is None else cp.size,
             peers=peers,
             tls12_refused=tls_policy.TLS12_REFUSED,
+            log_problem_code=problem_code,
+            log_problem=problem,
         )
 
 
@@ -209,6 +216,9 @@ class NodeServer:
                 peers=sorted(opts.allow_classical_tls),
                 group_required=tls_policy.HYBRID_GROUP,
             )
+        # Never serve (or sign, or let partners cosign) a log shorter than what this node
+        # published or holding an entry it did not write (docs/THREATS.md I04, I07, I09).
+        node.check_log()
         for peer in opts.follow:
             node.trust_store().trusted_chain(peer, self._now())  # each followed log is trusted
         roots = PartnerRoots(node, self._now())

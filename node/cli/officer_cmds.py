@@ -11,6 +11,7 @@ import click
 from rich.panel import Panel
 from rich.text import Text
 
+from exchange.errors import StoreError
 from node._pb.accord.v1 import officer_pb2
 from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
 from node.cli.output import ok, print_fields, print_json, print_table, safe, say, stdout, warn
@@ -466,9 +467,12 @@ def status(ctx: CliContext, as_json: bool) -> None:
                 "log_size": s.log_size,
                 "checkpoint_size": s.checkpoint_size,
                 "tls12_refused": s.tls12_refused,
+                "log_problem_code": s.log_problem_code or None,
+                "log_problem": s.log_problem or None,
                 "peers": [_peer_json(p) for p in s.peers],
             }
         )
+        _log_problem_exit(s)
         return
     print_fields(
         [
@@ -477,9 +481,19 @@ def status(ctx: CliContext, as_json: bool) -> None:
             ("log", f"{s.log_size} entries"),
             ("checkpoint", f"size {s.checkpoint_size}"),
             ("transport", _transport_line(s)),
+            ("log integrity", s.log_problem_code or "ok"),
         ]
     )
     _sync_table(s)
+    _log_problem_exit(s)
+
+
+def _log_problem_exit(s: officer_pb2.StatusResponse) -> None:
+    """A log the node cannot sign (an insider's entry, a rolled-back tail) is unhealthy:
+    say so on stderr and exit non-zero (ADR 0012)."""
+    if s.log_problem_code:
+        warn(f"log: {s.log_problem_code}: {s.log_problem}")
+        raise click.exceptions.Exit(StoreError.exit_code)
 
 
 def _transport_line(s: officer_pb2.StatusResponse) -> str:

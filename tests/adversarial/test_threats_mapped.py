@@ -55,13 +55,20 @@ def test_h02_split_view_is_exposed_by_the_witness(world: World) -> None:
     shown = hostile.log.latest_checkpoint()
     assert shown is not None
     witness.add_checkpoint(
-        origin=key.name, log_key=key, old_size=0, proof=[], note=shown.note, now=world.now
+        partner=HOSTILE,
+        origin=key.name,
+        log_key=key,
+        old_size=0,
+        proof=[],
+        note=shown.note,
+        now=world.now,
     )
     other = sign_checkpoint(
         Checkpoint(key.name, shown.size, b"\x07" * 32), key.name, hostile.keyring().log_signer()
     )
     with pytest.raises(AccordError) as err:
         witness.add_checkpoint(
+            partner=HOSTILE,
             origin=key.name,
             log_key=key,
             old_size=shown.size,

@@ -71,9 +71,14 @@ def _cosign(owner: Node, partner: Node) -> int:
     proof = owner.log.consistency_proof(old, cp.size) if old else []
     log_key = parse_verifier_key(owner.own_chain().latest.log_vkey)
     line = witness.add_checkpoint(
-        origin=owner.config.log_origin, log_key=log_key, old_size=old, proof=proof, note=cp.note,
+        partner=owner.config.node,  # the caller, as mTLS authenticated it
+        origin=owner.config.log_origin,
+        log_key=log_key,
+        old_size=old,
+        proof=proof,
+        note=cp.note,
         now=NOW,
-    )  # fmt: skip
+    )
     wkey = parse_verifier_key(partner.own_chain().latest.witness_vkey)
     verify_cosignature(parse_note_unverified(cp.note).text, line, wkey)
     with owner.store.transaction() as db:
@@ -110,9 +115,11 @@ class Pair:
     def anchors(self, *nodes: Node) -> list[Anchor]:
         return [Anchor(n.config.node, self.fp(n)) for n in (nodes or (self.pk, self.cn))]
 
-    def export(self, node: Node | None = None, name: str = "pk.bundle") -> Path:
+    def export(
+        self, node: Node | None = None, name: str = "pk.bundle", *, unsigned_ok: bool = False
+    ) -> Path:
         out = self.tmp / name
-        export_bundle(node or self.pk, out, NOW)
+        export_bundle(node or self.pk, out, NOW, unsigned_ok=unsigned_ok)
         return out
 
     def checkpoint_sizes(self) -> list[int]:
@@ -470,8 +477,9 @@ def test_i09_export_cuts_at_its_checkpoint_what_a_running_node_appends_meanwhile
 def test_i09_a_tail_the_node_cannot_sign_is_exported_and_reported(
     pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """When signing fails at export (e.g. a row the node refuses to sign), the rows are
-    exported as they are and every one no checkpoint covers is named."""
+    """When signing fails at export (e.g. a row the node refuses to sign), the export fails
+    and writes nothing; a forensic export of the rows as they are names every one that no
+    checkpoint covers."""
     from exchange.errors import StoreError
 
     first, second = _append_row(pair.pk), _append_row(pair.pk)
@@ -480,7 +488,10 @@ def test_i09_a_tail_the_node_cannot_sign_is_exported_and_reported(
         raise StoreError("refusing to sign", code="log.inconsistent")
 
     monkeypatch.setattr(pair.pk, "checkpoint", refuse)
-    report = verify_bundle_file(pair.export(), pair.anchors())
+    with pytest.raises(StoreError):
+        pair.export(name="refused.bundle")
+    assert not (pair.tmp / "refused.bundle").exists()
+    report = verify_bundle_file(pair.export(unsigned_ok=True), pair.anchors())
     assert _findings(report) == [(first, "audit.unsigned_tail"), (second, "audit.unsigned_tail")]
     assert first == pair.sizes[-1]
 

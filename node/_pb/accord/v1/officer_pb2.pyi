@@ -905,6 +905,8 @@ class StatusResponse(_message.Message):
     CHECKPOINT_SIZE_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
     TLS12_REFUSED_FIELD_NUMBER: _builtins.int
+    LOG_PROBLEM_CODE_FIELD_NUMBER: _builtins.int
+    LOG_PROBLEM_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     """This node's id."""
     version: _builtins.str
@@ -915,6 +917,12 @@ class StatusResponse(_message.Message):
     """This node's latest signed checkpoint's size."""
     tls12_refused: _builtins.bool
     """The peer port refuses TLS 1.2 handshakes (gRPC core's TLS 1.2 suites are unusable)."""
+    log_problem_code: _builtins.str
+    """Empty while the log can be signed as it is; else the error code that stops signing
+    (log.foreign_entry, log.rolled_back, log.inconsistent: ADR 0012).
+    """
+    log_problem: _builtins.str
+    """The message of that error (names the entry index or both sizes), and what to do."""
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerStatus]:
         """One entry per trusted partner."""
@@ -928,10 +936,12 @@ class StatusResponse(_message.Message):
         checkpoint_size: _builtins.int = ...,
         peers: _abc.Iterable[Global___PeerStatus] | None = ...,
         tls12_refused: _builtins.bool = ...,
+        log_problem_code: _builtins.str = ...,
+        log_problem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_size", b"checkpoint_size", "log_size", b"log_size", "node", b"node", "peers", b"peers", "tls12_refused", b"tls12_refused", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_size", b"checkpoint_size", "log_problem", b"log_problem", "log_problem_code", b"log_problem_code", "log_size", b"log_size", "node", b"node", "peers", b"peers", "tls12_refused", b"tls12_refused", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
