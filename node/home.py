@@ -32,7 +32,6 @@ from exchange.card import (
     sign_card,
 )
 from exchange.errors import ConfigError, InputError, KeyringError, PeerDataError
-from exchange.events import parse_event_unverified
 from exchange.names import check_display_name, check_endpoint, check_node_id
 from exchange.revocation import (
     MAX_REVOCATIONS,
@@ -47,6 +46,7 @@ from keys.keyring import Keyring, generate_keyring, load_keyring, save_keyring
 from keys.truststore import AddResult, PeerRecord, TrustStore
 from node.config import CONFIG_FILE, NodeConfig
 from node.log import ExchangeLog, SignedCheckpoint
+from node.logstate import log_facts, same_time
 from node.store import DB_FILE, SqlitePeerRecords, Store
 
 KEYFILE = Path("keys") / "secrets.key"
@@ -167,28 +167,30 @@ class Node:
         )
 
     def _attest_peer(self, record: PeerRecord) -> None:
-        """A trust-store row must match the log entry that recorded it (THREATS.md I03): an
-        insider who swaps a partner's card and fingerprint in the database is caught here,
-        and editing the log entry too is caught by the checkpoints and ``audit verify``."""
-        event = None
-        if record.log_index is not None:
-            row = self.store.conn.execute(
-                "SELECT event FROM log_leaves WHERE idx = ?", (record.log_index,)
-            ).fetchone()
-            event = None if row is None else parse_event_unverified(bytes(row[0]))
-        if (
-            event is None
-            or event.kind not in ("peer.added", "peer.updated", "peer.revoked")
-            or event.attrs.get("peer") != record.node
-            or event.attrs.get("fingerprint") != record.fingerprint
-        ):
-            raise KeyringError(
-                f"trust store entry for {record.node} does not match the log entry that "
-                "recorded it",
-                code="keyring.tampered",
-                next_step="The database may have been edited: run 'accord audit export' and "
-                "'accord audit verify', and re-add the partner after checking its fingerprint.",
-            )
+        """A trust-store row must be what the log recorded (THREATS.md I03, I08): the
+        latest ``peer.*`` event for the partner names its fingerprint, its status and the
+        time it is revoked from, and the row is bound to that event. An insider who swaps
+        a partner's card, or un-revokes it by editing ``status`` / ``revoked_from`` (or
+        points ``log_index`` at an older event), is caught here; editing the log as well
+        is caught by the checkpoints and ``audit verify``."""
+        state = log_facts(self.log).peers.get(record.node)
+        if state is None or record.log_index != state.log_index:
+            mismatch = "log_index"
+        elif record.fingerprint != state.fingerprint:
+            mismatch = "fingerprint"
+        elif record.status != state.status:
+            mismatch = "status"
+        elif not same_time(record.revoked_from, state.revoked_from):
+            mismatch = "revoked_from"
+        else:
+            return
+        raise KeyringError(
+            f"trust store entry for {record.node} does not match the log entry that "
+            f"recorded it (field {mismatch})",
+            code="keyring.tampered",
+            next_step="The database may have been edited: run 'accord audit export' and "
+            "'accord audit verify', and re-add the partner after checking its fingerprint.",
+        )
 
     def add_peer(
         self, chain_data: bytes, *, fingerprint: str | None, tofu: bool, now: datetime
