@@ -27,7 +27,9 @@ from exchange.card import (
     SignedCard,
     VerifiedChain,
     extend_chain,
+    fingerprint,
     fingerprints_equal,
+    normalise_fingerprint,
     parse_signed_card_unverified,
     sign_card,
 )
@@ -43,7 +45,7 @@ from exchange.revocation import (
 from exchange.times import format_time
 from keys.keyfile import PASSPHRASE_ENV
 from keys.keyring import Keyring, generate_keyring, load_keyring, save_keyring
-from keys.truststore import AddResult, PeerRecord, TrustStore
+from keys.truststore import AddResult, KeyRevocation, PeerRecord, TrustStore
 from node.config import CONFIG_FILE, NodeConfig
 from node.log import ExchangeLog, SignedCheckpoint
 from node.logstate import log_facts, same_time
@@ -72,6 +74,37 @@ def _signed_card_from_row(row: bytes) -> SignedCard:
 
 def _signed_card_row(signed: SignedCard) -> bytes:
     return canonical_json(signed.to_json())
+
+
+class LoggedPeerRecords(SqlitePeerRecords):
+    """The trust store's rows, with each partner's revoked keys checked against the log
+    (THREATS.md I08): a ``peer_revocations`` row deleted, added, moved to another key or
+    given a later time is refused, so an old key cannot be un-revoked outside the log."""
+
+    def __init__(self, store: Store, exchange_log: ExchangeLog) -> None:
+        super().__init__(store)
+        self._log = exchange_log
+
+    def key_revocations(self, node: str) -> list[KeyRevocation]:
+        rows = super().key_revocations(node)
+        logged = log_facts(self._log).key_revocations.get(node, {})
+        held = {normalise_fingerprint(fingerprint(r.identity_key)): r for r in rows}
+        for key in sorted(set(logged) | set(held)):
+            row = held.get(key)
+            if row is None or key not in logged:
+                what = "identity_key"
+            elif not same_time(row.revoked_from, logged[key]):
+                what = "revoked_from"
+            else:
+                continue
+            raise KeyringError(
+                f"revoked keys of {node} do not match the log entries that recorded "
+                f"them (key {key}, field {what})",
+                code="keyring.tampered",
+                next_step="The database may have been edited: run 'accord audit export' "
+                "and 'accord audit verify', and restore the database from a backup.",
+            )
+        return rows
 
 
 @dataclass
@@ -156,7 +189,9 @@ class Node:
         return self._own_chain[1]
 
     def trust_store(self) -> TrustStore:
-        return TrustStore(SqlitePeerRecords(self.store), self.config.node, self._attest_peer)
+        return TrustStore(
+            LoggedPeerRecords(self.store, self.log), self.config.node, self._attest_peer
+        )
 
     def _bind_peer(self, kind: str, now: datetime, **attrs: object) -> None:
         """Log a trust-store change (``attrs["peer"]`` names the partner) and bind its row

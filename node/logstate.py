@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from exchange.card import fingerprints_equal
+from exchange.card import fingerprints_equal, normalise_fingerprint
 from exchange.events import Event, parse_event_unverified
 from exchange.times import format_time, parse_time
 from node.log import ExchangeLog
@@ -59,6 +59,10 @@ class LogFacts:
     policy_digest: str | None = None
     policy_index: int | None = None
     agreements: dict[str, tuple[LoggedAgreement, ...]] = field(default_factory=dict)
+    # partner -> normalised fingerprint of each identity key it revoked by a signed
+    # statement -> the time from which it is invalid (kept when the partner is removed,
+    # as ``peer_revocations`` keeps the statements)
+    key_revocations: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 _CACHE: dict[str, LogFacts] = {}
@@ -69,11 +73,17 @@ def _time(text: str) -> str:
     return format_time(parse_time(text, field="revoked_from"))
 
 
-def _fold_peer(peers: dict[str, PeerState], event: Event, index: int) -> None:
+def _fold_peer(
+    peers: dict[str, PeerState], keys: dict[str, dict[str, str]], event: Event, index: int
+) -> None:
     attrs = event.attrs
     peer = attrs.get("peer")
     if not isinstance(peer, str):
         return
+    if event.kind == "peer.revoked" and attrs.get("source") == "statement":
+        revoked = keys.setdefault(peer, {})
+        key = normalise_fingerprint(str(attrs["revoked_key"]))
+        revoked.setdefault(key, _time(str(attrs["revoked_from"])))  # the first one stands
     state = peers.get(peer)
     fingerprint = str(attrs.get("fingerprint", ""))
     if event.kind == "peer.added":
@@ -98,12 +108,13 @@ def _fold_peer(peers: dict[str, PeerState], event: Event, index: int) -> None:
 
 def _fold(facts: LogFacts, rows: list[tuple[int, bytes]]) -> LogFacts:
     peers = dict(facts.peers)
+    keys = {peer: dict(known) for peer, known in facts.key_revocations.items()}
     agreements = dict(facts.agreements)
     policy_digest, policy_index = facts.policy_digest, facts.policy_index
     for index, data in rows:
         event = parse_event_unverified(data)
         if event.kind.startswith("peer."):
-            _fold_peer(peers, event, index)
+            _fold_peer(peers, keys, event, index)
         elif event.kind == "policy.changed":
             policy_digest, policy_index = str(event.attrs["policy_digest"]), index
         elif event.kind == "agreement.signed":
@@ -123,6 +134,7 @@ def _fold(facts: LogFacts, rows: list[tuple[int, bytes]]) -> LogFacts:
     return replace(
         facts,
         peers=peers,
+        key_revocations=keys,
         agreements=agreements,
         policy_digest=policy_digest,
         policy_index=policy_index,

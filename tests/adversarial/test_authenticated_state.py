@@ -21,7 +21,7 @@ from node.agreements import (
     sign_and_store,
     stored_agreements,
 )
-from node.inbox import get_inbox, list_inbox
+from node.inbox import apply_batch, get_inbox, list_inbox
 from node.officer_service import ExchangeOfficerService
 from node.policy import POLICY_DIGEST_META, POLICY_FILE, active_policy, check_policy
 from tests.adversarial.hostile import HOSTILE, VICTIM, Forge, World, log_kinds, pull, rows, valid
@@ -261,3 +261,35 @@ def test_i08_deleted_current_agreement_row_is_refused(world: World) -> None:
     with pytest.raises(StoreError) as err:
         current_agreement(victim, HOSTILE, world.now)
     assert err.value.code == "store.row_tampered" and "field missing" in err.value.message
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DELETE FROM peer_revocations",
+        "UPDATE peer_revocations SET revoked_from = '2999-01-01T00:00:00Z'",
+    ],
+    ids=["deleted", "later"],
+)
+def test_i08_unrevoked_old_key_stays_refused(world: World, sql: str) -> None:
+    """pk-moi seals two reports, rotates and revokes its old key from between them (P06);
+    an insider then deletes or postpones the stored revocation at cn-mps."""
+    pk, cn = world.hostile, world.victim
+    t0 = world.now
+    old_fp = pk.own_chain().latest.fingerprint
+    outbox.submit(pk, [valid()], t0)
+    outbox.submit(pk, [valid()], t0 + timedelta(seconds=10))
+    chain = pk.rotate_identity(t0 + timedelta(seconds=20))
+    pk.revoke_own_key(old_fp, t0 + timedelta(seconds=5), "compromised", t0)
+    later = t0 + timedelta(seconds=30)
+    assert cn.refresh_peer_card(HOSTILE, list(chain.signed), later)
+    assert len(cn.apply_peer_revocations(HOSTILE, pk.own_revocations(), later)) == 1
+    assert set(cn.trust_store().revoked_keys(HOSTILE)) == {chain.cards[0].identity_key}
+    _edit(world, sql)
+    before = snapshot(cn.data_dir)
+    envelopes = outbox.pending(pk, VICTIM, 0, 256)
+    with pytest.raises(KeyringError) as err:
+        apply_batch(cn, HOSTILE, envelopes, later)
+    assert err.value.code == "keyring.tampered" and HOSTILE in err.value.message
+    assert snapshot(cn.data_dir) == before
+    assert rows(cn, "SELECT count(*) FROM inbox") == [(0,)]
