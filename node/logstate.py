@@ -7,9 +7,10 @@ trusts and releases (``peer.*``, ``policy.changed``, ``agreement.signed``) into
 :class:`LogFacts`, and callers compare the row they are about to act on with it: an
 edited row is refused, never acted on, and no passphrase is needed to check.
 
-The fold reads only the leaves it has not seen: the facts are cached per database file
-together with the hash of the last leaf read, so a log that was replaced or rolled back
-under a running process is read again from the start. Leaves themselves are
+The fold reads only the leaves it has not seen, found through an index on the leaf's kind
+(migration 14): the facts are cached per database file together with the hash of the
+last leaf read, so a log that was replaced or rolled back under a running process is read
+again from the start. Leaves themselves are
 authenticated by the log (signed checkpoints over the Merkle tree, ``audit verify``).
 """
 
@@ -23,12 +24,17 @@ from exchange.card import fingerprints_equal, normalise_fingerprint
 from exchange.events import Event, parse_event_unverified
 from exchange.times import format_time, parse_time
 from node.log import ExchangeLog
+from node.store import LEAF_KIND_EXPR
 
 TRUSTED = "trusted"  # keys.truststore.TRUSTED (node may import keys; keys may not import node)
 REVOKED = "revoked"
 
-# Event kinds folded here, as they appear in canonical leaf bytes (keys sorted, no spaces).
-_PATTERNS = (b'"kind":"peer.', b'"kind":"policy.changed"', b'"kind":"agreement.signed"')
+# The first 8 bytes of each kind folded here (node.store.LEAF_KIND_EXPR, indexed).
+_KIND_PREFIXES = (b"peer.add", b"peer.upd", b"peer.rev", b"peer.rem", b"policy.c", b"agreemen")
+_SELECT = (
+    f"SELECT idx, event FROM log_leaves WHERE {LEAF_KIND_EXPR} IN (?, ?, ?, ?, ?, ?) "  # noqa: S608
+    "AND idx >= ? AND idx < ? ORDER BY idx"
+)
 
 
 @dataclass(frozen=True)
@@ -157,11 +163,7 @@ def log_facts(log: ExchangeLog) -> LogFacts:
             facts = LogFacts()  # another log than the one cached: read it all again
     if facts.size == size:
         return facts
-    rows = store.conn.execute(
-        "SELECT idx, event FROM log_leaves WHERE idx >= ? AND idx < ? AND "
-        "(instr(event, ?) > 0 OR instr(event, ?) > 0 OR instr(event, ?) > 0) ORDER BY idx",
-        (facts.size, size, *_PATTERNS),
-    ).fetchall()
+    rows = store.conn.execute(_SELECT, (*_KIND_PREFIXES, facts.size, size)).fetchall()
     facts = _fold(facts, [(int(i), bytes(e)) for i, e in rows])
     last = store.conn.execute("SELECT leaf_hash FROM log_leaves WHERE idx = ?", (size - 1,))
     facts = replace(facts, size=size, last_leaf_hash=bytes(last.fetchone()[0]))

@@ -209,6 +209,17 @@ def _m013_outbox_by_state(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX outbox_by_state ON outbox (peer, state, seq)")
 
 
+# The first 8 bytes of a leaf's kind: ``"kind":"`` occurs once in canonical event JSON (an
+# attribute value holding it is escaped). node/logstate.py queries by exactly this
+# expression, so SQLite answers from the index; dropping or replacing the index changes how
+# fast the answer comes, never what it is.
+LEAF_KIND_EXPR = "substr(event, instr(event, X'226b696e64223a22') + 8, 8)"
+
+
+def _m014_leaves_by_kind(db: sqlite_utils.Database) -> None:
+    db.execute(f"CREATE INDEX log_leaves_by_kind ON log_leaves ({LEAF_KIND_EXPR})")
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
     (2, "transparency log: leaves, subtrees, checkpoints, cosignatures, witness", _m002_log),
@@ -223,6 +234,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (11, "signed revocations: of our own keys, and those partners served", _m011_revocations),
     (12, "the digest of the release policy last logged", _m012_policy_digest),
     (13, "outbox by state: what a partner acknowledged, without a scan", _m013_outbox_by_state),
+    (14, "log leaves by event kind: trust, policy and agreement events", _m014_leaves_by_kind),
 ]
 
 

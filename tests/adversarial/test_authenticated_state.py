@@ -293,3 +293,23 @@ def test_i08_unrevoked_old_key_stays_refused(world: World, sql: str) -> None:
     assert err.value.code == "keyring.tampered" and HOSTILE in err.value.message
     assert snapshot(cn.data_dir) == before
     assert rows(cn, "SELECT count(*) FROM inbox") == [(0,)]
+
+
+# ---- how the log is read -------------------------------------------------------------------------
+
+
+def test_i08_log_facts_come_through_the_kind_index_and_not_from_it(world: World) -> None:
+    """The fold finds its events through migration 14's index; an insider who drops or
+    replaces the index slows the node down but cannot hide an event from it."""
+    from node.logstate import _CACHE, _KIND_PREFIXES, _SELECT, log_facts
+
+    victim = world.victim
+    plan = rows(victim, "EXPLAIN QUERY PLAN " + _SELECT, *_KIND_PREFIXES, 0, 10**9)
+    assert any("log_leaves_by_kind" in str(step) for step in plan)
+    victim.revoke_peer(HOSTILE, world.now, world.now)
+    facts = log_facts(victim.log)
+    assert facts.peers[HOSTILE].status == "revoked" and facts.policy_digest is None
+    _edit(world, "DROP INDEX log_leaves_by_kind")
+    _edit(world, "CREATE INDEX log_leaves_by_kind ON log_leaves (substr(event, 1, 8))")
+    _CACHE.clear()
+    assert log_facts(victim.log) == facts
