@@ -231,6 +231,7 @@ def test_migration_recovers_the_logged_policy_digest(
         # As a node made before migration 12: later migrations undone too.
         conn.execute("DELETE FROM _migrations WHERE version >= 12")
         conn.execute("DROP INDEX outbox_by_state")
+        conn.execute("DROP INDEX log_leaves_by_kind")
     conn.close()
     assert accord("--data", pk, "status", "--json").code in (0, 8)  # opens, migrates
     node = Node.open(pk, lambda: PASSPHRASE)
