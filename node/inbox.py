@@ -621,6 +621,19 @@ def list_inbox(
     return [replace(i, retracted=(i.peer, i.report_id) in retracted) for i in items]
 
 
+def received_times(node: Node, peer: str, since: str, limit: int) -> list[str]:
+    """When the newest ``limit`` reports from ``peer`` received after ``since`` arrived,
+    each row checked against its record (the reciprocity count, THREATS.md I08: an edited
+    ``received_at`` or ``kind`` cannot earn a partner tactical fields). ``limit`` is the
+    policy's ``min_reports``: more rows cannot change whether it is met."""
+    rows = node.store.conn.execute(
+        _ITEM_SQL + " WHERE i.peer = ? AND i.kind = 'report' AND i.received_at > ? "
+        "ORDER BY i.received_at DESC LIMIT ?",
+        (peer, since, limit),
+    ).fetchall()
+    return [_verified(node, r)[0].received_at for r in rows]
+
+
 def get_inbox(node: Node, envelope_id: str) -> tuple[InboxItem, dict[str, Any]]:
     """One received item and its decrypted content (presentation, derived values, release),
     checked against its authenticated record."""

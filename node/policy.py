@@ -24,6 +24,7 @@ from exchange.sop import Report
 from exchange.times import format_time, parse_time
 from node.agreements import ceiling, current_agreement
 from node.home import Node
+from node.inbox import received_times
 from node.logstate import log_facts
 from node.schemas import registry
 
@@ -142,13 +143,11 @@ def apply_policy(node: Node, text: str, now: datetime) -> Policy:
 def peer_stats(node: Node, policy: Policy, peer: str, now: datetime) -> PeerStats:
     """When ``peer``'s reports arrived, inside the policy's reciprocity window."""
     start = reciprocity_window_start(policy, peer, now)
-    if start is None or "inbox" not in node.store.db.table_names():
+    rule = policy.peers[peer].reciprocity if peer in policy.peers else None
+    if start is None or rule is None or "inbox" not in node.store.db.table_names():
         return PeerStats(received_at=())
-    rows = node.store.conn.execute(
-        "SELECT received_at FROM inbox WHERE peer = ? AND kind = 'report' AND received_at > ?",
-        (peer, format_time(start)),
-    ).fetchall()
-    return PeerStats(received_at=tuple(parse_time(r[0], field="received_at") for r in rows))
+    times = received_times(node, peer, format_time(start), rule.min_reports)
+    return PeerStats(received_at=tuple(parse_time(t, field="received_at") for t in times))
 
 
 def decide_for(

@@ -23,9 +23,16 @@ from node.agreements import (
 )
 from node.inbox import apply_batch, get_inbox, list_inbox
 from node.officer_service import ExchangeOfficerService
-from node.policy import POLICY_DIGEST_META, POLICY_FILE, active_policy, check_policy
+from node.policy import (
+    POLICY_DIGEST_META,
+    POLICY_FILE,
+    active_policy,
+    apply_policy,
+    check_policy,
+    decide_for,
+)
 from tests.adversarial.hostile import HOSTILE, VICTIM, Forge, World, log_kinds, pull, rows, valid
-from tests.conftest import TERMS, snapshot
+from tests.conftest import POLICY, TERMS, snapshot
 
 pytestmark = [pytest.mark.threat("I08"), pytest.mark.timeout(90)]
 
@@ -313,3 +320,31 @@ def test_i08_log_facts_come_through_the_kind_index_and_not_from_it(world: World)
     _edit(world, "CREATE INDEX log_leaves_by_kind ON log_leaves (substr(event, 1, 8))")
     _CACHE.clear()
     assert log_facts(victim.log) == facts
+
+
+# ---- reciprocity -------------------------------------------------------------------------------
+
+
+def test_i08_retraction_relabelled_as_a_report_earns_no_tactical_fields(world: World) -> None:
+    """pk-moi releases recommended_actions (tactical) to cn-mps only while cn-mps has sent
+    5 reports in 30 days. cn-mps sent 4 and retracted one; an insider at pk-moi turns the
+    retraction row into a fifth 'report'."""
+    pk, cn = world.hostile, world.victim
+    apply_policy(cn, POLICY.read_text("utf-8").replace("cn-mps", HOSTILE), world.now)
+    done = outbox.submit(cn, [valid() for _ in range(4)], world.now)
+    outbox.retract(cn, done[0].report_id, "erroneous", world.now)
+    received = apply_batch(pk, VICTIM, outbox.pending(cn, HOSTILE, 0, 256), world.now)
+    assert received.applied == 5 and not received.rejected
+    policy = active_policy(pk, world.now)
+    report = valid().report
+    decision = decide_for(pk, report, VICTIM, world.now, policy)
+    assert decision.withheld.get("recommended_actions") == "reciprocity"  # the control
+    with pk.store.transaction():
+        pk.store.conn.execute("UPDATE inbox SET kind = 'report' WHERE kind = 'retraction'")
+    before = snapshot(pk.data_dir)
+    with pytest.raises(StoreError) as err:
+        decide_for(pk, report, VICTIM, world.now, policy)
+    assert err.value.code == "store.row_tampered" and "field kind" in err.value.message
+    with pytest.raises(StoreError):
+        outbox.submit(pk, [valid()], world.now)
+    assert snapshot(pk.data_dir) == before
