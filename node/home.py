@@ -193,6 +193,14 @@ class Node:
             LoggedPeerRecords(self.store, self.log), self.config.node, self._attest_peer
         )
 
+    def attested_peers(self) -> list[PeerRecord]:
+        """Every partner's trust-store row, each checked against the log first (what is
+        displayed, e.g. by 'peer list', including a revoked partner's revocation time)."""
+        records = self.trust_store().list()
+        for record in records:
+            self._attest_peer(record)
+        return records
+
     def _bind_peer(self, kind: str, now: datetime, **attrs: object) -> None:
         """Log a trust-store change (``attrs["peer"]`` names the partner) and bind its row
         to that log entry, in the caller's transaction."""

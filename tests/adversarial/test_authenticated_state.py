@@ -6,6 +6,7 @@ passphrase would, replays what the node does next, and checks the stored state a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -32,7 +33,7 @@ from node.policy import (
     decide_for,
 )
 from tests.adversarial.hostile import HOSTILE, VICTIM, Forge, World, log_kinds, pull, rows, valid
-from tests.conftest import POLICY, TERMS, snapshot
+from tests.conftest import POLICY, TERMS, Result, snapshot
 
 pytestmark = [pytest.mark.threat("I08"), pytest.mark.timeout(90)]
 
@@ -348,3 +349,18 @@ def test_i08_retraction_relabelled_as_a_report_earns_no_tactical_fields(world: W
     with pytest.raises(StoreError):
         outbox.submit(pk, [valid()], world.now)
     assert snapshot(pk.data_dir) == before
+
+
+def test_i08_peer_list_never_shows_an_edited_revocation(
+    world: World, accord: Callable[..., Result]
+) -> None:
+    victim = world.victim
+    victim.revoke_peer(HOSTILE, world.now, world.now)
+    shown = accord("--data", victim.data_dir, "peer", "list", "--json")
+    assert shown.code == 0 and "revoked" in shown.out  # the control
+    _edit(world, "UPDATE peers SET revoked_from = '2999-01-01T00:00:00Z' WHERE node = ?", HOSTILE)
+    before = snapshot(victim.data_dir)
+    shown = accord("--data", victim.data_dir, "peer", "list", "--json")
+    assert shown.code != 0 and "keyring.tampered" in shown.err and "2999" not in shown.err
+    assert "field revoked_from" in shown.err and shown.out == ""
+    assert snapshot(victim.data_dir) == before
