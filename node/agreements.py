@@ -30,7 +30,6 @@ from exchange.errors import InputError, PeerDataError, PolicyError, StoreError
 from exchange.purpose import Purpose, signed_message
 from exchange.times import format_time, parse_time
 from node.home import Node
-from node.logstate import log_facts
 from node.schemas import registry
 
 SUITES = {"hybrid": SUITE_HYBRID, "x25519": SUITE_X25519}
@@ -255,8 +254,7 @@ def _check_row(node: Node, stored: StoredAgreement, logged: set[str]) -> None:
 
 def _logged_digests(node: Node) -> dict[str, set[str]]:
     return {
-        peer: {a.digest for a in entries}
-        for peer, entries in log_facts(node.log).agreements.items()
+        peer: {a.digest for a in entries} for peer, entries in node.log_facts().agreements.items()
     }
 
 
@@ -296,7 +294,7 @@ def current_agreement(node: Node, peer: str, now: datetime) -> VerifiedAgreement
     signed by both (``agreement.signed``), read from its row, checked against it and
     re-verified from bytes. Which agreement is current is decided by the log, never by
     the editable ``not_before`` / ``not_after`` columns (THREATS.md I08)."""
-    entries = log_facts(node.log).agreements.get(peer, ())
+    entries = node.log_facts().agreements.get(peer, ())
     logged = {a.digest for a in entries}
 
     def newest_first(a: Any) -> tuple[datetime, int]:

@@ -48,7 +48,7 @@ from keys.keyring import Keyring, generate_keyring, load_keyring, save_keyring
 from keys.truststore import AddResult, KeyRevocation, PeerRecord, TrustStore
 from node.config import CONFIG_FILE, NodeConfig
 from node.log import ExchangeLog, SignedCheckpoint
-from node.logstate import log_facts, same_time
+from node.logstate import LogFacts, log_facts, same_time
 from node.store import DB_FILE, SqlitePeerRecords, Store
 
 KEYFILE = Path("keys") / "secrets.key"
@@ -81,13 +81,17 @@ class LoggedPeerRecords(SqlitePeerRecords):
     (THREATS.md I08): a ``peer_revocations`` row deleted, added, moved to another key or
     given a later time is refused, so an old key cannot be un-revoked outside the log."""
 
-    def __init__(self, store: Store, exchange_log: ExchangeLog) -> None:
+    def __init__(self, store: Store, facts: Callable[[], LogFacts]) -> None:
         super().__init__(store)
-        self._log = exchange_log
+        self._facts = facts
 
     def key_revocations(self, node: str) -> list[KeyRevocation]:
         rows = super().key_revocations(node)
-        logged = log_facts(self._log).key_revocations.get(node, {})
+        if self._store.conn.in_transaction:
+            # The trust store's own bookkeeping while it records a revocation (its event
+            # is not signed yet); what the node acts on is read outside a transaction.
+            return rows
+        logged = self._facts().key_revocations.get(node, {})
         held = {normalise_fingerprint(fingerprint(r.identity_key)): r for r in rows}
         for key in sorted(set(logged) | set(held)):
             row = held.get(key)
@@ -190,8 +194,12 @@ class Node:
 
     def trust_store(self) -> TrustStore:
         return TrustStore(
-            LoggedPeerRecords(self.store, self.log), self.config.node, self._attest_peer
+            LoggedPeerRecords(self.store, self.log_facts), self.config.node, self._attest_peer
         )
+
+    def log_facts(self) -> LogFacts:
+        """Trust, policy and agreement state as this node's signed log holds it (ADR 0013)."""
+        return log_facts(self.log, self.own_chain().latest.log_vkey)
 
     def attested_peers(self) -> list[PeerRecord]:
         """Every partner's trust-store row, each checked against the log first (what is
@@ -216,7 +224,7 @@ class Node:
         a partner's card, or un-revokes it by editing ``status`` / ``revoked_from`` (or
         points ``log_index`` at an older event), is caught here; editing the log as well
         is caught by the checkpoints and ``audit verify``."""
-        state = log_facts(self.log).peers.get(record.node)
+        state = self.log_facts().peers.get(record.node)
         if state is None or record.log_index != state.log_index:
             mismatch = "log_index"
         elif record.fingerprint != state.fingerprint:

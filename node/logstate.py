@@ -20,8 +20,12 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from exchange import merkle
 from exchange.card import fingerprints_equal, normalise_fingerprint
+from exchange.checkpoint import open_checkpoint
+from exchange.errors import AccordError, StoreError
 from exchange.events import Event, parse_event_unverified
+from exchange.note import parse_verifier_key
 from exchange.times import format_time, parse_time
 from node.log import ExchangeLog
 from node.store import LEAF_KIND_EXPR
@@ -59,7 +63,8 @@ class LoggedAgreement:
 
 @dataclass(frozen=True)
 class LogFacts:
-    size: int = 0  # leaves [0, size) are folded in
+    size: int = 0  # leaves [0, size) are folded in: the tree of a signed checkpoint
+    root: bytes = b""
     last_leaf_hash: bytes = b""
     peers: dict[str, PeerState] = field(default_factory=dict)
     policy_digest: str | None = None
@@ -147,11 +152,28 @@ def _fold(facts: LogFacts, rows: list[tuple[int, bytes]]) -> LogFacts:
     )
 
 
-def log_facts(log: ExchangeLog) -> LogFacts:
-    """The facts of every leaf now in the log (events staged in the open transaction are
-    written first, so a change made just before is seen)."""
+def _unsupported(why: str) -> StoreError:
+    return StoreError(
+        f"the log does not support the state this node holds ({why})",
+        code="log.inconsistent",
+        next_step="Run 'accord audit export' and 'accord audit verify' to find the edit, and "
+        "restore the database from a backup.",
+    )
+
+
+def log_facts(log: ExchangeLog, log_vkey: str) -> LogFacts:
+    """The facts of the leaves covered by the latest checkpoint this node signed.
+
+    The checkpoint's signature is verified under the node's own log key (public, in its
+    card: no passphrase needed) and every folded leaf is proven to be in that tree (an
+    inclusion proof from the stored subtrees, against the signed root). An entry someone
+    appended without the keyring is past every signed checkpoint and is not folded; one
+    rewritten inside the signed tree is refused. A change the node committed becomes a
+    fact when its checkpoint is signed, which the node does right after each commit."""
     store = log.store
-    size = log.size()
+    signed = log.latest_checkpoint()
+    if signed is None:
+        return LogFacts()
     key = str(store.path)
     with _LOCK:
         facts = _CACHE.get(key, LogFacts())
@@ -159,14 +181,31 @@ def log_facts(log: ExchangeLog) -> LogFacts:
         row = store.conn.execute(
             "SELECT leaf_hash FROM log_leaves WHERE idx = ?", (facts.size - 1,)
         ).fetchone()
-        if facts.size > size or row is None or bytes(row[0]) != facts.last_leaf_hash:
+        if facts.size > signed.size or row is None or bytes(row[0]) != facts.last_leaf_hash:
             facts = LogFacts()  # another log than the one cached: read it all again
-    if facts.size == size:
+    if facts.size == signed.size and facts.root == signed.root:
         return facts
-    rows = store.conn.execute(_SELECT, (*_KIND_PREFIXES, facts.size, size)).fetchall()
-    facts = _fold(facts, [(int(i), bytes(e)) for i, e in rows])
+    try:
+        head = open_checkpoint(signed.note, [parse_verifier_key(log_vkey)], origin=log.origin)
+    except AccordError as e:
+        raise _unsupported(f"checkpoint {signed.size} does not verify: {e.code}") from e
+    if head.checkpoint.size != signed.size or head.checkpoint.root_hash != signed.root:
+        raise _unsupported(f"checkpoint {signed.size} is not the one its note signs")
+    size, root = signed.size, signed.root
+    rows = [
+        (int(i), bytes(e))
+        for i, e in store.conn.execute(_SELECT, (*_KIND_PREFIXES, facts.size, size)).fetchall()
+    ]
+    reader = log.reader()
+    for index, data in rows:
+        try:
+            proof = merkle.inclusion_proof(index, size, reader)
+            merkle.verify_inclusion(merkle.leaf_hash(data), index, size, proof, root)
+        except AccordError as e:
+            raise _unsupported(f"entry {index} is not in the signed tree") from e
+    facts = _fold(facts, rows)
     last = store.conn.execute("SELECT leaf_hash FROM log_leaves WHERE idx = ?", (size - 1,))
-    facts = replace(facts, size=size, last_leaf_hash=bytes(last.fetchone()[0]))
+    facts = replace(facts, size=size, root=root, last_leaf_hash=bytes(last.fetchone()[0]))
     if not store.conn.in_transaction:  # what a rollback may undo is not remembered
         with _LOCK:
             _CACHE[key] = facts

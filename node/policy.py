@@ -25,7 +25,6 @@ from exchange.times import format_time, parse_time
 from node.agreements import ceiling, current_agreement
 from node.home import Node
 from node.inbox import received_times
-from node.logstate import log_facts
 from node.schemas import registry
 
 POLICY_FILE = "policy.toml"
@@ -88,7 +87,7 @@ def logged_policy_digest(node: Node) -> str | None:
     """The digest in the latest ``policy.changed`` event of the log: the policy in force
     (THREATS.md I08). ``meta['policy.digest']`` is kept as a copy for older tools and is
     never trusted: editing it together with the file releases nothing."""
-    return log_facts(node.log).policy_digest
+    return node.log_facts().policy_digest
 
 
 def active_policy(node: Node, now: datetime) -> Policy | None:

@@ -309,18 +309,18 @@ def test_i08_unrevoked_old_key_stays_refused(world: World, sql: str) -> None:
 def test_i08_log_facts_come_through_the_kind_index_and_not_from_it(world: World) -> None:
     """The fold finds its events through migration 14's index; an insider who drops or
     replaces the index slows the node down but cannot hide an event from it."""
-    from node.logstate import _CACHE, _KIND_PREFIXES, _SELECT, log_facts
+    from node.logstate import _CACHE, _KIND_PREFIXES, _SELECT
 
     victim = world.victim
     plan = rows(victim, "EXPLAIN QUERY PLAN " + _SELECT, *_KIND_PREFIXES, 0, 10**9)
     assert any("log_leaves_by_kind" in str(step) for step in plan)
     victim.revoke_peer(HOSTILE, world.now, world.now)
-    facts = log_facts(victim.log)
+    facts = victim.log_facts()
     assert facts.peers[HOSTILE].status == "revoked" and facts.policy_digest is None
     _edit(world, "DROP INDEX log_leaves_by_kind")
     _edit(world, "CREATE INDEX log_leaves_by_kind ON log_leaves (substr(event, 1, 8))")
     _CACHE.clear()
-    assert log_facts(victim.log) == facts
+    assert victim.log_facts() == facts
 
 
 # ---- reciprocity -------------------------------------------------------------------------------
@@ -364,3 +364,60 @@ def test_i08_peer_list_never_shows_an_edited_revocation(
     assert shown.code != 0 and "keyring.tampered" in shown.err and "2999" not in shown.err
     assert "field revoked_from" in shown.err and shown.out == ""
     assert snapshot(victim.data_dir) == before
+
+
+# ---- log entries written without the keyring ------------------------------------------------------
+
+
+def test_i08_appended_policy_changed_entry_releases_nothing(world: World) -> None:
+    """The insider edits the policy file and the meta row and appends a well-formed
+    ``policy.changed`` entry with correct Merkle hashes (no key needed for those): it is
+    past every checkpoint the node signed, so the fold does not count it."""
+    from node.log import ExchangeLog
+
+    sender = world.hostile
+    path = sender.data_dir / POLICY_FILE
+    text = path.read_text("utf-8")
+    edited = text.replace('release = ["recommended_actions"]', 'release = ["indicators"]')
+    digest = check_policy(sender, edited, world.now).digest
+    path.write_text(edited, "utf-8")
+    with sender.store.transaction() as db:
+        sender.store.set_meta(db, POLICY_DIGEST_META, digest)
+        ExchangeLog(sender.store, sender.config.log_origin).append(
+            db, [("policy.changed", world.now, {"policy_digest": digest, "peers": [VICTIM]})]
+        )
+    before = snapshot(sender.data_dir)
+    with pytest.raises(PolicyError) as err:
+        outbox.submit(sender, [valid()], world.now)
+    assert err.value.code == "policy.unlogged"
+    assert snapshot(sender.data_dir) == before
+
+
+def test_i08_rewritten_revocation_entry_is_refused(world: World) -> None:
+    """Rewriting the signed ``peer.revoked`` entry (and the row to match) to postpone the
+    revocation: the entry no longer hashes into the tree the node signed."""
+    [env] = Forge(world).submit()
+    victim = world.victim
+    victim.revoke_peer(HOSTILE, world.now - timedelta(minutes=5), world.now)
+    record = victim.trust_store().get(HOSTILE)  # bound to the peer.revoked entry
+    assert record.revoked_from is not None and record.log_index is not None
+    later = "2999-01-01T00:00:00Z"
+    _edit(
+        world,
+        "UPDATE log_leaves SET event = CAST(replace(CAST(event AS TEXT), ?, ?) AS BLOB) "
+        "WHERE idx = ?",
+        record.revoked_from,
+        later,
+        record.log_index,
+    )
+    _edit(world, "UPDATE peers SET revoked_from = ? WHERE node = ?", later, HOSTILE)
+    from node.logstate import _CACHE
+
+    before = snapshot(victim.data_dir)
+    p = pull(world, [env])  # had this process folded the entry, the row would disagree
+    assert p.applied == 0 and p.code in ("keyring.tampered", "log.inconsistent")
+    _CACHE.clear()  # as a fresh process (a CLI command, a restarted serve) reads it
+    p = pull(world, [env])
+    assert p.applied == 0 and p.code == "log.inconsistent"
+    assert snapshot(victim.data_dir) == before
+    assert rows(victim, "SELECT count(*) FROM inbox") == [(0,)]
