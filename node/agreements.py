@@ -23,9 +23,10 @@ from exchange.agreement import (
     verified_signers,
     verify_agreement,
 )
+from exchange.canonical import sha256_digest
 from exchange.card import SUITE_HYBRID, SUITE_X25519
 from exchange.crypto import verify_ed25519
-from exchange.errors import InputError, PeerDataError, PolicyError
+from exchange.errors import InputError, PeerDataError, PolicyError, StoreError
 from exchange.purpose import Purpose, signed_message
 from exchange.times import format_time, parse_time
 from node.home import Node
@@ -214,7 +215,51 @@ def _check_schemas(agreement: Agreement) -> None:
             )
 
 
+def _tampered(what: str, field: str) -> StoreError:
+    return StoreError(
+        f"{what} does not match what was signed and logged (field {field})",
+        code="store.row_tampered",
+        next_step="The database was edited outside Accord: nothing is released under it. "
+        "Run 'accord audit export' and 'accord audit verify', and restore the database "
+        "from a backup.",
+    )
+
+
+def _check_row(node: Node, stored: StoredAgreement, logged: set[str]) -> None:
+    """A stored agreement's columns are copies of its signed bytes, and only an agreement
+    the log recorded (``agreement.signed``) is one (THREATS.md I08)."""
+    what = f"stored agreement {stored.digest[:20]}"
+    try:
+        signed = parse_signed_agreement_unverified(stored.signed)
+        content = parse_agreement_unverified(signed.agreement_bytes)
+    except (InputError, PeerDataError) as e:
+        raise _tampered(what, "signed") from e
+    checks = (
+        ("digest", sha256_digest(signed.agreement_bytes) == stored.digest),
+        ("log", stored.digest in logged),
+        (
+            "peer",
+            node.config.node in content.parties
+            and content.peer_of(node.config.node) == stored.peer,
+        ),
+        ("id", content.id == stored.id),
+        ("version", content.version == stored.version),
+        ("not_before", content.not_before == stored.not_before),
+        ("not_after", content.not_after == stored.not_after),
+    )
+    for name, ok in checks:
+        if not ok:
+            raise _tampered(what, name)
+
+
+def _logged_digests(node: Node) -> dict[str, set[str]]:
+    return {
+        peer: {a.digest for a in entries} for peer, entries in node.log_facts().agreements.items()
+    }
+
+
 def stored_agreements(node: Node, peer: str | None = None) -> list[StoredAgreement]:
+    """Stored agreements, each checked against its signed bytes and the log."""
     sql = (
         "SELECT digest, peer, id, version, not_before, not_after, stored_at, signed FROM agreements"
     )
@@ -223,22 +268,52 @@ def stored_agreements(node: Node, peer: str | None = None) -> list[StoredAgreeme
         sql += " WHERE peer = ?"
         args = (peer,)
     rows = node.store.conn.execute(sql + " ORDER BY peer, not_after DESC", args).fetchall()
-    return [
+    out = [
         StoredAgreement(r[0], r[1], r[2], int(r[3]), r[4], r[5], r[6], bytes(r[7])) for r in rows
     ]
+    logged = _logged_digests(node)
+    for stored in out:
+        _check_row(node, stored, logged.get(stored.peer, set()))
+    return out
+
+
+def _stored(node: Node, digest: str) -> StoredAgreement | None:
+    row = node.store.conn.execute(
+        "SELECT digest, peer, id, version, not_before, not_after, stored_at, signed "
+        "FROM agreements WHERE digest = ?",
+        (digest,),
+    ).fetchone()
+    if row is None:
+        return None
+    r = row
+    return StoredAgreement(r[0], r[1], r[2], int(r[3]), r[4], r[5], r[6], bytes(r[7]))
 
 
 def current_agreement(node: Node, peer: str, now: datetime) -> VerifiedAgreement | None:
-    """The newest stored agreement with ``peer`` valid at ``now``, re-verified from bytes."""
-    for stored in stored_agreements(node, peer):
-        if (
-            parse_time(stored.not_before, field="not_before")
+    """The newest agreement with ``peer`` valid at ``now`` among those the log recorded as
+    signed by both (``agreement.signed``), read from its row, checked against it and
+    re-verified from bytes. Which agreement is current is decided by the log, never by
+    the editable ``not_before`` / ``not_after`` columns (THREATS.md I08)."""
+    entries = node.log_facts().agreements.get(peer, ())
+    logged = {a.digest for a in entries}
+
+    def newest_first(a: Any) -> tuple[datetime, int]:
+        return parse_time(a.not_after, field="not_after"), a.log_index
+
+    for entry in sorted(entries, key=newest_first, reverse=True):
+        if not (
+            parse_time(entry.not_before, field="not_before")
             <= now
-            <= parse_time(stored.not_after, field="not_after")
+            <= parse_time(entry.not_after, field="not_after")
         ):
-            signed = parse_signed_agreement_unverified(stored.signed)
-            content = parse_agreement_unverified(signed.agreement_bytes)
-            return verify_agreement(signed, _party_keys(node, content, now, signed), now)
+            continue
+        stored = _stored(node, entry.digest)
+        if stored is None or stored.peer != peer:
+            raise _tampered(f"stored agreement {entry.digest[:20]}", "missing")
+        _check_row(node, stored, logged)
+        signed = parse_signed_agreement_unverified(stored.signed)
+        content = parse_agreement_unverified(signed.agreement_bytes)
+        return verify_agreement(signed, _party_keys(node, content, now, signed), now)
     return None
 
 

@@ -28,12 +28,13 @@ from exchange.card import (
     SignedCard,
     VerifiedChain,
     extend_chain,
+    fingerprint,
     fingerprints_equal,
+    normalise_fingerprint,
     parse_signed_card_unverified,
     sign_card,
 )
 from exchange.errors import ConfigError, InputError, KeyringError, PeerDataError
-from exchange.events import parse_event_unverified
 from exchange.names import check_display_name, check_endpoint, check_node_id
 from exchange.revocation import (
     MAX_REVOCATIONS,
@@ -45,9 +46,10 @@ from exchange.revocation import (
 from exchange.times import format_time
 from keys.keyfile import PASSPHRASE_ENV
 from keys.keyring import Keyring, generate_keyring, load_keyring, save_keyring
-from keys.truststore import AddResult, PeerRecord, TrustStore
+from keys.truststore import AddResult, KeyRevocation, PeerRecord, TrustStore
 from node.config import CONFIG_FILE, NodeConfig
 from node.log import ExchangeLog, SignedCheckpoint
+from node.logstate import LogFacts, log_facts, same_time
 from node.store import DB_FILE, SqlitePeerRecords, Store
 
 KEYFILE = Path("keys") / "secrets.key"
@@ -73,6 +75,41 @@ def _signed_card_from_row(row: bytes) -> SignedCard:
 
 def _signed_card_row(signed: SignedCard) -> bytes:
     return canonical_json(signed.to_json())
+
+
+class LoggedPeerRecords(SqlitePeerRecords):
+    """The trust store's rows, with each partner's revoked keys checked against the log
+    (THREATS.md I08): a ``peer_revocations`` row deleted, added, moved to another key or
+    given a later time is refused, so an old key cannot be un-revoked outside the log."""
+
+    def __init__(self, store: Store, facts: Callable[[], LogFacts]) -> None:
+        super().__init__(store)
+        self._facts = facts
+
+    def key_revocations(self, node: str) -> list[KeyRevocation]:
+        rows = super().key_revocations(node)
+        if self._store.conn.in_transaction:
+            # The trust store's own bookkeeping while it records a revocation (its event
+            # is not signed yet); what the node acts on is read outside a transaction.
+            return rows
+        logged = self._facts().key_revocations.get(node, {})
+        held = {normalise_fingerprint(fingerprint(r.identity_key)): r for r in rows}
+        for key in sorted(set(logged) | set(held)):
+            row = held.get(key)
+            if row is None or key not in logged:
+                what = "identity_key"
+            elif not same_time(row.revoked_from, logged[key]):
+                what = "revoked_from"
+            else:
+                continue
+            raise KeyringError(
+                f"revoked keys of {node} do not match the log entries that recorded "
+                f"them (key {key}, field {what})",
+                code="keyring.tampered",
+                next_step="The database may have been edited: run 'accord audit export' "
+                "and 'accord audit verify', and restore the database from a backup.",
+            )
+        return rows
 
 
 @dataclass
@@ -173,7 +210,21 @@ class Node:
         return self._own_chain[1]
 
     def trust_store(self) -> TrustStore:
-        return TrustStore(SqlitePeerRecords(self.store), self.config.node, self._attest_peer)
+        return TrustStore(
+            LoggedPeerRecords(self.store, self.log_facts), self.config.node, self._attest_peer
+        )
+
+    def log_facts(self) -> LogFacts:
+        """Trust, policy and agreement state as this node's signed log holds it (ADR 0013)."""
+        return log_facts(self.log, self.own_chain().latest.log_vkey)
+
+    def attested_peers(self) -> list[PeerRecord]:
+        """Every partner's trust-store row, each checked against the log first (what is
+        displayed, e.g. by 'peer list', including a revoked partner's revocation time)."""
+        records = self.trust_store().list()
+        for record in records:
+            self._attest_peer(record)
+        return records
 
     def _bind_peer(self, kind: str, now: datetime, **attrs: object) -> None:
         """Log a trust-store change (``attrs["peer"]`` names the partner) and bind its row
@@ -184,28 +235,30 @@ class Node:
         )
 
     def _attest_peer(self, record: PeerRecord) -> None:
-        """A trust-store row must match the log entry that recorded it (docs/THREATS.md I03): an
-        insider who swaps a partner's card and fingerprint in the database is caught here,
-        and editing the log entry too is caught by the checkpoints and ``audit verify``."""
-        event = None
-        if record.log_index is not None:
-            # Only an entry this node wrote counts (its tag, or a checkpoint it signed):
-            # an insider's appended peer.updated row is not evidence (ADR 0012).
-            data = self.log.authenticated_event(record.log_index)
-            event = None if data is None else parse_event_unverified(data)
-        if (
-            event is None
-            or event.kind not in ("peer.added", "peer.updated", "peer.revoked")
-            or event.attrs.get("peer") != record.node
-            or event.attrs.get("fingerprint") != record.fingerprint
-        ):
-            raise KeyringError(
-                f"trust store entry for {record.node} does not match the log entry that "
-                "recorded it",
-                code="keyring.tampered",
-                next_step="The database may have been edited: run 'accord audit export' and "
-                "'accord audit verify', and re-add the partner after checking its fingerprint.",
-            )
+        """A trust-store row must be what the log recorded (docs/THREATS.md I03, I08): the
+        latest ``peer.*`` event for the partner names its fingerprint, its status and the
+        time it is revoked from, and the row is bound to that event. An insider who swaps
+        a partner's card, or un-revokes it by editing ``status`` / ``revoked_from`` (or
+        points ``log_index`` at an older event), is caught here; editing the log as well
+        is caught by the checkpoints and ``audit verify``."""
+        state = self.log_facts().peers.get(record.node)
+        if state is None or record.log_index != state.log_index:
+            mismatch = "log_index"
+        elif record.fingerprint != state.fingerprint:
+            mismatch = "fingerprint"
+        elif record.status != state.status:
+            mismatch = "status"
+        elif not same_time(record.revoked_from, state.revoked_from):
+            mismatch = "revoked_from"
+        else:
+            return
+        raise KeyringError(
+            f"trust store entry for {record.node} does not match the log entry that "
+            f"recorded it (field {mismatch})",
+            code="keyring.tampered",
+            next_step="The database may have been edited: run 'accord audit export' and "
+            "'accord audit verify', and re-add the partner after checking its fingerprint.",
+        )
 
     def add_peer(
         self, chain_data: bytes, *, fingerprint: str | None, tofu: bool, now: datetime

@@ -288,6 +288,17 @@ def _m015_witness_per_partner(db: sqlite_utils.Database) -> None:
     )
 
 
+# The first 8 bytes of a leaf's kind: ``"kind":"`` occurs once in canonical event JSON (an
+# attribute value holding it is escaped). node/logstate.py queries by exactly this
+# expression, so SQLite answers from the index; dropping or replacing the index changes how
+# fast the answer comes, never what it is.
+LEAF_KIND_EXPR = "substr(event, instr(event, X'226b696e64223a22') + 8, 8)"
+
+
+def _m016_leaves_by_kind(db: sqlite_utils.Database) -> None:
+    db.execute(f"CREATE INDEX log_leaves_by_kind ON log_leaves ({LEAF_KIND_EXPR})")
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
     (2, "transparency log: leaves, subtrees, checkpoints, cosignatures, witness", _m002_log),
@@ -308,6 +319,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
         "witness state per authenticated partner, origin and log key (P16)",
         _m015_witness_per_partner,
     ),
+    (16, "log leaves by event kind: trust, policy and agreement events", _m016_leaves_by_kind),
 ]
 
 

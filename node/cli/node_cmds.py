@@ -303,7 +303,7 @@ def peer_list(ctx: CliContext, as_json: bool) -> None:
         store = node.trust_store()
         rows = [
             (r, store.trusted_chain(r.node, clock.now()).latest if r.revoked_from is None else None)
-            for r in store.list()
+            for r in node.attested_peers()
         ]
     if as_json:
         print_json([peer_json(r, c) for r, c in rows])

@@ -26,7 +26,6 @@ CASE = re.compile(r"^\| ([A-Z]\d\d) \|", re.MULTILINE)
 
 # Cases of the catalog that no test attacks yet, each with what will attack it. Shrinks only.
 NOT_YET: dict[str, str] = {
-    "I08": "state outside the log verified before it is acted on",
     "P15": "key era chosen without trusting the sender's created_at",
     "P17": "report state keyed by issuer and report id",
     "P18": "acknowledgements and replies of the warning loop",

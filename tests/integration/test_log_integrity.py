@@ -16,11 +16,9 @@ from typing import Any
 
 import pytest
 
-from exchange import merkle
 from exchange.errors import KeyringError, StoreError
-from exchange.events import event_bytes
-from exchange.times import format_time
 from node.home import Node, init_node
+from tests.builders import insider_append_event
 from tests.conftest import PASSPHRASE, TERMS, Result, snapshot
 from tests.integration.conftest import ServerProcess, free_port
 
@@ -32,37 +30,14 @@ COSIGN_TIMEOUT = 30.0
 # -- the insider: sqlite3 and the public hash functions, nothing else -------------------------
 
 
-class _SqlReader:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def subtree(self, level: int, index: int) -> bytes:
-        row = self.conn.execute(
-            "SELECT hash FROM log_subtrees WHERE level = ? AND idx = ?", (level, index)
-        ).fetchone()
-        return bytes(row[0])
-
-
 def insider_append(data: Path, kind: str, **attrs: Any) -> int:
-    """Append one well-formed event and its subtree rows with correct hashes; returns its
-    index. This is what finding 1 did: the next checkpoint used to cover it."""
+    """Append one well-formed event and its subtree rows with correct hashes to a stopped
+    node's database; returns its index. This is what finding 1 did: the next checkpoint
+    used to cover it."""
     conn = sqlite3.connect(data / "node.db")
     try:
-        with conn:
-            size = int(conn.execute("SELECT max(idx) + 1 FROM log_leaves").fetchone()[0])
-            now = format_time(datetime.now(UTC).replace(microsecond=0))
-            event = event_bytes(kind, size, now, attrs)
-            leaf = merkle.leaf_hash(event)
-            result = merkle.new_subtrees_after_append_batch(size, [leaf], _SqlReader(conn))
-            conn.execute(
-                "INSERT INTO log_leaves (idx, event, leaf_hash) VALUES (?, ?, ?)",
-                (size, event, leaf),
-            )
-            conn.executemany(
-                "INSERT INTO log_subtrees (level, idx, hash) VALUES (?, ?, ?)",
-                [s.as_row() for s in result.subtrees],
-            )
-        return size
+        now = datetime.now(UTC).replace(microsecond=0)
+        return insider_append_event(conn, kind, now, **attrs)
     finally:
         conn.close()
 

@@ -26,6 +26,7 @@ from node.home import Node, init_node
 from node.log import ExchangeLog
 from node.store import Store
 from node.witness import Witness, WitnessConflict
+from tests.builders import insider_append_leaf
 from tests.conftest import PASSPHRASE
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -506,20 +507,7 @@ def test_keyring_unused(tmp_path: Path) -> None:
 
 def _insider_append(node: Node, data: bytes) -> int:
     """What someone with node.db but no keyring can do: a leaf and its correct subtrees."""
-    size = node.log.size()
-    result = merkle.new_subtrees_after_append_batch(
-        size, [merkle.leaf_hash(data)], node.log.reader()
-    )
-    with node.store.transaction():
-        node.store.conn.execute(
-            "INSERT INTO log_leaves (idx, event, leaf_hash) VALUES (?, ?, ?)",
-            (size, data, merkle.leaf_hash(data)),
-        )
-        node.store.conn.executemany(
-            "INSERT INTO log_subtrees (level, idx, hash) VALUES (?, ?, ?)",
-            [s.as_row() for s in result.subtrees],
-        )
-    return size
+    return insider_append_leaf(node.store.conn, data)
 
 
 @pytest.mark.threat("I07")
