@@ -227,7 +227,7 @@ def _tampered(what: str, field: str) -> StoreError:
 
 def _check_row(node: Node, stored: StoredAgreement, logged: set[str]) -> None:
     """A stored agreement's columns are copies of its signed bytes, and only an agreement
-    the log recorded (``agreement.signed``) is one (THREATS.md I08)."""
+    the log recorded (``agreement.signed``) is one (docs/THREATS.md I08)."""
     what = f"stored agreement {stored.digest[:20]}"
     try:
         signed = parse_signed_agreement_unverified(stored.signed)
@@ -293,7 +293,7 @@ def current_agreement(node: Node, peer: str, now: datetime) -> VerifiedAgreement
     """The newest agreement with ``peer`` valid at ``now`` among those the log recorded as
     signed by both (``agreement.signed``), read from its row, checked against it and
     re-verified from bytes. Which agreement is current is decided by the log, never by
-    the editable ``not_before`` / ``not_after`` columns (THREATS.md I08)."""
+    the editable ``not_before`` / ``not_after`` columns (docs/THREATS.md I08)."""
     entries = node.log_facts().agreements.get(peer, ())
     logged = {a.digest for a in entries}
 

@@ -79,7 +79,7 @@ def _signed_card_row(signed: SignedCard) -> bytes:
 
 class LoggedPeerRecords(SqlitePeerRecords):
     """The trust store's rows, with each partner's revoked keys checked against the log
-    (THREATS.md I08): a ``peer_revocations`` row deleted, added, moved to another key or
+    (docs/THREATS.md I08): a ``peer_revocations`` row deleted, added, moved to another key or
     given a later time is refused, so an old key cannot be un-revoked outside the log."""
 
     def __init__(self, store: Store, facts: Callable[[], LogFacts]) -> None:

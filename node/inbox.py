@@ -556,7 +556,7 @@ def _authenticated(peer: str, seq: int, content: dict[str, Any]) -> dict[str, An
 def _verified(node: Node, row: Sequence[Any]) -> tuple[InboxItem, dict[str, Any]]:
     """Open a row's sealed record (AEAD under the storage key, bound to peer and seq) and
     refuse the row unless every column shown, exported or acted on equals the value the
-    record holds (THREATS.md I08, ADR 0013)."""
+    record holds (docs/THREATS.md I08, ADR 0013)."""
     item = _item(row)
     content = json.loads(
         node.keyring().storage_cipher().decrypt(bytes(row[_SEALED]), _aad(item.peer, item.seq))
@@ -623,7 +623,7 @@ def list_inbox(
 
 def received_times(node: Node, peer: str, since: str, limit: int) -> list[str]:
     """When the newest ``limit`` reports from ``peer`` received after ``since`` arrived,
-    each row checked against its record (the reciprocity count, THREATS.md I08: an edited
+    each row checked against its record (the reciprocity count, docs/THREATS.md I08: an edited
     ``received_at`` or ``kind`` cannot earn a partner tactical fields). ``limit`` is the
     policy's ``min_reports``: more rows cannot change whether it is met."""
     rows = node.store.conn.execute(

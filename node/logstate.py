@@ -1,5 +1,5 @@
 """State the node acts on, derived from its own log rather than from editable rows
-(THREATS.md I08, ADR 0013).
+(docs/THREATS.md I08, ADR 0013).
 
 A row in ``peers``, ``meta`` or ``agreements`` is a copy; the log event that recorded the
 change is the authority. This module folds the few event kinds that decide what the node

@@ -85,7 +85,7 @@ def check_policy(node: Node | None, text: str, now: datetime) -> Policy:
 
 def logged_policy_digest(node: Node) -> str | None:
     """The digest in the latest ``policy.changed`` event of the log: the policy in force
-    (THREATS.md I08). ``meta['policy.digest']`` is kept as a copy for older tools and is
+    (docs/THREATS.md I08). ``meta['policy.digest']`` is kept as a copy for older tools and is
     never trusted: editing it together with the file releases nothing."""
     return node.log_facts().policy_digest
 

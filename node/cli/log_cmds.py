@@ -96,8 +96,13 @@ def _details(event: Event) -> str:
 @json_option
 @pass_ctx
 def log_checkpoint(ctx: CliContext, sign: bool, as_json: bool) -> None:
-    """Show the latest signed checkpoint, with the cosignatures partners returned."""
+    """Show the latest signed checkpoint, with the cosignatures partners returned.
+
+    Refuses (exit 6, naming the entry or both sizes) when the log holds what the node would
+    not sign: an entry it did not write (log.foreign_entry) or a rolled-back tail."""
     with opened(ctx) as node:
+        if not sign:
+            node.check_log()  # what --sign would refuse is said here too (ADR 0012)
         cp = node.checkpoint(clock.now()) if sign else node.log.latest_checkpoint()
         if cp is None:
             raise InputError(

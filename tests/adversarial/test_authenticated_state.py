@@ -1,4 +1,4 @@
-"""THREATS.md I08: state edited outside the log (inbox metadata such as TLP, partner status
+"""docs/THREATS.md I08: state edited outside the log (inbox metadata such as TLP, partner status
 or revocation, the active policy digest, the current agreement) is detected and never acted
 on (ADR 0013). Each test edits the victim's database as an insider with the file but not the
 passphrase would, replays what the node does next, and checks the stored state after."""

@@ -1,4 +1,4 @@
-"""THREATS.md I08 against two real `accord serve` processes, as the finding was reproduced:
+"""docs/THREATS.md I08 against two real `accord serve` processes, as the finding was reproduced:
 an insider edits cn-mps's database (inbox TLP) and pk-moi's policy file with its meta row
 while both serve; the officer's CLI never shows CLEAR and nothing is released (ADR 0013)."""
 

@@ -127,6 +127,8 @@ def test_i07_appended_entry_stops_signing_export_and_serve(
     assert r.code == StoreError.exit_code
     assert "code: log.foreign_entry" in r.err and f"log entry {index} " in r.err, r.err
     assert "restore the data directory from the latest backup" in " ".join(r.err.split())
+    shown = accord("--data", pk, "log", "checkpoint")  # showing, not signing, says it too
+    assert shown.code == StoreError.exit_code and f"log entry {index} " in shown.err, shown.err
 
     bundle = tmp_path / "pk.bundle"
     r = accord("--data", pk, "audit", "export", "--out", bundle)
