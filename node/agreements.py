@@ -290,31 +290,29 @@ def _stored(node: Node, digest: str) -> StoredAgreement | None:
 
 
 def current_agreement(node: Node, peer: str, now: datetime) -> VerifiedAgreement | None:
-    """The newest agreement with ``peer`` valid at ``now`` among those the log recorded as
-    signed by both (``agreement.signed``), read from its row, checked against it and
-    re-verified from bytes. Which agreement is current is decided by the log, never by
-    the editable ``not_before`` / ``not_after`` columns (docs/THREATS.md I08)."""
+    """The agreement in force with ``peer`` at ``now``: of those the log recorded as signed
+    by both (``agreement.signed``) and already started, the one signed last. A newer
+    agreement supersedes the older ones from its ``not_before`` on, even when they would
+    run longer, and when it ends nothing is in force (an older, looser one does not come
+    back); one signed later but not started yet leaves the current one in force until it
+    starts (docs/adr/0004-agreement-and-release-policy.md). Read from its row, checked
+    against the log and re-verified from bytes: which agreement is current is decided by
+    the log, never by the editable columns (docs/THREATS.md I08)."""
     entries = node.log_facts().agreements.get(peer, ())
     logged = {a.digest for a in entries}
-
-    def newest_first(a: Any) -> tuple[datetime, int]:
-        return parse_time(a.not_after, field="not_after"), a.log_index
-
-    for entry in sorted(entries, key=newest_first, reverse=True):
-        if not (
-            parse_time(entry.not_before, field="not_before")
-            <= now
-            <= parse_time(entry.not_after, field="not_after")
-        ):
-            continue
-        stored = _stored(node, entry.digest)
-        if stored is None or stored.peer != peer:
-            raise _tampered(f"stored agreement {entry.digest[:20]}", "missing")
-        _check_row(node, stored, logged)
-        signed = parse_signed_agreement_unverified(stored.signed)
-        content = parse_agreement_unverified(signed.agreement_bytes)
-        return verify_agreement(signed, _party_keys(node, content, now, signed), now)
-    return None
+    started = [a for a in entries if parse_time(a.not_before, field="not_before") <= now]
+    if not started:
+        return None
+    entry = max(started, key=lambda a: a.log_index)  # the order both signatures were logged
+    if now > parse_time(entry.not_after, field="not_after"):
+        return None
+    stored = _stored(node, entry.digest)
+    if stored is None or stored.peer != peer:
+        raise _tampered(f"stored agreement {entry.digest[:20]}", "missing")
+    _check_row(node, stored, logged)
+    signed = parse_signed_agreement_unverified(stored.signed)
+    content = parse_agreement_unverified(signed.agreement_bytes)
+    return verify_agreement(signed, _party_keys(node, content, now, signed), now)
 
 
 def ceiling(
