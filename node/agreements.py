@@ -28,6 +28,13 @@ from exchange.card import SUITE_HYBRID, SUITE_X25519
 from exchange.crypto import verify_ed25519
 from exchange.errors import InputError, PeerDataError, PolicyError, StoreError
 from exchange.purpose import Purpose, signed_message
+from exchange.termination import (
+    Termination,
+    parse_signed_termination_unverified,
+    parse_termination_unverified,
+    sign_termination,
+    verify_termination,
+)
 from exchange.times import format_time, parse_time
 from node.home import Node
 from node.schemas import registry
@@ -204,6 +211,75 @@ def sign_and_store(
     return signed, verified
 
 
+def terminate_agreement(
+    node: Node, peer: str, effective_at: datetime, reason: str, now: datetime
+) -> tuple[bytes, Termination]:
+    """End the agreement in force with ``peer`` at ``effective_at``: sign a termination
+    statement for the partner, and log it (``agreement.terminated``). Returns the file's
+    bytes. Nothing flows under that agreement from ``effective_at`` on, on either side once
+    the partner has recorded the statement (``accept_termination``)."""
+    agreement = current_agreement(node, peer, now)
+    if agreement is None:
+        raise PolicyError(
+            f"no agreement with {peer} is in force", code="peer.no_agreement",
+            next_step="'accord agreement list' shows the agreements and their dates.",
+        )  # fmt: skip
+    if effective_at < now - timedelta(minutes=5):
+        raise InputError("--at is in the past: an end cannot be back-dated")
+    termination = Termination(
+        agreement=agreement.digest,
+        by=node.config.node,
+        peer=peer,
+        effective_at=format_time(effective_at),
+        reason=reason,
+        issued_at=format_time(now),
+    )
+    signed = sign_termination(termination, node.keyring().identity_signer())
+    _record_termination(node, termination, signed.to_bytes(), now)
+    return signed.to_bytes(), termination
+
+
+def accept_termination(node: Node, data: bytes, now: datetime) -> tuple[Termination, bool]:
+    """Verify a partner's termination file and log it; returns it and whether it was new.
+    It must be signed by the partner's identity key and name an agreement between us."""
+    signed = parse_signed_termination_unverified(data)
+    unverified = parse_termination_unverified(signed.statement)
+    if unverified.peer != node.config.node:
+        raise PeerDataError(
+            "the termination is addressed to another node", code="agreement.bad_termination"
+        )
+    chain = node.trust_store().trusted_chain(unverified.by, now)
+    termination = verify_termination(signed, chain.latest.identity_key)
+    known = {a.digest for a in node.log_facts().agreements.get(termination.by, ())}
+    if termination.agreement not in known:
+        raise PeerDataError(
+            f"the termination names no agreement this node holds with {termination.by}",
+            code="agreement.bad_termination",
+        )
+    return termination, _record_termination(node, termination, data, now)
+
+
+def _record_termination(node: Node, t: Termination, data: bytes, now: datetime) -> bool:
+    digest = sha256_digest(data)
+    other = t.peer if t.by == node.config.node else t.by
+    if digest in node.log_facts().termination_digests:
+        return False  # the same file accepted twice adds nothing (docs/THREATS.md B05)
+    with node.store.transaction() as db:
+        node.record(
+            db,
+            "agreement.terminated",
+            now,
+            peer=other,
+            by=t.by,
+            agreement_digest=t.agreement,
+            effective_at=t.effective_at,
+            reason=t.reason,
+            termination_digest=digest,
+        )
+    node.checkpoint(now)  # the fold reads what a signed checkpoint covers
+    return True
+
+
 def _check_schemas(agreement: Agreement) -> None:
     reg = registry()
     for name, digest in agreement.schemas.items():
@@ -306,6 +382,9 @@ def current_agreement(node: Node, peer: str, now: datetime) -> VerifiedAgreement
     entry = max(started, key=lambda a: a.log_index)  # the order both signatures were logged
     if now > parse_time(entry.not_after, field="not_after"):
         return None
+    ends = node.log_facts().terminations.get(entry.digest)
+    if ends is not None and now >= parse_time(ends, field="effective_at"):
+        return None  # ended by a signed termination, ours or the partner's
     stored = _stored(node, entry.digest)
     if stored is None or stored.peer != peer:
         raise _tampered(f"stored agreement {entry.digest[:20]}", "missing")
