@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from exchange.errors import AccordError, InputError
+from exchange.errors import AccordError, InputError, StoreError
 from exchange.sdjwt import PresentationLimits, verify_presentation
 from exchange.sop import Report, ValidReport, check_report_document
 from exchange.times import parse_time
@@ -18,7 +18,7 @@ from node._pb.accord.v1 import error_pb2, officer_pb2
 from node.agreements import current_agreement
 from node.cosigning import Cosigner
 from node.home import Node
-from node.inbox import cursor, get_inbox, list_inbox, rejections
+from node.inbox import InboxItem, cursor, get_inbox, list_inbox, rejections
 from node.policy import active_policy, decide_for
 from node.reports import list_reports, load_sealed
 from node.schemas import registry
@@ -283,21 +283,7 @@ class ExchangeOfficerService(OfficerService):
         self, request: officer_pb2.GetInboxRequest, context: Context
     ) -> officer_pb2.GetInboxResponse:
         item, content = get_inbox(self._node, request.envelope_id)
-        issuer_keys = [
-            c.identity_key
-            for c in self._node.trust_store().trusted_chain(item.peer, self._now()).cards
-        ]
-        fields: dict[str, Any] = {}
-        for key in reversed(issuer_keys):  # the report was sealed under one of the partner's keys
-            try:
-                fields = dict(
-                    verify_presentation(
-                        content["presentation"], key, limits=PresentationLimits()
-                    ).fields
-                )
-                break
-            except AccordError:
-                continue
+        fields = _fields_as_received(self._node, item, content)
         derived = {d["field"]: d["value"] for d in content.get("derived", [])}
         body = {
             "sop": item.sop,
@@ -433,3 +419,34 @@ def _newest_versions(items: list[Any]) -> dict[str, int]:
     for i in items:
         out[i.report_id] = max(out.get(i.report_id, 0), i.version)
     return out
+
+
+def _fields_as_received(node: Node, item: InboxItem, content: dict[str, Any]) -> dict[str, Any]:
+    """The report's fields, verified against the partner's card chain as it was trusted
+    when the item arrived: an item received before the partner (or one of its keys) was
+    revoked stays readable afterwards, and is still checked under the author's key."""
+    if "presentation" not in content:
+        return {}  # a retraction carries no fields
+    arrived = parse_time(item.received_at, field="received_at")
+    trust = node.trust_store()
+    chain = trust.trusted_chain(item.peer, arrived)  # peer.revoked only if it was already then
+    revoked = trust.revoked_keys(item.peer)
+    keys = [
+        c.identity_key
+        for c in chain.cards
+        if c.identity_key not in revoked or arrived < revoked[c.identity_key]
+    ]
+    for key in reversed(keys):  # the report was sealed under one of the partner's keys
+        try:
+            verified = verify_presentation(
+                content["presentation"], key, limits=PresentationLimits()
+            )
+        except AccordError:
+            continue
+        return dict(verified.fields)
+    raise StoreError(
+        f"item {item.envelope_id} does not verify under any key {item.peer} held when it arrived",
+        code="store.row_tampered",
+        next_step="The stored item may have been edited: run 'accord audit export' and "
+        "'accord audit verify'.",
+    )
