@@ -258,3 +258,18 @@ def test_p03_partner_serving_the_same_checkpoint_is_frozen(pair: tuple[Node, Nod
         now=later,
     )
     assert not _frozen(cn, "pk-moi", window)
+
+
+def test_policy_explain_shows_exactly_the_decision_submit_sends(pair: tuple[Node, Node]) -> None:
+    """One builder serves both: the decision explained before sending is the one logged."""
+    from node.policy import active_policy, decide_for
+
+    pk, _cn = pair
+    now = datetime.now(UTC).replace(microsecond=0)
+    report = valid_report()
+    explained = decide_for(pk, report.report, "cn-mps", now, active_policy(pk, now))
+    [result] = outbox.submit(pk, [report], now)
+    [release] = result.releases
+    assert release.decision == explained
+    assert release.decision.to_log_event() == explained.to_log_event()
+    assert explained.released and explained.withheld  # a decision with something in each
