@@ -84,7 +84,17 @@ class ExchangeOfficerService(OfficerService):
         valid = validate(request.report)
         results = outbox.submit(self._node, [valid], self._now(), [key])
         self._committed(results)
-        return submitted_message(results[0])
+        return self._with_delivery(submitted_message(results[0]))
+
+    def _with_delivery(self, msg: officer_pb2.SubmitResponse) -> officer_pb2.SubmitResponse:
+        """Say, per partner that got an envelope, whether it is connected to take it now."""
+        for release in msg.releases:
+            release.partner_connected = bool(
+                release.envelope_id
+                and self._signal is not None
+                and self._signal.is_following(release.peer)
+            )
+        return msg
 
     def _replay(self, key: str | None) -> officer_pb2.SubmitResponse | None:
         """A retried submission (same idempotency key) gets the first answer again."""
@@ -174,7 +184,7 @@ class ExchangeOfficerService(OfficerService):
             self._node, request.report_id, valid, self._now(), request.base_version or None
         )
         self._committed([result])
-        msg = submitted_message(result)
+        msg = self._with_delivery(submitted_message(result))
         return officer_pb2.AmendResponse(
             report_id=msg.report_id, version=msg.version, releases=msg.releases
         )

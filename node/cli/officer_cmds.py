@@ -4,6 +4,7 @@ socket: report submit/list/show/amend/retract, inbox list/show/export, status.""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,20 @@ import click
 from rich.panel import Panel
 from rich.text import Text
 
-from exchange.errors import StoreError
+from exchange.errors import PolicyError, StoreError
 from node._pb.accord.v1 import officer_pb2
 from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
-from node.cli.output import ok, print_fields, print_json, print_table, safe, say, stdout, warn
+from node.cli.output import (
+    ok,
+    print_fields,
+    print_json,
+    print_table,
+    safe,
+    say,
+    stderr,
+    stdout,
+    warn,
+)
 from node.cli.report_cmds import read_report_file, report
 from node.files import write_export
 from node.officer_client import call, officer
@@ -54,21 +65,80 @@ def _print_releases(releases: Any) -> None:
         print_table(f"{r.peer}: {sent}", ["field", "outcome", "why / how"], sorted(rows))
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """Where a submitted report stands for one partner, in the officer's words."""
+
+    state: str  # "delivering" | "queued" | "not_sent"
+    why: str  # for not_sent: the reason code every field was withheld for, or "withheld"
+    text: str
+    next_step: str
+
+
+def delivery_of(r: officer_pb2.ReleaseOutcome) -> Delivery:
+    if r.envelope_id:
+        if r.partner_connected:
+            return Delivery(
+                "delivering",
+                "",
+                f"sent to {r.peer} (seq {r.seq}): the partner is connected and takes it now",
+                f"'accord report show' shows the receipt once {r.peer} confirms it.",
+            )
+        return Delivery(
+            "queued",
+            "",
+            f"queued for {r.peer} (seq {r.seq}): the partner is not connected; it is "
+            "delivered when it reconnects",
+            "'accord status' shows the backlog and when the partner was last in contact.",
+        )
+    reasons = {w.reason for w in r.withheld}
+    why = reasons.pop() if len(reasons) == 1 else "withheld"
+    steps = {
+        "no-agreement": "Sign an agreement with the partner ('accord agreement propose').",
+        "tlp-above-max": "The TLP is above what this partner may receive; lower it only if "
+        "the originator allows.",
+        "not-in-policy": f"'accord policy explain --peer {r.peer} FILE' shows what the policy "
+        "would release.",
+    }
+    text = REASON_TEXT.get(why, "the policy and the agreement withhold every field")
+    return Delivery(
+        "not_sent",
+        why,
+        f"nothing sent to {r.peer}: {text}",
+        steps.get(why, f"'accord policy explain --peer {r.peer} FILE' says why, field by field."),
+    )
+
+
 def print_submitted(answer: Any, as_json: bool, headline: str) -> None:
-    """What a Submit or Amend answered: per partner, sent, transformed and withheld."""
+    """What a Submit or Amend answered: per partner, whether it is on its way, queued, or
+    not sent and why, then the fields sent, transformed and withheld. Exits 4 (the policy
+    family) when no partner gets anything: the report is stored and logged all the same."""
+    deliveries = [delivery_of(r) for r in answer.releases]
     if as_json:
         print_json(
             {
                 "report_id": answer.report_id,
                 "version": answer.version,
-                "releases": [_release_json(r) for r in answer.releases],
+                "releases": [
+                    {**_release_json(r), "delivery": d.state, "why": d.why or None}
+                    for r, d in zip(answer.releases, deliveries, strict=True)
+                ],
             }
         )
-        return
-    ok(headline)
-    _print_releases(answer.releases)
-    if not answer.releases:
-        warn("no trusted partner: the report is stored and logged but sent to nobody")
+    else:
+        ok(headline)
+        _print_releases(answer.releases)
+        for d in deliveries:
+            (say if d.state != "not_sent" else warn)(d.text)
+            say(f"  next: {d.next_step}")
+        if not answer.releases:
+            warn("no trusted partner: the report is stored and logged but sent to nobody")
+    if not any(d.state != "not_sent" for d in deliveries):
+        stderr.print(
+            "nothing was sent to any partner (exit 4); the report is stored and logged",
+            style="yellow",
+        )
+        raise click.exceptions.Exit(PolicyError.exit_code)
 
 
 def _tlp(tlp: str) -> Text:
@@ -89,7 +159,8 @@ def report_submit(ctx: CliContext, file: Path, as_json: bool) -> None:
     """Validate, seal and send a report (JSON or TOML) to every partner its policy allows.
 
     Needs the node running ('accord serve'). Prints, per partner, what was sent and what
-    was withheld.
+    was withheld, and whether it is on its way, queued or not sent (and why). Exits 4 when
+    no partner receives anything; the report is stored and logged all the same.
     """
     data, _fmt = read_report_file(file)
     with officer(ctx.data_dir) as stub:

@@ -91,6 +91,7 @@ class ReleaseOutcome(_message.Message):
     POLICY_DIGEST_FIELD_NUMBER: _builtins.int
     ENVELOPE_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    PARTNER_CONNECTED_FIELD_NUMBER: _builtins.int
     peer: _builtins.str
     """Partner node id."""
     policy_digest: _builtins.str
@@ -101,6 +102,10 @@ class ReleaseOutcome(_message.Message):
     """
     seq: _builtins.int
     """Outbox seq of that envelope; 0 when there is none."""
+    partner_connected: _builtins.bool
+    """The partner's Pull stream follows our outbox right now, so the envelope is on its way;
+    false: it waits in the outbox until the partner connects (`accord status`, backlog).
+    """
     @_builtins.property
     def released(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Field names released unchanged."""
@@ -123,10 +128,11 @@ class ReleaseOutcome(_message.Message):
         policy_digest: _builtins.str = ...,
         envelope_id: _builtins.str = ...,
         seq: _builtins.int = ...,
+        partner_connected: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_id", b"envelope_id", "peer", b"peer", "policy_digest", b"policy_digest", "released", b"released", "seq", b"seq", "transformed", b"transformed", "withheld", b"withheld"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_id", b"envelope_id", "partner_connected", b"partner_connected", "peer", b"peer", "policy_digest", b"policy_digest", "released", b"released", "seq", b"seq", "transformed", b"transformed", "withheld", b"withheld"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
