@@ -30,6 +30,7 @@ from exchange.sdjwt import HeldVersion, ReportIdCollision, check_retraction, che
 from exchange.times import format_time, parse_time
 from node.agreements import current_agreement
 from node.home import Node
+from node.ids import resolve_prefix
 from node.schemas import registry
 
 
@@ -671,3 +672,17 @@ __all__ = [
     "get_inbox",
     "list_inbox",
 ]
+
+
+def resolve_envelope_id(node: Node, given: str) -> str:
+    """A received item's full envelope id from the id or a unique prefix of it."""
+
+    def candidates(low: str, high: str) -> list[str]:
+        rows = node.store.conn.execute(
+            "SELECT envelope_id FROM inbox WHERE envelope_id >= ? AND envelope_id < ? "
+            "ORDER BY envelope_id LIMIT 2",
+            (low, high),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    return resolve_prefix(candidates, given, "inbox")

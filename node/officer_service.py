@@ -18,9 +18,16 @@ from node._pb.accord.v1 import error_pb2, officer_pb2
 from node.agreements import current_agreement
 from node.cosigning import Cosigner
 from node.home import Node
-from node.inbox import InboxItem, cursor, get_inbox, list_inbox, rejections
+from node.inbox import (
+    InboxItem,
+    cursor,
+    get_inbox,
+    list_inbox,
+    rejections,
+    resolve_envelope_id,
+)
 from node.policy import active_policy, decide_for
-from node.reports import list_reports, load_sealed
+from node.reports import list_reports, load_sealed, resolve_report_id
 from node.schemas import registry
 from node.server import OfficerService
 from node.sync import OutboxSignal, Puller
@@ -180,8 +187,9 @@ class ExchangeOfficerService(OfficerService):
         self, request: officer_pb2.AmendRequest, context: Context
     ) -> officer_pb2.AmendResponse:
         valid = validate(request.report)
+        report_id = resolve_report_id(self._node, request.report_id)
         result = outbox.amend(
-            self._node, request.report_id, valid, self._now(), request.base_version or None
+            self._node, report_id, valid, self._now(), request.base_version or None
         )
         self._committed([result])
         msg = self._with_delivery(submitted_message(result))
@@ -192,15 +200,14 @@ class ExchangeOfficerService(OfficerService):
     async def Retract(
         self, request: officer_pb2.RetractRequest, context: Context
     ) -> officer_pb2.RetractResponse:
-        sent = outbox.retract(
-            self._node, request.report_id, request.reason or "withdrawn", self._now()
-        )
+        report_id = resolve_report_id(self._node, request.report_id)
+        sent = outbox.retract(self._node, report_id, request.reason or "withdrawn", self._now())
         if self._signal is not None:
             self._signal.notify([p for p, _e, _s in sent])
         if self._cosigner is not None:
             self._cosigner.poke()
         return officer_pb2.RetractResponse(
-            report_id=request.report_id,
+            report_id=report_id,
             envelopes=[
                 officer_pb2.RetractionEnvelope(peer=p, envelope_id=e, seq=s) for p, e, s in sent
             ],
@@ -239,7 +246,8 @@ class ExchangeOfficerService(OfficerService):
         self, request: officer_pb2.GetReportRequest, context: Context
     ) -> officer_pb2.GetReportResponse:
         node = self._node
-        sealed = load_sealed(node, request.report_id, request.version or None)
+        report_id = resolve_report_id(node, request.report_id)
+        sealed = load_sealed(node, report_id, request.version or None)
         key = node.store.conn.execute(
             "SELECT issuer_key, sealed_at, retracted_at FROM reports "
             "WHERE report_id = ? AND version = ?",
@@ -292,7 +300,7 @@ class ExchangeOfficerService(OfficerService):
     async def GetInbox(
         self, request: officer_pb2.GetInboxRequest, context: Context
     ) -> officer_pb2.GetInboxResponse:
-        item, content = get_inbox(self._node, request.envelope_id)
+        item, content = get_inbox(self._node, resolve_envelope_id(self._node, request.envelope_id))
         fields = _fields_as_received(self._node, item, content)
         derived = {d["field"]: d["value"] for d in content.get("derived", [])}
         body = {
@@ -318,7 +326,7 @@ class ExchangeOfficerService(OfficerService):
         node = self._node
         now = self._now()
         if request.WhichOneof("subject") == "report_id":
-            sealed = load_sealed(node, request.report_id)
+            sealed = load_sealed(node, resolve_report_id(node, request.report_id))
             key = node.store.conn.execute(
                 "SELECT issuer_key FROM reports WHERE report_id = ? AND version = ?",
                 (sealed.report_id, sealed.version),

@@ -225,6 +225,7 @@ def report_show(ctx: CliContext, report_id: str, version: int | None, as_json: b
             stub.GetReport, officer_pb2.GetReportRequest(report_id=report_id, version=version or 0)
         )
     body = json.loads(answer.report)
+    report_id = answer.summary.report_id  # the full id, also when a prefix was given
     if as_json:
         print_json(
             {

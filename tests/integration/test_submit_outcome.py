@@ -69,5 +69,29 @@ def test_submit_says_per_partner_delivering_queued_or_not_sent_and_why(
         [pk_server, cn_server],
     )
     assert on_its_way.code == 0
+    _ids_are_taken_by_unique_prefix(accord, pk, cn)
     for p in (pk_server, cn_server):
         assert p.terminate() == 0
+
+
+def _ids_are_taken_by_unique_prefix(accord: Accord, pk: Path, cn: Path) -> None:
+    """As git does: the first characters of an id are enough when only one id starts so."""
+    [item, *_] = accord("--data", cn, "inbox", "list", "--json").json()
+    full = item["envelope_id"]
+    shown = accord("--data", cn, "inbox", "show", full[:13], "--json")
+    assert shown.code == 0, shown.err
+    assert shown.json()["envelope_id"] == full
+    reports = [r["report_id"] for r in accord("--data", pk, "report", "list", "--json").json()]
+    one = reports[0]
+    unique = next(one[:n] for n in range(4, 37) if sum(r.startswith(one[:n]) for r in reports) == 1)
+    got = accord("--data", pk, "report", "show", unique, "--json")
+    assert got.code == 0, got.err
+    assert got.json()["report_id"] == one
+    shared = one[: len(unique) - 1]  # a prefix of more than one of our reports
+    if len(shared) >= 4 and sum(r.startswith(shared) for r in reports) > 1:
+        ambiguous = accord("--data", pk, "report", "show", shared)
+        assert ambiguous.code == 2 and "code: input.ambiguous_id" in ambiguous.err
+    short = accord("--data", cn, "inbox", "show", full[:3])
+    assert short.code == 2 and "code: input.bad_id" in short.err
+    missing = accord("--data", cn, "inbox", "show", "ffffffff")
+    assert missing.code == 2 and "code: inbox.unknown" in missing.err
