@@ -371,7 +371,11 @@ class ExchangeOfficerService(OfficerService):
         for peer, _seq, _code in rejections(node):
             rejected[peer] = rejected.get(peer, 0) + 1
         for peer, count in node.store.conn.execute(  # equivocations: kept as evidence (P07)
-            "SELECT peer, count(*) FROM evidence GROUP BY peer"
+            "SELECT peer, count(*) + sum(repeats) FROM evidence GROUP BY peer"
+        ):
+            rejected[peer] = rejected.get(peer, 0) + int(count)
+        for peer, count in node.store.conn.execute(  # beyond the alarm budget (L06)
+            "SELECT peer, count FROM evidence_suppressed"
         ):
             rejected[peer] = rejected.get(peer, 0) + int(count)
         peers = []
