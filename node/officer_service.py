@@ -237,6 +237,7 @@ class ExchangeOfficerService(OfficerService):
                     tlp=r.tlp,
                     sealed_at=timestamp(r.sealed_at),
                     retracted=r.report_id in retracted,
+                    deliveries=_deliveries(self._node, r.report_id, r.version),
                 )
                 for r in rows[:limit]
             ]
@@ -449,6 +450,27 @@ def _release_events(node: Node, report_id: str, version: int) -> list[dict[str, 
         (report_id, version),
     ).fetchall()
     return [parse_event_unverified(bytes(data)).attrs for (data,) in rows]
+
+
+def _deliveries(node: Node, report_id: str, version: int) -> list[officer_pb2.PartnerDelivery]:
+    """Per partner a release was decided for: not sent, queued, or delivered (receipt)."""
+    states = {
+        (str(peer), int(seq)): str(state)
+        for peer, seq, state in node.store.conn.execute(
+            "SELECT peer, seq, state FROM outbox WHERE report_id = ? AND version = ? "
+            "AND kind = 'report'",
+            (report_id, version),
+        )
+    }
+    out = []
+    for event in _release_events(node, report_id, version):
+        peer, seq = str(event["peer"]), int(event.get("seq") or 0)
+        if not event.get("envelope_id"):
+            state = "not_sent"
+        else:
+            state = "delivered" if states.get((peer, seq)) == "delivered" else "queued"
+        out.append(officer_pb2.PartnerDelivery(peer=peer, state=state, seq=seq))
+    return out
 
 
 def _newest_versions(items: list[Any]) -> dict[str, int]:

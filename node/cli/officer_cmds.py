@@ -185,6 +185,7 @@ def report_list(ctx: CliContext, limit: int, sop: str | None, as_json: bool) -> 
             "tlp": r.tlp,
             "sealed_at": _time(r.sealed_at),
             "retracted": r.retracted,
+            "partners": {d.peer: d.state for d in r.deliveries},
         }
         for r in answer.reports
     ]
@@ -196,7 +197,7 @@ def report_list(ctx: CliContext, limit: int, sop: str | None, as_json: bool) -> 
         return
     print_table(
         "Reports",
-        ["report id", "version", "schema", "TLP", "sealed", "state"],
+        ["report id", "version", "schema", "TLP", "sealed", "partners", "state"],
         [
             (
                 i["report_id"],
@@ -204,6 +205,7 @@ def report_list(ctx: CliContext, limit: int, sop: str | None, as_json: bool) -> 
                 i["sop"],
                 i["tlp"],
                 i["sealed_at"],
+                ", ".join(f"{p}: {s.replace('_', ' ')}" for p, s in i["partners"].items()) or "-",
                 "retracted" if i["retracted"] else "",
             )
             for i in items

@@ -150,6 +150,7 @@ class ReportSummary(_message.Message):
     TLP_FIELD_NUMBER: _builtins.int
     SEALED_AT_FIELD_NUMBER: _builtins.int
     RETRACTED_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
     report_id: _builtins.str
     """Report id (UUIDv7, the SD-JWT jti)."""
     version: _builtins.int
@@ -164,6 +165,10 @@ class ReportSummary(_message.Message):
     def sealed_at(self) -> _timestamp_pb2.Timestamp:
         """When this version was sealed."""
 
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartnerDelivery]:
+        """Per partner the release was decided for, where this version stands."""
+
     def __init__(
         self,
         *,
@@ -173,14 +178,47 @@ class ReportSummary(_message.Message):
         tlp: _builtins.str = ...,
         sealed_at: _timestamp_pb2.Timestamp | None = ...,
         retracted: _builtins.bool = ...,
+        deliveries: _abc.Iterable[Global___PartnerDelivery] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sealed_at", b"sealed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["report_id", b"report_id", "retracted", b"retracted", "sealed_at", b"sealed_at", "sop", b"sop", "tlp", b"tlp", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "report_id", b"report_id", "retracted", b"retracted", "sealed_at", b"sealed_at", "sop", b"sop", "tlp", b"tlp", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportSummary: _TypeAlias = ReportSummary  # noqa: Y015
+
+@_typing.final
+class PartnerDelivery(_message.Message):
+    """Where one report version stands for one partner."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    peer: _builtins.str
+    """Partner node id."""
+    state: _builtins.str
+    """"not_sent" (the policy or agreement released nothing), "queued" (in the outbox, no
+    receipt yet) or "delivered" (the partner's signed receipt covers it).
+    """
+    seq: _builtins.int
+    """Outbox seq of the envelope; 0 when not sent."""
+    def __init__(
+        self,
+        *,
+        peer: _builtins.str = ...,
+        state: _builtins.str = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer", "seq", b"seq", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PartnerDelivery: _TypeAlias = PartnerDelivery  # noqa: Y015
 
 @_typing.final
 class SubmitRequest(_message.Message):
