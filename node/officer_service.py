@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from exchange.canonical import b64_decode
 from exchange.errors import AccordError, InputError, PeerDataError, StoreError
-from exchange.sdjwt import PresentationLimits, verify_presentation
+from exchange.sdjwt import PresentationLimits, verify_presentation, verify_retraction
 from exchange.sop import Report, ValidReport, check_report_document
-from exchange.times import parse_time
+from exchange.times import format_time, parse_time
 from node import clock, outbox
 from node._pb.accord.v1 import error_pb2, officer_pb2
 from node.agreements import current_agreement
@@ -25,6 +26,7 @@ from node.inbox import (
     list_inbox,
     rejections,
     resolve_envelope_id,
+    retraction_of,
 )
 from node.policy import active_policy, decide_for
 from node.reports import list_reports, load_sealed, resolve_report_id
@@ -319,6 +321,7 @@ class ExchangeOfficerService(OfficerService):
         item, content = get_inbox(self._node, resolve_envelope_id(self._node, request.envelope_id))
         fields = _fields_as_received(self._node, item, content)
         derived = {d["field"]: d["value"] for d in content.get("derived", [])}
+        retraction = _retraction_shown(self._node, item) if item.retracted else None
         body = {
             "sop": item.sop,
             "tlp": item.tlp,
@@ -326,6 +329,7 @@ class ExchangeOfficerService(OfficerService):
             "derived": derived,
             "presentation": content.get("presentation", ""),
             "release": content.get("release", ""),
+            "retraction": retraction,
         }
         return officer_pb2.GetInboxResponse(
             item=inbox_message(item, _newest_versions([item])),
@@ -471,6 +475,37 @@ def _deliveries(node: Node, report_id: str, version: int) -> list[officer_pb2.Pa
             state = "delivered" if states.get((peer, seq)) == "delivered" else "queued"
         out.append(officer_pb2.PartnerDelivery(peer=peer, state=state, seq=seq))
     return out
+
+
+def _retraction_shown(node: Node, item: InboxItem) -> dict[str, Any] | None:
+    """Why and when the sender withdrew ``item``'s report, from its signed retraction,
+    verified under the keys the sender held when the retraction arrived."""
+    record = retraction_of(node, item.peer, item.report_id)
+    if record is None or "retraction" not in record:
+        return None
+    held: InboxItem = record["item"]
+    statement = b64_decode(record["retraction"], what="retraction")
+    signature = b64_decode(record["retraction_signature"], what="retraction signature")
+    chain = node.trust_store().trusted_chain(
+        held.peer, parse_time(held.received_at, field="received_at")
+    )
+    for card in reversed(chain.cards):
+        try:
+            r = verify_retraction(
+                statement, signature, card.identity_key, expected_issuer=held.peer
+            )
+        except AccordError:
+            continue
+        return {
+            "by": r.issuer,
+            "reason": r.reason,
+            "retracted_at": format_time(datetime.fromtimestamp(r.retracted_at, UTC)),
+            "version": r.version,
+        }
+    raise StoreError(
+        f"the retraction of {item.report_id} does not verify under {item.peer}'s keys",
+        code="store.row_tampered",
+    )
 
 
 def _newest_versions(items: list[Any]) -> dict[str, int]:

@@ -278,7 +278,12 @@ def report_amend(
                 report_id=report_id, report=data, base_version=base_version or 0
             ),
         )
-    print_submitted(answer, as_json, f"report {answer.report_id} amended: version {answer.version}")
+    print_submitted(
+        answer,
+        as_json,
+        f"report {answer.report_id} amended: version {answer.version} "
+        f"replaces version {answer.version - 1}",
+    )
 
 
 RETRACT_REASONS = ["erroneous", "withdrawn", "duplicate", "source-compromised"]
@@ -318,7 +323,7 @@ def report_retract(ctx: CliContext, report_id: str, reason: str, yes: bool, as_j
         )
         return
     ok(
-        f"report {report_id} retracted; retraction sent to "
+        f"report {answer.report_id} retracted ({reason}); signed retraction sent to "
         f"{', '.join(e.peer for e in answer.envelopes) or 'nobody'}"
     )
 
@@ -451,6 +456,7 @@ def inbox_show(ctx: CliContext, envelope_id: str, as_json: bool) -> None:
                 "derived": body["derived"],
                 "transformed": {t.field: t.transform for t in answer.transformed},
                 "verified": True,
+                "retraction": body.get("retraction"),
             }
         )
         return
@@ -479,7 +485,14 @@ def inbox_show(ctx: CliContext, envelope_id: str, as_json: bool) -> None:
         f"are signed by {item.peer}'s release. Received {_time(item.received_at)}."
     )
     if item.retracted:
-        warn("the sender RETRACTED this report")
+        r = body.get("retraction") or {}
+        stdout.print(
+            Text(" RETRACTED ", style="bold reverse red")
+            + Text(
+                f"  by {safe(r.get('by', item.peer))} at {r.get('retracted_at', '?')}: "
+                f"{safe(r.get('reason', 'no reason given'))}. Do not act on this report."
+            )
+        )
     elif item.superseded:
         warn("a newer version of this report was received")
 
@@ -523,6 +536,8 @@ def inbox_export(
                     "from": answer.item.peer,
                     "report_id": answer.item.report_id,
                     "version": answer.item.version,
+                    # withdrawn by the sender: who, when, why (null while it stands)
+                    "retracted": body.get("retraction"),
                 },
                 indent=2,
                 ensure_ascii=True,  # partner text stays inert in a terminal (docs/THREATS.md B03)
