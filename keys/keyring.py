@@ -32,6 +32,10 @@ from keys.tls import TlsMaterial, generate_tls
 SECRETS_VERSION = 1
 EPOCH = timedelta(days=30)
 RETENTION = timedelta(days=7)
+# A serving node starts the next epoch of a suite when its newest key of that suite has
+# less than RENEW_BEFORE left: half an epoch, more than the 14-day expiry warning of
+# 'accord status', so a healthy node never warns about its own keys (ADR 0017).
+RENEW_BEFORE = EPOCH / 2
 
 
 def witness_name(node: str) -> str:
@@ -177,6 +181,26 @@ class Keyring:
             if parse_time(e.not_after, field="encryption key not_after") + RETENTION > now
         )
         return replace(self, encryption=(*kept, _new_encryption_secret(suite, now)))
+
+    def encryption_suites_due(self, now: datetime) -> tuple[str, ...]:
+        """The suites whose newest key has less than ``RENEW_BEFORE`` left at ``now``
+        (or has expired): each needs a new epoch. Sorted, so the order is stable."""
+        newest: dict[str, datetime] = {}
+        for e in self.encryption:
+            at = parse_time(e.not_after, field="encryption key not_after")
+            newest[e.suite] = max(at, newest.get(e.suite, at))
+        return tuple(sorted(s for s, at in newest.items() if at - RENEW_BEFORE <= now))
+
+    def with_renewed_epochs(self, now: datetime) -> Keyring | None:
+        """A new epoch for every suite that is due (``encryption_suites_due``), retired
+        keys past retention destroyed; None when no suite is due."""
+        suites = self.encryption_suites_due(now)
+        if not suites:
+            return None
+        renewed = self
+        for suite in suites:
+            renewed = renewed.with_new_encryption_epoch(now, suite)
+        return renewed
 
     # -- serialisation (only to the key file) ----------------------------------------------
     def _to_secrets(self) -> dict[str, Any]:

@@ -447,7 +447,16 @@ class Node:
         old = self.keyring()
         return self._publish(old, old.with_new_encryption_epoch(now, suite), now)
 
-    def _publish(self, old: Keyring, new: Keyring, now: datetime) -> VerifiedChain:
+    def renew_encryption_epochs(self, now: datetime) -> VerifiedChain | None:
+        """The unattended epoch (ADR 0017): a new key for every suite whose newest key has
+        less than half an epoch left, in one new card version; None when none is due."""
+        old = self.keyring()
+        new = old.with_renewed_epochs(now)
+        return None if new is None else self._publish(old, new, now, trigger="schedule")
+
+    def _publish(
+        self, old: Keyring, new: Keyring, now: datetime, *, trigger: str = "operator"
+    ) -> VerifiedChain:
         chain = self.own_chain()
         latest = chain.latest
         card = new.card(
@@ -473,6 +482,7 @@ class Node:
                 fingerprint=card.fingerprint,
                 previous_fingerprint=latest.fingerprint,
                 encryption_kids=[k.kid for k in card.encryption_keys],
+                trigger=trigger,
             )
         os.replace(pending, self.data_dir / KEYFILE)
         self._keyring = new

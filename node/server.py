@@ -43,6 +43,7 @@ from node._pb.accord.v1 import officer_pb2, officer_pb2_grpc, peer_pb2, peer_pb2
 from node.cosigning import Cosigner
 from node.errors_map import Audience, EdgeInterceptor
 from node.home import Node
+from node.keywatch import CHECK_SECONDS, KeyWatch
 from node.peer_service import PeerExchangeService, WitnessService
 from node.sync import OutboxSignal, Puller
 from node.transport import (
@@ -72,6 +73,8 @@ class ServeOptions:
     roots_refresh_seconds: float = ROOTS_REFRESH_SECONDS  # re-read partners' TLS CAs
     # Partners allowed to call over a classical TLS group (docs/adr/0015): logged, in status.
     allow_classical_tls: tuple[str, ...] = ()
+    # How often the key schedule runs (new encryption epochs, expiry warnings; ADR 0017).
+    key_check_seconds: float = CHECK_SECONDS
 
 
 def software_version() -> str:
@@ -188,6 +191,7 @@ class NodeServer:
         self.puller: Puller | None = None
         self.channels = PartnerChannels(node)
         self.cosigner: Cosigner | None = None
+        self.keywatch: KeyWatch | None = None
         self.peer_port = 0
         self.officer_socket = node.data_dir / OFFICER_SOCKET
         self._tasks: list[asyncio.Task[None]] = []
@@ -274,6 +278,9 @@ class NodeServer:
                 await checker.set(name, health_pb2.HealthCheckResponse.SERVING)
 
         self._tasks.append(asyncio.create_task(self._refresh_roots(roots)))
+        if not opts.witness_only:  # a witness exchanges nothing: its card has no use for epochs
+            self.keywatch = KeyWatch(node, now=self._now, interval=opts.key_check_seconds)
+            self._tasks.append(asyncio.create_task(self.keywatch.run()))
         if self.cosigner is not None:
             self._tasks.append(asyncio.create_task(self.cosigner.run()))
         if self.puller is not None:

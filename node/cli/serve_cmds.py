@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -31,11 +32,24 @@ def _server_passphrase() -> str:
     )
 
 
+def _remembered(source: Callable[[], str]) -> Callable[[], str]:
+    """Asked once: a server re-seals its key file on unattended rotations (ADR 0017) and
+    must not prompt, or fail on a missing variable, hours after it started."""
+    known: list[str] = []
+
+    def passphrase() -> str:
+        if not known:
+            known.append(source())
+        return known[0]
+
+    return passphrase
+
+
 def _serve(ctx: CliContext, options: ServeOptions, log_level: str) -> None:
     configure_logging("json", log_level)
     if options.listen is not None:
         check_endpoint(options.listen, field="--listen")
-    node = Node.open(ctx.data_dir, _server_passphrase)
+    node = Node.open(ctx.data_dir, _remembered(_server_passphrase))
     try:
         run(node, options)
     finally:

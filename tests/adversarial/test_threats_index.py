@@ -30,7 +30,6 @@ NOT_YET: dict[str, str] = {
     "P17": "report state keyed by issuer and report id",
     "P18": "acknowledgements and replies of the warning loop",
     "L06": "bounded evidence for equivocations and receipts",
-    "C04": "unattended key epochs and expiry warnings",
     "C05": "PostgreSQL backend with a standby",
     "F01": "TAXII feed consumers and their credentials",
     "F02": "onward-dissemination rules enforced by the feed",
