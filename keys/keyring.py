@@ -27,7 +27,7 @@ from exchange.times import format_time, parse_time
 from keys.keyfile import open_keyfile, seal_keyfile, write_private_file
 from keys.rowauth import LEAF_PURPOSE, LeafAuthenticator, RowAuthenticator
 from keys.signers import Ed25519Signer, EncryptionKeyPair
-from keys.tls import TlsMaterial, generate_tls
+from keys.tls import TlsMaterial, cross_certify, generate_tls
 
 SECRETS_VERSION = 1
 EPOCH = timedelta(days=30)
@@ -147,7 +147,7 @@ class Keyring:
 
     def tls_server_material(self) -> tuple[bytes, bytes]:
         """(certificate chain PEM, private key PEM) for the gRPC transport only."""
-        return self.tls.cert_pem, self.tls.key_pem
+        return self.tls.chain_pem, self.tls.key_pem
 
     # -- public material ------------------------------------------------------------------
     def card(self, *, name: str, endpoint: str, version: int, issued_at: datetime) -> Card:
@@ -172,6 +172,20 @@ class Keyring:
     # -- rotation -------------------------------------------------------------------------
     def with_new_identity(self) -> Keyring:
         return replace(self, identity_seed=secrets.token_bytes(32))
+
+    def with_new_log_key(self) -> Keyring:
+        """A new log key: checkpoints from the next one on are signed by it (ADR 0017)."""
+        return replace(self, log_seed=secrets.token_bytes(32))
+
+    def with_new_witness_key(self) -> Keyring:
+        return replace(self, witness_seed=secrets.token_bytes(32))
+
+    def with_new_tls(self, endpoint_host: str, now: datetime) -> Keyring:
+        """A new TLS CA and node certificate; the old CA key certifies the new CA once
+        (the cross certificate) and is then destroyed with the rest of the old material."""
+        generation = _ca_generation(self.tls) + 1
+        new = generate_tls(self.node, endpoint_host, now, generation=generation)
+        return replace(self, tls=replace(new, cross_pem=cross_certify(self.tls, new, now)))
 
     def with_new_encryption_epoch(self, now: datetime, suite: str) -> Keyring:
         """Add a key for the next epoch; destroy keys retired longer than the retention."""
@@ -221,6 +235,7 @@ class Keyring:
                 "ca_key": self.tls.ca_key_pem.decode("ascii"),
                 "cert": self.tls.cert_pem.decode("ascii"),
                 "key": self.tls.key_pem.decode("ascii"),
+                **({"cross": self.tls.cross_pem.decode("ascii")} if self.tls.cross_pem else {}),
             },
         }
 
@@ -251,10 +266,22 @@ class Keyring:
                     ca_key_pem=tls["ca_key"].encode("ascii"),
                     cert_pem=tls["cert"].encode("ascii"),
                     key_pem=tls["key"].encode("ascii"),
+                    cross_pem=tls.get("cross", "").encode("ascii"),
                 ),
             )
         except (KeyError, TypeError, AttributeError, InputError) as e:
             raise KeyringError(f"key file content is incomplete ({type(e).__name__})") from e
+
+
+def _ca_generation(tls: TlsMaterial) -> int:
+    """n of a CA named ``<node> Accord CA n`` (0 for the first CA)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    ca = x509.load_pem_x509_certificate(tls.ca_cert_pem)
+    names = ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    last = str(names[0].value).rsplit(" ", 1)[-1] if names else ""
+    return int(last) if last.isdigit() else 0
 
 
 def _new_encryption_secret(suite: str, now: datetime) -> _EncSecret:

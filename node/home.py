@@ -36,6 +36,7 @@ from exchange.card import (
 )
 from exchange.errors import ConfigError, InputError, KeyringError, PeerDataError
 from exchange.names import check_display_name, check_endpoint, check_node_id
+from exchange.note import parse_verifier_key
 from exchange.revocation import (
     MAX_REVOCATIONS,
     Revocation,
@@ -57,6 +58,16 @@ PENDING_KEYFILE = Path("keys") / "secrets.key.new"
 log = structlog.get_logger("accord.node")
 
 PassphraseSource = Callable[[], str]
+
+# The kinds of key 'accord keys rotate' replaces, in the order they are applied and logged.
+KEY_IDENTITY, KEY_ENCRYPTION, KEY_TLS, KEY_LOG, KEY_WITNESS = (
+    "identity",
+    "encryption",
+    "tls",
+    "log",
+    "witness",
+)
+KEY_KINDS = (KEY_IDENTITY, KEY_ENCRYPTION, KEY_TLS, KEY_LOG, KEY_WITNESS)
 
 
 def passphrase_from_env_or(prompt: PassphraseSource) -> PassphraseSource:
@@ -185,18 +196,29 @@ class Node:
         """Sign a checkpoint over everything committed so far (one per commit batch);
         refuses (``log.foreign_entry``, ``log.rolled_back``, ``log.inconsistent``) a log
         that holds anything this node did not write (ADR 0012)."""
-        return self.log.sign_checkpoint(self.keyring().log_signer(), now)
+        return self.log.sign_checkpoint(
+            self.keyring().log_signer(), now, previous_keys=self._replaced_log_keys()
+        )
+
+    def _replaced_log_keys(self) -> list[bytes]:
+        """The log key the latest card replaced, when the latest card rotated it: the
+        newest checkpoint may still be signed by that key until the first checkpoint
+        under the new one (ADR 0017; a crash between the two is finished here)."""
+        cards = self.own_chain().cards
+        if len(cards) < 2 or cards[-1].log_vkey == cards[-2].log_vkey:
+            return []
+        return [parse_verifier_key(cards[-2].log_vkey).public_key]
 
     def check_log(self) -> None:
         """Raise what :meth:`checkpoint` would refuse, without signing or writing: used by
         ``serve`` before it listens, and by Status (docs/THREATS.md I04, I07, I09)."""
         conn = self.store.conn
         if conn.in_transaction:
-            self.log.verify()
+            self.log.verify(previous_keys=self._replaced_log_keys())
             return
         conn.execute("BEGIN")  # one read snapshot
         try:
-            self.log.verify()
+            self.log.verify(previous_keys=self._replaced_log_keys())
         finally:
             conn.execute("COMMIT")
 
@@ -438,24 +460,59 @@ class Node:
 
     def rotate_identity(self, now: datetime) -> VerifiedChain:
         """New identity key; the new card version is signed by the old key and the new."""
-        old = self.keyring()
-        new = old.with_new_identity()
-        return self._publish(old, new, now)
+        return self.rotate_keys(now, (KEY_IDENTITY,))
 
     def rotate_encryption(self, now: datetime, suite: str) -> VerifiedChain:
         """Start a new encryption-key epoch; retired keys past retention are destroyed."""
+        return self.rotate_keys(now, (KEY_ENCRYPTION,), suite=suite)
+
+    def rotate_keys(
+        self, now: datetime, kinds: Sequence[str], *, suite: str | None = None
+    ) -> VerifiedChain:
+        """Rotate each kind of ``KEY_KINDS`` named (ADR 0017) into one new card version,
+        each kind logged (``key.rotated``). The running process uses the new keys at once:
+        the keyring is replaced in memory, TLS and channels follow within a refresh."""
+        unknown = [k for k in kinds if k not in KEY_KINDS]
+        if unknown or not kinds:
+            raise InputError(
+                f"nothing to rotate: unknown key kind(s) {unknown}" if unknown else "no key kind",
+                code="input.key_kind",
+                next_step="Name one of: " + ", ".join(KEY_KINDS) + ".",
+            )
         old = self.keyring()
-        return self._publish(old, old.with_new_encryption_epoch(now, suite), now)
+        new = old
+        wanted = [k for k in KEY_KINDS if k in kinds]
+        for kind in wanted:
+            if kind == KEY_IDENTITY:
+                new = new.with_new_identity()
+            elif kind == KEY_ENCRYPTION:
+                latest = self.own_chain().latest.encryption_keys
+                new = new.with_new_encryption_epoch(now, suite or latest[-1].suite)
+            elif kind == KEY_TLS:
+                new = new.with_new_tls(self.config.endpoint.rpartition(":")[0], now)
+            elif kind == KEY_LOG:
+                new = new.with_new_log_key()
+            else:
+                new = new.with_new_witness_key()
+        return self._publish(old, new, now, kinds=wanted)
 
     def renew_encryption_epochs(self, now: datetime) -> VerifiedChain | None:
         """The unattended epoch (ADR 0017): a new key for every suite whose newest key has
         less than half an epoch left, in one new card version; None when none is due."""
         old = self.keyring()
         new = old.with_renewed_epochs(now)
-        return None if new is None else self._publish(old, new, now, trigger="schedule")
+        if new is None:
+            return None
+        return self._publish(old, new, now, kinds=[KEY_ENCRYPTION], trigger="schedule")
 
     def _publish(
-        self, old: Keyring, new: Keyring, now: datetime, *, trigger: str = "operator"
+        self,
+        old: Keyring,
+        new: Keyring,
+        now: datetime,
+        *,
+        kinds: Sequence[str],
+        trigger: str = "operator",
     ) -> VerifiedChain:
         chain = self.own_chain()
         latest = chain.latest
@@ -473,19 +530,22 @@ class Node:
             db.table("own_cards").insert(
                 {"version": card.version, "signed": _signed_card_row(signed)}
             )
-            self.record(
-                db,
-                "key.rotated",
-                now,
-                key="identity" if card.identity_key != latest.identity_key else "encryption",
-                card_version=card.version,
-                fingerprint=card.fingerprint,
-                previous_fingerprint=latest.fingerprint,
-                encryption_kids=[k.kid for k in card.encryption_keys],
-                trigger=trigger,
-            )
+            for kind in kinds:
+                self.record(
+                    db,
+                    "key.rotated",
+                    now,
+                    key=kind,
+                    card_version=card.version,
+                    fingerprint=card.fingerprint,
+                    previous_fingerprint=latest.fingerprint,
+                    encryption_kids=[k.kid for k in card.encryption_keys],
+                    trigger=trigger,
+                )
         os.replace(pending, self.data_dir / KEYFILE)
         self._keyring = new
+        # Signed by the new log key when it changed: from here on the log's checkpoints
+        # verify under the card that is now the latest (ADR 0017).
         self.checkpoint(now)
         return extended
 

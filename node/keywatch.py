@@ -90,18 +90,6 @@ def expiry_warnings(node: Node, now: datetime, days: int = WARN_DAYS) -> list[Ex
     return out
 
 
-def describe(warning: ExpiryWarning, now: datetime) -> str:
-    what = {
-        OUR_ENCRYPTION_KEY: "our encryption key",
-        THEIR_ENCRYPTION_KEY: "their encryption key",
-        AGREEMENT: "the agreement",
-    }[warning.subject]
-    if warning.expired:
-        return f"{warning.peer}: {what} has expired ({format_time(warning.not_after)})"
-    days = warning.days_left(now)
-    return f"{warning.peer}: {what} expires in {days} day(s) ({format_time(warning.not_after)})"
-
-
 class KeyWatch:
     """The serving node's key schedule: renew due epochs, log expiry warnings. ``checks``
     counts completed checks (tests step the clock and wait for the next one)."""
@@ -130,7 +118,7 @@ class KeyWatch:
                 "key.epoch_started",
                 node=self._node.config.node,
                 card_version=latest.version,
-                kids=[k.kid for k in latest.encryption_keys],
+                count=len(latest.encryption_keys),
             )
         for w in expiry_warnings(self._node, now, self._warn_days):
             key = (w.peer, w.subject, w.not_after)

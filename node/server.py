@@ -43,7 +43,7 @@ from node._pb.accord.v1 import officer_pb2, officer_pb2_grpc, peer_pb2, peer_pb2
 from node.cosigning import Cosigner
 from node.errors_map import Audience, EdgeInterceptor
 from node.home import Node
-from node.keywatch import CHECK_SECONDS, KeyWatch
+from node.keywatch import CHECK_SECONDS, WARN_DAYS, KeyWatch
 from node.peer_service import PeerExchangeService, WitnessService
 from node.sync import OutboxSignal, Puller
 from node.transport import (
@@ -75,6 +75,7 @@ class ServeOptions:
     allow_classical_tls: tuple[str, ...] = ()
     # How often the key schedule runs (new encryption epochs, expiry warnings; ADR 0017).
     key_check_seconds: float = CHECK_SECONDS
+    warn_days: int = WARN_DAYS  # key.expiry_warning log lines for what ends this soon
 
 
 def software_version() -> str:
@@ -279,7 +280,9 @@ class NodeServer:
 
         self._tasks.append(asyncio.create_task(self._refresh_roots(roots)))
         if not opts.witness_only:  # a witness exchanges nothing: its card has no use for epochs
-            self.keywatch = KeyWatch(node, now=self._now, interval=opts.key_check_seconds)
+            self.keywatch = KeyWatch(
+                node, now=self._now, interval=opts.key_check_seconds, warn_days=opts.warn_days
+            )
             self._tasks.append(asyncio.create_task(self.keywatch.run()))
         if self.cosigner is not None:
             self._tasks.append(asyncio.create_task(self.cosigner.run()))
