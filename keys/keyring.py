@@ -27,7 +27,14 @@ from exchange.times import format_time, parse_time
 from keys.keyfile import open_keyfile, seal_keyfile, write_private_file
 from keys.rowauth import LEAF_PURPOSE, LeafAuthenticator, RowAuthenticator
 from keys.signers import Ed25519Signer, EncryptionKeyPair
-from keys.tls import TlsMaterial, cross_certify, generate_tls
+from keys.tls import (
+    CERT_RENEW_BEFORE,
+    TlsMaterial,
+    certificate_not_after,
+    cross_certify,
+    generate_tls,
+    renew_node_certificate,
+)
 
 SECRETS_VERSION = 1
 EPOCH = timedelta(days=30)
@@ -215,6 +222,17 @@ class Keyring:
         for suite in suites:
             renewed = renewed.with_new_encryption_epoch(now, suite)
         return renewed
+
+    def certificate_not_after(self) -> datetime:
+        """When the node certificate (mutual TLS) ends."""
+        return certificate_not_after(self.tls)
+
+    def with_renewed_certificate(self, endpoint_host: str, now: datetime) -> Keyring | None:
+        """A new node certificate from the same CA when the current one has less than
+        ``CERT_RENEW_BEFORE`` left; None otherwise."""
+        if self.certificate_not_after() - CERT_RENEW_BEFORE > now:
+            return None
+        return replace(self, tls=renew_node_certificate(self.tls, self.node, endpoint_host, now))
 
     # -- serialisation (only to the key file) ----------------------------------------------
     def _to_secrets(self) -> dict[str, Any]:

@@ -20,6 +20,9 @@ CA_LIFETIME = timedelta(days=3650)
 CERT_LIFETIME = timedelta(days=397)
 BACKDATE = timedelta(minutes=5)
 CROSS_LIFETIME = timedelta(days=30)
+# A serving node issues itself a new node certificate under the same CA this long before
+# the old one ends (ADR 0017): the CA, and so the card, does not change.
+CERT_RENEW_BEFORE = timedelta(days=30)
 
 
 def node_uri(node: str) -> str:
@@ -187,3 +190,23 @@ def cross_certify(old: TlsMaterial, new: TlsMaterial, now: datetime) -> bytes:
         .sign(old_key, hashes.SHA256())
     )
     return cross.public_bytes(serialization.Encoding.PEM)
+
+
+def certificate_not_after(tls: TlsMaterial) -> datetime:
+    return x509.load_pem_x509_certificate(tls.cert_pem).not_valid_after_utc
+
+
+def renew_node_certificate(
+    tls: TlsMaterial, node: str, endpoint_host: str, now: datetime
+) -> TlsMaterial:
+    """A new node certificate (and key) from the same CA; an expired cross certificate
+    is dropped, a valid one kept."""
+    ca_cert = x509.load_pem_x509_certificate(tls.ca_cert_pem)
+    ca_key = serialization.load_pem_private_key(tls.ca_key_pem, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError("the TLS CA key is not an ECDSA key")
+    cert_pem, key_pem = issue_node_certificate(ca_cert, ca_key, node, endpoint_host, now)
+    cross = tls.cross_pem
+    if cross and x509.load_pem_x509_certificate(cross).not_valid_after_utc <= now:
+        cross = b""
+    return TlsMaterial(tls.ca_cert_pem, tls.ca_key_pem, cert_pem, key_pem, cross)

@@ -489,7 +489,8 @@ class Node:
                 latest = self.own_chain().latest.encryption_keys
                 new = new.with_new_encryption_epoch(now, suite or latest[-1].suite)
             elif kind == KEY_TLS:
-                new = new.with_new_tls(self.config.endpoint.rpartition(":")[0], now)
+                host = self.own_chain().latest.endpoint.rpartition(":")[0].strip("[]")
+                new = new.with_new_tls(host, now)
             elif kind == KEY_LOG:
                 new = new.with_new_log_key()
             else:
@@ -504,6 +505,36 @@ class Node:
         if new is None:
             return None
         return self._publish(old, new, now, kinds=[KEY_ENCRYPTION], trigger="schedule")
+
+    def renew_tls_certificate(self, now: datetime) -> bool:
+        """A new node certificate from the same CA a month before the old one ends (ADR
+        0017): the card does not change, so no new version; logged as ``key.rotated``
+        with ``key: "tls_certificate"``. Returns whether it renewed."""
+        old = self.keyring()
+        host = self.own_chain().latest.endpoint.rpartition(":")[0].strip("[]")
+        new = old.with_renewed_certificate(host, now)
+        if new is None:
+            return False
+        latest = self.own_chain().latest
+        pending = self.data_dir / PENDING_KEYFILE
+        if pending.exists():
+            pending.unlink()
+        save_keyring(pending, new, self._reuse_passphrase(), replace=False)
+        with self.store.transaction() as db:
+            self.record(
+                db,
+                "key.rotated",
+                now,
+                key="tls_certificate",
+                card_version=latest.version,
+                fingerprint=latest.fingerprint,
+                previous_fingerprint=latest.fingerprint,
+                trigger="schedule",
+            )
+        os.replace(pending, self.data_dir / KEYFILE)
+        self._keyring = new
+        self.checkpoint(now)
+        return True
 
     def _publish(
         self,

@@ -6,6 +6,8 @@ Two duties, both driven by the injected clock:
   epoch left (``keys.keyring.RENEW_BEFORE``), the node starts the next epoch and publishes
   the new card version; partners learn it over GetCard as for any rotation, and private
   keys retired longer than the retention are destroyed in the same step;
+- **node certificate**: a new one from the same CA a month before the old one ends (the
+  card does not change);
 - **expiry warnings**: per partner, what ends within the warning horizon (our encryption
   key for the agreement's suite, theirs, the agreement itself), for ``accord status`` and
   as one structured log line per warning in ``serve`` (names and times, never values).
@@ -120,6 +122,8 @@ class KeyWatch:
                 card_version=latest.version,
                 count=len(latest.encryption_keys),
             )
+        if self._node.renew_tls_certificate(now):
+            log.info("key.certificate_renewed", node=self._node.config.node)
         for w in expiry_warnings(self._node, now, self._warn_days):
             key = (w.peer, w.subject, w.not_after)
             if key in self._warned:

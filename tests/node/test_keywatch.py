@@ -137,3 +137,19 @@ def test_rotate_refuses_an_unknown_kind(pair: tuple[Node, Node]) -> None:
     with pytest.raises(InputError) as e:
         pk.rotate_keys(_created(pk), ["tls", "storage"])
     assert e.value.code == "input.key_kind"
+
+
+def test_node_certificate_is_renewed_a_month_before_it_ends(pair: tuple[Node, Node]) -> None:
+    pk, _cn = pair
+    start = _created(pk)
+    before, card = pk.keyring(), pk.own_chain().latest
+    assert not pk.renew_tls_certificate(start + timedelta(days=300))
+    at = before.certificate_not_after() - timedelta(days=29)
+    assert pk.renew_tls_certificate(at)
+    after = pk.keyring()
+    assert after.certificate_not_after() > before.certificate_not_after()
+    assert after.tls.ca_cert_pem == before.tls.ca_cert_pem  # same CA: the card is unchanged
+    assert after.tls.cert_pem != before.tls.cert_pem
+    assert pk.own_chain().latest == card
+    assert not pk.renew_tls_certificate(at)
+    pk.check_log()
