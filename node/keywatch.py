@@ -103,17 +103,25 @@ class KeyWatch:
         now: Callable[[], datetime] = clock.now,
         interval: float = CHECK_SECONDS,
         warn_days: int = WARN_DAYS,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self._node = node
+        self._on_change = on_change
         self._now = now
         self._interval = interval
         self._warn_days = warn_days
         self._warned: set[tuple[str, str, datetime]] = set()
         self.checks = 0
 
-    def check(self) -> None:
+    def check(self) -> list[ExpiryWarning]:
+        """One pass: renew what is due, log new warnings; returns the warnings it logged."""
         now = self._now()
         chain = self._node.renew_encryption_epochs(now)
+        renewed = self._node.renew_tls_certificate(now)
+        if (chain is not None or renewed) and self._on_change is not None:
+            self._on_change()
+        if renewed:
+            log.info("key.certificate_renewed", node=self._node.config.node)
         if chain is not None:
             latest = chain.latest
             log.info(
@@ -122,13 +130,13 @@ class KeyWatch:
                 card_version=latest.version,
                 count=len(latest.encryption_keys),
             )
-        if self._node.renew_tls_certificate(now):
-            log.info("key.certificate_renewed", node=self._node.config.node)
+        logged = []
         for w in expiry_warnings(self._node, now, self._warn_days):
             key = (w.peer, w.subject, w.not_after)
             if key in self._warned:
                 continue
             self._warned.add(key)
+            logged.append(w)
             log.warning(
                 "key.expiry_warning",
                 peer=w.peer,
@@ -137,6 +145,7 @@ class KeyWatch:
                 expired=w.expired,
                 days_left=w.days_left(now),
             )
+        return logged
 
     async def run(self) -> None:
         while True:

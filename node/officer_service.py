@@ -63,9 +63,11 @@ class ExchangeOfficerService(OfficerService):
         now: Callable[[], datetime] = clock.now,
         stale_after: timedelta = STALE_AFTER,
         classical_tls_allowed: frozenset[str] = frozenset(),
+        on_keys_rotated: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(node, cosigner)
         self._classical_ok = classical_tls_allowed
+        self._on_keys_rotated = on_keys_rotated
         self._signal = signal
         self._puller = puller
         self._now = now
@@ -355,6 +357,8 @@ class ExchangeOfficerService(OfficerService):
         kinds, suite = rotation_from_message(request)
         previous = self._node.own_chain().latest.fingerprint
         chain = self._node.rotate_keys(self._now(), kinds, suite=suite)
+        if self._on_keys_rotated is not None:
+            self._on_keys_rotated()
         return rotated_message(chain, previous, kinds)
 
     async def Status(

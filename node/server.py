@@ -193,6 +193,7 @@ class NodeServer:
         self.channels = PartnerChannels(node)
         self.cosigner: Cosigner | None = None
         self.keywatch: KeyWatch | None = None
+        self._roots: PartnerRoots | None = None
         self.peer_port = 0
         self.officer_socket = node.data_dir / OFFICER_SOCKET
         self._tasks: list[asyncio.Task[None]] = []
@@ -227,6 +228,7 @@ class NodeServer:
         for peer in opts.follow:
             node.trust_store().trusted_chain(peer, self._now())  # each followed log is trusted
         roots = PartnerRoots(node, self._now())
+        self._roots = roots
         if opts.cosign and not opts.witness_only:
             self.cosigner = Cosigner(
                 node, self.channels, now=self._now, poll_seconds=opts.cosign_poll_seconds
@@ -281,7 +283,11 @@ class NodeServer:
         self._tasks.append(asyncio.create_task(self._refresh_roots(roots)))
         if not opts.witness_only:  # a witness exchanges nothing: its card has no use for epochs
             self.keywatch = KeyWatch(
-                node, now=self._now, interval=opts.key_check_seconds, warn_days=opts.warn_days
+                node,
+                now=self._now,
+                interval=opts.key_check_seconds,
+                warn_days=opts.warn_days,
+                on_change=self.keys_changed,
             )
             self._tasks.append(asyncio.create_task(self.keywatch.run()))
         if self.cosigner is not None:
@@ -314,7 +320,14 @@ class NodeServer:
             puller=self.puller,
             now=self._now,
             classical_tls_allowed=frozenset(self.options.allow_classical_tls),
+            on_keys_rotated=self.keys_changed,
         )
+
+    def keys_changed(self) -> None:
+        """Our keys were rotated in this process: the peer port presents the new TLS
+        certificate from the next handshake on, not only at the next periodic refresh."""
+        if self._roots is not None:
+            self._roots.refresh(self._now())
 
     def _new_server(self, audience: Audience, guard: PeerGuard | None = None) -> grpc.aio.Server:
         interceptor = (
