@@ -25,6 +25,7 @@ import structlog
 from exchange.canonical import canonical_json, parse_json_unverified
 from exchange.card import (
     SUITE_HYBRID,
+    Card,
     SignedCard,
     VerifiedChain,
     extend_chain,
@@ -44,7 +45,7 @@ from exchange.revocation import (
     parse_revocation_unverified,
     sign_revocation,
 )
-from exchange.times import format_time
+from exchange.times import format_time, parse_time
 from keys.keyfile import PASSPHRASE_ENV
 from keys.keyring import Keyring, generate_keyring, load_keyring, save_keyring
 from keys.truststore import AddResult, KeyRevocation, PeerRecord, TrustStore
@@ -76,6 +77,28 @@ def passphrase_from_env_or(prompt: PassphraseSource) -> PassphraseSource:
         return value if value is not None else prompt()
 
     return source
+
+
+def _card_keys(card: Card) -> tuple[object, ...]:
+    return (
+        card.identity_key,
+        card.log_vkey,
+        card.witness_vkey,
+        card.tls_ca_pem,
+        tuple(sorted(k.kid for k in card.encryption_keys)),
+    )
+
+
+def _public_keys(keyring: Keyring, card: Card) -> tuple[object, ...]:
+    """What of ``card`` the keyring would put on it: its public keys only."""
+    return _card_keys(
+        keyring.card(
+            name=card.name,
+            endpoint=card.endpoint,
+            version=card.version,
+            issued_at=parse_time(card.issued_at, field="issued_at"),
+        )
+    )
 
 
 def _signed_card_from_row(row: bytes) -> SignedCard:
@@ -159,8 +182,24 @@ class Node:
             latest = self.own_chain().latest
             if keyring.identity_signer().public_key != latest.identity_key:
                 keyring = self._finish_pending_rotation(latest.identity_key)
+            elif _public_keys(keyring, latest) != _card_keys(latest):
+                # A rotation that kept the identity key (encryption, TLS, log, witness;
+                # ADR 0017) crashed after storing its card: finish it when the pending key
+                # file is the card's, or go on with what we have (logged).
+                keyring = self._finish_pending_keys(keyring, latest)
             self._keyring = keyring
         return self._keyring
+
+    def _finish_pending_keys(self, current: Keyring, latest: Card) -> Keyring:
+        pending = self.data_dir / PENDING_KEYFILE
+        if pending.exists():
+            keyring = load_keyring(pending, self.passphrase, on_unencrypted=self._warn_unencrypted)
+            if _public_keys(keyring, latest) == _card_keys(latest):
+                os.replace(pending, self.data_dir / KEYFILE)
+                log.info("key.rotation_completed", node=self.config.node)
+                return keyring
+        log.warning("keyring.card_mismatch", node=self.config.node, version=latest.version)
+        return current
 
     def _warn_unencrypted(self) -> None:
         self._unencrypted = True

@@ -150,3 +150,44 @@ def test_node_certificate_is_renewed_a_month_before_it_ends(pair: tuple[Node, No
     assert pk.own_chain().latest == card
     assert not pk.renew_tls_certificate(at)
     pk.check_log()
+
+
+def test_a_rotation_that_crashed_before_the_rename_is_finished_at_next_open(
+    pair: tuple[Node, Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The card of a log + encryption rotation is committed, the new key file not yet
+    renamed into place (a crash): the next open takes the pending file, not the old keys
+    that the card no longer names."""
+    import os
+
+    pk, _cn = pair
+    at = _created(pk) + timedelta(hours=1)
+    version = pk.own_chain().latest.version
+    keyfile = pk.data_dir / "keys" / "secrets.key"
+    rename = os.replace
+
+    def crash(src: str | Path, dst: str | Path) -> None:
+        if Path(dst) == keyfile:
+            raise OSError("crashed before the rename")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="crashed before the rename"):
+        pk.rotate_keys(at, ["encryption", "log"])
+    monkeypatch.undo()
+    reopened = Node.open(pk.data_dir, pk.passphrase)
+    try:
+        card = reopened.own_chain().latest
+        assert card.version == version + 1  # the card was committed
+        ring = reopened.keyring()
+        assert {k.kid for k in ring.encryption_keys()} == {k.kid for k in card.encryption_keys}
+        assert card.log_vkey.endswith(
+            reopened.keyring()
+            .card(name=card.name, endpoint=card.endpoint, version=1, issued_at=at)
+            .log_vkey.rsplit("+", 1)[1]
+        )
+        assert not (pk.data_dir / "keys" / "secrets.key.new").exists()
+        reopened.checkpoint(at)  # the old key's checkpoint, then one under the new key
+        reopened.check_log()
+    finally:
+        reopened.close()
