@@ -28,6 +28,13 @@ from exchange.card import SUITE_HYBRID, SUITE_X25519
 from exchange.crypto import verify_ed25519
 from exchange.errors import InputError, PeerDataError, PolicyError, StoreError
 from exchange.purpose import Purpose, signed_message
+from exchange.termination import (
+    Termination,
+    parse_signed_termination_unverified,
+    parse_termination_unverified,
+    sign_termination,
+    verify_termination,
+)
 from exchange.times import format_time, parse_time
 from node.home import Node
 from node.schemas import registry
@@ -204,6 +211,75 @@ def sign_and_store(
     return signed, verified
 
 
+def terminate_agreement(
+    node: Node, peer: str, effective_at: datetime, reason: str, now: datetime
+) -> tuple[bytes, Termination]:
+    """End the agreement in force with ``peer`` at ``effective_at``: sign a termination
+    statement for the partner, and log it (``agreement.terminated``). Returns the file's
+    bytes. Nothing flows under that agreement from ``effective_at`` on, on either side once
+    the partner has recorded the statement (``accept_termination``)."""
+    agreement = current_agreement(node, peer, now)
+    if agreement is None:
+        raise PolicyError(
+            f"no agreement with {peer} is in force", code="peer.no_agreement",
+            next_step="'accord agreement list' shows the agreements and their dates.",
+        )  # fmt: skip
+    if effective_at < now - timedelta(minutes=5):
+        raise InputError("--at is in the past: an end cannot be back-dated")
+    termination = Termination(
+        agreement=agreement.digest,
+        by=node.config.node,
+        peer=peer,
+        effective_at=format_time(effective_at),
+        reason=reason,
+        issued_at=format_time(now),
+    )
+    signed = sign_termination(termination, node.keyring().identity_signer())
+    _record_termination(node, termination, signed.to_bytes(), now)
+    return signed.to_bytes(), termination
+
+
+def accept_termination(node: Node, data: bytes, now: datetime) -> tuple[Termination, bool]:
+    """Verify a partner's termination file and log it; returns it and whether it was new.
+    It must be signed by the partner's identity key and name an agreement between us."""
+    signed = parse_signed_termination_unverified(data)
+    unverified = parse_termination_unverified(signed.statement)
+    if unverified.peer != node.config.node:
+        raise PeerDataError(
+            "the termination is addressed to another node", code="agreement.bad_termination"
+        )
+    chain = node.trust_store().trusted_chain(unverified.by, now)
+    termination = verify_termination(signed, chain.latest.identity_key)
+    known = {a.digest for a in node.log_facts().agreements.get(termination.by, ())}
+    if termination.agreement not in known:
+        raise PeerDataError(
+            f"the termination names no agreement this node holds with {termination.by}",
+            code="agreement.bad_termination",
+        )
+    return termination, _record_termination(node, termination, data, now)
+
+
+def _record_termination(node: Node, t: Termination, data: bytes, now: datetime) -> bool:
+    digest = sha256_digest(data)
+    other = t.peer if t.by == node.config.node else t.by
+    if digest in node.log_facts().termination_digests:
+        return False  # the same file accepted twice adds nothing (docs/THREATS.md B05)
+    with node.store.transaction() as db:
+        node.record(
+            db,
+            "agreement.terminated",
+            now,
+            peer=other,
+            by=t.by,
+            agreement_digest=t.agreement,
+            effective_at=t.effective_at,
+            reason=t.reason,
+            termination_digest=digest,
+        )
+    node.checkpoint(now)  # the fold reads what a signed checkpoint covers
+    return True
+
+
 def _check_schemas(agreement: Agreement) -> None:
     reg = registry()
     for name, digest in agreement.schemas.items():
@@ -290,31 +366,32 @@ def _stored(node: Node, digest: str) -> StoredAgreement | None:
 
 
 def current_agreement(node: Node, peer: str, now: datetime) -> VerifiedAgreement | None:
-    """The newest agreement with ``peer`` valid at ``now`` among those the log recorded as
-    signed by both (``agreement.signed``), read from its row, checked against it and
-    re-verified from bytes. Which agreement is current is decided by the log, never by
-    the editable ``not_before`` / ``not_after`` columns (docs/THREATS.md I08)."""
+    """The agreement in force with ``peer`` at ``now``: of those the log recorded as signed
+    by both (``agreement.signed``) and already started, the one signed last. A newer
+    agreement supersedes the older ones from its ``not_before`` on, even when they would
+    run longer, and when it ends nothing is in force (an older, looser one does not come
+    back); one signed later but not started yet leaves the current one in force until it
+    starts (docs/adr/0004-agreement-and-release-policy.md). Read from its row, checked
+    against the log and re-verified from bytes: which agreement is current is decided by
+    the log, never by the editable columns (docs/THREATS.md I08)."""
     entries = node.log_facts().agreements.get(peer, ())
     logged = {a.digest for a in entries}
-
-    def newest_first(a: Any) -> tuple[datetime, int]:
-        return parse_time(a.not_after, field="not_after"), a.log_index
-
-    for entry in sorted(entries, key=newest_first, reverse=True):
-        if not (
-            parse_time(entry.not_before, field="not_before")
-            <= now
-            <= parse_time(entry.not_after, field="not_after")
-        ):
-            continue
-        stored = _stored(node, entry.digest)
-        if stored is None or stored.peer != peer:
-            raise _tampered(f"stored agreement {entry.digest[:20]}", "missing")
-        _check_row(node, stored, logged)
-        signed = parse_signed_agreement_unverified(stored.signed)
-        content = parse_agreement_unverified(signed.agreement_bytes)
-        return verify_agreement(signed, _party_keys(node, content, now, signed), now)
-    return None
+    started = [a for a in entries if parse_time(a.not_before, field="not_before") <= now]
+    if not started:
+        return None
+    entry = max(started, key=lambda a: a.log_index)  # the order both signatures were logged
+    if now > parse_time(entry.not_after, field="not_after"):
+        return None
+    ends = node.log_facts().terminations.get(entry.digest)
+    if ends is not None and now >= parse_time(ends, field="effective_at"):
+        return None  # ended by a signed termination, ours or the partner's
+    stored = _stored(node, entry.digest)
+    if stored is None or stored.peer != peer:
+        raise _tampered(f"stored agreement {entry.digest[:20]}", "missing")
+    _check_row(node, stored, logged)
+    signed = parse_signed_agreement_unverified(stored.signed)
+    content = parse_agreement_unverified(signed.agreement_bytes)
+    return verify_agreement(signed, _party_keys(node, content, now, signed), now)
 
 
 def ceiling(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import os
@@ -27,6 +28,7 @@ from exchange.canonical import b64
 from exchange.errors import AccordError, InputError
 from exchange.events import Event
 from exchange.times import format_time
+from node.files import private_file
 from node.home import Node
 
 log_event = structlog.get_logger("accord.audit")
@@ -41,6 +43,7 @@ def export_bundle(
     progress: Callable[[int, int], None] | None = None,
     *,
     unsigned_ok: bool = False,
+    force: bool = False,
 ) -> tuple[int, int]:
     """Write the log, its checkpoints (with cosignatures) and the public keys needed to
     verify them. Signs a checkpoint over everything committed first and exports exactly
@@ -75,8 +78,9 @@ def export_bundle(
             "checkpoints": len(checkpoints),
             "exported_at": format_time(now),
         }
-        tmp = out.with_name(out.name + ".partial")
-        with tmp.open("w", encoding="utf-8") as f:
+        # 0600, never through a link, never over a file without force (docs/THREATS.md B07)
+        with private_file(out, force=force) as raw:
+            f = io.TextIOWrapper(raw, "utf-8")
             f.write(json.dumps(header, sort_keys=True) + "\n")
             for cp in checkpoints:
                 note = log.cosigned_note(cp).decode("utf-8")
@@ -90,7 +94,8 @@ def export_bundle(
                 f.write(f'{{"i":{idx},"event":"{b64(_raw(event))}","h":"{b64(_raw(leaf))}"}}\n')
                 if progress is not None and done % EXPORT_BATCH == 0:
                     progress(done, size)
-        tmp.replace(out)
+            f.flush()
+            f.detach()  # private_file closes (and syncs) the binary file itself
         if progress is not None:
             progress(size, size)
     finally:

@@ -70,6 +70,9 @@ class LogFacts:
     policy_digest: str | None = None
     policy_index: int | None = None
     agreements: dict[str, tuple[LoggedAgreement, ...]] = field(default_factory=dict)
+    # agreement digest -> the earliest time a signed termination ends it
+    terminations: dict[str, str] = field(default_factory=dict)
+    termination_digests: frozenset[str] = frozenset()  # each signed statement logged
     # partner -> normalised fingerprint of each identity key it revoked by a signed
     # statement -> the time from which it is invalid (kept when the partner is removed,
     # as ``peer_revocations`` keeps the statements)
@@ -121,6 +124,8 @@ def _fold(facts: LogFacts, rows: list[tuple[int, bytes]]) -> LogFacts:
     peers = dict(facts.peers)
     keys = {peer: dict(known) for peer, known in facts.key_revocations.items()}
     agreements = dict(facts.agreements)
+    terminations = dict(facts.terminations)
+    termination_digests = set(facts.termination_digests)
     policy_digest, policy_index = facts.policy_digest, facts.policy_index
     for index, data in rows:
         event = parse_event_unverified(data)
@@ -128,6 +133,13 @@ def _fold(facts: LogFacts, rows: list[tuple[int, bytes]]) -> LogFacts:
             _fold_peer(peers, keys, event, index)
         elif event.kind == "policy.changed":
             policy_digest, policy_index = str(event.attrs["policy_digest"]), index
+        elif event.kind == "agreement.terminated":
+            termination_digests.add(str(event.attrs["termination_digest"]))
+            digest, ends = str(event.attrs["agreement_digest"]), _time(event.attrs["effective_at"])
+            if digest not in terminations or parse_time(ends, field="effective_at") < parse_time(
+                terminations[digest], field="effective_at"
+            ):
+                terminations[digest] = ends
         elif event.kind == "agreement.signed":
             a: dict[str, Any] = event.attrs
             peer = str(a["peer"])
@@ -147,6 +159,8 @@ def _fold(facts: LogFacts, rows: list[tuple[int, bytes]]) -> LogFacts:
         peers=peers,
         key_revocations=keys,
         agreements=agreements,
+        terminations=terminations,
+        termination_digests=frozenset(termination_digests),
         policy_digest=policy_digest,
         policy_index=policy_index,
     )

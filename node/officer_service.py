@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from exchange.errors import AccordError, InputError
+from exchange.errors import AccordError, InputError, PeerDataError, StoreError
 from exchange.sdjwt import PresentationLimits, verify_presentation
 from exchange.sop import Report, ValidReport, check_report_document
 from exchange.times import parse_time
@@ -18,10 +18,17 @@ from node._pb.accord.v1 import error_pb2, officer_pb2
 from node.agreements import current_agreement
 from node.cosigning import Cosigner
 from node.home import Node
-from node.inbox import cursor, get_inbox, list_inbox, rejections
+from node.inbox import (
+    InboxItem,
+    cursor,
+    get_inbox,
+    list_inbox,
+    rejections,
+    resolve_envelope_id,
+)
 from node.keywatch import WARN_DAYS, expiry_warnings
 from node.policy import active_policy, decide_for
-from node.reports import list_reports, load_sealed
+from node.reports import list_reports, load_sealed, resolve_report_id
 from node.schemas import registry
 from node.server import OfficerService
 from node.sync import OutboxSignal, Puller
@@ -90,7 +97,17 @@ class ExchangeOfficerService(OfficerService):
         valid = validate(request.report)
         results = outbox.submit(self._node, [valid], self._now(), [key])
         self._committed(results)
-        return submitted_message(results[0])
+        return self._with_delivery(submitted_message(results[0]))
+
+    def _with_delivery(self, msg: officer_pb2.SubmitResponse) -> officer_pb2.SubmitResponse:
+        """Say, per partner that got an envelope, whether it is connected to take it now."""
+        for release in msg.releases:
+            release.partner_connected = bool(
+                release.envelope_id
+                and self._signal is not None
+                and self._signal.is_following(release.peer)
+            )
+        return msg
 
     def _replay(self, key: str | None) -> officer_pb2.SubmitResponse | None:
         """A retried submission (same idempotency key) gets the first answer again."""
@@ -176,11 +193,12 @@ class ExchangeOfficerService(OfficerService):
         self, request: officer_pb2.AmendRequest, context: Context
     ) -> officer_pb2.AmendResponse:
         valid = validate(request.report)
+        report_id = resolve_report_id(self._node, request.report_id)
         result = outbox.amend(
-            self._node, request.report_id, valid, self._now(), request.base_version or None
+            self._node, report_id, valid, self._now(), request.base_version or None
         )
         self._committed([result])
-        msg = submitted_message(result)
+        msg = self._with_delivery(submitted_message(result))
         return officer_pb2.AmendResponse(
             report_id=msg.report_id, version=msg.version, releases=msg.releases
         )
@@ -188,15 +206,14 @@ class ExchangeOfficerService(OfficerService):
     async def Retract(
         self, request: officer_pb2.RetractRequest, context: Context
     ) -> officer_pb2.RetractResponse:
-        sent = outbox.retract(
-            self._node, request.report_id, request.reason or "withdrawn", self._now()
-        )
+        report_id = resolve_report_id(self._node, request.report_id)
+        sent = outbox.retract(self._node, report_id, request.reason or "withdrawn", self._now())
         if self._signal is not None:
             self._signal.notify([p for p, _e, _s in sent])
         if self._cosigner is not None:
             self._cosigner.poke()
         return officer_pb2.RetractResponse(
-            report_id=request.report_id,
+            report_id=report_id,
             envelopes=[
                 officer_pb2.RetractionEnvelope(peer=p, envelope_id=e, seq=s) for p, e, s in sent
             ],
@@ -235,7 +252,8 @@ class ExchangeOfficerService(OfficerService):
         self, request: officer_pb2.GetReportRequest, context: Context
     ) -> officer_pb2.GetReportResponse:
         node = self._node
-        sealed = load_sealed(node, request.report_id, request.version or None)
+        report_id = resolve_report_id(node, request.report_id)
+        sealed = load_sealed(node, report_id, request.version or None)
         key = node.store.conn.execute(
             "SELECT issuer_key, sealed_at, retracted_at FROM reports "
             "WHERE report_id = ? AND version = ?",
@@ -273,37 +291,38 @@ class ExchangeOfficerService(OfficerService):
         self, request: officer_pb2.ListInboxRequest, context: Context
     ) -> officer_pb2.ListInboxResponse:
         limit = min(request.limit or 50, MAX_PAGE)
-        items = list_inbox(
-            self._node,
-            peer=request.peer or None,
-            limit=limit + 1,
-            before=request.page_token or None,
-        )
-        newest = _newest_versions(items)
+        state = request.state or ""
+        if state not in ("", "current", "superseded", "retracted"):
+            raise InputError("state must be current, superseded or retracted", code="input.invalid")
+        wanted = request.offset + limit + 1
+        matched: list[tuple[InboxItem, dict[str, Any]]] = []
+        before = request.page_token or None
+        newest: dict[str, int] = {}
+        for _ in range(MAX_SCAN // MAX_PAGE):  # a bounded scan: filters need the fields
+            batch = list_inbox(self._node, peer=request.peer or None, limit=MAX_PAGE, before=before)
+            for report_id, version in _newest_versions(batch).items():
+                newest[report_id] = max(version, newest.get(report_id, 0))
+            for item in batch:
+                if request.sop and item.sop != request.sop:
+                    continue
+                shown = _title_and_severity(self._node, item)
+                if _matches(item, shown, newest, request, state):
+                    matched.append((item, shown))
+            if len(matched) >= wanted or len(batch) < MAX_PAGE:
+                break
+            before = batch[-1].envelope_id
+        page = matched[request.offset : request.offset + limit]
+        more = len(matched) > request.offset + limit
         return officer_pb2.ListInboxResponse(
-            items=[inbox_message(i, newest) for i in items[:limit]],
-            next_page_token=items[limit - 1].envelope_id if len(items) > limit else "",
+            items=[inbox_message(i, newest, s) for i, s in page],
+            next_page_token=page[-1][0].envelope_id if more else "",
         )
 
     async def GetInbox(
         self, request: officer_pb2.GetInboxRequest, context: Context
     ) -> officer_pb2.GetInboxResponse:
-        item, content = get_inbox(self._node, request.envelope_id)
-        issuer_keys = [
-            c.identity_key
-            for c in self._node.trust_store().trusted_chain(item.peer, self._now()).cards
-        ]
-        fields: dict[str, Any] = {}
-        for key in reversed(issuer_keys):  # the report was sealed under one of the partner's keys
-            try:
-                fields = dict(
-                    verify_presentation(
-                        content["presentation"], key, limits=PresentationLimits()
-                    ).fields
-                )
-                break
-            except AccordError:
-                continue
+        item, content = get_inbox(self._node, resolve_envelope_id(self._node, request.envelope_id))
+        fields = _fields_as_received(self._node, item, content)
         derived = {d["field"]: d["value"] for d in content.get("derived", [])}
         body = {
             "sop": item.sop,
@@ -328,7 +347,7 @@ class ExchangeOfficerService(OfficerService):
         node = self._node
         now = self._now()
         if request.WhichOneof("subject") == "report_id":
-            sealed = load_sealed(node, request.report_id)
+            sealed = load_sealed(node, resolve_report_id(node, request.report_id))
             key = node.store.conn.execute(
                 "SELECT issuer_key FROM reports WHERE report_id = ? AND version = ?",
                 (sealed.report_id, sealed.version),
@@ -371,7 +390,11 @@ class ExchangeOfficerService(OfficerService):
         for peer, _seq, _code in rejections(node):
             rejected[peer] = rejected.get(peer, 0) + 1
         for peer, count in node.store.conn.execute(  # equivocations: kept as evidence (P07)
-            "SELECT peer, count(*) FROM evidence GROUP BY peer"
+            "SELECT peer, count(*) + sum(repeats) FROM evidence GROUP BY peer"
+        ):
+            rejected[peer] = rejected.get(peer, 0) + int(count)
+        for peer, count in node.store.conn.execute(  # beyond the alarm budget (L06)
+            "SELECT peer, count FROM evidence_suppressed"
         ):
             rejected[peer] = rejected.get(peer, 0) + int(count)
         warnings: dict[str, list[officer_pb2.ExpiryWarning]] = {}
@@ -458,3 +481,69 @@ def _newest_versions(items: list[Any]) -> dict[str, int]:
     for i in items:
         out[i.report_id] = max(out.get(i.report_id, 0), i.version)
     return out
+
+
+def _fields_as_received(node: Node, item: InboxItem, content: dict[str, Any]) -> dict[str, Any]:
+    """The report's fields, verified against the partner's card chain as it was trusted
+    when the item arrived: an item received before the partner (or one of its keys) was
+    revoked stays readable afterwards, and is still checked under the author's key."""
+    if "presentation" not in content:
+        return {}  # a retraction carries no fields
+    arrived = parse_time(item.received_at, field="received_at")
+    trust = node.trust_store()
+    chain = trust.trusted_chain(item.peer, arrived)  # peer.revoked only if it was already then
+    revoked = trust.revoked_keys(item.peer)
+    keys = [
+        c.identity_key
+        for c in chain.cards
+        if c.identity_key not in revoked or arrived < revoked[c.identity_key]
+    ]
+    for key in reversed(keys):  # the report was sealed under one of the partner's keys
+        try:
+            verified = verify_presentation(
+                content["presentation"], key, limits=PresentationLimits()
+            )
+        except AccordError:
+            continue
+        return dict(verified.fields)
+    raise StoreError(
+        f"item {item.envelope_id} does not verify under any key {item.peer} held when it arrived",
+        code="store.row_tampered",
+        next_step="The stored item may have been edited: run 'accord audit export' and "
+        "'accord audit verify'.",
+    )
+
+
+MAX_SCAN = 5_000  # received items one ListInbox call reads at most to fill a filtered page
+
+
+def _title_and_severity(node: Node, item: InboxItem) -> dict[str, Any]:
+    """The two fields an officer scans a list by, verified like ``inbox show`` verifies."""
+    if item.kind != "report" or not ({"title", "severity"} & set(item.fields)):
+        return {}
+    _item, content = get_inbox(node, item.envelope_id)
+    try:
+        fields = _fields_as_received(node, item, content)
+    except PeerDataError as e:
+        if e.code != "peer.revoked":
+            raise
+        # Sealed under a key revoked from before it arrived: listed, never shown as
+        # verified ('inbox show' says why).
+        return {}
+    return {k: fields[k] for k in ("title", "severity") if k in fields}
+
+
+def _matches(
+    item: InboxItem,
+    shown: dict[str, Any],
+    newest: dict[str, int],
+    request: officer_pb2.ListInboxRequest,
+    state: str,
+) -> bool:
+    if request.severity and shown.get("severity") != request.severity:
+        return False
+    if request.text and request.text.casefold() not in str(shown.get("title", "")).casefold():
+        return False
+    superseded = item.version < newest.get(item.report_id, item.version)
+    now_state = "retracted" if item.retracted else "superseded" if superseded else "current"
+    return not state or state == now_state

@@ -19,8 +19,8 @@ from exchange.envelope import (
     envelope_digest,
     seal_envelope,
 )
-from exchange.errors import InputError, PolicyError
-from exchange.policy import PeerStats, Policy, ReleaseDecision, decide
+from exchange.errors import InputError, PeerDataError, PolicyError
+from exchange.policy import PeerStats, Policy, ReleaseDecision
 from exchange.receipt import VerifiedReceipt, verify_receipt
 from exchange.sdjwt import Retraction, SealedReport, sign_retraction
 from exchange.sop import ValidReport
@@ -29,7 +29,7 @@ from keys.signers import HpkeEncryptor
 from node.agreements import ceiling, current_agreement
 from node.home import Node
 from node.ids import uuid7
-from node.policy import active_policy, peer_stats
+from node.policy import active_policy, peer_stats, release_decision
 from node.reports import seal_report
 
 MAX_BATCH = 256
@@ -157,17 +157,14 @@ def _release(
             target.ceilings[report.sop] = ceiling(
                 node, target.agreement, me, target.peer, report.sop
             )
-        decision = decide(
-            report.fields,
-            report.tlp,
-            report.sop,
-            valid.labels,
-            ctx.policy,
-            target.ceilings[report.sop],
+        decision = release_decision(
+            node,
+            report,
             target.peer,
-            target.stats,
             ctx.now,
-            node.keyring().pseudonym_key(target.peer),
+            policy=ctx.policy,
+            limit=target.ceilings[report.sop],
+            stats=target.stats,
         )
         event = {k: v for k, v in decision.to_log_event().items() if k != "kind"}
         envelope_id = seq = None
@@ -431,6 +428,18 @@ def accept_receipt(
         ).fetchone()
         if seen is not None:
             return receipt, False
+        pending = node.store.conn.execute(
+            "SELECT count(*) FROM outbox WHERE peer = ? AND seq BETWEEN ? AND ? "
+            "AND state = 'pending'",
+            (peer, receipt.first_seq, receipt.last_seq),
+        ).fetchone()
+        if int(pending[0]) == 0:  # adds nothing: no row, no leaf (L06, ADR 0016)
+            raise PeerDataError(
+                f"receipt from {peer} for seq {receipt.first_seq}..{receipt.last_seq}, "
+                "a range already confirmed by another receipt",
+                code="peer.receipt.redundant",
+                next_step="Nothing was stored. Re-send the receipt already sent for the range.",
+            )
         rejected = {r.seq: r.code for r in receipt.rejections}
         node.store.conn.execute(
             "UPDATE outbox SET state = 'delivered' "

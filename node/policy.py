@@ -149,21 +149,45 @@ def peer_stats(node: Node, policy: Policy, peer: str, now: datetime) -> PeerStat
     return PeerStats(received_at=tuple(parse_time(t, field="received_at") for t in times))
 
 
-def decide_for(
-    node: Node, report: Report, peer: str, now: datetime, policy: Policy | None
+def release_decision(
+    node: Node,
+    report: Report,
+    peer: str,
+    now: datetime,
+    *,
+    policy: Policy,
+    limit: Ceiling | None,
+    stats: PeerStats,
 ) -> ReleaseDecision:
-    reg = registry()
-    agreement = current_agreement(node, peer, now)
-    policy = policy if policy is not None else Policy(MappingProxyType({}))
+    """The one place a release decision is built: ``report submit`` (node/outbox.py, with
+    the ceiling and statistics it computed once per partner and batch) and ``policy explain``
+    (:func:`decide_for`) both call it, so what explain shows is what submit sends."""
     return decide(
         report.fields,
         report.tlp,
         report.sop,
-        reg.labels(report.sop),
+        registry().labels(report.sop),
         policy,
-        ceiling(node, agreement, node.config.node, peer, report.sop),
+        limit,
         peer,
-        peer_stats(node, policy, peer, now),
+        stats,
         now,
         node.keyring().pseudonym_key(peer),
+    )
+
+
+def decide_for(
+    node: Node, report: Report, peer: str, now: datetime, policy: Policy | None
+) -> ReleaseDecision:
+    """The decision for ``peer`` now, under ``policy`` (default: none, i.e. deny)."""
+    agreement = current_agreement(node, peer, now)
+    policy = policy if policy is not None else Policy(MappingProxyType({}))
+    return release_decision(
+        node,
+        report,
+        peer,
+        now,
+        policy=policy,
+        limit=ceiling(node, agreement, node.config.node, peer, report.sop),
+        stats=peer_stats(node, policy, peer, now),
     )

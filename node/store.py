@@ -299,6 +299,21 @@ def _m016_leaves_by_kind(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE INDEX log_leaves_by_kind ON log_leaves ({LEAF_KIND_EXPR})")
 
 
+def _m017_bounded_evidence(db: sqlite_utils.Database) -> None:
+    """Equivocations kept once per partner and seq, later ones counted on that row, and
+    those beyond the alarm budget counted per partner (L06, ADR 0016)."""
+    _run_sql(
+        db,
+        """
+        ALTER TABLE evidence ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX evidence_by_seq ON evidence (peer, kind, seq);
+        CREATE INDEX evidence_by_time ON evidence (peer, kind, at);
+        CREATE TABLE evidence_suppressed (
+            peer TEXT PRIMARY KEY, count INTEGER NOT NULL, last_at TEXT NOT NULL)
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
     (2, "transparency log: leaves, subtrees, checkpoints, cosignatures, witness", _m002_log),
@@ -320,6 +335,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
         _m015_witness_per_partner,
     ),
     (16, "log leaves by event kind: trust, policy and agreement events", _m016_leaves_by_kind),
+    (17, "evidence once per seq, repeats counted, alarm budget", _m017_bounded_evidence),
 ]
 
 

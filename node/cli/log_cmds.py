@@ -212,12 +212,16 @@ def _progress() -> Progress:
 @pass_ctx
 def audit_export(ctx: CliContext, out: Path, force: bool, as_json: bool) -> None:
     """Write the log, cosigned checkpoints and public cards to one bundle file."""
-    if out.exists() and not force:
+    if (out.exists() or out.is_symlink()) and not force:
         raise InputError(f"{out} exists", next_step="Choose another --out or pass --force.")
     with opened(ctx) as node, _progress() as bar:
         task = bar.add_task("exporting", total=None)
         size, checkpoints = export_bundle(
-            node, out, clock.now(), lambda n, total: bar.update(task, completed=n, total=total)
+            node,
+            out,
+            clock.now(),
+            lambda n, total: bar.update(task, completed=n, total=total),
+            force=force,
         )
     if as_json:
         print_json({"file": str(out), "entries": size, "checkpoints": checkpoints})

@@ -4,6 +4,7 @@ socket: report submit/list/show/amend/retract, inbox list/show/export, status.""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,20 @@ import click
 from rich.panel import Panel
 from rich.text import Text
 
-from exchange.errors import StoreError
+from exchange.errors import PolicyError, StoreError
 from node._pb.accord.v1 import officer_pb2
 from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
-from node.cli.output import ok, print_fields, print_json, print_table, safe, say, stdout, warn
+from node.cli.output import (
+    ok,
+    print_fields,
+    print_json,
+    print_table,
+    safe,
+    say,
+    stderr,
+    stdout,
+    warn,
+)
 from node.cli.report_cmds import read_report_file, report
 from node.files import write_export
 from node.officer_client import call, officer
@@ -54,21 +65,80 @@ def _print_releases(releases: Any) -> None:
         print_table(f"{r.peer}: {sent}", ["field", "outcome", "why / how"], sorted(rows))
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """Where a submitted report stands for one partner, in the officer's words."""
+
+    state: str  # "delivering" | "queued" | "not_sent"
+    why: str  # for not_sent: the reason code every field was withheld for, or "withheld"
+    text: str
+    next_step: str
+
+
+def delivery_of(r: officer_pb2.ReleaseOutcome) -> Delivery:
+    if r.envelope_id:
+        if r.partner_connected:
+            return Delivery(
+                "delivering",
+                "",
+                f"sent to {r.peer} (seq {r.seq}): the partner is connected and takes it now",
+                f"'accord report show' shows the receipt once {r.peer} confirms it.",
+            )
+        return Delivery(
+            "queued",
+            "",
+            f"queued for {r.peer} (seq {r.seq}): the partner is not connected; it is "
+            "delivered when it reconnects",
+            "'accord status' shows the backlog and when the partner was last in contact.",
+        )
+    reasons = {w.reason for w in r.withheld}
+    why = reasons.pop() if len(reasons) == 1 else "withheld"
+    steps = {
+        "no-agreement": "Sign an agreement with the partner ('accord agreement propose').",
+        "tlp-above-max": "The TLP is above what this partner may receive; lower it only if "
+        "the originator allows.",
+        "not-in-policy": f"'accord policy explain --peer {r.peer} FILE' shows what the policy "
+        "would release.",
+    }
+    text = REASON_TEXT.get(why, "the policy and the agreement withhold every field")
+    return Delivery(
+        "not_sent",
+        why,
+        f"nothing sent to {r.peer}: {text}",
+        steps.get(why, f"'accord policy explain --peer {r.peer} FILE' says why, field by field."),
+    )
+
+
 def print_submitted(answer: Any, as_json: bool, headline: str) -> None:
-    """What a Submit or Amend answered: per partner, sent, transformed and withheld."""
+    """What a Submit or Amend answered: per partner, whether it is on its way, queued, or
+    not sent and why, then the fields sent, transformed and withheld. Exits 4 (the policy
+    family) when no partner gets anything: the report is stored and logged all the same."""
+    deliveries = [delivery_of(r) for r in answer.releases]
     if as_json:
         print_json(
             {
                 "report_id": answer.report_id,
                 "version": answer.version,
-                "releases": [_release_json(r) for r in answer.releases],
+                "releases": [
+                    {**_release_json(r), "delivery": d.state, "why": d.why or None}
+                    for r, d in zip(answer.releases, deliveries, strict=True)
+                ],
             }
         )
-        return
-    ok(headline)
-    _print_releases(answer.releases)
-    if not answer.releases:
-        warn("no trusted partner: the report is stored and logged but sent to nobody")
+    else:
+        ok(headline)
+        _print_releases(answer.releases)
+        for d in deliveries:
+            (say if d.state != "not_sent" else warn)(d.text)
+            say(f"  next: {d.next_step}")
+        if not answer.releases:
+            warn("no trusted partner: the report is stored and logged but sent to nobody")
+    if not any(d.state != "not_sent" for d in deliveries):
+        stderr.print(
+            "nothing was sent to any partner (exit 4); the report is stored and logged",
+            style="yellow",
+        )
+        raise click.exceptions.Exit(PolicyError.exit_code)
 
 
 def _tlp(tlp: str) -> Text:
@@ -89,7 +159,8 @@ def report_submit(ctx: CliContext, file: Path, as_json: bool) -> None:
     """Validate, seal and send a report (JSON or TOML) to every partner its policy allows.
 
     Needs the node running ('accord serve'). Prints, per partner, what was sent and what
-    was withheld.
+    was withheld, and whether it is on its way, queued or not sent (and why). Exits 4 when
+    no partner receives anything; the report is stored and logged all the same.
     """
     data, _fmt = read_report_file(file)
     with officer(ctx.data_dir) as stub:
@@ -154,6 +225,7 @@ def report_show(ctx: CliContext, report_id: str, version: int | None, as_json: b
             stub.GetReport, officer_pb2.GetReportRequest(report_id=report_id, version=version or 0)
         )
     body = json.loads(answer.report)
+    report_id = answer.summary.report_id  # the full id, also when a prefix was given
     if as_json:
         print_json(
             {
@@ -275,37 +347,79 @@ def _inbox_json(i: officer_pb2.InboxItem) -> dict[str, Any]:
         "received_at": _time(i.received_at),
         "superseded": i.superseded,
         "retracted": i.retracted,
+        "title": i.title or None,
+        "severity": i.severity or None,
     }
 
 
-@inbox.command("list", epilog=examples("accord --data ./cn-mps inbox list --peer pk-moi"))
+@inbox.command(
+    "list",
+    epilog=examples(
+        "accord --data ./cn-mps inbox list --peer pk-moi",
+        "accord --data ./cn-mps inbox list --severity critical --state current --text convoy",
+        "accord --data ./cn-mps inbox list --limit 20 --offset 20 --json",
+    ),
+)
 @click.option("--peer", help="Only from this partner.")
+@click.option("--sop", help="Only reports of this schema, e.g. threat-alert@1.")
+@click.option("--severity", help="Only reports whose disclosed severity is this.")
+@click.option(
+    "--state",
+    type=click.Choice(["current", "superseded", "retracted"]),
+    help="current: the latest version, not retracted.",
+)
+@click.option("--text", help="Only reports whose disclosed title contains this text.")
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many first.")
 @json_option
 @pass_ctx
-def inbox_list(ctx: CliContext, peer: str | None, limit: int, as_json: bool) -> None:
-    """List received reports, newest first."""
+def inbox_list(
+    ctx: CliContext,
+    peer: str | None,
+    sop: str | None,
+    severity: str | None,
+    state: str | None,
+    text: str | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
+) -> None:
+    """List received reports, newest first: title, severity, TLP, and their state.
+
+    Titles and severities are what the partner disclosed, verified under the author's key
+    and shown escaped. Filters combine; --offset pages through the matches.
+    """
+    request = officer_pb2.ListInboxRequest(
+        peer=peer or "",
+        sop=sop or "",
+        severity=severity or "",
+        state=state or "",
+        text=text or "",
+        limit=limit,
+        offset=offset,
+    )
     with officer(ctx.data_dir) as stub:
-        answer = call(stub.ListInbox, officer_pb2.ListInboxRequest(peer=peer or "", limit=limit))
+        answer = call(stub.ListInbox, request)
     items = [_inbox_json(i) for i in answer.items]
     if as_json:
         print_json(items)
         return
     if not items:
-        say("Nothing received yet.")
+        say("Nothing received yet." if not (sop or severity or state or text) else "No match.")
         return
     print_table(
         "Received reports",
-        ["id", "from", "TLP", "schema", "version", "received", "fields", "state"],
+        ["id", "from", "TLP", "severity", "title", "schema", "v", "received", "state"],
         [
             (
                 i["envelope_id"],
                 i["peer"],
                 i["tlp"].upper(),
+                i["severity"] or "-",
+                i["title"] or "-",
                 i["sop"],
                 i["version"],
                 i["received_at"],
-                len(i["fields"]),
                 "retracted" if i["retracted"] else "superseded" if i["superseded"] else "",
             )
             for i in items

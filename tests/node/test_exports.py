@@ -115,3 +115,20 @@ def test_init_makes_an_existing_directory_private_and_open_refuses_a_loose_one(
     shown = accord("--data", data, "card", "show")
     assert shown.code != 0 and "config.loose_permissions" in shown.err
     assert "chmod 700" in shown.err
+
+
+@pytest.mark.threat("B07")
+def test_audit_export_is_private_and_never_follows_a_link(
+    make_node: Callable[..., Path], accord: Accord, tmp_path: Path
+) -> None:
+    pk = make_node("pk-moi", 7441)
+    bundle = tmp_path / "pk.bundle"
+    target = tmp_path / "planted"
+    bundle.symlink_to(target)
+    r = accord("--data", pk, "audit", "export", "--out", bundle)
+    assert r.code != 0 and "exists" in r.err and not target.exists()
+    r = accord("--data", pk, "audit", "export", "--out", bundle, "--force")
+    assert r.code == 0, r.err
+    assert not bundle.is_symlink() and not target.exists()
+    assert bundle.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
