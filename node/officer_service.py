@@ -28,15 +28,19 @@ from node.inbox import (
     resolve_envelope_id,
     retraction_of,
 )
+from node.keywatch import WARN_DAYS, expiry_warnings
 from node.policy import active_policy, decide_for
 from node.reports import list_reports, load_sealed, resolve_report_id
 from node.schemas import registry
 from node.server import OfficerService
 from node.sync import OutboxSignal, Puller
 from node.wire import (
+    expiry_warning_message,
     inbox_message,
     outcome_from_event,
     outcome_message,
+    rotated_message,
+    rotation_from_message,
     submitted_message,
     timestamp,
     timestamp_of,
@@ -68,9 +72,11 @@ class ExchangeOfficerService(OfficerService):
         now: Callable[[], datetime] = clock.now,
         stale_after: timedelta = STALE_AFTER,
         classical_tls_allowed: frozenset[str] = frozenset(),
+        on_keys_rotated: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(node, cosigner)
         self._classical_ok = classical_tls_allowed
+        self._on_keys_rotated = on_keys_rotated
         self._signal = signal
         self._puller = puller
         self._now = now
@@ -366,6 +372,19 @@ class ExchangeOfficerService(OfficerService):
             ]
         )
 
+    async def RotateKeys(
+        self, request: officer_pb2.RotateKeysRequest, context: Context
+    ) -> officer_pb2.RotateKeysResponse:
+        """Rotate keys in the serving process (ADR 0017): the keyring in memory is
+        replaced, the server's TLS credentials and partner channels follow at their next
+        refresh, partners learn the new card over GetCard."""
+        kinds, suite = rotation_from_message(request)
+        previous = self._node.own_chain().latest.fingerprint
+        chain = self._node.rotate_keys(self._now(), kinds, suite=suite)
+        if self._on_keys_rotated is not None:
+            self._on_keys_rotated()
+        return rotated_message(chain, previous, kinds)
+
     async def Status(
         self, request: officer_pb2.StatusRequest, context: Context
     ) -> officer_pb2.StatusResponse:
@@ -383,8 +402,14 @@ class ExchangeOfficerService(OfficerService):
             "SELECT peer, count FROM evidence_suppressed"
         ):
             rejected[peer] = rejected.get(peer, 0) + int(count)
+        warnings: dict[str, list[officer_pb2.ExpiryWarning]] = {}
+        for w in sorted(
+            expiry_warnings(node, now, request.warn_days or WARN_DAYS), key=lambda w: w.not_after
+        ):
+            warnings.setdefault(w.peer, []).append(expiry_warning_message(w, now))
         peers = []
         for status in base.peers:
+            status.expiry_warnings.extend(warnings.get(status.peer, []))
             sent, acked = outbox.backlog(node, status.peer)
             agreement = current_agreement(node, status.peer, now)
             pull = pulls.get(status.peer)

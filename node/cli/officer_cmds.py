@@ -558,10 +558,35 @@ def inbox_export(
 # -- status -------------------------------------------------------------------------------
 
 
-def _status(ctx: CliContext) -> officer_pb2.StatusResponse:
+def _status(ctx: CliContext, warn_days: int = 0) -> officer_pb2.StatusResponse:
     with officer(ctx.data_dir) as stub:
-        answer: officer_pb2.StatusResponse = call(stub.Status, officer_pb2.StatusRequest())
+        answer: officer_pb2.StatusResponse = call(
+            stub.Status, officer_pb2.StatusRequest(warn_days=warn_days)
+        )
     return answer
+
+
+_WARNING_TEXT = {
+    "our_encryption_key": "our encryption key",
+    "their_encryption_key": "their encryption key",
+    "agreement": "the agreement",
+}
+
+
+def _warning_json(w: officer_pb2.ExpiryWarning) -> dict[str, Any]:
+    return {
+        "subject": w.subject,
+        "not_after": _time(w.not_after),
+        "days_left": w.days_left,
+        "expired": w.expired,
+    }
+
+
+def _warning_text(peer: str, w: officer_pb2.ExpiryWarning) -> str:
+    what = _WARNING_TEXT.get(w.subject, w.subject)
+    if w.expired:
+        return f"{peer}: {what} has expired ({_time(w.not_after)})"
+    return f"{peer}: {what} expires in {w.days_left} day(s) ({_time(w.not_after)})"
 
 
 def _peer_json(p: officer_pb2.PeerStatus) -> dict[str, Any]:
@@ -581,15 +606,31 @@ def _peer_json(p: officer_pb2.PeerStatus) -> dict[str, Any]:
         "agreement_not_after": _time(p.agreement_not_after),
         "stale": p.stale,
         "classical_tls_allowed": p.classical_tls_allowed,
+        "expiry_warnings": [_warning_json(w) for w in p.expiry_warnings],
     }
 
 
-@cli.command("status", epilog=examples("accord --data ./pk-moi status --json"))
+@cli.command(
+    "status",
+    epilog=examples(
+        "accord --data ./pk-moi status --json", "accord --data ./pk-moi status --warn-days 30"
+    ),
+)
+@click.option(
+    "--warn-days",
+    type=click.IntRange(1, 3650),
+    default=14,
+    show_default=True,
+    help="Warn about keys and agreements that end within this many days.",
+)
 @json_option
 @pass_ctx
-def status(ctx: CliContext, as_json: bool) -> None:
-    """Is the exchange healthy? The node, its log, and each partner at a glance."""
-    s = _status(ctx)
+def status(ctx: CliContext, warn_days: int, as_json: bool) -> None:
+    """Is the exchange healthy? The node, its log, and each partner at a glance.
+
+    Warns, per partner, ahead of the end of our encryption key, theirs and the agreement.
+    """
+    s = _status(ctx, warn_days)
     if as_json:
         print_json(
             {
@@ -676,6 +717,8 @@ def _sync_table(s: officer_pb2.StatusResponse) -> None:
             warn(f"{p.peer}: no cosigned checkpoint recently; the sync is not known to be healthy")
         if p.classical_tls_allowed:
             warn(f"{p.peer}: may call over classical TLS (--allow-classical-tls)")
+        for w in p.expiry_warnings:
+            warn(_warning_text(p.peer, w))
 
 
 @cli.group(
