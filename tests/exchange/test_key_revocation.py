@@ -26,6 +26,7 @@ from keys.keyring import Keyring, generate_keyring
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 T = "2026-11-20T00:00:00Z"
+Setup = tuple[VerifiedChain, list[Keyring]]
 
 
 def _chain() -> tuple[VerifiedChain, list[Keyring]]:
@@ -45,11 +46,13 @@ def _chain() -> tuple[VerifiedChain, list[Keyring]]:
 
 
 @pytest.fixture(scope="module")
-def setup() -> tuple[VerifiedChain, list[Keyring]]:
+def setup() -> Setup:
     return _chain()
 
 
-def _statement(chain: VerifiedChain, kind: str, version: int = 1, **changes: str):
+def _statement(
+    chain: VerifiedChain, kind: str, version: int = 1, **changes: str
+) -> KeyRevocationStatement:
     fields = {
         "node": "pk-moi",
         "kind": kind,
@@ -63,7 +66,7 @@ def _statement(chain: VerifiedChain, kind: str, version: int = 1, **changes: str
 
 
 @pytest.mark.parametrize("kind", ["log", "witness", "tls"])
-def test_a_replaced_key_of_each_kind_revokes_and_verifies(setup, kind: str) -> None:
+def test_a_replaced_key_of_each_kind_revokes_and_verifies(setup: Setup, kind: str) -> None:
     chain, rings = setup
     signed = sign_key_revocation(_statement(chain, kind), rings[2].identity_signer(), chain)
     got = verify_key_revocation(signed, chain)
@@ -82,7 +85,7 @@ def test_a_replaced_key_of_each_kind_revokes_and_verifies(setup, kind: str) -> N
 
 @pytest.mark.threat("P06")
 @pytest.mark.parametrize("kind", ["log", "witness", "tls"])
-def test_p06_revoking_the_current_key_is_refused_rotate_first(setup, kind: str) -> None:
+def test_p06_revoking_the_current_key_is_refused_rotate_first(setup: Setup, kind: str) -> None:
     chain, rings = setup
     with pytest.raises(InputError) as e:
         sign_key_revocation(_statement(chain, kind, 3), rings[2].identity_signer(), chain)
@@ -91,7 +94,7 @@ def test_p06_revoking_the_current_key_is_refused_rotate_first(setup, kind: str) 
 
 
 @pytest.mark.threat("P06")
-def test_p06_a_forged_key_revocation_is_refused(setup) -> None:
+def test_p06_a_forged_key_revocation_is_refused(setup: Setup) -> None:
     chain, rings = setup
     stranger = generate_keyring("pk-moi", "pk-moi.accord/log", "127.0.0.1", NOW)
     data = _statement(chain, "log").to_bytes()
@@ -112,7 +115,7 @@ def test_p06_a_forged_key_revocation_is_refused(setup) -> None:
         verify_all([good, forged], chain)
 
 
-def test_statements_are_strict(setup) -> None:
+def test_statements_are_strict(setup: Setup) -> None:
     chain, rings = setup
     for bad in (
         {"kind": "identity"},
@@ -132,7 +135,7 @@ def test_statements_are_strict(setup) -> None:
         parse_key_revocation_unverified(b'{"type":"accord.revocation/v1"}')
 
 
-def test_operators_name_keys_by_label_or_key_id(setup) -> None:
+def test_operators_name_keys_by_label_or_key_id(setup: Setup) -> None:
     chain, _rings = setup
     log = card_key(chain.cards[0], "log")
     name, kid, _ = log.split("+")
