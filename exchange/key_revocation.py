@@ -76,7 +76,7 @@ def matches(key: str, wanted: str) -> bool:
         return False
     if key == wanted:
         return True
-    parts = key.split("+")
+    parts = key.split("+", 2)
     if len(parts) == 3:
         return wanted.lower() in (parts[1].lower(), f"{parts[0]}+{parts[1]}".lower())
     return key.startswith("sha256:") and key[len("sha256:") :] == wanted.lower()

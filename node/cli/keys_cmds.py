@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import click
 
 from exchange.card import verify_chain_bytes
@@ -174,10 +176,20 @@ def keys_list(ctx: CliContext, as_json: bool) -> None:
     "revoke",
     epilog=examples(
         "accord --data ./pk-moi keys revoke ABCD-EFGH-IJKL-MNOP-QRST-UVWX "
-        "--from 2026-11-20T00:00:00Z --reason compromised --yes"
+        "--from 2026-11-20T00:00:00Z --reason compromised --yes",
+        "accord --data ./pk-moi keys revoke --kind log 0a1b2c3d "
+        "--from 2026-11-20T00:00:00Z --reason compromised --yes",
     ),
 )
-@click.argument("fingerprint")
+@click.argument("fingerprint", metavar="FINGERPRINT_OR_KEY_ID")
+@click.option(
+    "--kind",
+    type=click.Choice(["identity", "log", "witness", "tls"]),
+    default="identity",
+    show_default=True,
+    help="Which kind of key: identity (by fingerprint), or a replaced log/witness key (its "
+    "verifier key or hex key id) or TLS CA (its sha256 hex digest).",
+)
 @click.option(
     "--from", "revoked_from", help="RFC 3339 UTC time from which the key is invalid (default: now)."
 )
@@ -194,21 +206,29 @@ def keys_list(ctx: CliContext, as_json: bool) -> None:
 def keys_revoke(
     ctx: CliContext,
     fingerprint: str,
+    kind: str,
     revoked_from: str | None,
     reason: str,
     yes: bool,
     as_json: bool,
 ) -> None:
-    """Revoke one of this node's identity keys with a signed statement.
+    """Revoke one of this node's keys with a signed statement.
 
     Partners fetch the statement with the card ('GetCard') the next time they sync and
-    refuse what the key signed from that time on. Revoking the current key cuts this
-    node off: partners must re-add it with a new identity, checked out of band.
+    refuse what the key signed from that time on. Revoking the current identity key cuts
+    this node off: partners must re-add it with a new identity, checked out of band.
+    A log, witness or TLS CA key can be revoked only once replaced ('keys rotate --log',
+    '--witness', '--tls'): partners' witnesses then refuse checkpoints by a revoked log
+    key, our cosigner ignores cosignatures by a revoked witness key, partners refuse a
+    revoked TLS CA, and 'audit verify' reports both from that time on.
     """
     from exchange.card import fingerprints_equal
 
     now = clock.now()
     when = parse_time(revoked_from, field="--from") if revoked_from else now
+    if kind != "identity":
+        _revoke_other(ctx, kind, fingerprint, when, reason, yes, as_json, now)
+        return
     with opened(ctx) as node:
         rows = _own_keys(node)
         match = [r for r in rows if fingerprints_equal(str(r["fingerprint"]), fingerprint)]
@@ -246,4 +266,44 @@ def keys_revoke(
         )
         return
     ok(f"key {revocation.fingerprint} is revoked from {revocation.revoked_from}")
+    say("Partners learn it the next time they sync with this node (GetCard).")
+
+
+def _revoke_other(
+    ctx: CliContext,
+    kind: str,
+    wanted: str,
+    when: datetime,
+    reason: str,
+    yes: bool,
+    as_json: bool,
+    now: datetime,
+) -> None:
+    if not yes:
+        click.confirm(
+            f"Revoke this node's replaced {kind} key {wanted} from {when.isoformat()}?",
+            abort=True,
+            err=True,
+        )
+    with opened(ctx) as node:
+        statement, new = node.revoke_own_other_key(kind, wanted, when, reason, now)
+    if as_json:
+        print_json(
+            {
+                "kind": statement.kind,
+                "key": statement.key,
+                "revoked_from": statement.revoked_from,
+                "reason": statement.reason,
+                "issued_at": statement.issued_at,
+                "new": new,
+            }
+        )
+        return
+    if not new:
+        say(
+            f"{kind} key {statement.key} was already revoked from {statement.revoked_from}; "
+            "nothing changed"
+        )
+        return
+    ok(f"{kind} key {statement.key} is revoked from {statement.revoked_from}")
     say("Partners learn it the next time they sync with this node (GetCard).")

@@ -138,7 +138,7 @@ def test_statements_are_strict(setup: Setup) -> None:
 def test_operators_name_keys_by_label_or_key_id(setup: Setup) -> None:
     chain, _rings = setup
     log = card_key(chain.cards[0], "log")
-    name, kid, _ = log.split("+")
+    name, kid, _ = log.split("+", 2)
     assert matches(log, kid) and matches(log, f"{name}+{kid}") and not matches(log, "ab")
     tls = card_key(chain.cards[0], "tls")
     assert matches(tls, tls[len("sha256:") :]) and not matches(tls, "")
