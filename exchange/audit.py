@@ -439,6 +439,7 @@ def audit_bundle(
         report.add(None, "log.since", f"the log ({expected}) is smaller than checkpoint {since[0]}")
     _tail_findings(report, expected)
     _log_key_findings(report, checkpoints, own, fold)
+    _revoked_log_key_findings(report, checkpoints, own, fold, trust.revoked_log)
     _partner_findings(report, checkpoints, fold, trust, expected)
     return report
 
@@ -854,7 +855,6 @@ def _read_checkpoints(
             signed_by,
             min(stamps, default=None),
         )
-        _revoked_log_key_finding(report, current, trust.revoked_log)
         if previous is not None and cp.size <= previous.size:
             report.add(None, "checkpoint.order", f"checkpoint {cp.size} follows {previous.size}")
         previous = current
@@ -873,28 +873,45 @@ def _stamp(timestamp: int) -> str:
     return format_time(datetime.fromtimestamp(timestamp, tz=UTC))
 
 
-def _revoked_log_key_finding(
-    report: AuditReport, cp: _Checkpoint, revoked: dict[str, datetime]
+def _revoked_log_key_findings(
+    report: AuditReport,
+    checkpoints: list[_Checkpoint],
+    own: VerifiedChain,
+    fold: _Fold,
+    revoked: dict[str, datetime],
 ) -> None:
-    """A checkpoint signed by a log key the node revoked (ADR 0018) is a finding unless an
-    accepted cosignature dates it before the revocation time (a checkpoint carries no
-    time of its own; one no witness dated cannot be shown to predate it)."""
-    at = revoked.get(cp.log_key)
-    if at is None:
+    """A checkpoint signed by a log key the node revoked (ADR 0018) from T is a finding
+    when it is dated at or after T. A checkpoint carries no time of its own: it is dated
+    by its earliest accepted cosignature; one no witness cosigned is dated after T when it
+    lies outside the key's era (signed after the rotation that replaced the key), and
+    otherwise cannot be told from the honest history it repeats."""
+    if not revoked:
         return
-    if cp.first_cosigned is not None and cp.first_cosigned < int(at.timestamp()):
-        return
-    when = (
-        "no cosignature dates it before then"
-        if cp.first_cosigned is None
-        else f"first cosigned at {_stamp(cp.first_cosigned)}"
-    )
-    report.add(
-        None,
-        "checkpoint.revoked_log_key",
-        f"checkpoint {cp.size} is signed by a log key the node revoked from "
-        f"{format_time(at)} ({when})",
-    )
+    by_version = {c.version: c.log_vkey for c in own.cards}
+    events = sorted(fold.log_key_events)
+    for cp in checkpoints:
+        at = revoked.get(cp.log_key)
+        if at is None:
+            continue
+        if cp.first_cosigned is not None:
+            if cp.first_cosigned < int(at.timestamp()):
+                continue
+            when = f"first cosigned at {_stamp(cp.first_cosigned)}"
+        else:
+            version = own.cards[0].version
+            for index, card_version in events:
+                if index >= cp.size:
+                    break
+                version = card_version
+            if by_version.get(version) == cp.log_key:
+                continue
+            when = "not cosigned, and signed after the key was replaced"
+        report.add(
+            None,
+            "checkpoint.revoked_log_key",
+            f"checkpoint {cp.size} is signed by a log key the node revoked from "
+            f"{format_time(at)} ({when})",
+        )
 
 
 def _signed_by(note: bytes, key: VerifierKey, origin: str) -> bool:
