@@ -19,8 +19,8 @@ import pytest
 from exchange.audit import Anchor
 from exchange.checkpoint import Checkpoint, sign_checkpoint
 from exchange.cosignature import cosign_checkpoint
-from exchange.errors import InputError, PeerDataError
-from exchange.key_revocation import KeyRevocationStatement
+from exchange.errors import InputError, PeerDataError, TransportError
+from exchange.key_revocation import KeyRevocationStatement, card_key, tls_ca_id
 from exchange.note import parse_note_unverified, parse_verifier_key
 from exchange.purpose import Purpose, signed_message
 from exchange.revocation import SignedRevocation
@@ -29,6 +29,7 @@ from keys.signers import Ed25519Signer
 from node.audit import export_bundle, verify_bundle_file
 from node.cosigning import Cosigner
 from node.home import Node, init_node
+from node.transport import authenticate_peer, partner_ca_pems
 from node.witness import Witness
 from tests.adversarial.hostile import log_events, rows
 
@@ -216,8 +217,6 @@ def test_p06_forged_key_revocation_is_refused_with_nothing_stored(tmp_path: Path
 @pytest.mark.parametrize("kind", ["log", "witness", "tls"])
 def test_p06_revoking_the_current_key_is_refused(tmp_path: Path, kind: str) -> None:
     pk = _node(tmp_path, "pk-moi")
-    from exchange.key_revocation import card_key
-
     current = card_key(pk.own_chain().latest, kind)
     size = pk.log.size()
     with pytest.raises(InputError) as e:
@@ -228,3 +227,53 @@ def test_p06_revoking_the_current_key_is_refused(tmp_path: Path, kind: str) -> N
         pk.revoke_own_other_key(kind, "deadbeef", NOW, "compromised", NOW)
     assert unknown.value.code == "input.unknown_key"
     assert pk.own_key_revocations() == [] and pk.log.size() == size
+
+
+def _auth(pem: bytes) -> dict[str, list[bytes]]:
+    return {"transport_security_type": [b"ssl"], "x509_pem_cert": [pem]}
+
+
+@pytest.mark.threat("P06")
+def test_p06_revoked_old_tls_ca_and_its_cross_certificate_are_not_accepted(
+    tmp_path: Path,
+) -> None:
+    pk, cn = _pair(tmp_path)
+    old_tls = pk.keyring().tls
+    old_ca = pk.own_chain().latest.tls_ca_pem
+    assert authenticate_peer(_auth(old_tls.cert_pem), cn, NOW).node == "pk-moi"
+    pk.rotate_keys(NOW, ["tls"])
+    new_tls = pk.keyring().tls
+    pk.revoke_own_other_key("tls", tls_ca_id(old_ca), T, "compromised", NOW)
+    _learn(cn, pk, NOW)
+    assert cn.peer_revoked_keys("pk-moi", "tls") == {tls_ca_id(old_ca): T}
+    roots = partner_ca_pems(cn, LATER)
+    assert old_ca.encode() not in roots and new_tls.ca_cert_pem in roots
+    # A stolen old node certificate, and the cross certificate the old CA issued, are
+    # refused: neither is issued by the CA of the card cn holds.
+    for stolen in (old_tls.cert_pem, new_tls.cross_pem):
+        with pytest.raises(TransportError) as e:
+            authenticate_peer(_auth(stolen), cn, LATER)
+        assert e.value.code == "auth.bad_certificate"
+    assert authenticate_peer(_auth(new_tls.cert_pem), cn, LATER).node == "pk-moi"
+
+
+@pytest.mark.threat("P06")
+def test_p06_a_partner_revoking_its_current_tls_ca_is_no_longer_accepted(
+    tmp_path: Path,
+) -> None:
+    """Our issuer refuses to revoke the key in force; another implementation may not.
+    A verified statement revoking the card's own CA takes it out of the roots."""
+    pk, cn = _pair(tmp_path)
+    ca = tls_ca_id(pk.own_chain().latest.tls_ca_pem)
+    data = KeyRevocationStatement(
+        "pk-moi", "tls", ca, "2026-11-25T13:00:00Z", "compromised", "2026-11-25T12:00:00Z"
+    ).to_bytes()
+    signed = SignedRevocation(
+        data, pk.keyring().identity_signer().sign(signed_message(Purpose.KEY_REVOCATION, data))
+    )
+    assert len(cn.apply_peer_key_revocations("pk-moi", [signed], NOW)) == 1
+    assert len(partner_ca_pems(cn, NOW)) == 1  # before the revocation time
+    assert partner_ca_pems(cn, LATER) == []
+    with pytest.raises(TransportError) as e:
+        authenticate_peer(_auth(pk.keyring().tls.cert_pem), cn, LATER)
+    assert e.value.code == "auth.revoked_tls_ca"
