@@ -140,15 +140,58 @@ def _own_keys(node: Node) -> list[dict[str, object]]:
     return [{k: v for k, v in key.items() if k != "_key"} for key in keys]
 
 
-@keys.command("list", epilog=examples("accord --data ./pk-moi keys list"))
+def _other_keys(node: Node) -> list[dict[str, object]]:
+    """This node's log, witness and TLS CA keys, oldest first per kind, with the card
+    versions that carried each, whether it is current, and its revocation (ADR 0018)."""
+    from exchange.key_revocation import KINDS, card_key, parse_key_revocation_unverified
+
+    revoked = {
+        (r.kind, r.key): r
+        for r in (parse_key_revocation_unverified(s.statement) for s in node.own_key_revocations())
+    }
+    chain = node.own_chain()
+    out: list[dict[str, object]] = []
+    for kind in KINDS:
+        rows: list[dict[str, object]] = []
+        for card in chain.cards:
+            key = card_key(card, kind)
+            if rows and rows[-1]["key"] == key:
+                rows[-1]["last_version"] = card.version
+                continue
+            revocation = revoked.get((kind, key))
+            rows.append(
+                {
+                    "kind": kind,
+                    "key": key,
+                    "first_version": card.version,
+                    "last_version": card.version,
+                    "current": False,
+                    "revoked_from": None if revocation is None else revocation.revoked_from,
+                    "reason": None if revocation is None else revocation.reason,
+                }
+            )
+        rows[-1]["current"] = True
+        out.extend(rows)
+    return out
+
+
+@keys.command(
+    "list",
+    epilog=examples("accord --data ./pk-moi keys list", "accord --data ./pk-moi keys list --all"),
+)
+@click.option(
+    "--all", "all_kinds", is_flag=True, help="Also list the log, witness and TLS CA keys."
+)
 @json_option
 @pass_ctx
-def keys_list(ctx: CliContext, as_json: bool) -> None:
-    """List this node's identity keys, oldest first: card versions, status, revocation."""
+def keys_list(ctx: CliContext, all_kinds: bool, as_json: bool) -> None:
+    """List this node's identity keys, oldest first: card versions, status, revocation.
+    With --all, also its log, witness and TLS CA keys (what 'keys revoke --kind' names)."""
     with opened(ctx) as node:
         rows = _own_keys(node)
+        others = _other_keys(node) if all_kinds else []
     if as_json:
-        print_json(rows)
+        print_json({"identity": rows, "other": others} if all_kinds else rows)
         return
 
     def status(row: dict[str, object]) -> str:
@@ -170,6 +213,21 @@ def keys_list(ctx: CliContext, as_json: bool) -> None:
             for r in rows
         ],
     )
+    if all_kinds:
+        print_table(
+            "Log, witness and TLS CA keys",
+            ["kind", "key", "card versions", "status"],
+            [
+                (
+                    o["kind"],
+                    o["key"],
+                    f"{o['first_version']}"
+                    + ("" if o["first_version"] == o["last_version"] else f"-{o['last_version']}"),
+                    status(o),
+                )
+                for o in others
+            ],
+        )
 
 
 @keys.command(
