@@ -26,12 +26,14 @@ from exchange.purpose import Purpose, signed_message
 from exchange.revocation import SignedRevocation
 from keys.keyring import generate_keyring, witness_name
 from keys.signers import Ed25519Signer
+from node._pb.accord.v1 import card_pb2
 from node.audit import export_bundle, verify_bundle_file
 from node.cosigning import Cosigner
 from node.home import Node, init_node
 from node.transport import authenticate_peer, partner_ca_pems
 from node.witness import Witness
-from tests.adversarial.hostile import log_events, rows
+from tests.adversarial.hostile import HOSTILE, World, integrity_ok, log_events, pull, rows
+from tests.conftest import snapshot
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 T = NOW + timedelta(hours=1)  # the old keys are revoked from here
@@ -277,3 +279,45 @@ def test_p06_a_partner_revoking_its_current_tls_ca_is_no_longer_accepted(
     with pytest.raises(TransportError) as e:
         authenticate_peer(_auth(pk.keyring().tls.cert_pem), cn, LATER)
     assert e.value.code == "auth.revoked_tls_ca"
+
+
+# -- over the wire: GetCard.key_revocations -------------------------------------------------
+
+
+@pytest.mark.threat("P06")
+def test_p06_partner_learns_a_key_revocation_over_get_card(world: World) -> None:
+    pk = world.hostile
+    old_vkey = pk.own_chain().latest.log_vkey
+    pk.rotate_keys(world.now, ["log"])
+    pk.revoke_own_other_key("log", old_vkey, world.now, "compromised", world.now)
+    p = pull(world, rotation=list(pk.own_chain().signed[1:]))
+    assert p.error is None, p.error
+    assert world.victim.peer_revoked_keys(HOSTILE, "log") == {old_vkey: world.now}
+    [event] = [e for e in log_events(world.victim) if e["kind"] == "peer.key_revoked"]
+    assert event["key_id"] == old_vkey and event["key"] == "log"
+    assert world.victim.trust_store().get(HOSTILE).status == "trusted"  # only that key
+    integrity_ok(world.victim)
+
+
+@pytest.mark.threat("P06")
+def test_p06_forged_key_revocation_on_get_card_stores_nothing(world: World) -> None:
+    pk = world.hostile
+    old_vkey = pk.own_chain().latest.witness_vkey
+    pk.rotate_keys(world.now, ["witness"])
+    stranger = generate_keyring(HOSTILE, f"{HOSTILE}.accord/log", "127.0.0.1", NOW)
+    data = KeyRevocationStatement(
+        HOSTILE, "witness", old_vkey, "2026-11-25T13:00:00Z", "compromised",
+        "2026-11-25T12:00:00Z",
+    ).to_bytes()  # fmt: skip
+    forged = card_pb2.Revocation(
+        statement=data,
+        signature=stranger.identity_signer().sign(signed_message(Purpose.KEY_REVOCATION, data)),
+    )
+    rotation = list(pk.own_chain().signed[1:])
+    world.victim.refresh_peer_card(HOSTILE, rotation, world.now)  # knows the new card
+    before = snapshot(world.victim.data_dir)
+    p = pull(world, rotation=rotation, key_revocations=[forged])
+    assert p.code == "peer.key_revocation_invalid", p.error
+    assert p.peer.pulls == [] and p.applied == 0
+    assert snapshot(world.victim.data_dir) == before
+    assert rows(world.victim, "SELECT count(*) FROM peer_key_revocations") == [(0,)]
