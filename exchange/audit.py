@@ -31,6 +31,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
@@ -46,9 +47,12 @@ from exchange.checkpoint import open_checkpoint, parse_checkpoint_unverified
 from exchange.cosignature import verify_cosignatures
 from exchange.errors import AccordError, InputError, PeerDataError
 from exchange.events import Event, parse_event_unverified
+from exchange.key_revocation import revoked_keys, verify_key_revocation
 from exchange.merkle import CompactRange, leaf_hash
 from exchange.names import check_node_id
 from exchange.note import VerifierKey, parse_note_unverified, parse_verifier_key
+from exchange.revocation import SignedRevocation
+from exchange.times import format_time
 
 BUNDLE_TYPE = "accord.audit-bundle/v1"
 MAX_LINE = 256 * 1024
@@ -239,6 +243,7 @@ class _Checkpoint:
     line: int
     cosigned_by: frozenset[str] = frozenset()  # anchored partners whose cosignature verified
     log_key: str = ""  # the verifier key (encoded) of the log key that signed it
+    first_cosigned: int | None = None  # earliest timestamp of an accepted cosignature
 
 
 def _json_line(raw: bytes, what: str) -> dict[str, Any]:
@@ -266,6 +271,9 @@ class _Trust:
     log_keys: list[VerifierKey]
     witnesses: dict[str, list[VerifierKey]]  # anchored partner -> its witness keys
     missing: set[str]  # anchored partners with no card chain in the bundle nor a card file
+    # Revoked keys (ADR 0018), from statements that verified against the anchored chains:
+    revoked_log: dict[str, datetime] = field(default_factory=dict)  # our log vkey -> from
+    revoked_witness: dict[str, dict[str, datetime]] = field(default_factory=dict)
 
 
 def _resolve_trust(
@@ -273,6 +281,7 @@ def _resolve_trust(
     peers: dict[str, VerifiedChain],
     anchors: dict[str, Anchor],
     report: AuditReport,
+    revocations: object = None,
 ) -> _Trust:
     node = own.latest.node
     anchor = anchors.get(node)
@@ -297,6 +306,7 @@ def _resolve_trust(
     # names everything else), but the finding above fails the audit whatever they say.
     log_keys = _log_keys(cards or own.cards, report)
     trust = _Trust(log_keys, {}, set())
+    trust_cards: dict[str, tuple[Card, ...]] = {node: cards} if cards else {}
     for other, anchor in sorted(anchors.items()):
         if other == node:
             continue
@@ -304,6 +314,7 @@ def _resolve_trust(
         cards = anchored_cards(chain, anchor)
         coverage = report.partners.setdefault(other, PartnerCoverage(other))
         if cards is not None:
+            trust_cards[other] = cards
             trust.witnesses[other] = _witness_keys(other, cards, report)
             coverage.keys = bool(trust.witnesses[other])
         elif chain is not None:
@@ -317,7 +328,45 @@ def _resolve_trust(
             trust.missing.add(other)
         report.anchors.append(_anchor_row(anchor, cards, "witness keys" if cards else "none"))
     report.unanchored_peers = sorted(set(peers) - set(anchors))
+    for holder, statements in sorted(_revocation_docs(revocations, report).items()):
+        anchored_chain = trust_cards.get(holder)
+        if anchored_chain is None:
+            continue  # not anchored: its statements cannot be checked, nor are its keys used
+        chain = VerifiedChain(anchored_chain, ())
+        verified = []
+        for signed in statements:
+            try:
+                verified.append(verify_key_revocation(signed, chain))
+            except AccordError as e:
+                report.add(None, "bundle.revocation", f"{holder}: {e.message}")
+        if holder == node:
+            trust.revoked_log = revoked_keys(verified, "log")
+        else:
+            trust.revoked_witness[holder] = revoked_keys(verified, "witness")
     return trust
+
+
+def _revocation_docs(value: object, report: AuditReport) -> dict[str, list[SignedRevocation]]:
+    """The optional header key ``revocations`` (ADR 0018): node -> [{statement,
+    signature}] (base64). Malformed: one finding, and nothing of it is used."""
+    if value is None:
+        return {}
+    out: dict[str, list[SignedRevocation]] = {}
+    try:
+        if not isinstance(value, dict):
+            raise TypeError("revocations is not an object")
+        for holder, items in value.items():
+            out[str(holder)] = [
+                SignedRevocation(
+                    b64_decode(item["statement"], what="revocation statement"),
+                    b64_decode(item["signature"], what="revocation signature"),
+                )
+                for item in list(items)
+            ]
+    except (AccordError, KeyError, TypeError, ValueError):
+        report.add(None, "bundle.revocation", "the header's revocations are malformed")
+        return {}
+    return out
 
 
 def _anchor_row(anchor: Anchor, cards: tuple[Card, ...] | None, use: str) -> dict[str, Any]:
@@ -370,7 +419,7 @@ def audit_bundle(
     report.node, report.origin = own.latest.node, origin
     if header.get("node") != own.latest.node:
         report.add(None, "bundle.header", f"the header names another node than {own.latest.node}")
-    trust = _resolve_trust(own, peers, anchored, report)
+    trust = _resolve_trust(own, peers, anchored, report, header.get("revocations"))
 
     checkpoints = _read_checkpoints(it, n_checkpoints, trust, origin, report)
     fold = _Fold(report, sorted(checkpoints, key=lambda c: c.size), since, progress)
@@ -390,6 +439,7 @@ def audit_bundle(
         report.add(None, "log.since", f"the log ({expected}) is smaller than checkpoint {since[0]}")
     _tail_findings(report, expected)
     _log_key_findings(report, checkpoints, own, fold)
+    _revoked_log_key_findings(report, checkpoints, own, fold, trust.revoked_log)
     _partner_findings(report, checkpoints, fold, trust, expected)
     return report
 
@@ -763,11 +813,26 @@ def _read_checkpoints(
         cp = verified.checkpoint
         signed_by = next((k.encode() for k in trust.log_keys if _signed_by(note, k, origin)), "")
         cosigned_by: set[str] = set()
+        stamps: list[int] = []
         if trust.witnesses and _has_foreign_lines(note, verified.note.signatures):
             for partner, keys in sorted(trust.witnesses.items()):
                 try:
-                    verify_cosignatures(note, keys)
-                    cosigned_by.add(partner)
+                    cosigs = verify_cosignatures(note, keys)
+                    revoked = trust.revoked_witness.get(partner, {})
+                    kept = [c for c in cosigs if not _revoked_cosig(c, revoked)]
+                    for c in cosigs:
+                        if c not in kept:
+                            report.add(
+                                None,
+                                "checkpoint.revoked_witness_key",
+                                f"checkpoint {cp.size}: cosigned by {partner}'s witness key "
+                                f"{c.witness.label} at {_stamp(c.timestamp)}, which {partner} "
+                                "revoked from "
+                                f"{format_time(revoked[c.witness.encode()])}",
+                            )
+                    if kept:
+                        cosigned_by.add(partner)
+                        stamps.extend(c.timestamp for c in kept)
                 except PeerDataError as e:
                     if e.code != "peer.not_cosigned":
                         report.add(
@@ -782,7 +847,13 @@ def _read_checkpoints(
                         f"checkpoint {cp.size}: {partner}: {e.message}",
                     )
         current = _Checkpoint(
-            cp.size, cp.root_hash, stored_root, n, frozenset(cosigned_by), signed_by
+            cp.size,
+            cp.root_hash,
+            stored_root,
+            n,
+            frozenset(cosigned_by),
+            signed_by,
+            min(stamps, default=None),
         )
         if previous is not None and cp.size <= previous.size:
             report.add(None, "checkpoint.order", f"checkpoint {cp.size} follows {previous.size}")
@@ -790,6 +861,57 @@ def _read_checkpoints(
         report.largest_checkpoint = max(report.largest_checkpoint, cp.size)
         out.append(current)
     return out
+
+
+def _revoked_cosig(cosig: Any, revoked: dict[str, datetime]) -> bool:
+    """A cosignature by a revoked witness key, timestamped at or after its revocation."""
+    at = revoked.get(cosig.witness.encode())
+    return at is not None and cosig.timestamp >= int(at.timestamp())
+
+
+def _stamp(timestamp: int) -> str:
+    return format_time(datetime.fromtimestamp(timestamp, tz=UTC))
+
+
+def _revoked_log_key_findings(
+    report: AuditReport,
+    checkpoints: list[_Checkpoint],
+    own: VerifiedChain,
+    fold: _Fold,
+    revoked: dict[str, datetime],
+) -> None:
+    """A checkpoint signed by a log key the node revoked (ADR 0018) from T is a finding
+    when it is dated at or after T. A checkpoint carries no time of its own: it is dated
+    by its earliest accepted cosignature; one no witness cosigned is dated after T when it
+    lies outside the key's era (signed after the rotation that replaced the key), and
+    otherwise cannot be told from the honest history it repeats."""
+    if not revoked:
+        return
+    by_version = {c.version: c.log_vkey for c in own.cards}
+    events = sorted(fold.log_key_events)
+    for cp in checkpoints:
+        at = revoked.get(cp.log_key)
+        if at is None:
+            continue
+        if cp.first_cosigned is not None:
+            if cp.first_cosigned < int(at.timestamp()):
+                continue
+            when = f"first cosigned at {_stamp(cp.first_cosigned)}"
+        else:
+            version = own.cards[0].version
+            for index, card_version in events:
+                if index >= cp.size:
+                    break
+                version = card_version
+            if by_version.get(version) == cp.log_key:
+                continue
+            when = "not cosigned, and signed after the key was replaced"
+        report.add(
+            None,
+            "checkpoint.revoked_log_key",
+            f"checkpoint {cp.size} is signed by a log key the node revoked from "
+            f"{format_time(at)} ({when})",
+        )
 
 
 def _signed_by(note: bytes, key: VerifierKey, origin: str) -> bool:

@@ -26,6 +26,7 @@ KINDS = frozenset(
         "peer.updated",
         "peer.removed",
         "peer.revoked",
+        "peer.key_revoked",
         "key.rotated",
         "key.revoked",
         "policy.changed",

@@ -10,6 +10,7 @@ from enum import StrEnum
 class Purpose(StrEnum):
     CARD = "card"
     REVOCATION = "revocation"
+    KEY_REVOCATION = "key-revocation"
     AGREEMENT = "agreement"
     RELEASE = "release"
     ENVELOPE = "envelope"

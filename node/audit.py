@@ -68,6 +68,19 @@ def export_bundle(
         size = log.size() if covered is None else min(covered, log.size())
         checkpoints = [c for c in log.checkpoints() if c.size <= size]
         peers = {r.node: b64(r.chain) for r in node.trust_store().list()}
+        # Signed revocations of replaced log/witness/TLS keys (ADR 0018): ours and those
+        # partners served, for the verifier to check against the anchored chains.
+        revocations = {
+            holder: [{"statement": b64(st), "signature": b64(sig)} for st, sig in statements]
+            for holder, statements in [
+                (
+                    node.config.node,
+                    [(r.statement, r.signature) for r in node.own_key_revocations()],
+                ),
+                *((r, node.peer_key_revocation_statements(r)) for r in peers),
+            ]
+            if statements
+        }
         header = {
             "type": BUNDLE_TYPE,
             "node": node.config.node,
@@ -78,6 +91,8 @@ def export_bundle(
             "checkpoints": len(checkpoints),
             "exported_at": format_time(now),
         }
+        if revocations:  # absent when empty: the header stays what older verifiers read
+            header["revocations"] = revocations
         # 0600, never through a link, never over a file without force (docs/THREATS.md B07)
         with private_file(out, force=force) as raw:
             f = io.TextIOWrapper(raw, "utf-8")

@@ -190,9 +190,30 @@ class Cosigner:
         witness = parse_verifier_key(partner.witness_vkey)
         checkpoint_text = parse_note_unverified(cp.note).text
         lines = text[:-1].split("\n")
+        revoked = self._node.peer_revoked_keys(partner.node, "witness")
         for line in lines:
+            _refuse_revoked_witness(checkpoint_text, line, revoked, partner.node)
             verify_cosignature(checkpoint_text, line, witness)
         return lines
+
+
+def _refuse_revoked_witness(
+    checkpoint_text: str, line: str, revoked: Mapping[str, datetime], peer: str
+) -> None:
+    """A cosignature by a witness key ``peer`` revoked (ADR 0018), timestamped at or after
+    its revocation time, is refused before anything is stored."""
+    for vkey, revoked_from in revoked.items():
+        try:
+            cosig = verify_cosignature(checkpoint_text, line, parse_verifier_key(vkey))
+        except AccordError:
+            continue
+        if cosig.timestamp >= int(revoked_from.timestamp()):
+            raise PeerDataError(
+                f"{peer} cosigned with a witness key it revoked from {revoked_from.isoformat()}",
+                code="peer.revoked_witness_key",
+                next_step="Nothing was stored. Tell the partner: its old witness key is in "
+                "someone else's hands.",
+            )
 
 
 def _error_code(error: Exception) -> str:

@@ -61,6 +61,7 @@ BY_CODE: dict[str, grpc.StatusCode] = {
     "auth.no_certificate": grpc.StatusCode.UNAUTHENTICATED,
     "auth.bad_certificate": grpc.StatusCode.UNAUTHENTICATED,
     "auth.classical_tls": grpc.StatusCode.UNAUTHENTICATED,
+    "auth.revoked_tls_ca": grpc.StatusCode.UNAUTHENTICATED,
     "peer.unknown": grpc.StatusCode.PERMISSION_DENIED,
     "peer.revoked": grpc.StatusCode.PERMISSION_DENIED,
     "witness.not_followed": grpc.StatusCode.PERMISSION_DENIED,
@@ -70,6 +71,7 @@ BY_CODE: dict[str, grpc.StatusCode] = {
     "log.no_entry": grpc.StatusCode.NOT_FOUND,
     "log.no_checkpoint": grpc.StatusCode.NOT_FOUND,
     "witness.inconsistent": grpc.StatusCode.FAILED_PRECONDITION,
+    "witness.revoked_log_key": grpc.StatusCode.PERMISSION_DENIED,
     "witness.conflict": grpc.StatusCode.FAILED_PRECONDITION,
     "unimplemented": grpc.StatusCode.UNIMPLEMENTED,
 }

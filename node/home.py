@@ -36,6 +36,15 @@ from exchange.card import (
     sign_card,
 )
 from exchange.errors import ConfigError, InputError, KeyringError, PeerDataError
+from exchange.key_revocation import (
+    KeyRevocationStatement,
+    card_key,
+    matches,
+    parse_key_revocation_unverified,
+    revoked_keys,
+    sign_key_revocation,
+    verify_all,
+)
 from exchange.names import check_display_name, check_endpoint, check_node_id
 from exchange.note import parse_verifier_key
 from exchange.revocation import (
@@ -441,8 +450,146 @@ class Node:
         return int(row[0])
 
     def own_revocation_count(self) -> int:
-        row = self.store.conn.execute("SELECT count(*) FROM own_revocations").fetchone()
+        """Statements of every kind (identity keys and, ADR 0018, the other keys): a
+        followed Pull ends when this changes, so partners learn a new one in a heartbeat."""
+        row = self.store.conn.execute(
+            "SELECT (SELECT count(*) FROM own_revocations)"
+            " + (SELECT count(*) FROM own_key_revocations)"
+        ).fetchone()
         return int(row[0])
+
+    # -- revocations of replaced log, witness and TLS CA keys (ADR 0018) ------------------
+    def own_key_revocations(self) -> list[SignedRevocation]:
+        """Every revocation of one of our replaced log/witness/TLS keys, oldest first
+        (served by GetCard in ``key_revocations``)."""
+        rows = self.store.conn.execute(
+            "SELECT statement, signature FROM own_key_revocations ORDER BY log_index"
+        ).fetchall()
+        return [SignedRevocation(bytes(st), bytes(sig)) for st, sig in rows]
+
+    def revoke_own_other_key(
+        self, kind: str, wanted: str, revoked_from: datetime, reason: str, now: datetime
+    ) -> tuple[KeyRevocationStatement, bool]:
+        """Sign, keep and log (``key.revoked`` with ``key``: the kind) a statement that our
+        replaced ``kind`` key named by ``wanted`` is invalid from ``revoked_from`` on.
+        The current key is refused (rotate first). Returns it and whether it is new."""
+        chain = self.own_chain()
+        keys: list[str] = []
+        for card in chain.cards:
+            key = card_key(card, kind)
+            if matches(key, wanted) and key not in keys:
+                keys.append(key)
+        if len(keys) != 1:
+            raise InputError(
+                f"no {kind} key of this node is named {wanted!r}"
+                if not keys
+                else f"{wanted!r} names more than one {kind} key; give the whole key",
+                code="input.unknown_key",
+                next_step="See this node's keys with 'accord keys list --all'.",
+            )
+        statement = KeyRevocationStatement(
+            node=self.config.node,
+            kind=kind,
+            key=keys[0],
+            revoked_from=format_time(revoked_from),
+            reason=reason,
+            issued_at=format_time(now),
+        )
+        signed = sign_key_revocation(statement, self.keyring().identity_signer(), chain)
+        with self.store.transaction() as db:
+            row = self.store.conn.execute(
+                "SELECT statement FROM own_key_revocations WHERE kind = ? AND key = ?",
+                (kind, keys[0]),
+            ).fetchone()
+            if row is not None:
+                return parse_key_revocation_unverified(bytes(row[0])), False
+            index = self.record(
+                db,
+                "key.revoked",
+                now,
+                key=kind,
+                key_id=keys[0],
+                revoked_from=statement.revoked_from,
+                reason=reason,
+                current=False,
+            )
+            db.table("own_key_revocations").insert(
+                {
+                    "kind": kind,
+                    "key": keys[0],
+                    "revoked_from": statement.revoked_from,
+                    "statement": signed.statement,
+                    "signature": signed.signature,
+                    "log_index": index,
+                }
+            )
+        self.checkpoint(now)
+        return statement, True
+
+    def apply_peer_key_revocations(
+        self, peer: str, statements: Sequence[SignedRevocation], now: datetime
+    ) -> list[KeyRevocationStatement]:
+        """Revocations of a partner's replaced log/witness/TLS keys it served (GetCard):
+        all verify against the chain we trust (signed by an identity key of that chain) or
+        none is stored; each new one is logged ``peer.key_revoked``. A key is revoked once;
+        the first statement stands."""
+        if not statements:
+            return []
+        chain = self.trust_store().trusted_chain(peer, now)
+        verified = verify_all(statements, chain)
+        applied: list[KeyRevocationStatement] = []
+        with self.store.transaction() as db:
+            for statement, signed in zip(verified, statements, strict=True):
+                known = self.store.conn.execute(
+                    "SELECT 1 FROM peer_key_revocations WHERE peer = ? AND kind = ? AND key = ?",
+                    (peer, statement.kind, statement.key),
+                ).fetchone()
+                if known is not None:
+                    continue
+                index = self.record(
+                    db,
+                    "peer.key_revoked",
+                    now,
+                    peer=peer,
+                    key=statement.kind,
+                    key_id=statement.key,
+                    revoked_from=statement.revoked_from,
+                    reason=statement.reason,
+                )
+                db.table("peer_key_revocations").insert(
+                    {
+                        "peer": peer,
+                        "kind": statement.kind,
+                        "key": statement.key,
+                        "revoked_from": statement.revoked_from,
+                        "statement": signed.statement,
+                        "signature": signed.signature,
+                        "log_index": index,
+                    }
+                )
+                applied.append(statement)
+        if applied:
+            self.checkpoint(now)
+        return applied
+
+    def peer_key_revocations(self, peer: str) -> list[KeyRevocationStatement]:
+        """The revocations of ``peer``'s log/witness/TLS keys we stored, oldest first."""
+        return [
+            parse_key_revocation_unverified(st)
+            for st, _sig in self.peer_key_revocation_statements(peer)
+        ]
+
+    def peer_revoked_keys(self, peer: str, kind: str) -> dict[str, datetime]:
+        """``peer``'s revoked keys of ``kind`` (as its cards name them) -> from when."""
+        return revoked_keys(self.peer_key_revocations(peer), kind)
+
+    def peer_key_revocation_statements(self, peer: str) -> list[tuple[bytes, bytes]]:
+        rows = self.store.conn.execute(
+            "SELECT statement, signature FROM peer_key_revocations WHERE peer = ?"
+            " ORDER BY log_index",
+            (peer,),
+        ).fetchall()
+        return [(bytes(st), bytes(sig)) for st, sig in rows]
 
     def revoke_own_key(
         self, key_fingerprint: str, revoked_from: datetime, reason: str, now: datetime

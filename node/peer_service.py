@@ -77,6 +77,7 @@ class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
             card=node_card_message(signed[-1]),
             rotation_chain=[node_card_message(s) for s in newer],
             revocations=[revocation_message(r) for r in self._node.own_revocations()],
+            key_revocations=[revocation_message(r) for r in self._node.own_key_revocations()],
         )
 
     async def GetCheckpoint(
@@ -126,6 +127,7 @@ class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
                 proof=list(request.consistency_proof),
                 note=request.checkpoint.note,
                 now=self._now(),
+                revoked_log_keys=self._node.peer_revoked_keys(peer.node, "log"),
             )
         except WitnessConflict as conflict:
             held = log_pb2.CheckpointConflict(size=conflict.held_size)

@@ -314,6 +314,23 @@ def _m017_bounded_evidence(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m018_key_revocations(db: sqlite_utils.Database) -> None:
+    """Signed revocations of replaced log, witness and TLS CA keys (ADR 0018)."""
+    _run_sql(
+        db,
+        """
+        CREATE TABLE own_key_revocations (
+            kind TEXT NOT NULL, key TEXT NOT NULL, revoked_from TEXT NOT NULL,
+            statement BLOB NOT NULL, signature BLOB NOT NULL, log_index INTEGER NOT NULL,
+            PRIMARY KEY (kind, key));
+        CREATE TABLE peer_key_revocations (
+            peer TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,
+            revoked_from TEXT NOT NULL, statement BLOB NOT NULL, signature BLOB NOT NULL,
+            log_index INTEGER NOT NULL, PRIMARY KEY (peer, kind, key))
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
     (2, "transparency log: leaves, subtrees, checkpoints, cosignatures, witness", _m002_log),
@@ -336,6 +353,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     ),
     (16, "log leaves by event kind: trust, policy and agreement events", _m016_leaves_by_kind),
     (17, "evidence once per seq, repeats counted, alarm budget", _m017_bounded_evidence),
+    (18, "signed revocations of replaced log, witness and TLS keys", _m018_key_revocations),
 ]
 
 

@@ -220,6 +220,16 @@ class Puller:
                 revoked_from=revocation.revoked_from,
                 reason=revocation.reason,
             )
+        others = [signed_revocation_from_message(m) for m in answer.key_revocations]
+        for statement in self._node.apply_peer_key_revocations(peer, others, self._now()):
+            log.warning(
+                "peer.key_revoked",
+                peer=peer,
+                key=statement.kind,
+                key_id=statement.key,
+                revoked_from=statement.revoked_from,
+                reason=statement.reason,
+            )
 
     async def resend_receipts(self, stub: peer_pb2_grpc.PeerExchangeStub, peer: str) -> None:
         """Deliver the receipts that a crash or a failed Acknowledge left unconfirmed

@@ -31,6 +31,7 @@ from cryptography.exceptions import InvalidSignature
 
 from exchange.card import Card, VerifiedChain
 from exchange.errors import AccordError, InputError, TransportError
+from exchange.key_revocation import tls_ca_id
 from exchange.names import check_node_id
 from keys.tls import node_uri
 from node import clock
@@ -88,8 +89,21 @@ def partner_ca_pems(node: Node, now: datetime) -> list[bytes]:
             chain = trust.trusted_chain(record.node, now)
         except AccordError:
             continue  # revoked or damaged: its CA is not offered to TLS
+        if _revoked_ca(node, record.node, chain.latest.tls_ca_pem, now):
+            continue  # the partner revoked this CA (ADR 0018)
         out.append(chain.latest.tls_ca_pem.encode("ascii"))
     return out
+
+
+def _revoked_ca(node: Node, peer: str, pem: str, now: datetime) -> bool:
+    """Whether ``peer`` revoked the TLS CA ``pem`` from a time at or before ``now``. Only
+    the card's latest CA is ever a root (a replaced CA, and the cross certificate it
+    issued, chain to nothing we trust); this refuses it too if the partner revoked it."""
+    revoked = node.peer_revoked_keys(peer, "tls")
+    if not revoked:
+        return False
+    at = revoked.get(tls_ca_id(pem))
+    return at is not None and now >= at
 
 
 class PartnerRoots:
@@ -225,6 +239,8 @@ def authenticate_peer(
         ca = x509.load_pem_x509_certificate(chain.latest.tls_ca_pem.encode("ascii"))
     except ValueError as e:
         raise _bad("the partner's card carries an unreadable TLS CA") from e
+    if _revoked_ca(node, peer, chain.latest.tls_ca_pem, now):
+        raise TransportError(f"{peer} revoked the TLS CA of its card", code="auth.revoked_tls_ca")
     check_issued_by(cert, ca, now)
     return AuthenticatedPeer(node=peer, chain=chain)
 

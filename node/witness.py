@@ -11,7 +11,7 @@ it cosigned (same size, other root; or a failing proof) is kept as evidence.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,7 +20,7 @@ from exchange.checkpoint import Checkpoint, log_origin, open_checkpoint
 from exchange.cosignature import cosign_checkpoint
 from exchange.crypto import Signer
 from exchange.errors import AccordError, PeerDataError
-from exchange.note import VerifierKey
+from exchange.note import VerifierKey, parse_verifier_key
 from exchange.times import format_time
 from node.store import Store
 
@@ -82,14 +82,32 @@ class Witness:
         proof: Sequence[bytes],
         note: bytes,
         now: datetime,
+        revoked_log_keys: Mapping[str, datetime] | None = None,
     ) -> str:
         """Check and cosign ``note`` for the authenticated ``partner``, whose own log is
-        ``origin`` under ``log_key``; returns the cosignature line (without newline)."""
+        ``origin`` under ``log_key``; returns the cosignature line (without newline).
+        ``revoked_log_keys``: the partner's log keys it revoked (ADR 0018), verifier key
+        -> from when; a checkpoint signed by one of them from that time is refused."""
         if origin != log_origin(partner) or log_key.name != origin:
             raise PeerDataError(
                 f"{partner} may only submit checkpoints of its own log {log_origin(partner)}",
                 code="card.origin_mismatch",
                 next_step="Nothing was stored. The partner's card names another node's log.",
+            )
+        for vkey, revoked_from in (revoked_log_keys or {}).items():
+            if now < revoked_from:
+                continue
+            try:
+                open_checkpoint(note, [parse_verifier_key(vkey)], origin=origin)
+            except AccordError:
+                if vkey != _key_text(log_key):
+                    continue
+            raise PeerDataError(
+                f"checkpoint of {origin} signed by a log key {partner} revoked from "
+                f"{format_time(revoked_from)}",
+                code="witness.revoked_log_key",
+                next_step="Nothing was stored or cosigned. The partner's old log key is "
+                "in someone else's hands: tell the partner.",
             )
         verified = open_checkpoint(note, [log_key], origin=origin)
         new = verified.checkpoint

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import click
 
 from exchange.card import verify_chain_bytes
@@ -138,15 +140,58 @@ def _own_keys(node: Node) -> list[dict[str, object]]:
     return [{k: v for k, v in key.items() if k != "_key"} for key in keys]
 
 
-@keys.command("list", epilog=examples("accord --data ./pk-moi keys list"))
+def _other_keys(node: Node) -> list[dict[str, object]]:
+    """This node's log, witness and TLS CA keys, oldest first per kind, with the card
+    versions that carried each, whether it is current, and its revocation (ADR 0018)."""
+    from exchange.key_revocation import KINDS, card_key, parse_key_revocation_unverified
+
+    revoked = {
+        (r.kind, r.key): r
+        for r in (parse_key_revocation_unverified(s.statement) for s in node.own_key_revocations())
+    }
+    chain = node.own_chain()
+    out: list[dict[str, object]] = []
+    for kind in KINDS:
+        rows: list[dict[str, object]] = []
+        for card in chain.cards:
+            key = card_key(card, kind)
+            if rows and rows[-1]["key"] == key:
+                rows[-1]["last_version"] = card.version
+                continue
+            revocation = revoked.get((kind, key))
+            rows.append(
+                {
+                    "kind": kind,
+                    "key": key,
+                    "first_version": card.version,
+                    "last_version": card.version,
+                    "current": False,
+                    "revoked_from": None if revocation is None else revocation.revoked_from,
+                    "reason": None if revocation is None else revocation.reason,
+                }
+            )
+        rows[-1]["current"] = True
+        out.extend(rows)
+    return out
+
+
+@keys.command(
+    "list",
+    epilog=examples("accord --data ./pk-moi keys list", "accord --data ./pk-moi keys list --all"),
+)
+@click.option(
+    "--all", "all_kinds", is_flag=True, help="Also list the log, witness and TLS CA keys."
+)
 @json_option
 @pass_ctx
-def keys_list(ctx: CliContext, as_json: bool) -> None:
-    """List this node's identity keys, oldest first: card versions, status, revocation."""
+def keys_list(ctx: CliContext, all_kinds: bool, as_json: bool) -> None:
+    """List this node's identity keys, oldest first: card versions, status, revocation.
+    With --all, also its log, witness and TLS CA keys (what 'keys revoke --kind' names)."""
     with opened(ctx) as node:
         rows = _own_keys(node)
+        others = _other_keys(node) if all_kinds else []
     if as_json:
-        print_json(rows)
+        print_json({"identity": rows, "other": others} if all_kinds else rows)
         return
 
     def status(row: dict[str, object]) -> str:
@@ -168,16 +213,41 @@ def keys_list(ctx: CliContext, as_json: bool) -> None:
             for r in rows
         ],
     )
+    if all_kinds:
+        print_table(
+            "Log, witness and TLS CA keys",
+            ["kind", "key", "card versions", "status"],
+            [
+                (
+                    o["kind"],
+                    o["key"],
+                    f"{o['first_version']}"
+                    + ("" if o["first_version"] == o["last_version"] else f"-{o['last_version']}"),
+                    status(o),
+                )
+                for o in others
+            ],
+        )
 
 
 @keys.command(
     "revoke",
     epilog=examples(
         "accord --data ./pk-moi keys revoke ABCD-EFGH-IJKL-MNOP-QRST-UVWX "
-        "--from 2026-11-20T00:00:00Z --reason compromised --yes"
+        "--from 2026-11-20T00:00:00Z --reason compromised --yes",
+        "accord --data ./pk-moi keys revoke --kind log 0a1b2c3d "
+        "--from 2026-11-20T00:00:00Z --reason compromised --yes",
     ),
 )
-@click.argument("fingerprint")
+@click.argument("fingerprint", metavar="FINGERPRINT_OR_KEY_ID")
+@click.option(
+    "--kind",
+    type=click.Choice(["identity", "log", "witness", "tls"]),
+    default="identity",
+    show_default=True,
+    help="Which kind of key: identity (by fingerprint), or a replaced log/witness key (its "
+    "verifier key or hex key id) or TLS CA (its sha256 hex digest).",
+)
 @click.option(
     "--from", "revoked_from", help="RFC 3339 UTC time from which the key is invalid (default: now)."
 )
@@ -194,21 +264,29 @@ def keys_list(ctx: CliContext, as_json: bool) -> None:
 def keys_revoke(
     ctx: CliContext,
     fingerprint: str,
+    kind: str,
     revoked_from: str | None,
     reason: str,
     yes: bool,
     as_json: bool,
 ) -> None:
-    """Revoke one of this node's identity keys with a signed statement.
+    """Revoke one of this node's keys with a signed statement.
 
     Partners fetch the statement with the card ('GetCard') the next time they sync and
-    refuse what the key signed from that time on. Revoking the current key cuts this
-    node off: partners must re-add it with a new identity, checked out of band.
+    refuse what the key signed from that time on. Revoking the current identity key cuts
+    this node off: partners must re-add it with a new identity, checked out of band.
+    A log, witness or TLS CA key can be revoked only once replaced ('keys rotate --log',
+    '--witness', '--tls'): partners' witnesses then refuse checkpoints by a revoked log
+    key, our cosigner ignores cosignatures by a revoked witness key, partners refuse a
+    revoked TLS CA, and 'audit verify' reports both from that time on.
     """
     from exchange.card import fingerprints_equal
 
     now = clock.now()
     when = parse_time(revoked_from, field="--from") if revoked_from else now
+    if kind != "identity":
+        _revoke_other(ctx, kind, fingerprint, when, reason, yes, as_json, now)
+        return
     with opened(ctx) as node:
         rows = _own_keys(node)
         match = [r for r in rows if fingerprints_equal(str(r["fingerprint"]), fingerprint)]
@@ -246,4 +324,44 @@ def keys_revoke(
         )
         return
     ok(f"key {revocation.fingerprint} is revoked from {revocation.revoked_from}")
+    say("Partners learn it the next time they sync with this node (GetCard).")
+
+
+def _revoke_other(
+    ctx: CliContext,
+    kind: str,
+    wanted: str,
+    when: datetime,
+    reason: str,
+    yes: bool,
+    as_json: bool,
+    now: datetime,
+) -> None:
+    if not yes:
+        click.confirm(
+            f"Revoke this node's replaced {kind} key {wanted} from {when.isoformat()}?",
+            abort=True,
+            err=True,
+        )
+    with opened(ctx) as node:
+        statement, new = node.revoke_own_other_key(kind, wanted, when, reason, now)
+    if as_json:
+        print_json(
+            {
+                "kind": statement.kind,
+                "key": statement.key,
+                "revoked_from": statement.revoked_from,
+                "reason": statement.reason,
+                "issued_at": statement.issued_at,
+                "new": new,
+            }
+        )
+        return
+    if not new:
+        say(
+            f"{kind} key {statement.key} was already revoked from {statement.revoked_from}; "
+            "nothing changed"
+        )
+        return
+    ok(f"{kind} key {statement.key} is revoked from {statement.revoked_from}")
     say("Partners learn it the next time they sync with this node (GetCard).")

@@ -341,12 +341,21 @@ def peer_show(ctx: CliContext, peer_id: str, as_json: bool) -> None:
     with opened(ctx) as node:
         record = node.trust_store().get(peer_id)
         revoked = node.trust_store().revoked_keys(peer_id)
+        others = [
+            {"kind": r.kind, "key": r.key, "revoked_from": r.revoked_from, "reason": r.reason}
+            for r in node.peer_key_revocations(record.node)
+        ]
     chain = verify_chain_bytes(record.chain)
     latest = chain.latest
     revoked_keys = {fingerprint(k): format_time(t) for k, t in revoked.items()}
     if as_json:
         print_json(
-            {**peer_json(record, latest), "card": card_json(latest), "revoked_keys": revoked_keys}
+            {
+                **peer_json(record, latest),
+                "card": card_json(latest),
+                "revoked_keys": revoked_keys,
+                "revoked_other_keys": others,
+            }
         )
         return
     print_fields(
@@ -357,6 +366,14 @@ def peer_show(ctx: CliContext, peer_id: str, as_json: bool) -> None:
             (
                 "revoked keys",
                 "\n".join(f"{fp} from {t}" for fp, t in revoked_keys.items()) or "-",
+            ),
+            (
+                "revoked log/witness/TLS keys",
+                "\n".join(
+                    f"{o['kind']} {o['key']} from {o['revoked_from']} ({o['reason']})"
+                    for o in others
+                )
+                or "-",
             ),
             ("trusted since", record.added_at),
             ("trust on first use", "yes" if record.tofu else "no"),

@@ -262,6 +262,7 @@ class Script:
     freeze_witness: bool = False  # AddCheckpoint answers a conflict, forever (P03)
     revocations: list[card_pb2.Revocation] | None = None  # GetCard serves these (P06)
     rotation: list[SignedCard] | None = None  # GetCard serves these newer versions (P16)
+    key_revocations: list[card_pb2.Revocation] | None = None  # log/witness/TLS (ADR 0018)
 
 
 class HostilePeer(peer_pb2_grpc.PeerExchangeServicer):
@@ -279,12 +280,16 @@ class HostilePeer(peer_pb2_grpc.PeerExchangeServicer):
         revocations = self.script.revocations
         if revocations is None:
             revocations = [revocation_message(r) for r in self.node.own_revocations()]
+        key_revocations = self.script.key_revocations
+        if key_revocations is None:
+            key_revocations = [revocation_message(r) for r in self.node.own_key_revocations()]
         rotation = self.script.rotation or []
         latest = rotation[-1] if rotation else self.node.own_chain().signed[-1]
         return card_pb2.GetCardResponse(
             card=node_card_message(latest),
             rotation_chain=[node_card_message(s) for s in rotation],
             revocations=revocations,
+            key_revocations=key_revocations,
         )
 
     async def Pull(

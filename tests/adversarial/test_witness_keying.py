@@ -244,6 +244,8 @@ def test_p16_migration_drops_witness_state_written_under_a_borrowed_origin(
         conn.execute("DROP INDEX evidence_by_time")
         conn.execute("DROP TABLE evidence_suppressed")
         conn.execute("ALTER TABLE evidence DROP COLUMN repeats")
+        conn.execute("DROP TABLE own_key_revocations")  # migration 18, replayed too
+        conn.execute("DROP TABLE peer_key_revocations")
         conn.execute("DROP TABLE witness_state")
         conn.execute("ALTER TABLE witness_evidence DROP COLUMN partner")
         conn.execute(

@@ -226,6 +226,8 @@ def test_migration_recovers_the_logged_policy_digest(
             " root BLOB NOT NULL, note BLOB NOT NULL, updated_at TEXT NOT NULL, grown_at TEXT)"
         )
         conn.execute("ALTER TABLE witness_evidence DROP COLUMN partner")
+        conn.execute("DROP TABLE own_key_revocations")  # migration 18
+        conn.execute("DROP TABLE peer_key_revocations")
     conn.close()
     assert accord("--data", pk, "status", "--json").code in (0, 8)  # opens, migrates
     node = Node.open(pk, lambda: PASSPHRASE)

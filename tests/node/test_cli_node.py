@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -332,3 +333,44 @@ def test_keys_revoke_refusals_change_nothing(
     r = accord("--data", pk, "keys", "revoke", _fp(accord, pk), "--reason", "bored", "--yes")
     assert r.code == 2
     assert snapshot(pk) == before
+
+
+@pytest.mark.threat("P06")
+def test_p06_keys_revoke_each_kind_and_refuse_the_current_key(
+    make_node: Callable[..., Path], accord: Accord
+) -> None:
+    pk = make_node("pk-moi")
+    assert accord("--data", pk, "keys", "rotate", "--log", "--witness", "--tls").code == 0
+    listed = accord("--data", pk, "keys", "list", "--all", "--json").json()
+    assert len(listed["identity"]) == 1
+    keys = {(k["kind"], k["current"]): k["key"] for k in listed["other"]}
+    assert set(keys) == {(kind, c) for kind in ("log", "witness", "tls") for c in (False, True)}
+    # The key in force is refused, with the next step; nothing changes.
+    before = snapshot(pk)
+    for kind in ("log", "witness", "tls"):
+        r = accord("--data", pk, "keys", "revoke", "--kind", kind, keys[(kind, True)], "--yes")
+        assert r.code == 2 and "current" in r.err and f"keys rotate --{kind}" in r.err, r.err
+    assert snapshot(pk) == before
+    for kind in ("log", "witness", "tls"):
+        old = keys[(kind, False)]
+        named = old.split("+")[1] if kind != "tls" else old.removeprefix("sha256:")
+        r = accord(
+            "--data", pk, "keys", "revoke", "--kind", kind, named,
+            "--from", "2026-11-20T00:00:00Z", "--reason", "compromised", "--yes", "--json",
+        )  # fmt: skip
+        assert r.code == 0, r.err
+        assert r.json()["key"] == old and r.json()["kind"] == kind and r.json()["new"]
+    again = accord("--data", pk, "keys", "revoke", "--kind", "log", keys[("log", False)], "--yes")
+    assert again.code == 0 and "already revoked" in again.out
+    table = accord("--data", pk, "keys", "list", "--all")
+    assert table.out.count("revoked from 2026-11-20T00:00:00Z (compromised)") == 3
+    events = accord("--data", pk, "log", "show", "--json").json()["entries"]
+    revoked = [e for e in events if e["kind"] == "key.revoked"]
+    assert [e["key"] for e in revoked] == ["log", "witness", "tls"]
+    out = pk.parent / "b.audit"
+    assert accord("--data", pk, "audit", "export", "--out", out).code == 0
+    header = json.loads(out.read_text().split("\n")[0])
+    assert len(header["revocations"]["pk-moi"]) == 3
+    anchor = f"pk-moi={_fp(accord, pk)}"
+    verified = accord("audit", "verify", out, "--fingerprint", anchor, "--json")
+    assert verified.code == 0, verified.out

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61\x63\x63ord/v1/card.proto\x12\taccord.v1\"G\n\x08NodeCard\x12\x0c\n\x04\x63\x61rd\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x1a\n\x12previous_signature\x18\x03 \x01(\x0c\"2\n\nRevocation\x12\x11\n\tstatement\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\'\n\x0eGetCardRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x04\"\x8d\x01\n\x0fGetCardResponse\x12!\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x13.accord.v1.NodeCard\x12+\n\x0erotation_chain\x18\x02 \x03(\x0b\x32\x13.accord.v1.NodeCard\x12*\n\x0brevocations\x18\x03 \x03(\x0b\x32\x15.accord.v1.Revocationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61\x63\x63ord/v1/card.proto\x12\taccord.v1\"G\n\x08NodeCard\x12\x0c\n\x04\x63\x61rd\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x1a\n\x12previous_signature\x18\x03 \x01(\x0c\"2\n\nRevocation\x12\x11\n\tstatement\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\'\n\x0eGetCardRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x04\"\xbd\x01\n\x0fGetCardResponse\x12!\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x13.accord.v1.NodeCard\x12+\n\x0erotation_chain\x18\x02 \x03(\x0b\x32\x13.accord.v1.NodeCard\x12*\n\x0brevocations\x18\x03 \x03(\x0b\x32\x15.accord.v1.Revocation\x12.\n\x0fkey_revocations\x18\x04 \x03(\x0b\x32\x15.accord.v1.Revocationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,5 +38,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCARDREQUEST']._serialized_start=160
   _globals['_GETCARDREQUEST']._serialized_end=199
   _globals['_GETCARDRESPONSE']._serialized_start=202
-  _globals['_GETCARDRESPONSE']._serialized_end=343
+  _globals['_GETCARDRESPONSE']._serialized_end=391
 # @@protoc_insertion_point(module_scope)

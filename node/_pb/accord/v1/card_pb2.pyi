@@ -111,6 +111,7 @@ class GetCardResponse(_message.Message):
     CARD_FIELD_NUMBER: _builtins.int
     ROTATION_CHAIN_FIELD_NUMBER: _builtins.int
     REVOCATIONS_FIELD_NUMBER: _builtins.int
+    KEY_REVOCATIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def card(self) -> Global___NodeCard:
         """The node's current card."""
@@ -125,16 +126,24 @@ class GetCardResponse(_message.Message):
     def revocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Revocation]:
         """Every revocation statement the node has issued, oldest first."""
 
+    @_builtins.property
+    def key_revocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Revocation]:
+        """Every revocation of a replaced log, witness or TLS CA key the node has issued, oldest
+        first (ADR 0018): canonical JSON "accord.key_revocation/v1" statements signed over
+        "accord/v1/key-revocation\\n" + statement. Older nodes ignore this field.
+        """
+
     def __init__(
         self,
         *,
         card: Global___NodeCard | None = ...,
         rotation_chain: _abc.Iterable[Global___NodeCard] | None = ...,
         revocations: _abc.Iterable[Global___Revocation] | None = ...,
+        key_revocations: _abc.Iterable[Global___Revocation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["card", b"card"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "revocations", b"revocations", "rotation_chain", b"rotation_chain"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "key_revocations", b"key_revocations", "revocations", b"revocations", "rotation_chain", b"rotation_chain"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
