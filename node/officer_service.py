@@ -23,6 +23,7 @@ from node.policy import active_policy, decide_for
 from node.reports import list_reports, load_sealed
 from node.schemas import registry
 from node.server import OfficerService
+from node.stix import stix_source, to_stix_bundle
 from node.sync import OutboxSignal, Puller
 from node.wire import (
     inbox_message,
@@ -303,6 +304,8 @@ class ExchangeOfficerService(OfficerService):
             "derived": derived,
             "presentation": content.get("presentation", ""),
             "release": content.get("release", ""),
+            # The STIX 2.1 form (node/stix.py), the same mapping the TAXII feed serves.
+            "stix": to_stix_bundle(stix_source(self._node, request.envelope_id, self._now())),
         }
         return officer_pb2.GetInboxResponse(
             item=inbox_message(item, _newest_versions([item])),

@@ -410,9 +410,7 @@ def inbox_export(ctx: CliContext, envelope_id: str, fmt: str, out: Path | None) 
             + "\n"
         )
     else:
-        from node.stix import to_stix_bundle
-
-        text = to_stix_bundle(answer.item, body) + "\n"
+        text = body["stix"] + "\n"  # node/stix.py, built by the node from the verified item
     if out is None:
         click.echo(text, nl=False)
     else:
