@@ -15,7 +15,7 @@ Accord = Callable[..., Result]
 def test_onward_rules_are_signed_and_shown(
     make_node: Callable[..., Path], accord: Accord, tmp_path: Path
 ) -> None:
-    pk, cn = make_pair(make_node, accord, tmp_path)
+    _pk, cn = make_pair(make_node, accord, tmp_path)
     shown = accord("--data", cn, "agreement", "show", "--peer", "pk-moi", "--json").json()
     [to_cn] = [d for d in shown["ceiling"] if d["to"] == "cn-mps"]
     assert to_cn["onward"]["default"]["amber"] == ["counter-terrorism"]
