@@ -425,10 +425,13 @@ def _verified_report(node: Node, peer: str, content: Mapping[str, Any], now: dat
     )
 
 
-def stix_source(node: Node, envelope_id: str, now: datetime) -> StixSource:
+def stix_source(
+    node: Node, envelope_id: str, now: datetime, *, as_received: bool = False
+) -> StixSource:
     """What ``envelope_id`` (a report version or a retraction) means in STIX, read through
-    node/inbox.py and verified again. A retraction, and the latest version of a retracted
-    report, come out revoked."""
+    node/inbox.py and verified again. A retraction, and (unless ``as_received``: the item as
+    it was when it arrived, for the feed) the latest version of a retracted report, come
+    out revoked."""
     item, content = get_inbox(node, envelope_id)
     history = report_versions(node, item.peer, item.report_id)
     reports = [i for i in history if i.kind == "report"]
@@ -446,7 +449,7 @@ def stix_source(node: Node, envelope_id: str, now: datetime) -> StixSource:
         else _verified_report(node, item.peer, get_inbox(node, first.envelope_id)[1], now).issued_at
     )
     retracted_at = None
-    if retraction is not None and reports[-1].envelope_id == envelope_id:
+    if not as_received and retraction is not None and reports[-1].envelope_id == envelope_id:
         retracted_at = _retracted_at(get_inbox(node, retraction.envelope_id)[1])
     return StixSource(
         origin=report.issuer,

@@ -209,6 +209,27 @@ def _m013_outbox_by_state(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX outbox_by_state ON outbox (peer, state, seq)")
 
 
+def _m014_feed(db: sqlite_utils.Database) -> None:
+    """The TAXII feed (node/feed.py): consumers, and the STIX objects of received items
+    (encrypted at rest), in the order the feed added them (docs/adr/0014)."""
+    _run_sql(
+        db,
+        """
+        CREATE TABLE feed_consumers (
+            name TEXT PRIMARY KEY, class TEXT NOT NULL, collections TEXT NOT NULL,
+            own_organisation INTEGER NOT NULL, cert_fingerprint TEXT NOT NULL UNIQUE,
+            basic_hash TEXT, created_at TEXT NOT NULL, revoked_at TEXT);
+        CREATE TABLE feed_objects (
+            id INTEGER PRIMARY KEY, peer TEXT NOT NULL, stix_id TEXT NOT NULL,
+            type TEXT NOT NULL, version TEXT NOT NULL, date_added TEXT NOT NULL,
+            tlp TEXT NOT NULL, sop TEXT NOT NULL, envelope_id TEXT NOT NULL,
+            object BLOB NOT NULL, UNIQUE (peer, stix_id, version));
+        CREATE INDEX feed_page ON feed_objects (peer, date_added, id);
+        CREATE TABLE feed_indexed (peer TEXT PRIMARY KEY, last_seq INTEGER NOT NULL)
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
     (2, "transparency log: leaves, subtrees, checkpoints, cosignatures, witness", _m002_log),
@@ -223,6 +244,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (11, "signed revocations: of our own keys, and those partners served", _m011_revocations),
     (12, "the digest of the release policy last logged", _m012_policy_digest),
     (13, "outbox by state: what a partner acknowledged, without a scan", _m013_outbox_by_state),
+    (14, "TAXII feed: consumers, STIX objects of received items, indexing cursor", _m014_feed),
 ]
 
 

@@ -39,10 +39,6 @@ NOT_YET: dict[str, str] = {
     "C05": "PostgreSQL backend with a standby",
     "N07": "TLS 1.3 with X25519MLKEM768 only on the peer and feed ports",
     "B07": "exports written 0600 with O_EXCL|O_NOFOLLOW",
-    "F01": "TAXII feed consumers and their credentials",
-    "F02": "onward-dissemination rules enforced by the feed",
-    "F03": "TAXII pagination cursors",
-    "F04": "feed.served events and audit disclosures",
     "W01": "acknowledgement deadlines and escalation",
     "W02": "deadlines under clock steps",
 }

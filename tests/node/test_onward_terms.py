@@ -33,8 +33,8 @@ def test_bad_onward_terms_are_refused_with_the_field_named(
     exchange_cards(accord, pk, cn, tmp_path)
     for bad, named in (
         ('amber = ["counter-terrorism"]', 'amber = ["counter-terorism"]'),
-        ('green = ["any"]', 'red = ["any"]'),
-        ('green = ["any"]', 'purple = ["any"]'),
+        ('amber = ["counter-terrorism"]', 'red = ["any"]'),
+        ('amber = ["counter-terrorism"]', 'purple = ["any"]'),
     ):
         terms = tmp_path / "bad.toml"
         terms.write_text(TERMS.replace(bad, named, 1), "utf-8")
