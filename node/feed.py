@@ -423,7 +423,8 @@ class Feed:
     def _collection(self, peer: str) -> dict[str, Any]:
         return {
             "id": collection_id(peer),
-            "title": f"Reports from partner {peer}",
+            # The partner id alone: OpenCTI's connector names collections "root.title".
+            "title": peer,
             "description": f"What partner {peer} shared with {self.node.config.node}, as "
             "STIX 2.1, within the agreement's onward rules for your class.",
             "can_read": True,

@@ -194,7 +194,33 @@ class FeedStore:
         versions: Sequence[str] = ("last",),
         limit: int,
     ) -> list[FeedRow]:
-        """Up to ``limit`` visible rows of ``peer``'s collection in (date_added, id) order,
+        sql, args = self.page_sql(
+            peer,
+            visible,
+            after=after,
+            added_after=added_after,
+            ids=ids,
+            types=types,
+            versions=versions,
+            limit=limit,
+        )
+        return [_row(r) for r in self._conn.execute(sql, args)]
+
+    def page_sql(
+        self,
+        peer: str,
+        visible: Visibility,
+        *,
+        after: tuple[str, int] | None,
+        added_after: str | None,
+        ids: Sequence[str] = (),
+        types: Sequence[str] = (),
+        versions: Sequence[str] = ("last",),
+        limit: int,
+    ) -> tuple[str, list[Any]]:
+        """The SQL of ``page`` (tests check its query plan).
+
+        Up to ``limit`` visible rows of ``peer``'s collection in (date_added, id) order,
         after the keyset position ``after`` and strictly after ``added_after``.
 
         ``versions``: ``last``, ``first``, ``all`` or exact ``modified`` timestamps; last
@@ -234,7 +260,7 @@ class FeedStore:
             + " AND ".join(where)
             + " ORDER BY f.date_added, f.id LIMIT ?"
         )
-        return [_row(r) for r in self._conn.execute(sql, (*args, limit))]
+        return sql, [*args, limit]
 
     def versions(self, peer: str, stix_id: str, visible: Visibility) -> list[FeedRow]:
         """Every visible version of one object, oldest first."""

@@ -510,6 +510,34 @@ def test_other_accept_values_get_406_and_the_discovery_is_taxii(world: World) ->
     )
 
 
+def test_misp_imports_a_collection_as_its_taxii21_module_does(world: World) -> None:
+    """misp-modules' TAXII 2.1 import: as_pages(spec_version="2.1", per_request=100), one
+    bundle, misp-stix's external parser, one event's attributes and objects."""
+    from misp_stix_converter import ExternalSTIX2toMISPParser
+
+    world.send(world.pk, [alert("green", title="For MISP", indicators=["198.51.100.9"])])
+    col = world.collection("pk-moi", "ctd")
+    objects = [
+        o
+        for page in as_pages(col.get_objects, per_request=100, spec_version="2.1")
+        for o in page.get("objects", [])
+    ]
+    bundle = stix2.v21.Bundle(objects, allow_custom=True)
+    parser = ExternalSTIX2toMISPParser()
+    parser.load_stix_bundle(bundle)
+    parser.parse_stix_bundle(single_event=True)
+    values = {a.value for a in parser.misp_event.attributes} | {
+        a.value for o in parser.misp_event.objects for a in o.attributes
+    }
+    assert "198.51.100.9" in values
+    # OpenCTI's connector finds a collection by API root path and title: "api.pk-moi".
+    [root] = Server(
+        world.base + "/taxii2/", verify=world.ca, **world.creds["ctd"].kwargs()
+    ).api_roots
+    assert root.url.split("/")[-2] == "api"
+    assert {c.title for c in root.collections} == {"pk-moi", "th-nia"}
+
+
 # ---- F04: every page served is logged --------------------------------------------------------
 
 
