@@ -304,9 +304,11 @@ class ExchangeOfficerService(OfficerService):
             "derived": derived,
             "presentation": content.get("presentation", ""),
             "release": content.get("release", ""),
-            # The STIX 2.1 form (node/stix.py), the same mapping the TAXII feed serves.
-            "stix": to_stix_bundle(stix_source(self._node, request.envelope_id, self._now())),
         }
+        try:  # the STIX 2.1 form (node/stix.py), the same mapping the TAXII feed serves
+            body["stix"] = to_stix_bundle(stix_source(self._node, request.envelope_id, self._now()))
+        except AccordError as e:  # shown and exported as before; only the STIX form is missing
+            body["stix_error"] = e.code
         return officer_pb2.GetInboxResponse(
             item=inbox_message(item, _newest_versions([item])),
             report=json.dumps(body).encode(),

@@ -410,6 +410,12 @@ def inbox_export(ctx: CliContext, envelope_id: str, fmt: str, out: Path | None) 
             + "\n"
         )
     else:
+        if "stix" not in body:
+            raise InputError(
+                f"no STIX form of {envelope_id} ({body.get('stix_error', 'unknown')})",
+                code="inbox.no_stix",
+                next_step="Export it as --format json, or check the node's log.",
+            )
         text = body["stix"] + "\n"  # node/stix.py, built by the node from the verified item
     if out is None:
         click.echo(text, nl=False)
