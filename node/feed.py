@@ -230,6 +230,7 @@ def index_inbox(node: Node, now: datetime, precise: datetime | None = None) -> i
                             tlp=level if is_shared else src.tlp,
                             sop="" if is_shared else src.sop,
                             envelope_id=item.envelope_id,
+                            fields=() if is_shared else [*src.fields, *src.derived],
                             blob=cipher.encrypt(
                                 json.dumps(obj, sort_keys=True).encode("utf-8"),
                                 _aad(peer, obj["id"], version),
@@ -260,7 +261,7 @@ def visibility(node: Node, consumer: Consumer, peer: str, now: datetime) -> Visi
         if rules.allows(tlp, sop, consumer.recipient_class)
         and (tlp != "amber+strict" or consumer.own_organisation)
     }
-    return Visibility(frozenset(pairs))
+    return Visibility(frozenset(pairs), agreement.digest)
 
 
 # -- the HTTP side -----------------------------------------------------------------------------
@@ -374,6 +375,7 @@ class Feed:
         self.cursors = CursorCodec(cursor_key(node))
         self.peer_certs: dict[tuple[str, int], bytes] = {}
         self._verified: dict[tuple[str, str], str] = {}  # (name, secret digest) -> hash
+        self._agreement_digest: dict[str, str | None] = {}  # per partner, of the last page
 
     # -- credentials ------------------------------------------------------------------------
     def authenticate(self, request: Request) -> Consumer:
@@ -470,6 +472,7 @@ class Feed:
         if not q.spec_ok:
             return []
         seen = visibility(self.node, consumer, peer, self.now())
+        self._agreement_digest[peer] = seen.agreement_digest
         if not seen.pairs:
             return []
         return self.store.page(
@@ -495,16 +498,24 @@ class Feed:
     def _served(
         self, consumer: Consumer, peer: str, endpoint: str, rows: Sequence[FeedRow]
     ) -> None:
+        """``feed.served``: who, which collection, each object as ``id@version``, and per
+        envelope whose objects were served its SOP and disclosed field names (names only),
+        with the agreement whose onward rules allowed it."""
         now = self.now()
+        items = {r.envelope_id: r for r in rows if r.sop}
         with self.node.store.transaction() as db:
             self.node.record(
                 db,
                 "feed.served",
                 now,
                 consumer=consumer.name,
+                recipient_class=consumer.recipient_class,
                 collection=peer,
                 endpoint=endpoint,
                 objects=[f"{r.stix_id}@{r.version}" for r in rows],
+                envelopes={e: r.sop for e, r in sorted(items.items())},
+                fields={e: ",".join(r.fields) for e, r in sorted(items.items())},
+                agreement_digest=self._agreement_digest.get(peer),
             )
         self.node.checkpoint(now)
 

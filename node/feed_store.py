@@ -43,6 +43,7 @@ class FeedRow:
     tlp: str
     sop: str
     envelope_id: str
+    fields: tuple[str, ...]  # the item's disclosed field names ('' rows: none)
     blob: bytes
 
 
@@ -53,6 +54,7 @@ class Visibility:
     level is; an origin identity (tlp = '') when anything is."""
 
     pairs: frozenset[tuple[str, str]]
+    agreement_digest: str | None = None  # the agreement whose onward rules allowed them
 
     def sql(self, alias: str) -> tuple[str, list[Any]]:
         if not self.pairs:
@@ -68,12 +70,24 @@ class Visibility:
 
 
 _COLUMNS = "f.id, f.peer, f.stix_id, f.type, f.version, f.date_added, f.tlp, f.sop, " + (
-    "f.envelope_id, f.object"
+    "f.envelope_id, f.fields, f.object"
 )
 
 
 def _row(r: Sequence[Any]) -> FeedRow:
-    return FeedRow(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bytes(r[9]))
+    return FeedRow(
+        int(r[0]),
+        r[1],
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+        r[6],
+        r[7],
+        r[8],
+        tuple(json.loads(r[9])),
+        bytes(r[10]),
+    )
 
 
 class FeedStore:
@@ -173,12 +187,24 @@ class FeedStore:
         tlp: str,
         sop: str,
         envelope_id: str,
+        fields: Sequence[str],
         blob: bytes,
     ) -> None:
         db.execute(
             "INSERT INTO feed_objects (peer, stix_id, type, version, date_added, tlp, sop, "
-            "envelope_id, object) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (peer, stix_id, type, version, date_added, tlp, sop, envelope_id, blob),
+            "envelope_id, fields, object) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                peer,
+                stix_id,
+                type,
+                version,
+                date_added,
+                tlp,
+                sop,
+                envelope_id,
+                json.dumps(sorted(fields)),
+                blob,
+            ),
         )
 
     # -- reading pages ------------------------------------------------------------------

@@ -223,7 +223,7 @@ def _m014_feed(db: sqlite_utils.Database) -> None:
             id INTEGER PRIMARY KEY, peer TEXT NOT NULL, stix_id TEXT NOT NULL,
             type TEXT NOT NULL, version TEXT NOT NULL, date_added TEXT NOT NULL,
             tlp TEXT NOT NULL, sop TEXT NOT NULL, envelope_id TEXT NOT NULL,
-            object BLOB NOT NULL, UNIQUE (peer, stix_id, version));
+            fields TEXT NOT NULL, object BLOB NOT NULL, UNIQUE (peer, stix_id, version));
         CREATE INDEX feed_page ON feed_objects (peer, date_added, id);
         CREATE TABLE feed_indexed (peer TEXT PRIMARY KEY, last_seq INTEGER NOT NULL)
         """,

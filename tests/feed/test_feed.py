@@ -559,3 +559,32 @@ def test_every_page_served_is_logged_without_values(world: World) -> None:
         if e.kind.startswith("feed."):
             assert MARKER not in e.data.decode() and "Logged" not in e.data.decode()
     assert os.path.exists(world.cn_dir / "node.db")
+
+
+@pytest.mark.threat("F04")
+def test_audit_disclosures_lists_partner_releases_and_feed_pages(world: World) -> None:
+    world.send(world.pk, [alert("green", title="Disclosed onward")])
+    _pull(world.collection("pk-moi", "police"), per_request=500)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ACCORD_PASSPHRASE", PASSPHRASE)
+        for name, data in (("cn", world.cn_dir), ("pk", world.tmp / "pk-moi")):
+            _cli(
+                "--data", data, "audit", "export", "--out", world.tmp / f"{name}.bundle", "--force"
+            )
+    served = _cli(
+        "audit", "disclosures", world.tmp / "cn.bundle", "--label", "operational", "--json"
+    )
+    to_police = [d for d in served if d["recipient"] == "police"]
+    assert to_police and all(d["recipient_kind"] == "consumer" for d in to_police)
+    assert all(set(d["labels"].values()) == {"operational"} for d in to_police)
+    assert all("onward rules for police" in b for d in to_police for b in d["legal_basis"].values())
+    released = _cli("audit", "disclosures", world.tmp / "pk.bundle", "--json")
+    assert {d["recipient"] for d in released} == {"cn-mps"}
+    assert all(d["policy_digest"].startswith("sha256:") for d in released)
+    assert {"title", "severity"} <= set(released[0]["fields"])
+    later = _cli(
+        "audit", "disclosures", world.tmp / "pk.bundle", "--since", "2999-01-01T00:00:00Z", "--json"
+    )
+    assert later == []
+    table = _cli("audit", "disclosures", world.tmp / "cn.bundle", "--label", "operational")
+    assert "police (consumer)" in table
