@@ -69,6 +69,7 @@ API_ROOT = "/api/"
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 INDEX_BATCH = 100
+LOG_CHUNK = 200  # objects per feed.served event (an event is at most 64 KiB)
 CURSOR_KEY_META = "feed.cursor_key"
 CONSUMER_CLASSES = tuple(c for c in RECIPIENT_CLASSES if c != "any")
 _HASHER = argon2.PasswordHasher()  # Argon2id, the library's RFC 9106 low-memory defaults
@@ -502,21 +503,26 @@ class Feed:
         envelope whose objects were served its SOP and disclosed field names (names only),
         with the agreement whose onward rules allowed it."""
         now = self.now()
-        items = {r.envelope_id: r for r in rows if r.sop}
+        # A log event holds at most 64 KiB: a large page is logged as several events (one
+        # per LOG_CHUNK objects, ``part`` n of m), all in the page's one transaction.
+        chunks = [rows[i : i + LOG_CHUNK] for i in range(0, len(rows), LOG_CHUNK)] or [[]]
         with self.node.store.transaction() as db:
-            self.node.record(
-                db,
-                "feed.served",
-                now,
-                consumer=consumer.name,
-                recipient_class=consumer.recipient_class,
-                collection=peer,
-                endpoint=endpoint,
-                objects=[f"{r.stix_id}@{r.version}" for r in rows],
-                envelopes={e: r.sop for e, r in sorted(items.items())},
-                fields={e: ",".join(r.fields) for e, r in sorted(items.items())},
-                agreement_digest=self._agreement_digest.get(peer),
-            )
+            for n, chunk in enumerate(chunks, 1):
+                items = {r.envelope_id: r for r in chunk if r.sop}
+                self.node.record(
+                    db,
+                    "feed.served",
+                    now,
+                    consumer=consumer.name,
+                    recipient_class=consumer.recipient_class,
+                    collection=peer,
+                    endpoint=endpoint,
+                    part=f"{n}/{len(chunks)}",
+                    objects=[f"{r.stix_id}@{r.version}" for r in chunk],
+                    envelopes={e: r.sop for e, r in sorted(items.items())},
+                    fields={e: ",".join(r.fields) for e, r in sorted(items.items())},
+                    agreement_digest=self._agreement_digest.get(peer),
+                )
         self.node.checkpoint(now)
 
     def _page(

@@ -214,6 +214,8 @@ def test_migration_recovers_the_logged_policy_digest(
         # As a node made before migration 12: later migrations undone too.
         conn.execute("DELETE FROM _migrations WHERE version >= 12")
         conn.execute("DROP INDEX outbox_by_state")
+        for table in ("feed_consumers", "feed_objects", "feed_indexed"):  # migration 14
+            conn.execute(f"DROP TABLE {table}")
     conn.close()
     assert accord("--data", pk, "status", "--json").code in (0, 8)  # opens, migrates
     node = Node.open(pk, lambda: PASSPHRASE)
