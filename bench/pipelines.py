@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.cluster import make_cluster, open_node, report_bytes
+from exchange.audit import Anchor
 from node import outbox
 from node.audit import export_bundle, verify_bundle_file
 from node.clock import now
@@ -202,10 +203,11 @@ def audit(root: Path, entries: int) -> dict[str, float]:
                 node.checkpoint(T0)
         bundle = root / "audit.bundle"
         export_bundle(node, bundle, T0)
+        anchors = [Anchor(node.config.node, node.own_chain().latest.fingerprint)]
     finally:
         node.close()
     start = time.perf_counter()
-    report = verify_bundle_file(bundle)
+    report = verify_bundle_file(bundle, anchors)
     spent = time.perf_counter() - start
     if report.findings or report.entries != entries:
         raise RuntimeError(f"audit bench: the bundle did not verify: {report.findings[:3]}")

@@ -14,6 +14,14 @@ The auditor rebuilds the tree from the event bytes and checks every checkpoint s
 every cosignature from a partner's witness key, every root, and every event's shape and
 self-declared index. An edited, deleted or inserted row shows up as a finding naming the
 entry (or, when only roots disagree, the range of entries between two checkpoints).
+
+Trust comes from the auditor, never from the bundle (ADR 0011): every key used must chain
+to an ``Anchor``, an identity key the auditor checked out of band (a fingerprint, or a
+card file). The bundle's card chain for node X is used only from the card whose identity
+key is X's anchor onward (later versions are rotations that key signed); a chain without
+it is an ``audit.unanchored`` finding. Entries no signed checkpoint covers are findings
+(``audit.unsigned_tail``), and so is every checkpoint an anchored partner should have
+cosigned and did not (``audit.not_cosigned``, rule in ``_partner_findings``).
 """
 
 from __future__ import annotations
@@ -27,16 +35,35 @@ from itertools import islice
 from typing import Any
 
 from exchange.canonical import b64_decode
-from exchange.card import VerifiedChain, verify_chain_bytes
+from exchange.card import (
+    Card,
+    VerifiedChain,
+    fingerprints_equal,
+    normalise_fingerprint,
+    verify_chain_bytes,
+)
 from exchange.checkpoint import open_checkpoint, parse_checkpoint_unverified
 from exchange.cosignature import verify_cosignatures
-from exchange.errors import AccordError, InputError
+from exchange.errors import AccordError, InputError, PeerDataError
 from exchange.events import Event, parse_event_unverified
 from exchange.merkle import CompactRange, leaf_hash
+from exchange.names import check_node_id
 from exchange.note import VerifierKey, parse_note_unverified, parse_verifier_key
 
 BUNDLE_TYPE = "accord.audit-bundle/v1"
 MAX_LINE = 256 * 1024
+
+
+NO_ANCHOR_NEXT_STEP = (
+    "Pass --fingerprint NODE=FINGERPRINT for the bundle's node and for each partner, as you "
+    "checked them out of band: 'accord card show' on the node itself, 'accord peer list' on "
+    "its partner, or the fingerprints in the signed agreement; or --card FILE with a card "
+    "file written by 'accord card export'."
+)
+MAX_TAIL_FINDINGS = 100  # one finding per unsigned entry up to this many, then one for the rest
+_TRUST_KINDS = frozenset(
+    {"peer.added", "peer.updated", "peer.removed", "peer.revoked", "checkpoint.cosigned"}
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +76,123 @@ class Finding:
         return {"index": self.index, "code": self.code, "message": self.message}
 
 
+# ---- trust anchors: what the auditor checked out of band ---------------------------------
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A node's identity key as the auditor checked it out of band: its fingerprint (what
+    'accord card show' and 'accord peer list' print), and for ``--card`` the verified
+    card chain it came from (its latest identity key is the anchor)."""
+
+    node: str
+    fingerprint: str
+    source: str = "fingerprint"  # or "card"
+    chain: VerifiedChain | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "fingerprint": self.fingerprint, "source": self.source}
+
+
+def fingerprint_anchor(text: str) -> Anchor:
+    """An anchor from ``NODE=FINGERPRINT`` (the ``--fingerprint`` option)."""
+    node, sep, fp = text.partition("=")
+    if not sep or not node.strip():
+        raise InputError(
+            "--fingerprint must be NODE=FINGERPRINT, e.g. pk-moi=Y3TO-64CP-W63K-R2V7-F7PI-SB3E",
+            code="audit.bad_anchor",
+            next_step=NO_ANCHOR_NEXT_STEP,
+        )
+    return Anchor(
+        check_node_id(node.strip(), field="--fingerprint node"), normalise_fingerprint(fp)
+    )
+
+
+def card_anchor(data: bytes, what: str = "card file") -> Anchor:
+    """An anchor from a card file (``accord card export``): its latest identity key."""
+    try:
+        chain = verify_chain_bytes(data)
+    except AccordError as e:
+        raise InputError(
+            f"{what} is not a valid card chain: {e.message}",
+            code="audit.bad_anchor",
+            next_step="Give a file written by 'accord card export'.",
+        ) from e
+    return Anchor(chain.latest.node, chain.latest.fingerprint, "card", chain)
+
+
+def anchor_map(anchors: Iterable[Anchor]) -> dict[str, Anchor]:
+    """One anchor per node; refuses none at all, and two that disagree."""
+    out: dict[str, Anchor] = {}
+    for anchor in anchors:
+        known = out.get(anchor.node)
+        if known is None:
+            out[anchor.node] = anchor
+        elif not fingerprints_equal(known.fingerprint, anchor.fingerprint):
+            raise InputError(
+                f"two different anchors for {anchor.node}",
+                code="audit.bad_anchor",
+                next_step="Give one fingerprint (or card file) per node.",
+            )
+        elif known.chain is None:
+            out[anchor.node] = anchor  # the same key; the card file adds its chain
+    if not out:
+        raise InputError(
+            "no trust anchor given: a bundle carries its own keys, so it cannot vouch for them",
+            code="audit.no_anchor",
+            next_step=NO_ANCHOR_NEXT_STEP,
+        )
+    return out
+
+
+def _from_anchor(chain: VerifiedChain, fingerprint: str) -> tuple[Card, ...] | None:
+    for i, card in enumerate(chain.cards):
+        if fingerprints_equal(card.fingerprint, fingerprint):
+            return chain.cards[i:]
+    return None
+
+
+def anchored_cards(chain: VerifiedChain | None, anchor: Anchor) -> tuple[Card, ...] | None:
+    """The cards of ``chain`` the anchor vouches for: from the first card whose identity
+    key has the anchored fingerprint onward (later versions are rotations signed by it;
+    earlier ones are not vouched for, so their keys are never used). A card anchor also
+    supplies the cards when the bundle has no chain for the node, or only an earlier part
+    of the card file's chain. None: the chain does not chain to the anchor."""
+    if chain is not None:
+        found = _from_anchor(chain, anchor.fingerprint)
+        if found is not None:
+            return found
+    if anchor.chain is not None and (
+        chain is None or anchor.chain.signed[: len(chain.signed)] == chain.signed
+    ):
+        return _from_anchor(anchor.chain, anchor.fingerprint)
+    return None
+
+
+@dataclass
+class PartnerCoverage:
+    """What one anchored partner's witness vouched for in this log."""
+
+    node: str
+    keys: bool = False  # a witness key chained to the anchor
+    largest_cosigned: int = 0  # the largest checkpoint it cosigned (covers every smaller one)
+    cosigned_checkpoints: int = 0
+    recorded_cosigned: int = 0  # the largest size the log records it cosigning
+    due_upto: int = 0  # checkpoints up to this size were due from it (_partner_findings)
+    peer_since: int | None = None  # the entry of its first peer.added
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "witness_key_anchored": self.keys,
+            "largest_cosigned": self.largest_cosigned,
+            "cosigned_checkpoints": self.cosigned_checkpoints,
+            "recorded_cosigned": self.recorded_cosigned,
+            "due_upto": self.due_upto,
+            "peer_since": self.peer_since,
+        }
+
+
 @dataclass
 class AuditReport:
     node: str = ""
@@ -59,6 +203,9 @@ class AuditReport:
     largest_checkpoint: int = 0
     kinds: Counter[str] = field(default_factory=Counter)
     findings: list[Finding] = field(default_factory=list)
+    anchors: list[dict[str, Any]] = field(default_factory=list)  # each anchor and its use
+    partners: dict[str, PartnerCoverage] = field(default_factory=dict)  # anchored partners
+    unanchored_peers: list[str] = field(default_factory=list)  # in the bundle, keys unused
 
     @property
     def ok(self) -> bool:
@@ -77,6 +224,9 @@ class AuditReport:
             "cosigned_checkpoints": self.cosigned_checkpoints,
             "largest_checkpoint": self.largest_checkpoint,
             "kinds": dict(sorted(self.kinds.items())),
+            "anchors": self.anchors,
+            "partners": {k: v.to_json() for k, v in sorted(self.partners.items())},
+            "unanchored_peers": self.unanchored_peers,
             "findings": [f.to_json() for f in self.findings],
         }
 
@@ -87,6 +237,7 @@ class _Checkpoint:
     root: bytes
     stored_root: bytes
     line: int
+    cosigned_by: frozenset[str] = frozenset()  # anchored partners whose cosignature verified
 
 
 def _json_line(raw: bytes, what: str) -> dict[str, Any]:
@@ -107,19 +258,91 @@ def _chain(value: object, what: str) -> VerifiedChain:
     return verify_chain_bytes(b64_decode(value, what=what))
 
 
+@dataclass
+class _Trust:
+    """The keys the verifier may use, each chained to an anchor."""
+
+    log_keys: list[VerifierKey]
+    witnesses: dict[str, list[VerifierKey]]  # anchored partner -> its witness keys
+    missing: set[str]  # anchored partners with no card chain in the bundle nor a card file
+
+
+def _resolve_trust(
+    own: VerifiedChain,
+    peers: dict[str, VerifiedChain],
+    anchors: dict[str, Anchor],
+    report: AuditReport,
+) -> _Trust:
+    node = own.latest.node
+    anchor = anchors.get(node)
+    cards = None if anchor is None else anchored_cards(own, anchor)
+    if anchor is None:
+        report.add(
+            None,
+            "audit.unanchored",
+            f"no anchor for {node}, whose log this is: its log keys come from the bundle "
+            "itself and prove nothing",
+        )
+    elif cards is None:
+        report.add(
+            None,
+            "audit.unanchored",
+            f"{node}: the bundle's card chain does not contain the anchored identity key "
+            f"{anchor.fingerprint}; its log keys are not the anchored node's",
+        )
+    if anchor is not None:
+        report.anchors.append(_anchor_row(anchor, cards, "log keys" if cards else "none"))
+    # Unanchored, the checks below still run with the bundle's own keys (so the report
+    # names everything else), but the finding above fails the audit whatever they say.
+    log_keys = _log_keys(cards or own.cards, report)
+    trust = _Trust(log_keys, {}, set())
+    for other, anchor in sorted(anchors.items()):
+        if other == node:
+            continue
+        chain = peers.get(other)
+        cards = anchored_cards(chain, anchor)
+        coverage = report.partners.setdefault(other, PartnerCoverage(other))
+        if cards is not None:
+            trust.witnesses[other] = _witness_keys(other, cards, report)
+            coverage.keys = bool(trust.witnesses[other])
+        elif chain is not None:
+            report.add(
+                None,
+                "audit.unanchored",
+                f"{other}: the bundle's card chain does not contain the anchored identity "
+                f"key {anchor.fingerprint}; its witness key is not the anchored partner's",
+            )
+        else:
+            trust.missing.add(other)
+        report.anchors.append(_anchor_row(anchor, cards, "witness keys" if cards else "none"))
+    report.unanchored_peers = sorted(set(peers) - set(anchors))
+    return trust
+
+
+def _anchor_row(anchor: Anchor, cards: tuple[Card, ...] | None, use: str) -> dict[str, Any]:
+    return {
+        **anchor.to_json(),
+        "card_version": None if cards is None else cards[0].version,
+        "used_for": use,
+    }
+
+
 def audit_bundle(
     lines: Iterable[bytes],
     *,
+    anchors: Iterable[Anchor],
     since: tuple[int, bytes] | None = None,
     progress: Callable[[int], None] | None = None,
     on_event: Callable[[Event], None] | None = None,
     scanner: Scanner | None = None,
 ) -> AuditReport:
-    """Verify a bundle given as raw lines. ``since`` = (size, root) of a checkpoint the
-    auditor verified before: the log must extend it. ``on_event`` sees every well-formed
-    event (e.g. for reconciliation); trust them only if the report has no findings.
+    """Verify a bundle given as raw lines against the auditor's ``anchors`` (at least
+    one; ``InputError`` otherwise). ``since`` = (size, root) of a checkpoint the auditor
+    verified before: the log must extend it. ``on_event`` sees every well-formed event
+    (e.g. for reconciliation); trust them only if the report has no findings.
     ``scanner`` checks the entry lines chunk by chunk (default: here, ``scan_in_process``);
     the outcome is the same whichever scans them."""
+    anchored = anchor_map(anchors)
     report = AuditReport()
     it = iter(lines)
     try:
@@ -144,10 +367,11 @@ def audit_bundle(
         report.add(None, "bundle.header", message)
         return report
     report.node, report.origin = own.latest.node, origin
-    log_keys = _log_keys(own, report)
-    witnesses = _witness_keys(peers, report)
+    if header.get("node") != own.latest.node:
+        report.add(None, "bundle.header", f"the header names another node than {own.latest.node}")
+    trust = _resolve_trust(own, peers, anchored, report)
 
-    checkpoints = _read_checkpoints(it, n_checkpoints, log_keys, witnesses, origin, report)
+    checkpoints = _read_checkpoints(it, n_checkpoints, trust, origin, report)
     fold = _Fold(report, sorted(checkpoints, key=lambda c: c.size), since, progress)
     for chunk in (scanner or scan_in_process)(it, on_event is not None):
         fold.add(chunk, on_event)
@@ -163,7 +387,115 @@ def audit_bundle(
         )
     if since is not None and since[0] > expected:
         report.add(None, "log.since", f"the log ({expected}) is smaller than checkpoint {since[0]}")
+    _tail_findings(report, expected)
+    _partner_findings(report, checkpoints, fold, trust, expected)
     return report
+
+
+def _tail_findings(report: AuditReport, entries: int) -> None:
+    """Every entry past the largest signed checkpoint is signed by nothing: a truncated,
+    withheld or never-signed tail."""
+    signed = min(report.largest_checkpoint, entries)
+    for i in range(signed, min(entries, signed + MAX_TAIL_FINDINGS)):
+        report.add(
+            i,
+            "audit.unsigned_tail",
+            f"entry {i} is past the largest signed checkpoint ({signed}): no signature covers it",
+        )
+    if entries > signed + MAX_TAIL_FINDINGS:
+        first = signed + MAX_TAIL_FINDINGS
+        report.add(
+            first,
+            "audit.unsigned_tail",
+            f"entries {first}..{entries - 1} ({entries - first} more) are past the largest "
+            f"signed checkpoint ({signed}): no signature covers them",
+        )
+
+
+def _partner_findings(
+    report: AuditReport, checkpoints: list[_Checkpoint], fold: _Fold, trust: _Trust, entries: int
+) -> None:
+    """Cosignatures the log says exist, and those an anchored partner should have given.
+
+    Partner X's witness covers every checkpoint up to the largest one it cosigned (it
+    checked consistency from what it held). A checkpoint of size s is *due* from an
+    anchored partner X when (1) X was a peer at s: X's last ``peer.added``/``peer.updated``
+    before entry s is not followed by a ``peer.removed`` or a ``peer.revoked`` of its
+    current key; and (2) X had a round that started after s was signed: the log records
+    X cosigning a size >= s (``checkpoint.cosigned``), or records two answers from X at
+    entries >= s (checkpoint s was committed before the first; the second round began after
+    it and the cosigner always sends its latest checkpoint). The newest checkpoints, signed
+    after the last round X could answer (e.g. the one 'audit export' signs), are not due.
+    Each due checkpoint above X's coverage is ``audit.not_cosigned``."""
+    present = {cp.size for cp in checkpoints}
+    by_peer: dict[str, list[tuple[int, str, int]]] = {}
+    for index, kind, peer, value in fold.peer_events:
+        if index < entries:
+            by_peer.setdefault(peer, []).append((index, kind, value))
+    for peer, events in sorted(by_peer.items()):
+        for index, kind, value in events:
+            if kind == "checkpoint.cosigned" and value not in present:
+                report.add(
+                    index,
+                    "audit.checkpoint_missing",
+                    f"entry {index} records {peer} cosigning checkpoint {value}, which the "
+                    "bundle leaves out",
+                )
+    for peer, coverage in sorted(report.partners.items()):
+        events = by_peer.get(peer, [])
+        added = [i for i, kind, _v in events if kind == "peer.added"]
+        coverage.peer_since = added[0] if added else None
+        if peer in trust.missing and coverage.peer_since is None and not events:
+            # Anchored (e.g. for the other bundle of a reconcile), but this log never had
+            # it as a partner: nothing was due from it here.
+            del report.partners[peer]
+            for row in report.anchors:
+                if row["node"] == peer:
+                    row["used_for"] = "none (not a partner of this log)"
+            continue
+        answers = [(i, v) for i, kind, v in events if kind == "checkpoint.cosigned"]
+        coverage.recorded_cosigned = max((v for _i, v in answers), default=0)
+        second_last = answers[-2][0] if len(answers) > 1 else 0
+        coverage.due_upto = max(coverage.recorded_cosigned, second_last)
+        mine = [cp for cp in checkpoints if peer in cp.cosigned_by and cp.size in fold.root_ok]
+        coverage.cosigned_checkpoints = len(mine)
+        coverage.largest_cosigned = max((cp.size for cp in mine), default=0)
+        if peer in trust.missing and coverage.peer_since is not None:
+            report.add(
+                coverage.peer_since,
+                "audit.peer_missing",
+                f"entry {coverage.peer_since} adds {peer} as a partner, but the bundle has no "
+                f"card chain for it: its cosignatures cannot be checked (pass --card for {peer}"
+                " if it was removed)",
+            )
+        for cp in sorted(checkpoints, key=lambda c: c.size):
+            if coverage.largest_cosigned < cp.size <= coverage.due_upto and _peer_at(
+                events, cp.size
+            ):
+                report.add(
+                    None,
+                    "audit.not_cosigned",
+                    f"checkpoint {cp.size}: {peer} should have cosigned it or a larger one "
+                    f"(due up to size {coverage.due_upto} by the log's checkpoint.cosigned "
+                    f"entries), but the largest checkpoint {peer} cosigned in the bundle is "
+                    f"{coverage.largest_cosigned}",
+                )
+    report.cosigned_checkpoints = sum(
+        1 for cp in checkpoints if cp.cosigned_by and cp.size in fold.root_ok
+    )
+
+
+def _peer_at(events: list[tuple[int, str, int]], size: int) -> bool:
+    """Whether the partner was a peer when the checkpoint of ``size`` was signed."""
+    state = False
+    for index, kind, value in events:
+        if index >= size:
+            break
+        if kind in ("peer.added", "peer.updated"):
+            state = True
+        elif kind == "peer.removed" or (kind == "peer.revoked" and value):
+            state = False
+    return state
 
 
 # ---- entries: each line checked on its own (parallel-safe), then folded in order ----------
@@ -185,6 +517,9 @@ class ScannedLines:
     kinds: dict[str, int]
     problems: dict[int, list[tuple[str, str]]]  # position -> [(code, message)], in order
     events: list[Event | None] | None = None  # kept when the caller wants them
+    # (position, kind, peer, value) of the events that say who witnesses the log: peer.*
+    # and checkpoint.cosigned (value: its size; for peer.revoked, 1 if the current key)
+    trust_events: list[tuple[int, str, str, int]] = field(default_factory=list)
 
 
 def scan_lines(lines: list[bytes], keep_events: bool = False) -> ScannedLines:
@@ -196,6 +531,7 @@ def scan_lines(lines: list[bytes], keep_events: bool = False) -> ScannedLines:
     kinds: Counter[str] = Counter()
     problems: dict[int, list[tuple[str, str]]] = {}
     events: list[Event | None] | None = [] if keep_events else None
+    trust_events: list[tuple[int, str, str, int]] = []
     for raw in lines:
         if not raw.strip():
             continue
@@ -227,14 +563,25 @@ def scan_lines(lines: list[bytes], keep_events: bool = False) -> ScannedLines:
             found.append(("entry.bad_event", e.message))
         if event is not None:
             kinds[event.kind] += 1
+            if event.kind in _TRUST_KINDS and isinstance(event.attrs.get("peer"), str):
+                trust_events.append((at, event.kind, event.attrs["peer"], _trust_value(event)))
         indexes.append(None if event is None else event.index)
         if events is not None:
             events.append(event)
         if found:
             problems[at] = found
     return ScannedLines(
-        len(leaves), b"".join(leaves), claimed, indexes, dict(kinds), problems, events
+        len(leaves), b"".join(leaves), claimed, indexes, dict(kinds), problems, events, trust_events
     )
+
+
+def _trust_value(event: Event) -> int:
+    if event.kind == "checkpoint.cosigned":
+        return _int_attr(event, "size", -1)
+    if event.kind == "peer.revoked":
+        revoked = event.attrs.get("revoked_key")  # absent: the partner's current key
+        return int(revoked is None or revoked == event.attrs.get("fingerprint"))
+    return 0
 
 
 Scanner = Callable[[Iterator[bytes], bool], Iterable[ScannedLines]]
@@ -264,10 +611,15 @@ class _Fold:
         self.progress = progress
         self.tree = CompactRange()
         self.verified_upto = 0
+        self.root_ok: set[int] = set()  # checkpoint sizes whose signed root matches the entries
+        self.peer_events: list[tuple[int, str, str, int]] = []  # positions in the log
 
     def add(self, chunk: ScannedLines, on_event: Callable[[Event], None] | None) -> None:
         start = self.tree.size
         self.report.kinds.update(chunk.kinds)
+        self.peer_events.extend(
+            (start + k, kind, peer, v) for k, kind, peer, v in chunk.trust_events
+        )
         if on_event is not None and chunk.events is not None:
             for event in chunk.events:
                 if event is not None:
@@ -329,6 +681,7 @@ class _Fold:
                 )
             else:
                 self.verified_upto = cp.size
+                self.root_ok.add(cp.size)
             if tree.root() != cp.stored_root:
                 report.add(
                     cp.size - 1,
@@ -339,9 +692,9 @@ class _Fold:
             self.progress(size)
 
 
-def _log_keys(own: VerifiedChain, report: AuditReport) -> list[VerifierKey]:
+def _log_keys(cards: Iterable[Card], report: AuditReport) -> list[VerifierKey]:
     keys: dict[str, VerifierKey] = {}
-    for card in own.cards:
+    for card in cards:
         try:
             key = parse_verifier_key(card.log_vkey)
             keys[key.encode()] = key
@@ -350,21 +703,21 @@ def _log_keys(own: VerifiedChain, report: AuditReport) -> list[VerifierKey]:
     return list(keys.values())
 
 
-def _witness_keys(peers: dict[str, VerifiedChain], report: AuditReport) -> list[VerifierKey]:
-    keys: list[VerifierKey] = []
-    for node, chain in sorted(peers.items()):
+def _witness_keys(node: str, cards: Iterable[Card], report: AuditReport) -> list[VerifierKey]:
+    keys: dict[str, VerifierKey] = {}
+    for card in cards:
         try:
-            keys.append(parse_verifier_key(chain.latest.witness_vkey))
+            key = parse_verifier_key(card.witness_vkey)
+            keys[key.encode()] = key
         except AccordError as e:
             report.add(None, "card.witness_key", f"{node}: {e.message}")
-    return keys
+    return list(keys.values())
 
 
 def _read_checkpoints(
     it: Any,
     count: int,
-    log_keys: list[VerifierKey],
-    witnesses: list[VerifierKey],
+    trust: _Trust,
     origin: str,
     report: AuditReport,
 ) -> list[_Checkpoint]:
@@ -385,23 +738,36 @@ def _read_checkpoints(
             continue
         report.checkpoints += 1
         try:
-            verified = open_checkpoint(note, log_keys, origin=origin)
+            verified = open_checkpoint(note, trust.log_keys, origin=origin)
         except AccordError as e:
             size_hint = _size_hint(note)
             report.add(None, "checkpoint.signature", f"checkpoint {size_hint}: {e.message}")
             continue
         cp = verified.checkpoint
-        current = _Checkpoint(cp.size, cp.root_hash, stored_root, n)
+        cosigned_by: set[str] = set()
+        if trust.witnesses and _has_foreign_lines(note, verified.note.signatures):
+            for partner, keys in sorted(trust.witnesses.items()):
+                try:
+                    verify_cosignatures(note, keys)
+                    cosigned_by.add(partner)
+                except PeerDataError as e:
+                    if e.code != "peer.not_cosigned":
+                        report.add(
+                            None,
+                            "checkpoint.cosignature",
+                            f"checkpoint {cp.size}: {partner}: {e.message}",
+                        )
+                except AccordError as e:
+                    report.add(
+                        None,
+                        "checkpoint.cosignature",
+                        f"checkpoint {cp.size}: {partner}: {e.message}",
+                    )
+        current = _Checkpoint(cp.size, cp.root_hash, stored_root, n, frozenset(cosigned_by))
         if previous is not None and cp.size <= previous.size:
             report.add(None, "checkpoint.order", f"checkpoint {cp.size} follows {previous.size}")
         previous = current
         report.largest_checkpoint = max(report.largest_checkpoint, cp.size)
-        if witnesses and _has_foreign_lines(note, verified.note.signatures):
-            try:
-                verify_cosignatures(note, witnesses)
-                report.cosigned_checkpoints += 1
-            except AccordError as e:
-                report.add(None, "checkpoint.cosignature", f"checkpoint {cp.size}: {e.message}")
         out.append(current)
     return out
 

@@ -29,6 +29,7 @@ from exchange.canonical import (
     canonical_json,
     parse_json_unverified,
 )
+from exchange.checkpoint import log_origin
 from exchange.crypto import Signer, verify_ed25519
 from exchange.errors import InputError, PeerDataError
 from exchange.names import check_display_name, check_endpoint, check_node_id
@@ -62,6 +63,11 @@ _CARD_KEYS = frozenset(
         "issued_at",
     }
 )
+
+
+def witness_name(node: str) -> str:
+    """The one witness key name a node may use: ``<node>.accord/witness``."""
+    return f"{node}.accord/witness"
 
 
 def fingerprint(identity_key: bytes) -> str:
@@ -226,7 +232,25 @@ def _parse_card_unverified(data: bytes) -> Card:
         parse_time(card.issued_at, field="card issued_at")
     except InputError as e:
         raise PeerDataError(e.message, code="peer.card_invalid") from e
+    _check_own_names(card)
     return card
+
+
+def _check_own_names(card: Card) -> None:
+    """A card's log and witness keys must carry its own node's names (docs/THREATS.md P16):
+    witnesses key what they hold by origin, so a card naming another node's log could
+    write the state kept for that node."""
+    for vkey, expected, what in (
+        (card.log_vkey, log_origin(card.node), "log key"),
+        (card.witness_vkey, witness_name(card.node), "witness key"),
+    ):
+        if parse_verifier_key(vkey).name != expected:
+            raise PeerDataError(
+                f"card of {card.node}: the {what} is not named {expected}",
+                code="card.origin_mismatch",
+                next_step="Refuse this card: a node may only name its own log and witness. "
+                "Ask the partner's operator why their card names another node.",
+            )
 
 
 def _parse_encryption_key(raw: object) -> EncryptionKey:

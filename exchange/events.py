@@ -21,6 +21,7 @@ KINDS = frozenset(
     {
         "node.created",
         "agreement.signed",
+        "agreement.terminated",
         "peer.added",
         "peer.updated",
         "peer.removed",

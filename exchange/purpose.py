@@ -15,6 +15,7 @@ class Purpose(StrEnum):
     ENVELOPE = "envelope"
     RECEIPT = "receipt"
     RETRACTION = "retraction"
+    TERMINATION = "agreement-termination"
 
 
 def signed_message(purpose: Purpose, data: bytes) -> bytes:

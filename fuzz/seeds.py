@@ -115,48 +115,76 @@ def seeds() -> dict[str, list[bytes]]:
     }
 
 
-def _chain_and_bundle(signer: _Signer) -> tuple[bytes, bytes]:
-    """A one-card chain of the fixed key, and a one-entry audit bundle that verifies
-    under it (so the bundle fuzzer gets past the header to the entries)."""
+def _card_chain(signer: _Signer, node: str) -> tuple[bytes, str]:
+    """A one-card chain of ``node`` under the fixed key, and its fingerprint."""
     from datetime import UTC, datetime
 
-    from exchange.audit import BUNDLE_TYPE
     from exchange.card import SUITE_X25519, Card, EncryptionKey, chain_bytes, sign_card
-    from exchange.merkle import leaf_hash
     from exchange.note import verifier_key
     from keys.tls import generate_tls
 
-    tls = generate_tls("pk-moi", "127.0.0.1", datetime(2026, 1, 1, tzinfo=UTC))
+    tls = generate_tls(node, "127.0.0.1", datetime(2026, 1, 1, tzinfo=UTC))
     card = Card(
-        node="pk-moi",
-        name="Pakistan MoI",
+        node=node,
+        name=node,
         endpoint="127.0.0.1:7441",
         identity_key=signer.public_key,
-        log_vkey=verifier_key("pk-moi.accord/log", signer.public_key).encode(),
-        witness_vkey=verifier_key("pk-moi.accord/witness", signer.public_key, 0x04).encode(),
+        log_vkey=verifier_key(f"{node}.accord/log", signer.public_key).encode(),
+        witness_vkey=verifier_key(f"{node}.accord/witness", signer.public_key, 0x04).encode(),
         encryption_keys=(EncryptionKey("ek", SUITE_X25519, signer.public_key, T),),
         tls_ca_pem=tls.ca_cert_pem.decode("ascii"),
         version=1,
         issued_at="2026-01-01T00:00:00Z",
     )
-    chain = chain_bytes([sign_card(card, signer, None)])
-    event = event_bytes("node.created", 0, T, {"node": "pk-moi", "fingerprint": card.fingerprint})
-    leaf = leaf_hash(event)
-    note = sign_checkpoint(Checkpoint("pk-moi.accord/log", 1, leaf), "pk-moi.accord/log", signer)
+    return chain_bytes([sign_card(card, signer, None)]), card.fingerprint
+
+
+def _chain_and_bundle(signer: _Signer) -> tuple[bytes, bytes]:
+    """pk-moi's one-card chain under the fixed key, and a bundle that verifies under the
+    harness's anchors (fuzz.harnesses.BUNDLE_ANCHORS, the same key for pk-moi and its
+    partner cn-mps): three entries (node.created, peer.added cn-mps, checkpoint.cosigned),
+    a checkpoint at 2 cosigned by cn-mps's witness and one at 3, so the bundle fuzzer
+    gets past the header and anchors to the cosignatures, the due rule and the entries."""
+    from exchange.audit import BUNDLE_TYPE
+    from exchange.cosignature import cosign_checkpoint
+    from exchange.merkle import leaf_hash
+
+    chain, fp = _card_chain(signer, "pk-moi")
+    cn_chain, cn_fp = _card_chain(signer, "cn-mps")
+    events = [
+        event_bytes("node.created", 0, T, {"node": "pk-moi", "fingerprint": fp}),
+        event_bytes("peer.added", 1, T, {"peer": "cn-mps", "fingerprint": cn_fp}),
+        event_bytes("checkpoint.cosigned", 2, T, {"peer": "cn-mps", "size": 2}),
+    ]
+    tree = MemoryTree()
+    checkpoints = []
+    for size, event in enumerate(events, start=1):
+        tree.append(event)
+        if size < 2:
+            continue
+        cp = Checkpoint("pk-moi.accord/log", size, tree.root())
+        note = sign_checkpoint(cp, "pk-moi.accord/log", signer)
+        if size == 2:
+            cosig = cosign_checkpoint(cp.text(), "cn-mps.accord/witness", signer, 1764072000)
+            note += (cosig.line + "\n").encode()
+        checkpoints.append({"checkpoint": note.decode("utf-8"), "stored_root": b64(tree.root())})
     header = {
         "type": BUNDLE_TYPE,
         "node": "pk-moi",
         "origin": "pk-moi.accord/log",
         "cards": b64(chain),
-        "peers": {},
-        "size": 1,
-        "checkpoints": 1,
+        "peers": {"cn-mps": b64(cn_chain)},
+        "size": len(events),
+        "checkpoints": len(checkpoints),
         "exported_at": T,
     }
     lines = [
         json.dumps(header, sort_keys=True),
-        json.dumps({"checkpoint": note.decode("utf-8"), "stored_root": b64(leaf)}),
-        json.dumps({"i": 0, "event": b64(event), "h": b64(leaf)}),
+        *(json.dumps(c) for c in checkpoints),
+        *(
+            json.dumps({"i": i, "event": b64(e), "h": b64(leaf_hash(e))})
+            for i, e in enumerate(events)
+        ),
     ]
     return chain, "\n".join(lines).encode() + b"\n"
 

@@ -21,10 +21,12 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from exchange.canonical import b64, b64_decode, b64url, sha256
 from exchange.card import SUITE_HYBRID, SUITE_X25519, Card, EncryptionKey
+from exchange.card import witness_name as card_witness_name
 from exchange.errors import InputError, KeyringError, StoreError
 from exchange.note import SIG_COSIGNATURE_V1, verifier_key
 from exchange.times import format_time, parse_time
 from keys.keyfile import open_keyfile, seal_keyfile, write_private_file
+from keys.rowauth import LEAF_PURPOSE, LeafAuthenticator, RowAuthenticator
 from keys.signers import Ed25519Signer, EncryptionKeyPair
 from keys.tls import (
     TlsMaterial,
@@ -40,7 +42,7 @@ RETENTION = timedelta(days=7)
 
 
 def witness_name(node: str) -> str:
-    return f"{node}.accord/witness"
+    return card_witness_name(node)
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,19 @@ class Keyring:
 
     def storage_cipher(self) -> StorageCipher:
         return StorageCipher(self.storage_key)
+
+    def row_authenticator(self, purpose: str) -> RowAuthenticator:
+        """HMAC-SHA256 tags for rows this node writes, under a key derived (HKDF) from the
+        storage key for ``purpose`` only (ADR 0012). The key never leaves the object."""
+        return RowAuthenticator(self.storage_key, purpose)
+
+    @cached_property
+    def _leaf_authenticator(self) -> LeafAuthenticator:
+        return LeafAuthenticator(self.row_authenticator(LEAF_PURPOSE))
+
+    def leaf_authenticator(self) -> LeafAuthenticator:
+        """Tags proving a log leaf was written by this node (purpose ``log.leaf``)."""
+        return self._leaf_authenticator
 
     def pseudonym_key(self, peer: str) -> bytes:
         """The keyed-HMAC pseudonym key for one partner, derived from the storage key:

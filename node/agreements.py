@@ -27,10 +27,18 @@ from exchange.agreement import (
     verified_signers,
     verify_agreement,
 )
+from exchange.canonical import sha256_digest
 from exchange.card import SUITE_HYBRID, SUITE_X25519
 from exchange.crypto import verify_ed25519
-from exchange.errors import InputError, PeerDataError, PolicyError
+from exchange.errors import InputError, PeerDataError, PolicyError, StoreError
 from exchange.purpose import Purpose, signed_message
+from exchange.termination import (
+    Termination,
+    parse_signed_termination_unverified,
+    parse_termination_unverified,
+    sign_termination,
+    verify_termination,
+)
 from exchange.times import format_time, parse_time
 from node.home import Node
 from node.schemas import registry
@@ -238,6 +246,75 @@ def sign_and_store(
     return signed, verified
 
 
+def terminate_agreement(
+    node: Node, peer: str, effective_at: datetime, reason: str, now: datetime
+) -> tuple[bytes, Termination]:
+    """End the agreement in force with ``peer`` at ``effective_at``: sign a termination
+    statement for the partner, and log it (``agreement.terminated``). Returns the file's
+    bytes. Nothing flows under that agreement from ``effective_at`` on, on either side once
+    the partner has recorded the statement (``accept_termination``)."""
+    agreement = current_agreement(node, peer, now)
+    if agreement is None:
+        raise PolicyError(
+            f"no agreement with {peer} is in force", code="peer.no_agreement",
+            next_step="'accord agreement list' shows the agreements and their dates.",
+        )  # fmt: skip
+    if effective_at < now - timedelta(minutes=5):
+        raise InputError("--at is in the past: an end cannot be back-dated")
+    termination = Termination(
+        agreement=agreement.digest,
+        by=node.config.node,
+        peer=peer,
+        effective_at=format_time(effective_at),
+        reason=reason,
+        issued_at=format_time(now),
+    )
+    signed = sign_termination(termination, node.keyring().identity_signer())
+    _record_termination(node, termination, signed.to_bytes(), now)
+    return signed.to_bytes(), termination
+
+
+def accept_termination(node: Node, data: bytes, now: datetime) -> tuple[Termination, bool]:
+    """Verify a partner's termination file and log it; returns it and whether it was new.
+    It must be signed by the partner's identity key and name an agreement between us."""
+    signed = parse_signed_termination_unverified(data)
+    unverified = parse_termination_unverified(signed.statement)
+    if unverified.peer != node.config.node:
+        raise PeerDataError(
+            "the termination is addressed to another node", code="agreement.bad_termination"
+        )
+    chain = node.trust_store().trusted_chain(unverified.by, now)
+    termination = verify_termination(signed, chain.latest.identity_key)
+    known = {a.digest for a in node.log_facts().agreements.get(termination.by, ())}
+    if termination.agreement not in known:
+        raise PeerDataError(
+            f"the termination names no agreement this node holds with {termination.by}",
+            code="agreement.bad_termination",
+        )
+    return termination, _record_termination(node, termination, data, now)
+
+
+def _record_termination(node: Node, t: Termination, data: bytes, now: datetime) -> bool:
+    digest = sha256_digest(data)
+    other = t.peer if t.by == node.config.node else t.by
+    if digest in node.log_facts().termination_digests:
+        return False  # the same file accepted twice adds nothing (docs/THREATS.md B05)
+    with node.store.transaction() as db:
+        node.record(
+            db,
+            "agreement.terminated",
+            now,
+            peer=other,
+            by=t.by,
+            agreement_digest=t.agreement,
+            effective_at=t.effective_at,
+            reason=t.reason,
+            termination_digest=digest,
+        )
+    node.checkpoint(now)  # the fold reads what a signed checkpoint covers
+    return True
+
+
 def _check_schemas(agreement: Agreement) -> None:
     reg = registry()
     for name, digest in agreement.schemas.items():
@@ -249,7 +326,51 @@ def _check_schemas(agreement: Agreement) -> None:
             )
 
 
+def _tampered(what: str, field: str) -> StoreError:
+    return StoreError(
+        f"{what} does not match what was signed and logged (field {field})",
+        code="store.row_tampered",
+        next_step="The database was edited outside Accord: nothing is released under it. "
+        "Run 'accord audit export' and 'accord audit verify', and restore the database "
+        "from a backup.",
+    )
+
+
+def _check_row(node: Node, stored: StoredAgreement, logged: set[str]) -> None:
+    """A stored agreement's columns are copies of its signed bytes, and only an agreement
+    the log recorded (``agreement.signed``) is one (docs/THREATS.md I08)."""
+    what = f"stored agreement {stored.digest[:20]}"
+    try:
+        signed = parse_signed_agreement_unverified(stored.signed)
+        content = parse_agreement_unverified(signed.agreement_bytes)
+    except (InputError, PeerDataError) as e:
+        raise _tampered(what, "signed") from e
+    checks = (
+        ("digest", sha256_digest(signed.agreement_bytes) == stored.digest),
+        ("log", stored.digest in logged),
+        (
+            "peer",
+            node.config.node in content.parties
+            and content.peer_of(node.config.node) == stored.peer,
+        ),
+        ("id", content.id == stored.id),
+        ("version", content.version == stored.version),
+        ("not_before", content.not_before == stored.not_before),
+        ("not_after", content.not_after == stored.not_after),
+    )
+    for name, ok in checks:
+        if not ok:
+            raise _tampered(what, name)
+
+
+def _logged_digests(node: Node) -> dict[str, set[str]]:
+    return {
+        peer: {a.digest for a in entries} for peer, entries in node.log_facts().agreements.items()
+    }
+
+
 def stored_agreements(node: Node, peer: str | None = None) -> list[StoredAgreement]:
+    """Stored agreements, each checked against its signed bytes and the log."""
     sql = (
         "SELECT digest, peer, id, version, not_before, not_after, stored_at, signed FROM agreements"
     )
@@ -258,23 +379,54 @@ def stored_agreements(node: Node, peer: str | None = None) -> list[StoredAgreeme
         sql += " WHERE peer = ?"
         args = (peer,)
     rows = node.store.conn.execute(sql + " ORDER BY peer, not_after DESC", args).fetchall()
-    return [
+    out = [
         StoredAgreement(r[0], r[1], r[2], int(r[3]), r[4], r[5], r[6], bytes(r[7])) for r in rows
     ]
+    logged = _logged_digests(node)
+    for stored in out:
+        _check_row(node, stored, logged.get(stored.peer, set()))
+    return out
+
+
+def _stored(node: Node, digest: str) -> StoredAgreement | None:
+    row = node.store.conn.execute(
+        "SELECT digest, peer, id, version, not_before, not_after, stored_at, signed "
+        "FROM agreements WHERE digest = ?",
+        (digest,),
+    ).fetchone()
+    if row is None:
+        return None
+    r = row
+    return StoredAgreement(r[0], r[1], r[2], int(r[3]), r[4], r[5], r[6], bytes(r[7]))
 
 
 def current_agreement(node: Node, peer: str, now: datetime) -> VerifiedAgreement | None:
-    """The newest stored agreement with ``peer`` valid at ``now``, re-verified from bytes."""
-    for stored in stored_agreements(node, peer):
-        if (
-            parse_time(stored.not_before, field="not_before")
-            <= now
-            <= parse_time(stored.not_after, field="not_after")
-        ):
-            signed = parse_signed_agreement_unverified(stored.signed)
-            content = parse_agreement_unverified(signed.agreement_bytes)
-            return verify_agreement(signed, _party_keys(node, content, now, signed), now)
-    return None
+    """The agreement in force with ``peer`` at ``now``: of those the log recorded as signed
+    by both (``agreement.signed``) and already started, the one signed last. A newer
+    agreement supersedes the older ones from its ``not_before`` on, even when they would
+    run longer, and when it ends nothing is in force (an older, looser one does not come
+    back); one signed later but not started yet leaves the current one in force until it
+    starts (docs/adr/0004-agreement-and-release-policy.md). Read from its row, checked
+    against the log and re-verified from bytes: which agreement is current is decided by
+    the log, never by the editable columns (docs/THREATS.md I08)."""
+    entries = node.log_facts().agreements.get(peer, ())
+    logged = {a.digest for a in entries}
+    started = [a for a in entries if parse_time(a.not_before, field="not_before") <= now]
+    if not started:
+        return None
+    entry = max(started, key=lambda a: a.log_index)  # the order both signatures were logged
+    if now > parse_time(entry.not_after, field="not_after"):
+        return None
+    ends = node.log_facts().terminations.get(entry.digest)
+    if ends is not None and now >= parse_time(ends, field="effective_at"):
+        return None  # ended by a signed termination, ours or the partner's
+    stored = _stored(node, entry.digest)
+    if stored is None or stored.peer != peer:
+        raise _tampered(f"stored agreement {entry.digest[:20]}", "missing")
+    _check_row(node, stored, logged)
+    signed = parse_signed_agreement_unverified(stored.signed)
+    content = parse_agreement_unverified(signed.agreement_bytes)
+    return verify_agreement(signed, _party_keys(node, content, now, signed), now)
 
 
 def ceiling(

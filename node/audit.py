@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import datetime
 from itertools import islice
@@ -15,11 +16,19 @@ from pathlib import Path
 
 import structlog
 
-from exchange.audit import BUNDLE_TYPE, AuditReport, ScannedLines, audit_bundle, scan_lines
+from exchange.audit import (
+    BUNDLE_TYPE,
+    Anchor,
+    AuditReport,
+    ScannedLines,
+    audit_bundle,
+    scan_lines,
+)
 from exchange.canonical import b64
 from exchange.errors import AccordError, InputError
 from exchange.events import Event
 from exchange.times import format_time
+from node.files import private_file
 from node.home import Node
 
 log_event = structlog.get_logger("accord.audit")
@@ -28,22 +37,35 @@ EXPORT_BATCH = 5000
 
 
 def export_bundle(
-    node: Node, out: Path, now: datetime, progress: Callable[[int, int], None] | None = None
+    node: Node,
+    out: Path,
+    now: datetime,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    unsigned_ok: bool = False,
+    force: bool = False,
 ) -> tuple[int, int]:
     """Write the log, its checkpoints (with cosignatures) and the public keys needed to
-    verify them. Signs a checkpoint over everything committed first, so every exported
-    entry is covered by a signature; then reads one consistent snapshot."""
+    verify them. Signs a checkpoint over everything committed first and exports exactly
+    the entries it covers, so no exported entry lacks a signature (entries a running node
+    appends meanwhile go to the next export).
+
+    When that checkpoint cannot be signed (wrong passphrase, a log shorter than one this
+    node published, an entry it did not write: docs/THREATS.md I04, I07, I09) the export fails
+    with that error and writes nothing. ``unsigned_ok`` (forensics, tests) exports the
+    database as it is instead, so that ``audit verify`` names what is wrong."""
+    covered: int | None = None
     try:
-        node.checkpoint(now)
+        covered = node.checkpoint(now).size
     except AccordError as e:
-        # A damaged or edited log cannot be signed; export it as it is, so that
-        # 'audit verify' names what is wrong instead of the export hiding it.
+        if not unsigned_ok:
+            raise
         log_event.warning("audit.export_unsigned_tail", code=e.code)
     log = node.log
     conn = node.store.conn
     conn.execute("BEGIN")  # a read snapshot: appends made meanwhile are not half-exported
     try:
-        size = log.size()
+        size = log.size() if covered is None else min(covered, log.size())
         checkpoints = [c for c in log.checkpoints() if c.size <= size]
         peers = {r.node: b64(r.chain) for r in node.trust_store().list()}
         header = {
@@ -56,8 +78,9 @@ def export_bundle(
             "checkpoints": len(checkpoints),
             "exported_at": format_time(now),
         }
-        tmp = out.with_name(out.name + ".partial")
-        with tmp.open("w", encoding="utf-8") as f:
+        # 0600, never through a link, never over a file without force (docs/THREATS.md B07)
+        with private_file(out, force=force) as raw:
+            f = io.TextIOWrapper(raw, "utf-8")
             f.write(json.dumps(header, sort_keys=True) + "\n")
             for cp in checkpoints:
                 note = log.cosigned_note(cp).decode("utf-8")
@@ -71,7 +94,8 @@ def export_bundle(
                 f.write(f'{{"i":{idx},"event":"{b64(_raw(event))}","h":"{b64(_raw(leaf))}"}}\n')
                 if progress is not None and done % EXPORT_BATCH == 0:
                     progress(done, size)
-        tmp.replace(out)
+            f.flush()
+            f.detach()  # private_file closes (and syncs) the binary file itself
         if progress is not None:
             progress(size, size)
     finally:
@@ -99,6 +123,7 @@ def read_lines(path: Path) -> Iterator[bytes]:
 
 def verify_bundle_file(
     path: Path,
+    anchors: Sequence[Anchor],
     since: Path | None = None,
     progress: Callable[[int], None] | None = None,
     on_event: Callable[[Event], None] | None = None,
@@ -113,7 +138,12 @@ def verify_bundle_file(
     workers = audit_workers(path) if on_event is None else 1
     scanner = None if workers < 2 else ParallelScanner(workers)
     return audit_bundle(
-        read_lines(path), since=since_point, progress=progress, on_event=on_event, scanner=scanner
+        read_lines(path),
+        anchors=anchors,
+        since=since_point,
+        progress=progress,
+        on_event=on_event,
+        scanner=scanner,
     )
 
 

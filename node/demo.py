@@ -272,9 +272,26 @@ def main() -> None:
         procs.clear()
         run("--data", pk, "audit", "export", "--out", work / "pk-moi.bundle", env=env)
         run("--data", cn, "audit", "export", "--out", work / "cn-mps.bundle", env=env)
-        run("audit", "verify", work / "pk-moi.bundle", env=env)
-        run("audit", "verify", work / "cn-mps.bundle", env=env)
-        run("audit", "reconcile", work / "pk-moi.bundle", work / "cn-mps.bundle", env=env)
+        say(
+            "The auditor trusts no key from the bundles: only the fingerprints read out by "
+            "phone in step 2 (or the card files)."
+        )
+        anchors = ("--fingerprint", f"pk-moi={fp_pk}", "--fingerprint", f"cn-mps={fp_cn}")
+        run("audit", "verify", work / "pk-moi.bundle", *anchors, env=env)
+        run("audit", "verify", work / "cn-mps.bundle", *anchors, env=env)
+        cards = ("--card", work / "pk-moi.card", "--card", work / "cn-mps.card")
+        run("audit", "reconcile", work / "pk-moi.bundle", work / "cn-mps.bundle", *cards, env=env)
+        proc = subprocess.run(
+            [*ACCORD, "audit", "verify", str(work / "pk-moi.bundle")],
+            env=env,
+            check=False,
+            text=True,
+            capture_output=True,
+        )
+        if proc.returncode != 2:
+            raise SystemExit(f"demo: verify without an anchor exited {proc.returncode}, not 2")
+        say(f"Without an anchor, verify refuses to vouch for anything (exit {proc.returncode}):")
+        console.print(proc.stderr.strip().splitlines()[0])
 
         console.print()
         console.print(

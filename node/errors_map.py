@@ -60,6 +60,7 @@ class Mapped:
 BY_CODE: dict[str, grpc.StatusCode] = {
     "auth.no_certificate": grpc.StatusCode.UNAUTHENTICATED,
     "auth.bad_certificate": grpc.StatusCode.UNAUTHENTICATED,
+    "auth.classical_tls": grpc.StatusCode.UNAUTHENTICATED,
     "peer.unknown": grpc.StatusCode.PERMISSION_DENIED,
     "peer.revoked": grpc.StatusCode.PERMISSION_DENIED,
     "witness.not_followed": grpc.StatusCode.PERMISSION_DENIED,
@@ -128,6 +129,9 @@ def error_detail(error: BaseException, audience: Audience, correlation_id: str) 
     m = mapped(error)
     detail = error_pb2.ErrorDetail(code=m.code, correlation_id=correlation_id)
     if audience is Audience.OFFICER and isinstance(error, AccordError):
+        # The local officer sees the error's own stable code too (e.g. store.row_tampered,
+        # not the partner's generic "unavailable"): scripts match on it.
+        detail.code = error.code
         detail.message = error.message
         detail.next_step = error.next_step
     return detail.SerializeToString()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,12 +28,13 @@ from exchange.card import (
     SignedCard,
     VerifiedChain,
     extend_chain,
+    fingerprint,
     fingerprints_equal,
+    normalise_fingerprint,
     parse_signed_card_unverified,
     sign_card,
 )
 from exchange.errors import ConfigError, InputError, KeyringError, PeerDataError
-from exchange.events import parse_event_unverified
 from exchange.names import check_display_name, check_endpoint, check_node_id
 from exchange.revocation import (
     MAX_REVOCATIONS,
@@ -44,9 +46,10 @@ from exchange.revocation import (
 from exchange.times import format_time
 from keys.keyfile import PASSPHRASE_ENV
 from keys.keyring import Keyring, generate_keyring, load_keyring, save_keyring
-from keys.truststore import AddResult, PeerRecord, TrustStore
+from keys.truststore import AddResult, KeyRevocation, PeerRecord, TrustStore
 from node.config import CONFIG_FILE, NodeConfig
 from node.log import ExchangeLog, SignedCheckpoint
+from node.logstate import LogFacts, log_facts, same_time
 from node.store import DB_FILE, SqlitePeerRecords, Store
 
 KEYFILE = Path("keys") / "secrets.key"
@@ -74,6 +77,41 @@ def _signed_card_row(signed: SignedCard) -> bytes:
     return canonical_json(signed.to_json())
 
 
+class LoggedPeerRecords(SqlitePeerRecords):
+    """The trust store's rows, with each partner's revoked keys checked against the log
+    (docs/THREATS.md I08): a ``peer_revocations`` row deleted, added, moved to another key or
+    given a later time is refused, so an old key cannot be un-revoked outside the log."""
+
+    def __init__(self, store: Store, facts: Callable[[], LogFacts]) -> None:
+        super().__init__(store)
+        self._facts = facts
+
+    def key_revocations(self, node: str) -> list[KeyRevocation]:
+        rows = super().key_revocations(node)
+        if self._store.conn.in_transaction:
+            # The trust store's own bookkeeping while it records a revocation (its event
+            # is not signed yet); what the node acts on is read outside a transaction.
+            return rows
+        logged = self._facts().key_revocations.get(node, {})
+        held = {normalise_fingerprint(fingerprint(r.identity_key)): r for r in rows}
+        for key in sorted(set(logged) | set(held)):
+            row = held.get(key)
+            if row is None or key not in logged:
+                what = "identity_key"
+            elif not same_time(row.revoked_from, logged[key]):
+                what = "revoked_from"
+            else:
+                continue
+            raise KeyringError(
+                f"revoked keys of {node} do not match the log entries that recorded "
+                f"them (key {key}, field {what})",
+                code="keyring.tampered",
+                next_step="The database may have been edited: run 'accord audit export' "
+                "and 'accord audit verify', and restore the database from a backup.",
+            )
+        return rows
+
+
 @dataclass
 class Node:
     """An opened node. Keys are loaded (and the passphrase asked) only when needed."""
@@ -89,6 +127,7 @@ class Node:
     @classmethod
     def open(cls, data_dir: Path, passphrase: PassphraseSource) -> Node:
         config = NodeConfig.load(data_dir)
+        _check_private_dir(data_dir)
         return cls(
             data_dir=data_dir, config=config, store=Store.open(data_dir), passphrase=passphrase
         )
@@ -135,7 +174,7 @@ class Node:
     # -- the exchange log ----------------------------------------------------------------
     @property
     def log(self) -> ExchangeLog:
-        return ExchangeLog(self.store, self.config.log_origin, self.data_dir)
+        return ExchangeLog(self.store, self.config.log_origin, self.data_dir, self.keyring)
 
     def record(self, db: sqlite_utils.Database, kind: str, now: datetime, **attrs: object) -> int:
         """Append one event to the log inside the caller's transaction (staged, and
@@ -143,8 +182,23 @@ class Node:
         return self.log.stage(kind, now, attrs)
 
     def checkpoint(self, now: datetime) -> SignedCheckpoint:
-        """Sign a checkpoint over everything committed so far (one per commit batch)."""
+        """Sign a checkpoint over everything committed so far (one per commit batch);
+        refuses (``log.foreign_entry``, ``log.rolled_back``, ``log.inconsistent``) a log
+        that holds anything this node did not write (ADR 0012)."""
         return self.log.sign_checkpoint(self.keyring().log_signer(), now)
+
+    def check_log(self) -> None:
+        """Raise what :meth:`checkpoint` would refuse, without signing or writing: used by
+        ``serve`` before it listens, and by Status (docs/THREATS.md I04, I07, I09)."""
+        conn = self.store.conn
+        if conn.in_transaction:
+            self.log.verify()
+            return
+        conn.execute("BEGIN")  # one read snapshot
+        try:
+            self.log.verify()
+        finally:
+            conn.execute("COMMIT")
 
     # -- cards ---------------------------------------------------------------------------
     def own_chain(self) -> VerifiedChain:
@@ -156,7 +210,21 @@ class Node:
         return self._own_chain[1]
 
     def trust_store(self) -> TrustStore:
-        return TrustStore(SqlitePeerRecords(self.store), self.config.node, self._attest_peer)
+        return TrustStore(
+            LoggedPeerRecords(self.store, self.log_facts), self.config.node, self._attest_peer
+        )
+
+    def log_facts(self) -> LogFacts:
+        """Trust, policy and agreement state as this node's signed log holds it (ADR 0013)."""
+        return log_facts(self.log, self.own_chain().latest.log_vkey)
+
+    def attested_peers(self) -> list[PeerRecord]:
+        """Every partner's trust-store row, each checked against the log first (what is
+        displayed, e.g. by 'peer list', including a revoked partner's revocation time)."""
+        records = self.trust_store().list()
+        for record in records:
+            self._attest_peer(record)
+        return records
 
     def _bind_peer(self, kind: str, now: datetime, **attrs: object) -> None:
         """Log a trust-store change (``attrs["peer"]`` names the partner) and bind its row
@@ -167,28 +235,30 @@ class Node:
         )
 
     def _attest_peer(self, record: PeerRecord) -> None:
-        """A trust-store row must match the log entry that recorded it (docs/THREATS.md I03): an
-        insider who swaps a partner's card and fingerprint in the database is caught here,
-        and editing the log entry too is caught by the checkpoints and ``audit verify``."""
-        event = None
-        if record.log_index is not None:
-            row = self.store.conn.execute(
-                "SELECT event FROM log_leaves WHERE idx = ?", (record.log_index,)
-            ).fetchone()
-            event = None if row is None else parse_event_unverified(bytes(row[0]))
-        if (
-            event is None
-            or event.kind not in ("peer.added", "peer.updated", "peer.revoked")
-            or event.attrs.get("peer") != record.node
-            or event.attrs.get("fingerprint") != record.fingerprint
-        ):
-            raise KeyringError(
-                f"trust store entry for {record.node} does not match the log entry that "
-                "recorded it",
-                code="keyring.tampered",
-                next_step="The database may have been edited: run 'accord audit export' and "
-                "'accord audit verify', and re-add the partner after checking its fingerprint.",
-            )
+        """A trust-store row must be what the log recorded (docs/THREATS.md I03, I08): the
+        latest ``peer.*`` event for the partner names its fingerprint, its status and the
+        time it is revoked from, and the row is bound to that event. An insider who swaps
+        a partner's card, or un-revokes it by editing ``status`` / ``revoked_from`` (or
+        points ``log_index`` at an older event), is caught here; editing the log as well
+        is caught by the checkpoints and ``audit verify``."""
+        state = self.log_facts().peers.get(record.node)
+        if state is None or record.log_index != state.log_index:
+            mismatch = "log_index"
+        elif record.fingerprint != state.fingerprint:
+            mismatch = "fingerprint"
+        elif record.status != state.status:
+            mismatch = "status"
+        elif not same_time(record.revoked_from, state.revoked_from):
+            mismatch = "revoked_from"
+        else:
+            return
+        raise KeyringError(
+            f"trust store entry for {record.node} does not match the log entry that "
+            f"recorded it (field {mismatch})",
+            code="keyring.tampered",
+            next_step="The database may have been edited: run 'accord audit export' and "
+            "'accord audit verify', and re-add the partner after checking its fingerprint.",
+        )
 
     def add_peer(
         self, chain_data: bytes, *, fingerprint: str | None, tofu: bool, now: datetime
@@ -478,6 +548,9 @@ def _write_new_node(
     data_dir: Path, config: NodeConfig, keyring: Keyring, passphrase: str | None, now: datetime
 ) -> Node:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # An existing directory keeps its mode through mkdir: a 0755 one would leave node.db and
+    # decrypted partner data readable by every local user (docs/THREATS.md B07).
+    os.chmod(data_dir, 0o700)
     save_keyring(data_dir / KEYFILE, keyring, passphrase, replace=False)
     tls_dir = data_dir / "tls"
     tls_dir.mkdir(mode=0o700, exist_ok=True)
@@ -489,7 +562,7 @@ def _write_new_node(
     with store.transaction() as db:
         db.table("own_cards").insert({"version": 1, "signed": _signed_card_row(signed)})
         store.set_meta(db, "node", config.node)
-        ExchangeLog(store, config.log_origin).append(
+        ExchangeLog(store, config.log_origin, keys=lambda: keyring).append(
             db, [("node.created", now, {"node": config.node, "fingerprint": card.fingerprint})]
         )
     node = Node(
@@ -506,6 +579,17 @@ def _write_new_node(
     tmp.write_text(config.to_toml(), "utf-8")
     os.replace(tmp, data_dir / CONFIG_FILE)
     return node
+
+
+def _check_private_dir(data_dir: Path) -> None:
+    """The data directory holds the database and exports of partner data: owner only."""
+    mode = stat.S_IMODE(data_dir.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(
+            f"the data directory {data_dir} has loose permissions {mode:04o}",
+            code="config.loose_permissions",
+            next_step=f"Run 'chmod 700 {data_dir}' and check who could have read node.db.",
+        )
 
 
 def _remove_partial_node(data_dir: Path, created: bool) -> None:

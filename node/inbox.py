@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import sqlite_utils
 
-from exchange.canonical import b64, b64_decode, canonical_json
+from exchange.canonical import b64, b64_decode, b64url_decode, canonical_json
 from exchange.card import Card, VerifiedChain
 from exchange.envelope import (
     ContentRejected,
@@ -24,12 +24,13 @@ from exchange.envelope import (
     open_envelope,
     parse_header_unverified,
 )
-from exchange.errors import PeerDataError
+from exchange.errors import AccordError, InputError, PeerDataError, StoreError
 from exchange.receipt import ItemRejection, SignedReceipt, make_receipt
 from exchange.sdjwt import HeldVersion, ReportIdCollision, check_retraction, check_version
 from exchange.times import format_time, parse_time
 from node.agreements import current_agreement
 from node.home import Node
+from node.ids import resolve_prefix
 from node.schemas import registry
 
 
@@ -57,12 +58,16 @@ def _inbound(node: Node, peer: str, seq: int) -> Envelope | None:
 
 
 def _held(node: Node, report_id: str) -> HeldVersion | None:
-    row = node.store.conn.execute(
-        "SELECT issuer, version, issuer_jwt_digest FROM inbox "
-        "WHERE report_id = ? AND kind = 'report' ORDER BY version DESC LIMIT 1",
-        (report_id,),
-    ).fetchone()
-    return None if row is None else HeldVersion(str(row[0]), int(row[1]), str(row[2]))
+    """The newest version of ``report_id`` we hold, read from the authenticated records:
+    every row filed under the report id is opened and checked, so an edited ``version``
+    (or ``kind``) column cannot make an older version look like the newest (I08)."""
+    rows = node.store.conn.execute(_ITEM_SQL + " WHERE i.report_id = ?", (report_id,)).fetchall()
+    held: HeldVersion | None = None
+    for row in rows:
+        item, _content = _verified(node, row)
+        if item.kind == "report" and (held is None or item.version > held.version):
+            held = HeldVersion(item.issuer, item.version, str(row[_JWT_DIGEST]))
+    return held
 
 
 def _check_versions(node: Node, release: VerifiedRelease) -> None:
@@ -103,6 +108,7 @@ def _store_item(
     if release.retraction_signed is not None:
         sealed["retraction"] = b64(release.retraction_signed.statement)
         sealed["retraction_signature"] = b64(release.retraction_signed.signature)
+    sealed["received_at"] = format_time(now)  # older rows lack it (ADR 0013)
     blob = node.keyring().storage_cipher().encrypt(canonical_json(sealed), _aad(peer, header.seq))
     db.conn.execute(  # a plain INSERT: sqlite-utils' insert runs ~4 statements per row
         "INSERT INTO inbox (peer, seq, envelope_id, kind, report_id, version, issuer, sop, tlp, "
@@ -474,12 +480,12 @@ class InboxItem:
 
 _ITEM_SQL = (
     "SELECT i.peer, i.seq, i.envelope_id, i.kind, i.report_id, i.version, i.issuer, i.sop, i.tlp, "
-    "i.fields, i.transformed, i.received_at, EXISTS (SELECT 1 FROM inbox r "
-    "WHERE r.kind = 'retraction' AND r.report_id = i.report_id AND r.peer = i.peer) FROM inbox i"
+    "i.fields, i.transformed, i.received_at, 0, i.issuer_jwt_digest, i.sealed FROM inbox i"
 )
+_JWT_DIGEST, _SEALED = 13, 14
 
 
-def _item(row: Sequence[Any]) -> InboxItem:
+def _item(row: Sequence[Any], retracted: bool = False) -> InboxItem:
     return InboxItem(
         row[0],
         int(row[1]),
@@ -493,13 +499,113 @@ def _item(row: Sequence[Any]) -> InboxItem:
         tuple(json.loads(row[9])),
         dict(json.loads(row[10])),
         row[11],
-        bool(row[12]),
+        retracted,
     )
+
+
+def _tampered(peer: str, seq: int, envelope_id: str, field: str) -> StoreError:
+    # Names the item and the field, never the field's value (either one).
+    return StoreError(
+        f"received item {envelope_id} (from {peer}, seq {seq}) does not match its "
+        f"authenticated record (field {field}); it is not shown",
+        code="store.row_tampered",
+        next_step="The database was edited outside Accord. Run 'accord audit export' and "
+        "'accord audit verify', and restore the database from a backup.",
+    )
+
+
+def _presentation_claims(presentation: str) -> tuple[dict[str, Any], list[str]]:
+    """The issuer JWT's claims and the disclosed field names of a presentation read back
+    from the store (its signature verified on receipt; the AEAD tag proves the bytes are
+    those we stored)."""
+    jwt, *disclosures, _ = presentation.split("~")
+    claims = json.loads(b64url_decode(jwt.split(".")[1], what="issuer JWT payload"))
+    names = [str(json.loads(b64url_decode(d, what="disclosure"))[1]) for d in disclosures]
+    return claims, names
+
+
+def _authenticated(peer: str, seq: int, content: dict[str, Any]) -> dict[str, Any]:
+    """What the authenticated record says each inbox column holds."""
+    release = json.loads(b64_decode(content["release"], what="release"))
+    values: dict[str, Any] = {
+        "peer": release["from"],
+        "seq": release["seq"],
+        "envelope_id": release["id"],
+        "kind": release["kind"],
+        "report_id": release["report_id"],
+        "version": release["version"],
+        "issuer_jwt_digest": release["issuer_jwt_digest"],
+        "transformed": {d["field"]: d["transform"] for d in release["derived"]},
+        "issuer": peer,
+        "sop": "",
+        "tlp": "",
+        "fields": [],
+    }
+    if "presentation" in content:
+        claims, names = _presentation_claims(content["presentation"])
+        values |= {
+            "issuer": claims["iss"],
+            "sop": claims["sop"],
+            "tlp": claims["tlp"],
+            "fields": sorted(names),
+        }
+    if "received_at" in content:
+        values["received_at"] = content["received_at"]
+    return values
+
+
+def _verified(node: Node, row: Sequence[Any]) -> tuple[InboxItem, dict[str, Any]]:
+    """Open a row's sealed record (AEAD under the storage key, bound to peer and seq) and
+    refuse the row unless every column shown, exported or acted on equals the value the
+    record holds (docs/THREATS.md I08, ADR 0013)."""
+    item = _item(row)
+    content = json.loads(
+        node.keyring().storage_cipher().decrypt(bytes(row[_SEALED]), _aad(item.peer, item.seq))
+    )
+    try:
+        truth = _authenticated(item.peer, item.seq, content)
+    except (KeyError, IndexError, TypeError, ValueError, AccordError) as e:
+        raise _tampered(item.peer, item.seq, item.envelope_id, "sealed") from e
+    columns = {
+        "peer": item.peer,
+        "seq": item.seq,
+        "envelope_id": item.envelope_id,
+        "kind": item.kind,
+        "report_id": item.report_id,
+        "version": item.version,
+        "issuer_jwt_digest": str(row[_JWT_DIGEST]),
+        "transformed": item.transformed,
+        "issuer": item.issuer,
+        "sop": item.sop,
+        "tlp": item.tlp,
+        "fields": list(item.fields),
+        "received_at": item.received_at,
+    }
+    for name, value in truth.items():
+        if columns[name] != value:
+            raise _tampered(item.peer, item.seq, str(truth["envelope_id"]), name)
+    return item, content
+
+
+def _retracted(node: Node, peers: set[str]) -> set[tuple[str, str]]:
+    """(peer, report id) of every retraction received from ``peers``, each row checked:
+    a retraction's kind or report id edited to hide it is refused, not ignored."""
+    out: set[tuple[str, str]] = set()
+    for peer in sorted(peers):
+        rows = node.store.conn.execute(
+            _ITEM_SQL + " WHERE i.peer = ? AND i.kind != 'report'", (peer,)
+        ).fetchall()
+        for row in rows:
+            item, _content = _verified(node, row)
+            out.add((item.peer, item.report_id))
+    return out
 
 
 def list_inbox(
     node: Node, *, peer: str | None = None, limit: int = 100, before: str | None = None
 ) -> list[InboxItem]:
+    """Received reports, newest first. The columns only select and order the rows; what
+    is returned is checked against each row's authenticated record."""
     where, args = ["i.kind = 'report'"], []
     if peer:
         where.append("i.peer = ?")
@@ -511,7 +617,22 @@ def list_inbox(
         _ITEM_SQL + " WHERE " + " AND ".join(where) + " ORDER BY i.envelope_id DESC LIMIT ?",
         (*args, limit),
     ).fetchall()
-    return [_item(r) for r in rows]
+    items = [_verified(node, r)[0] for r in rows]
+    retracted = _retracted(node, {i.peer for i in items})
+    return [replace(i, retracted=(i.peer, i.report_id) in retracted) for i in items]
+
+
+def received_times(node: Node, peer: str, since: str, limit: int) -> list[str]:
+    """When the newest ``limit`` reports from ``peer`` received after ``since`` arrived,
+    each row checked against its record (the reciprocity count, docs/THREATS.md I08: an edited
+    ``received_at`` or ``kind`` cannot earn a partner tactical fields). ``limit`` is the
+    policy's ``min_reports``: more rows cannot change whether it is met."""
+    rows = node.store.conn.execute(
+        _ITEM_SQL + " WHERE i.peer = ? AND i.kind = 'report' AND i.received_at > ? "
+        "ORDER BY i.received_at DESC LIMIT ?",
+        (peer, since, limit),
+    ).fetchall()
+    return [_verified(node, r)[0].received_at for r in rows]
 
 
 def inbox_after(node: Node, peer: str, after_seq: int, limit: int) -> list[InboxItem]:
@@ -521,7 +642,7 @@ def inbox_after(node: Node, peer: str, after_seq: int, limit: int) -> list[Inbox
         _ITEM_SQL + " WHERE i.peer = ? AND i.seq > ? ORDER BY i.seq LIMIT ?",
         (peer, after_seq, limit),
     ).fetchall()
-    return [_item(r) for r in rows]
+    return [_verified(node, r)[0] for r in rows]
 
 
 def report_versions(node: Node, peer: str, report_id: str) -> list[InboxItem]:
@@ -531,27 +652,21 @@ def report_versions(node: Node, peer: str, report_id: str) -> list[InboxItem]:
         _ITEM_SQL + " WHERE i.peer = ? AND i.report_id = ? ORDER BY i.seq",
         (peer, report_id),
     ).fetchall()
-    return [_item(r) for r in rows]
+    return [_verified(node, r)[0] for r in rows]
 
 
 def get_inbox(node: Node, envelope_id: str) -> tuple[InboxItem, dict[str, Any]]:
-    """One received item and its decrypted content (presentation, derived values, release)."""
+    """One received item and its decrypted content (presentation, derived values, release),
+    checked against its authenticated record."""
     row = node.store.conn.execute(_ITEM_SQL + " WHERE i.envelope_id = ?", (envelope_id,)).fetchone()
     if row is None:
-        from exchange.errors import InputError
-
         raise InputError(
             f"no received item {envelope_id}",
             code="inbox.unknown",
             next_step="List received reports with 'accord inbox list'.",
         )
-    item = _item(row)
-    blob = node.store.conn.execute(
-        "SELECT sealed FROM inbox WHERE envelope_id = ?", (envelope_id,)
-    ).fetchone()[0]
-    content = json.loads(
-        node.keyring().storage_cipher().decrypt(bytes(blob), _aad(item.peer, item.seq))
-    )
+    item, content = _verified(node, row)
+    item = replace(item, retracted=(item.peer, item.report_id) in _retracted(node, {item.peer}))
     if "release" in content:
         content["release"] = b64_decode(content["release"], what="release").decode("utf-8")
     return item, content
@@ -579,3 +694,17 @@ __all__ = [
     "list_inbox",
     "report_versions",
 ]
+
+
+def resolve_envelope_id(node: Node, given: str) -> str:
+    """A received item's full envelope id from the id or a unique prefix of it."""
+
+    def candidates(low: str, high: str) -> list[str]:
+        rows = node.store.conn.execute(
+            "SELECT envelope_id FROM inbox WHERE envelope_id >= ? AND envelope_id < ? "
+            "ORDER BY envelope_id LIMIT 2",
+            (low, high),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    return resolve_prefix(candidates, given, "inbox")

@@ -8,24 +8,56 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 import sqlite_utils
 
 from exchange import merkle
-from exchange.checkpoint import Checkpoint, sign_checkpoint
+from exchange.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from exchange.crypto import Signer
 from exchange.errors import AccordError, InputError, StoreError
 from exchange.events import event_bytes
+from exchange.note import verifier_key
 from exchange.times import format_time
+from keys.rowauth import LeafAuthenticator
 from node.store import Store
 
 HIGHWATER_FILE = "log.highwater"
 MAX_PROOF_RANGE = 2**40
 _STAGED = "log.staged"
+
+
+class LogKeys(Protocol):
+    """What the log needs from the keyring (``keys.keyring.Keyring`` is one)."""
+
+    def leaf_authenticator(self) -> LeafAuthenticator: ...
+
+    def log_signer(self) -> Signer: ...
+
+
+FOREIGN_STEP = (
+    "Do not serve from this database. Someone wrote to node.db outside Accord: keep a copy "
+    "for the investigation, then restore the data directory from the latest backup. "
+    "Nothing was signed; partners still hold the last good checkpoint. There is no "
+    "command that rewrites the log (ADR 0012)."
+)
+ROLLED_BACK_STEP = (
+    "The database was restored from an old backup, truncated or edited: keep a copy for "
+    "the investigation and restore the latest backup. Partners' witnesses hold the "
+    "published checkpoint."
+)
+
+
+def foreign_entry(index: int, why: str) -> StoreError:
+    return StoreError(
+        f"log entry {index} was not written by this node ({why}); refusing to sign",
+        code="log.foreign_entry",
+        next_step=FOREIGN_STEP,
+    )
 
 
 @dataclass
@@ -66,10 +98,28 @@ class SignedCheckpoint:
 
 
 class ExchangeLog:
-    def __init__(self, store: Store, origin: str, data_dir: Path | None = None) -> None:
+    """``keys`` gives the keyring (loaded, and the passphrase asked, only when a leaf is
+    written or a checkpoint signed): every leaf is stored with its tag (ADR 0012)."""
+
+    def __init__(
+        self,
+        store: Store,
+        origin: str,
+        data_dir: Path | None = None,
+        keys: Callable[[], LogKeys] | None = None,
+    ) -> None:
         self.store = store
         self.origin = origin
         self._highwater = None if data_dir is None else data_dir / HIGHWATER_FILE
+        self._keys = keys
+
+    def _keyring(self) -> LogKeys:
+        if self._keys is None:
+            raise StoreError(
+                "this log was opened without the keyring; it can neither write nor sign",
+                code="log.no_keyring",
+            )
+        return self._keys()
 
     # -- reading ---------------------------------------------------------------------------
     def size(self) -> int:
@@ -159,9 +209,11 @@ class ExchangeLog:
             self._insert(staged.start, staged.rows)
 
     def _insert(self, start: int, rows: list[tuple[int, bytes, bytes]]) -> None:
+        tags = self._keyring().leaf_authenticator()
         result = merkle.new_subtrees_after_append_batch(start, [r[2] for r in rows], self.reader())
         self.store.conn.executemany(
-            "INSERT INTO log_leaves (idx, event, leaf_hash) VALUES (?, ?, ?)", rows
+            "INSERT INTO log_leaves (idx, event, leaf_hash, tag) VALUES (?, ?, ?, ?)",
+            [(i, data, h, tags.tag(i, h)) for i, data, h in rows],
         )
         self.store.conn.executemany(
             "INSERT INTO log_subtrees (level, idx, hash) VALUES (?, ?, ?)",
@@ -196,35 +248,16 @@ class ExchangeLog:
     def sign_checkpoint(self, signer: Signer, now: datetime) -> SignedCheckpoint:
         """Sign the current tree head unless nothing was appended since the last one.
 
-        Refuses (and signs nothing) when the stored tree does not extend the last signed
-        checkpoint, or the log is smaller than a checkpoint this node published before
-        (a database restored from an old backup, docs/THREATS.md I04)."""
+        Signs only what :meth:`verify` accepts: a log that extends the last checkpoint
+        this node signed, is not smaller than one it published (a database restored from
+        an old backup, docs/THREATS.md I04), and whose every entry since holds this node's tag
+        (an entry appended by an insider, I07). Otherwise raises and signs nothing."""
         with self.store.transaction():
-            size = self.size()
+            verified = self.verify(signer.public_key)
             latest = self.latest_checkpoint()
-            self._check_highwater(size)
-            if latest is not None and latest.size == size:
+            if latest is not None and latest.size == verified.size:
                 return latest
-            if latest is not None and latest.size > size:
-                raise StoreError(
-                    f"the log has {size} entries but checkpoint {latest.size} was signed",
-                    code="log.rolled_back",
-                    next_step="The database was rolled back or truncated; "
-                    "restore the latest backup.",
-                )
-            new_root = self.root(size)
-            if latest is not None:
-                proof = merkle.consistency_proof(latest.size, size, self.reader())
-                try:
-                    merkle.verify_consistency(latest.size, size, latest.root, new_root, proof)
-                except AccordError as e:
-                    raise StoreError(
-                        f"the stored log does not extend checkpoint {latest.size}; "
-                        "refusing to sign",
-                        code="log.inconsistent",
-                        next_step="Run 'accord audit export' and 'accord audit verify' "
-                        "to find the edit.",
-                    ) from e
+            size, new_root = verified.size, verified.root
             note = sign_checkpoint(Checkpoint(self.origin, size, new_root), self.origin, signer)
             signed = SignedCheckpoint(size, new_root, note, format_time(now))
             self.store.conn.execute(
@@ -233,6 +266,142 @@ class ExchangeLog:
             )
         self._write_highwater(signed)
         return signed
+
+    def verify(self, log_public_key: bytes | None = None) -> merkle.AppendResult:
+        """Check, without writing, that the stored log may be signed as it is; returns its
+        size and the root computed from authenticated data only.
+
+        - the log is not smaller than the high-water mark or the newest checkpoint row
+          (``log.rolled_back``, naming both sizes);
+        - the newest checkpoint row is signed by this node's log key and the stored tree
+          still has its root (``log.inconsistent``);
+        - every entry after it is contiguous, hashes to its ``leaf_hash`` and carries a
+          valid tag (``log.foreign_entry`` naming the first index that does not);
+        - the stored subtrees over those entries are the ones their hashes give
+          (``log.inconsistent``), so proofs served later agree with the signed root.
+
+        Leaves written before migration 14 have no tag: those a verified checkpoint
+        covers need none (that checkpoint authenticates them), any later one is foreign.
+        """
+        self._flush()
+        keys = self._keyring()
+        public_key = log_public_key if log_public_key is not None else keys.log_signer().public_key
+        size = self.size()
+        self._check_highwater(size)
+        latest = self.latest_checkpoint()
+        start = 0
+        if latest is not None:
+            if latest.size > size:
+                raise StoreError(
+                    f"the log has {size} entries but this node signed and published a "
+                    f"checkpoint of size {latest.size}",
+                    code="log.rolled_back",
+                    next_step=ROLLED_BACK_STEP,
+                )
+            self._check_own_checkpoint(latest, public_key)
+            start = latest.size
+        tags = keys.leaf_authenticator()
+        rows = self.store.conn.execute(
+            "SELECT idx, event, leaf_hash, tag FROM log_leaves WHERE idx >= ? ORDER BY idx",
+            (start,),
+        )
+        hashes = []
+        for expected, (idx, event, stored_hash, tag) in enumerate(rows, start=start):
+            if int(idx) != expected:
+                raise StoreError(
+                    f"log entry {expected} is missing (the next stored entry is {idx})",
+                    code="log.inconsistent",
+                    next_step=ROLLED_BACK_STEP,
+                )
+            leaf = merkle.leaf_hash(bytes(event))
+            if bytes(stored_hash) != leaf:
+                raise foreign_entry(expected, "its stored hash is not the hash of its event")
+            if tag is None:
+                raise foreign_entry(expected, "it carries no tag")
+            if not tags.verify(expected, leaf, bytes(tag)):
+                raise foreign_entry(expected, "its tag does not verify")
+            hashes.append(leaf)
+        result = merkle.new_subtrees_after_append_batch(start, hashes, self.reader())
+        stored = self._stored_subtrees(result.subtrees)
+        for subtree in result.subtrees:
+            if stored.get((subtree.level, subtree.index)) != subtree.hash:
+                raise StoreError(
+                    f"log subtree ({subtree.level}, {subtree.index}) does not match the "
+                    "entries it covers; refusing to sign",
+                    code="log.inconsistent",
+                    next_step="Run 'accord audit verify' on an export to find the edit; "
+                    + ROLLED_BACK_STEP,
+                )
+        return result
+
+    def _stored_subtrees(self, wanted: Sequence[merkle.Subtree]) -> dict[tuple[int, int], bytes]:
+        """The stored rows at the positions of ``wanted``: one range read per level."""
+        ranges: dict[int, tuple[int, int]] = {}
+        for s in wanted:
+            lo, hi = ranges.get(s.level, (s.index, s.index))
+            ranges[s.level] = (min(lo, s.index), max(hi, s.index))
+        out: dict[tuple[int, int], bytes] = {}
+        for level, (lo, hi) in ranges.items():
+            for idx, h in self.store.conn.execute(
+                "SELECT idx, hash FROM log_subtrees WHERE level = ? AND idx BETWEEN ? AND ?",
+                (level, lo, hi),
+            ):
+                out[(level, int(idx))] = bytes(h)
+        return out
+
+    def _check_own_checkpoint(self, latest: SignedCheckpoint, public_key: bytes) -> None:
+        """The newest checkpoint row must be one this node signed, over the stored tree: an
+        insider cannot make entries look covered by inserting a checkpoint row."""
+        try:
+            opened = open_checkpoint(
+                latest.note, [verifier_key(self.origin, public_key)], origin=self.origin
+            )
+            signed_ok = (opened.checkpoint.size, opened.checkpoint.root_hash) == (
+                latest.size,
+                latest.root,
+            )
+        except AccordError:
+            signed_ok = False
+        if not signed_ok:
+            raise StoreError(
+                f"checkpoint {latest.size} in the database is not signed by this node's log "
+                "key; refusing to sign",
+                code="log.inconsistent",
+                next_step=ROLLED_BACK_STEP,
+            )
+        if self.root(latest.size) != latest.root:
+            raise StoreError(
+                f"the stored log does not extend checkpoint {latest.size}; refusing to sign",
+                code="log.inconsistent",
+                next_step="Run 'accord audit export' and 'accord audit verify' to find the "
+                "edit; " + ROLLED_BACK_STEP,
+            )
+
+    def authenticated_event(self, index: int) -> bytes | None:
+        """The event at ``index`` if this node wrote it, else None: covered by the newest
+        checkpoint it signed (an inclusion proof against that signed root), or carrying a
+        valid tag. Used to attest trust-store rows (docs/THREATS.md I03)."""
+        self._flush()
+        row = self.store.conn.execute(
+            "SELECT event, tag FROM log_leaves WHERE idx = ?", (index,)
+        ).fetchone()
+        if row is None:
+            return None
+        event, tag = bytes(row[0]), None if row[1] is None else bytes(row[1])
+        leaf = merkle.leaf_hash(event)
+        keys = self._keyring()
+        if keys.leaf_authenticator().verify(index, leaf, tag):
+            return event
+        latest = self.latest_checkpoint()
+        if latest is None or index >= latest.size:
+            return None
+        try:
+            self._check_own_checkpoint(latest, keys.log_signer().public_key)
+            proof = merkle.inclusion_proof(index, latest.size, self.reader())
+            merkle.verify_inclusion(leaf, index, latest.size, proof, latest.root)
+        except AccordError:
+            return None
+        return event
 
     def _check_highwater(self, size: int) -> None:
         """The last published checkpoint is also kept outside the database, so restoring
@@ -249,8 +418,7 @@ class ExchangeLog:
                 f"this node published a checkpoint of size {mark_size}, but the database "
                 f"holds {size} entries that do not extend it",
                 code="log.rolled_back",
-                next_step="The database was restored from an old backup or edited; restore "
-                "the latest backup. Partners' witnesses hold the published checkpoint.",
+                next_step=ROLLED_BACK_STEP,
             )
 
     def _write_highwater(self, signed: SignedCheckpoint) -> None:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from exchange.errors import AccordError, InputError
+from exchange.errors import AccordError, InputError, StoreError
 from exchange.sdjwt import PresentationLimits, verify_presentation
 from exchange.sop import Report, ValidReport, check_report_document
 from exchange.times import parse_time
@@ -18,9 +18,16 @@ from node._pb.accord.v1 import error_pb2, officer_pb2
 from node.agreements import current_agreement
 from node.cosigning import Cosigner
 from node.home import Node
-from node.inbox import cursor, get_inbox, list_inbox, rejections
+from node.inbox import (
+    InboxItem,
+    cursor,
+    get_inbox,
+    list_inbox,
+    rejections,
+    resolve_envelope_id,
+)
 from node.policy import active_policy, decide_for
-from node.reports import list_reports, load_sealed
+from node.reports import list_reports, load_sealed, resolve_report_id
 from node.schemas import registry
 from node.server import OfficerService
 from node.stix import stix_source, to_stix_bundle
@@ -33,6 +40,7 @@ from node.wire import (
     timestamp,
     timestamp_of,
 )
+from node.witness import grown_at as witness_grown_at
 
 Context = Any
 MAX_PAGE = 500
@@ -58,8 +66,10 @@ class ExchangeOfficerService(OfficerService):
         puller: Puller | None = None,
         now: Callable[[], datetime] = clock.now,
         stale_after: timedelta = STALE_AFTER,
+        classical_tls_allowed: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__(node, cosigner)
+        self._classical_ok = classical_tls_allowed
         self._signal = signal
         self._puller = puller
         self._now = now
@@ -82,7 +92,17 @@ class ExchangeOfficerService(OfficerService):
         valid = validate(request.report)
         results = outbox.submit(self._node, [valid], self._now(), [key])
         self._committed(results)
-        return submitted_message(results[0])
+        return self._with_delivery(submitted_message(results[0]))
+
+    def _with_delivery(self, msg: officer_pb2.SubmitResponse) -> officer_pb2.SubmitResponse:
+        """Say, per partner that got an envelope, whether it is connected to take it now."""
+        for release in msg.releases:
+            release.partner_connected = bool(
+                release.envelope_id
+                and self._signal is not None
+                and self._signal.is_following(release.peer)
+            )
+        return msg
 
     def _replay(self, key: str | None) -> officer_pb2.SubmitResponse | None:
         """A retried submission (same idempotency key) gets the first answer again."""
@@ -168,11 +188,12 @@ class ExchangeOfficerService(OfficerService):
         self, request: officer_pb2.AmendRequest, context: Context
     ) -> officer_pb2.AmendResponse:
         valid = validate(request.report)
+        report_id = resolve_report_id(self._node, request.report_id)
         result = outbox.amend(
-            self._node, request.report_id, valid, self._now(), request.base_version or None
+            self._node, report_id, valid, self._now(), request.base_version or None
         )
         self._committed([result])
-        msg = submitted_message(result)
+        msg = self._with_delivery(submitted_message(result))
         return officer_pb2.AmendResponse(
             report_id=msg.report_id, version=msg.version, releases=msg.releases
         )
@@ -180,15 +201,14 @@ class ExchangeOfficerService(OfficerService):
     async def Retract(
         self, request: officer_pb2.RetractRequest, context: Context
     ) -> officer_pb2.RetractResponse:
-        sent = outbox.retract(
-            self._node, request.report_id, request.reason or "withdrawn", self._now()
-        )
+        report_id = resolve_report_id(self._node, request.report_id)
+        sent = outbox.retract(self._node, report_id, request.reason or "withdrawn", self._now())
         if self._signal is not None:
             self._signal.notify([p for p, _e, _s in sent])
         if self._cosigner is not None:
             self._cosigner.poke()
         return officer_pb2.RetractResponse(
-            report_id=request.report_id,
+            report_id=report_id,
             envelopes=[
                 officer_pb2.RetractionEnvelope(peer=p, envelope_id=e, seq=s) for p, e, s in sent
             ],
@@ -227,7 +247,8 @@ class ExchangeOfficerService(OfficerService):
         self, request: officer_pb2.GetReportRequest, context: Context
     ) -> officer_pb2.GetReportResponse:
         node = self._node
-        sealed = load_sealed(node, request.report_id, request.version or None)
+        report_id = resolve_report_id(node, request.report_id)
+        sealed = load_sealed(node, report_id, request.version or None)
         key = node.store.conn.execute(
             "SELECT issuer_key, sealed_at, retracted_at FROM reports "
             "WHERE report_id = ? AND version = ?",
@@ -280,22 +301,8 @@ class ExchangeOfficerService(OfficerService):
     async def GetInbox(
         self, request: officer_pb2.GetInboxRequest, context: Context
     ) -> officer_pb2.GetInboxResponse:
-        item, content = get_inbox(self._node, request.envelope_id)
-        issuer_keys = [
-            c.identity_key
-            for c in self._node.trust_store().trusted_chain(item.peer, self._now()).cards
-        ]
-        fields: dict[str, Any] = {}
-        for key in reversed(issuer_keys):  # the report was sealed under one of the partner's keys
-            try:
-                fields = dict(
-                    verify_presentation(
-                        content["presentation"], key, limits=PresentationLimits()
-                    ).fields
-                )
-                break
-            except AccordError:
-                continue
+        item, content = get_inbox(self._node, resolve_envelope_id(self._node, request.envelope_id))
+        fields = _fields_as_received(self._node, item, content)
         derived = {d["field"]: d["value"] for d in content.get("derived", [])}
         body = {
             "sop": item.sop,
@@ -306,7 +313,7 @@ class ExchangeOfficerService(OfficerService):
             "release": content.get("release", ""),
         }
         try:  # the STIX 2.1 form (node/stix.py), the same mapping the TAXII feed serves
-            body["stix"] = to_stix_bundle(stix_source(self._node, request.envelope_id, self._now()))
+            body["stix"] = to_stix_bundle(stix_source(self._node, item.envelope_id, self._now()))
         except AccordError as e:  # shown and exported as before; only the STIX form is missing
             body["stix_error"] = e.code
         return officer_pb2.GetInboxResponse(
@@ -324,7 +331,7 @@ class ExchangeOfficerService(OfficerService):
         node = self._node
         now = self._now()
         if request.WhichOneof("subject") == "report_id":
-            sealed = load_sealed(node, request.report_id)
+            sealed = load_sealed(node, resolve_report_id(node, request.report_id))
             key = node.store.conn.execute(
                 "SELECT issuer_key FROM reports WHERE report_id = ? AND version = ?",
                 (sealed.report_id, sealed.version),
@@ -368,6 +375,7 @@ class ExchangeOfficerService(OfficerService):
             status.inbox_seq = cursor(node, status.peer)
             status.rejected = rejected.get(status.peer, 0)
             status.agreement_valid = agreement is not None
+            status.classical_tls_allowed = status.peer in self._classical_ok
             not_after = timestamp(agreement.agreement.not_after) if agreement is not None else None
             if not_after is not None:
                 status.agreement_not_after.CopyFrom(not_after)
@@ -398,15 +406,13 @@ def _frozen(node: Node, peer: str, window: timedelta) -> bool:
     """docs/THREATS.md P03: the partner acknowledged our envelopes (so its log grew with
     receipt.sent events) but the checkpoint it asks us to cosign has not grown for longer
     than the window: it is serving a frozen view."""
-    row = node.store.conn.execute(
-        "SELECT grown_at FROM witness_state WHERE origin = ?", (f"{peer}.accord/log",)
-    ).fetchone()
+    grown_at = witness_grown_at(node.store, peer)
     receipt = node.store.conn.execute(
         "SELECT max(at) FROM receipts WHERE peer = ? AND direction = 'received'", (peer,)
     ).fetchone()[0]
-    if row is None or row[0] is None or receipt is None:
+    if grown_at is None or receipt is None:
         return False
-    grown = parse_time(row[0], field="grown_at")
+    grown = parse_time(grown_at, field="grown_at")
     return parse_time(receipt, field="receipt at") - grown > window
 
 
@@ -436,3 +442,34 @@ def _newest_versions(items: list[Any]) -> dict[str, int]:
     for i in items:
         out[i.report_id] = max(out.get(i.report_id, 0), i.version)
     return out
+
+
+def _fields_as_received(node: Node, item: InboxItem, content: dict[str, Any]) -> dict[str, Any]:
+    """The report's fields, verified against the partner's card chain as it was trusted
+    when the item arrived: an item received before the partner (or one of its keys) was
+    revoked stays readable afterwards, and is still checked under the author's key."""
+    if "presentation" not in content:
+        return {}  # a retraction carries no fields
+    arrived = parse_time(item.received_at, field="received_at")
+    trust = node.trust_store()
+    chain = trust.trusted_chain(item.peer, arrived)  # peer.revoked only if it was already then
+    revoked = trust.revoked_keys(item.peer)
+    keys = [
+        c.identity_key
+        for c in chain.cards
+        if c.identity_key not in revoked or arrived < revoked[c.identity_key]
+    ]
+    for key in reversed(keys):  # the report was sealed under one of the partner's keys
+        try:
+            verified = verify_presentation(
+                content["presentation"], key, limits=PresentationLimits()
+            )
+        except AccordError:
+            continue
+        return dict(verified.fields)
+    raise StoreError(
+        f"item {item.envelope_id} does not verify under any key {item.peer} held when it arrived",
+        code="store.row_tampered",
+        next_step="The stored item may have been edited: run 'accord audit export' and "
+        "'accord audit verify'.",
+    )

@@ -20,7 +20,7 @@ from exchange.envelope import (
     seal_envelope,
 )
 from exchange.errors import InputError, PolicyError
-from exchange.policy import PeerStats, Policy, ReleaseDecision, decide
+from exchange.policy import PeerStats, Policy, ReleaseDecision
 from exchange.receipt import VerifiedReceipt, verify_receipt
 from exchange.sdjwt import Retraction, SealedReport, sign_retraction
 from exchange.sop import ValidReport
@@ -29,7 +29,7 @@ from keys.signers import HpkeEncryptor
 from node.agreements import ceiling, current_agreement
 from node.home import Node
 from node.ids import uuid7
-from node.policy import active_policy, peer_stats
+from node.policy import active_policy, peer_stats, release_decision
 from node.reports import seal_report
 
 MAX_BATCH = 256
@@ -157,17 +157,14 @@ def _release(
             target.ceilings[report.sop] = ceiling(
                 node, target.agreement, me, target.peer, report.sop
             )
-        decision = decide(
-            report.fields,
-            report.tlp,
-            report.sop,
-            valid.labels,
-            ctx.policy,
-            target.ceilings[report.sop],
+        decision = release_decision(
+            node,
+            report,
             target.peer,
-            target.stats,
             ctx.now,
-            node.keyring().pseudonym_key(target.peer),
+            policy=ctx.policy,
+            limit=target.ceilings[report.sop],
+            stats=target.stats,
         )
         event = {k: v for k, v in decision.to_log_event().items() if k != "kind"}
         envelope_id = seq = None

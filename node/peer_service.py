@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Collection
 from datetime import datetime
 from typing import Any, TypeAlias
 
+from exchange.checkpoint import log_origin
 from exchange.errors import InputError
 from exchange.note import parse_verifier_key
 from keys.keyring import witness_name
@@ -105,10 +106,13 @@ class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
             )
         if len(request.consistency_proof) > MAX_PROOF_HASHES:
             raise InputError(f"more than {MAX_PROOF_HASHES} proof hashes", code="limit.proof")
+        # The state is the authenticated partner's: its own origin, its card's log key
+        # (docs/THREATS.md P16); a card naming another node's log was refused when trusted.
         log_key = parse_verifier_key(peer.card.log_vkey)
         try:
             line = self._witness.add_checkpoint(
-                origin=log_key.name,
+                partner=peer.node,
+                origin=log_origin(peer.node),
                 log_key=log_key,
                 old_size=request.old_size,
                 proof=list(request.consistency_proof),

@@ -24,10 +24,11 @@ from exchange.sop import Report
 from exchange.times import format_time, parse_time
 from node.agreements import ceiling, current_agreement
 from node.home import Node
+from node.inbox import received_times
 from node.schemas import registry
 
 POLICY_FILE = "policy.toml"
-POLICY_DIGEST_META = "policy.digest"  # the digest last logged as policy.changed
+POLICY_DIGEST_META = "policy.digest"  # a copy of the digest last logged (never trusted)
 MAX_POLICY_FILE = 256 * 1024
 
 REASON_TEXT = {
@@ -82,6 +83,13 @@ def check_policy(node: Node | None, text: str, now: datetime) -> Policy:
     return parse_policy(text, labels, ceilings=_ceilings(node, now) if node else None)
 
 
+def logged_policy_digest(node: Node) -> str | None:
+    """The digest in the latest ``policy.changed`` event of the log: the policy in force
+    (docs/THREATS.md I08). ``meta['policy.digest']`` is kept as a copy for older tools and is
+    never trusted: editing it together with the file releases nothing."""
+    return node.log_facts().policy_digest
+
+
 def active_policy(node: Node, now: datetime) -> Policy | None:
     """The applied policy, or None when there is none (nothing is released). A policy file
     that is not the one last applied and logged is refused: a release policy changes only
@@ -90,7 +98,7 @@ def active_policy(node: Node, now: datetime) -> Policy | None:
     if not path.exists():
         return None
     policy = check_policy(node, read_policy_text(path), now)
-    logged = node.store.get_meta(POLICY_DIGEST_META)
+    logged = logged_policy_digest(node)
     if logged is None or not hmac.compare_digest(logged, policy.digest):
         raise PolicyError(
             f"{path} is not the release policy last applied (it was changed outside "
@@ -107,7 +115,7 @@ def apply_policy(node: Node, text: str, now: datetime) -> Policy:
     """Install ``text`` as the active policy (checked first); logs ``policy.changed`` and
     records its digest in the same transaction (a file changed by hand is then refused)."""
     policy = check_policy(node, text, now)
-    logged = node.store.get_meta(POLICY_DIGEST_META)
+    logged = logged_policy_digest(node)
     path = node.data_dir / POLICY_FILE
     tmp = node.data_dir / (POLICY_FILE + ".tmp")
     tmp.write_text(text, "utf-8")
@@ -134,30 +142,52 @@ def apply_policy(node: Node, text: str, now: datetime) -> Policy:
 def peer_stats(node: Node, policy: Policy, peer: str, now: datetime) -> PeerStats:
     """When ``peer``'s reports arrived, inside the policy's reciprocity window."""
     start = reciprocity_window_start(policy, peer, now)
-    if start is None or "inbox" not in node.store.db.table_names():
+    rule = policy.peers[peer].reciprocity if peer in policy.peers else None
+    if start is None or rule is None or "inbox" not in node.store.db.table_names():
         return PeerStats(received_at=())
-    rows = node.store.conn.execute(
-        "SELECT received_at FROM inbox WHERE peer = ? AND kind = 'report' AND received_at > ?",
-        (peer, format_time(start)),
-    ).fetchall()
-    return PeerStats(received_at=tuple(parse_time(r[0], field="received_at") for r in rows))
+    times = received_times(node, peer, format_time(start), rule.min_reports)
+    return PeerStats(received_at=tuple(parse_time(t, field="received_at") for t in times))
+
+
+def release_decision(
+    node: Node,
+    report: Report,
+    peer: str,
+    now: datetime,
+    *,
+    policy: Policy,
+    limit: Ceiling | None,
+    stats: PeerStats,
+) -> ReleaseDecision:
+    """The one place a release decision is built: ``report submit`` (node/outbox.py, with
+    the ceiling and statistics it computed once per partner and batch) and ``policy explain``
+    (:func:`decide_for`) both call it, so what explain shows is what submit sends."""
+    return decide(
+        report.fields,
+        report.tlp,
+        report.sop,
+        registry().labels(report.sop),
+        policy,
+        limit,
+        peer,
+        stats,
+        now,
+        node.keyring().pseudonym_key(peer),
+    )
 
 
 def decide_for(
     node: Node, report: Report, peer: str, now: datetime, policy: Policy | None
 ) -> ReleaseDecision:
-    reg = registry()
+    """The decision for ``peer`` now, under ``policy`` (default: none, i.e. deny)."""
     agreement = current_agreement(node, peer, now)
     policy = policy if policy is not None else Policy(MappingProxyType({}))
-    return decide(
-        report.fields,
-        report.tlp,
-        report.sop,
-        reg.labels(report.sop),
-        policy,
-        ceiling(node, agreement, node.config.node, peer, report.sop),
+    return release_decision(
+        node,
+        report,
         peer,
-        peer_stats(node, policy, peer, now),
         now,
-        node.keyring().pseudonym_key(peer),
+        policy=policy,
+        limit=ceiling(node, agreement, node.config.node, peer, report.sop),
+        stats=peer_stats(node, policy, peer, now),
     )

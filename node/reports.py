@@ -16,7 +16,7 @@ from exchange.sdjwt import PresentationLimits, SealedReport, reopen_sealed, seal
 from exchange.sop import ValidReport
 from exchange.times import format_time
 from node.home import Node
-from node.ids import uuid7
+from node.ids import resolve_prefix, uuid7
 
 
 @dataclass(frozen=True)
@@ -120,3 +120,17 @@ def list_reports(node: Node, limit: int = 100) -> list[StoredReport]:
     return [
         StoredReport(r[0], int(r[1]), r[2], r[3], r[4], tuple(json.loads(r[5])), r[6]) for r in rows
     ]
+
+
+def resolve_report_id(node: Node, given: str) -> str:
+    """One of our reports' full id from the id or a unique prefix of it."""
+
+    def candidates(low: str, high: str) -> list[str]:
+        rows = node.store.conn.execute(
+            "SELECT DISTINCT report_id FROM reports WHERE report_id >= ? AND report_id < ? "
+            "ORDER BY report_id LIMIT 2",
+            (low, high),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    return resolve_prefix(candidates, given, "report")

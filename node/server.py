@@ -37,8 +37,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from exchange.errors import ConfigError
-from node import clock
+from exchange.errors import AccordError, ConfigError
+from node import clock, tls_policy
 from node._pb.accord.v1 import officer_pb2, officer_pb2_grpc, peer_pb2, peer_pb2_grpc
 from node.cosigning import Cosigner
 from node.errors_map import Audience, EdgeInterceptor
@@ -70,6 +70,8 @@ class ServeOptions:
     grace_seconds: float = 5.0
     cosign_poll_seconds: float = 2.0
     roots_refresh_seconds: float = ROOTS_REFRESH_SECONDS  # re-read partners' TLS CAs
+    # Partners allowed to call over a classical TLS group (docs/adr/0015): logged, in status.
+    allow_classical_tls: tuple[str, ...] = ()
 
 
 def software_version() -> str:
@@ -113,12 +115,20 @@ class OfficerService(officer_pb2_grpc.OfficerServicer):
                     last_error_code=state.last_error_code if state else "",
                 )
             )
+        problem_code, problem = "", ""
+        try:
+            node.check_log()
+        except AccordError as e:
+            problem_code, problem = e.code, e.diagnostics()
         return officer_pb2.StatusResponse(
             node=node.config.node,
             version=software_version(),
             log_size=node.log.size(),
             checkpoint_size=0 if cp is None else cp.size,
             peers=peers,
+            tls12_refused=tls_policy.TLS12_REFUSED,
+            log_problem_code=problem_code,
+            log_problem=problem,
         )
 
 
@@ -192,6 +202,23 @@ class NodeServer:
     async def start(self) -> None:
         node, opts = self.node, self.options
         node.keyring()  # a wrong passphrase fails here, before anything listens
+        if not tls_policy.TLS12_REFUSED:
+            raise ConfigError(
+                "grpc was imported before Accord set its TLS policy: TLS 1.2 would be accepted",
+                code="transport.tls12_not_refused",
+                next_step="Start the node with the 'accord' command (or import node first).",
+            )
+        for peer in opts.allow_classical_tls:
+            node.trust_store().trusted_chain(peer, self._now())  # names a trusted partner
+        if opts.allow_classical_tls:
+            log.warning(
+                "transport.classical_tls_allowed",
+                peers=sorted(opts.allow_classical_tls),
+                group_required=tls_policy.HYBRID_GROUP,
+            )
+        # Never serve (or sign, or let partners cosign) a log shorter than what this node
+        # published or holding an entry it did not write (docs/THREATS.md I04, I07, I09).
+        node.check_log()
         for peer in opts.follow:
             node.trust_store().trusted_chain(peer, self._now())  # each followed log is trusted
         roots = PartnerRoots(node, self._now())
@@ -216,7 +243,10 @@ class NodeServer:
         )
 
         _prepare_unix_socket(self.officer_socket)  # refuses when another server runs here
-        peer_server = self._new_server(Audience.PEER, PeerGuard(node, now=self._now))
+        guard = PeerGuard(
+            node, now=self._now, classical_tls_allowed=frozenset(opts.allow_classical_tls)
+        )
+        peer_server = self._new_server(Audience.PEER, guard)
         peer_pb2_grpc.add_PeerExchangeServicer_to_server(peer_service, peer_server)
         self._add_health_and_reflection(peer_server, PEER_SERVICE)
         host = self.listen.rpartition(":")[0]
@@ -268,7 +298,12 @@ class NodeServer:
         from node.officer_service import ExchangeOfficerService
 
         return ExchangeOfficerService(
-            self.node, self.cosigner, signal=self.signal, puller=self.puller, now=self._now
+            self.node,
+            self.cosigner,
+            signal=self.signal,
+            puller=self.puller,
+            now=self._now,
+            classical_tls_allowed=frozenset(self.options.allow_classical_tls),
         )
 
     def _new_server(self, audience: Audience, guard: PeerGuard | None = None) -> grpc.aio.Server:

@@ -38,8 +38,9 @@ import stix2
 from exchange.canonical import b64_decode
 from exchange.errors import AccordError, InputError, PeerDataError
 from exchange.sdjwt import PresentationLimits, verify_presentation
+from exchange.times import parse_time
 from node.home import Node
-from node.inbox import get_inbox, report_versions
+from node.inbox import InboxItem, get_inbox, report_versions
 
 # OASIS TLP 2.0 marking definitions for STIX 2.1 (fixed ids, extension-definition--60a3c5c5).
 TLP2_EXTENSION = "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d"
@@ -409,18 +410,31 @@ def to_stix_bundle(src: StixSource) -> str:
 # -- from the inbox ----------------------------------------------------------------------------
 
 
-def _verified_report(node: Node, peer: str, content: Mapping[str, Any], now: datetime) -> Any:
-    """The stored presentation verified again under the partner's keys (as ``inbox show``)."""
-    keys = [c.identity_key for c in node.trust_store().trusted_chain(peer, now).cards]
+def _verified_report(node: Node, item: InboxItem, content: Mapping[str, Any]) -> Any:
+    """The stored presentation verified again under the partner's card chain as it was
+    trusted when the item arrived (as ``inbox show`` does): an item received before a
+    revocation stays readable, and is still checked under the author's key."""
+    arrived = parse_time(item.received_at, field="received_at")
+    trust = node.trust_store()
+    chain = trust.trusted_chain(item.peer, arrived)
+    revoked = trust.revoked_keys(item.peer)
+    keys = [
+        c.identity_key
+        for c in chain.cards
+        if c.identity_key not in revoked or arrived < revoked[c.identity_key]
+    ]
     for key in reversed(keys):  # sealed under one of the partner's keys, most likely the newest
         try:
             return verify_presentation(
-                content["presentation"], key, expected_issuer=peer, limits=PresentationLimits()
+                content["presentation"],
+                key,
+                expected_issuer=item.peer,
+                limits=PresentationLimits(),
             )
         except AccordError:
             continue
     raise PeerDataError(
-        "a stored presentation no longer verifies under the partner's keys",
+        "a stored presentation does not verify under the keys its partner held when it arrived",
         code="inbox.unverified",
     )
 
@@ -441,12 +455,12 @@ def stix_source(
     if item.kind == "retraction":
         base = stix_source(node, reports[-1].envelope_id, now)
         return replace(base, retracted_at=_retracted_at(content))
-    report = _verified_report(node, item.peer, content, now)
+    report = _verified_report(node, item, content)
     first = reports[0]
     first_iat = (
         report.issued_at
         if first.envelope_id == envelope_id
-        else _verified_report(node, item.peer, get_inbox(node, first.envelope_id)[1], now).issued_at
+        else _verified_report(node, first, get_inbox(node, first.envelope_id)[1]).issued_at
     )
     retracted_at = None
     if not as_received and retraction is not None and reports[-1].envelope_id == envelope_id:

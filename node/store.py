@@ -15,7 +15,10 @@ from typing import Any
 
 import sqlite_utils
 
-from exchange.errors import StoreError
+from exchange.card import verify_chain_bytes
+from exchange.checkpoint import open_checkpoint
+from exchange.errors import AccordError, StoreError
+from exchange.note import parse_verifier_key
 from exchange.revocation import SignedRevocation
 from keys.truststore import KeyRevocation, PeerRecord
 
@@ -209,7 +212,94 @@ def _m013_outbox_by_state(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX outbox_by_state ON outbox (peer, state, seq)")
 
 
-def _m014_feed(db: sqlite_utils.Database) -> None:
+def _m014_leaf_tags(db: sqlite_utils.Database) -> None:
+    """Each leaf's HMAC tag under the keyring's ``log.leaf`` key (ADR 0012). Leaves written
+    before have none and get none (this migration runs without the passphrase): those a
+    checkpoint signed by this node covers are authenticated by it; any untagged leaf past
+    the newest such checkpoint is refused as foreign before anything is signed."""
+    db.execute("ALTER TABLE log_leaves ADD COLUMN tag BLOB")
+
+
+LOG_SUFFIX = ".accord/log"
+
+
+def _m015_witness_per_partner(db: sqlite_utils.Database) -> None:
+    """Witness state keyed by (authenticated partner, origin, log key), not by the origin a
+    caller's card names (docs/THREATS.md P16). A held checkpoint is kept only when the partner
+    its origin names is trusted and the note verifies under that partner's own log key;
+    anything else (e.g. state written by another partner under a borrowed origin) is moved
+    to witness_evidence and dropped, so the real log's next checkpoint starts afresh."""
+    _run_sql(
+        db,
+        """
+        ALTER TABLE witness_evidence ADD COLUMN partner TEXT;
+        CREATE TABLE witness_state_v2 (
+            partner TEXT NOT NULL, origin TEXT NOT NULL, log_key TEXT NOT NULL,
+            size INTEGER NOT NULL, root BLOB NOT NULL, note BLOB NOT NULL,
+            updated_at TEXT NOT NULL, grown_at TEXT,
+            PRIMARY KEY (partner, origin, log_key))
+        """,
+    )
+    rows = db.execute(
+        "SELECT origin, size, root, note, updated_at, grown_at FROM witness_state"
+    ).fetchall()
+    for origin, size, root, note, updated_at, grown_at in rows:
+        partner = origin[: -len(LOG_SUFFIX)] if str(origin).endswith(LOG_SUFFIX) else None
+        peer = (
+            None
+            if partner is None
+            else db.execute("SELECT chain FROM peers WHERE node = ?", (partner,)).fetchone()
+        )
+        log_key = None
+        if peer is not None:
+            try:
+                key = parse_verifier_key(verify_chain_bytes(bytes(peer[0])).latest.log_vkey)
+                opened = open_checkpoint(bytes(note), [key], origin=origin)
+                if (opened.checkpoint.size, opened.checkpoint.root_hash) == (size, bytes(root)):
+                    log_key = key.encode()
+            except AccordError:
+                log_key = None
+        if log_key is not None:
+            db.execute(
+                "INSERT INTO witness_state_v2 (partner, origin, log_key, size, root, note, "
+                "updated_at, grown_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (partner, origin, log_key, size, root, note, updated_at, grown_at),
+            )
+        else:
+            db.execute(
+                "INSERT INTO witness_evidence (origin, held_size, held_note, offered_note, "
+                "reason, at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    origin,
+                    size,
+                    note,
+                    b"",
+                    "migration 15: held checkpoint not signed by the log key of the "
+                    "trusted partner its origin names; dropped",
+                    updated_at,
+                ),
+            )
+    _run_sql(
+        db,
+        """
+        DROP TABLE witness_state;
+        ALTER TABLE witness_state_v2 RENAME TO witness_state
+        """,
+    )
+
+
+# The first 8 bytes of a leaf's kind: ``"kind":"`` occurs once in canonical event JSON (an
+# attribute value holding it is escaped). node/logstate.py queries by exactly this
+# expression, so SQLite answers from the index; dropping or replacing the index changes how
+# fast the answer comes, never what it is.
+LEAF_KIND_EXPR = "substr(event, instr(event, X'226b696e64223a22') + 8, 8)"
+
+
+def _m016_leaves_by_kind(db: sqlite_utils.Database) -> None:
+    db.execute(f"CREATE INDEX log_leaves_by_kind ON log_leaves ({LEAF_KIND_EXPR})")
+
+
+def _m017_feed(db: sqlite_utils.Database) -> None:
     """The TAXII feed (node/feed.py): consumers, and the STIX objects of received items
     (encrypted at rest), in the order the feed added them (docs/adr/0014)."""
     _run_sql(
@@ -244,7 +334,14 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (11, "signed revocations: of our own keys, and those partners served", _m011_revocations),
     (12, "the digest of the release policy last logged", _m012_policy_digest),
     (13, "outbox by state: what a partner acknowledged, without a scan", _m013_outbox_by_state),
-    (14, "TAXII feed: consumers, STIX objects of received items, indexing cursor", _m014_feed),
+    (14, "log leaves: each leaf's tag by this node's keyring (I07)", _m014_leaf_tags),
+    (
+        15,
+        "witness state per authenticated partner, origin and log key (P16)",
+        _m015_witness_per_partner,
+    ),
+    (16, "log leaves by event kind: trust, policy and agreement events", _m016_leaves_by_kind),
+    (17, "TAXII feed: consumers, STIX objects of received items, indexing cursor", _m017_feed),
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,11 +41,28 @@ STREAM_DEADLINE = FOLLOW_STREAM_SECONDS + 60.0
 CALL_DEADLINE = 10.0
 
 
-class OutboxSignal:
-    """Wakes Pull streams following a partner when its outbox grows."""
+# Two Pull heartbeats (node/peer_service.py HEARTBEAT_SECONDS): a partner whose stream
+# waited for news this recently is following our outbox.
+FOLLOW_WINDOW_SECONDS = 30.0
 
-    def __init__(self) -> None:
+
+class OutboxSignal:
+    """Wakes Pull streams following a partner when its outbox grows, and knows which
+    partners follow (a followed stream waits here between batches, at least once per
+    heartbeat): what ``report submit`` tells the officer as "delivering now" or "queued"."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._events: dict[str, asyncio.Event] = {}
+        self._clock = clock
+        self._waiting: dict[str, int] = {}
+        self._seen: dict[str, float] = {}
+
+    def is_following(self, peer: str, within: float = FOLLOW_WINDOW_SECONDS) -> bool:
+        """A Pull stream of ``peer`` is waiting now, or waited within ``within`` seconds."""
+        if self._waiting.get(peer, 0) > 0:
+            return True
+        seen = self._seen.get(peer)
+        return seen is not None and self._clock() - seen <= within
 
     def _event(self, peer: str) -> asyncio.Event:
         return self._events.setdefault(peer, asyncio.Event())
@@ -55,12 +73,15 @@ class OutboxSignal:
 
     async def wait(self, peer: str, timeout: float) -> None:
         event = self._event(peer)
+        self._waiting[peer] = self._waiting.get(peer, 0) + 1
         try:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
             return
         finally:
             event.clear()
+            self._waiting[peer] -= 1
+            self._seen[peer] = self._clock()
 
 
 @dataclass

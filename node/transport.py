@@ -35,6 +35,7 @@ from exchange.names import check_node_id
 from keys.tls import node_uri
 from node import clock
 from node.home import Node
+from node.tls_policy import HYBRID_GROUP, is_post_quantum, negotiated_group
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_CONCURRENT_STREAMS = 32  # per HTTP/2 connection
@@ -230,15 +231,27 @@ class PeerGuard:
         *,
         now: Callable[[], datetime] = clock.now,
         max_calls_per_peer: int = MAX_CALLS_PER_PEER,
+        classical_tls_allowed: frozenset[str] = frozenset(),
     ) -> None:
         self._node = node
         self._now = now
         self._max = max_calls_per_peer
+        self._classical_ok = classical_tls_allowed
         self._in_flight: dict[str, int] = {}
 
     @contextmanager
     def __call__(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> Iterator[None]:
-        peer = authenticate_peer(context.auth_context(), self._node, self._now())
+        auth = context.auth_context()
+        peer = authenticate_peer(auth, self._node, self._now())
+        if not is_post_quantum(auth) and peer.node not in self._classical_ok:
+            # docs/THREATS.md N07: refused before any handler, whatever TLS negotiated.
+            raise TransportError(
+                f"{peer.node} called over TLS group '{negotiated_group(auth) or 'unknown'}', "
+                f"not {HYBRID_GROUP}",
+                code="auth.classical_tls",
+                next_step="Use a TLS library that offers X25519MLKEM768 (grpcio does), or "
+                "let this partner in with 'accord serve --allow-classical-tls PEER'.",
+            )
         count = self._in_flight.get(peer.node, 0)
         if count >= self._max:
             raise TransportError(

@@ -1,6 +1,8 @@
 """Witnessing partners' logs (C2SP tlog-witness semantics, docs/DESIGN.md §9).
 
-For each log origin the witness holds the last (size, root) it cosigned. It cosigns a new
+For each log it follows the witness holds the last (size, root) it cosigned, keyed by the
+authenticated partner, the origin and the log key (ADR 0012, docs/THREATS.md P16): a partner
+can only ever move the state kept for its own log. It cosigns a new
 checkpoint only when the caller's ``old_size`` equals that size and the consistency proof
 links the two; it persists the new view *before* returning the cosignature. Anything
 else is a conflict answered with the size it holds; a checkpoint that contradicts what
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from exchange import merkle
-from exchange.checkpoint import Checkpoint, open_checkpoint
+from exchange.checkpoint import Checkpoint, log_origin, open_checkpoint
 from exchange.cosignature import cosign_checkpoint
 from exchange.crypto import Signer
 from exchange.errors import AccordError, PeerDataError
@@ -53,15 +55,27 @@ class Witness:
         self._signer = signer
         self.name = name
 
-    def held(self, origin: str) -> HeldView | None:
+    def held(self, partner: str, origin: str, log_key: str) -> HeldView | None:
         row = self.store.conn.execute(
-            "SELECT size, root, note FROM witness_state WHERE origin = ?", (origin,)
+            "SELECT size, root, note FROM witness_state WHERE partner = ? AND origin = ? "
+            "AND log_key = ?",
+            (partner, origin, log_key),
+        ).fetchone()
+        return None if row is None else HeldView(int(row[0]), bytes(row[1]), bytes(row[2]))
+
+    def held_for(self, partner: str) -> HeldView | None:
+        """The largest view held for ``partner``'s own log (``<partner>.accord/log``)."""
+        row = self.store.conn.execute(
+            "SELECT size, root, note FROM witness_state WHERE partner = ? AND origin = ? "
+            "ORDER BY size DESC LIMIT 1",
+            (partner, log_origin(partner)),
         ).fetchone()
         return None if row is None else HeldView(int(row[0]), bytes(row[1]), bytes(row[2]))
 
     def add_checkpoint(
         self,
         *,
+        partner: str,
         origin: str,
         log_key: VerifierKey,
         old_size: int,
@@ -69,19 +83,27 @@ class Witness:
         note: bytes,
         now: datetime,
     ) -> str:
-        """Check and cosign ``note``; returns the cosignature line (without newline)."""
+        """Check and cosign ``note`` for the authenticated ``partner``, whose own log is
+        ``origin`` under ``log_key``; returns the cosignature line (without newline)."""
+        if origin != log_origin(partner) or log_key.name != origin:
+            raise PeerDataError(
+                f"{partner} may only submit checkpoints of its own log {log_origin(partner)}",
+                code="card.origin_mismatch",
+                next_step="Nothing was stored. The partner's card names another node's log.",
+            )
         verified = open_checkpoint(note, [log_key], origin=origin)
         new = verified.checkpoint
+        key = (partner, origin, _key_text(log_key))
         try:
             with self.store.transaction():
-                self._check_and_hold(origin, old_size, proof, note, verified.checkpoint, now)
+                self._check_and_hold(key, old_size, proof, note, verified.checkpoint, now)
         except _Contradiction as c:
             with self.store.transaction():
                 self.store.conn.execute(
                     "INSERT INTO witness_evidence "
-                    "(origin, held_size, held_note, offered_note, reason, at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (origin, c.held.size, c.held.note, note, c.reason, format_time(now)),
+                    "(origin, partner, held_size, held_note, offered_note, reason, at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (origin, partner, c.held.size, c.held.note, note, c.reason, format_time(now)),
                 )
             raise PeerDataError(
                 f"checkpoint {new.size} of {origin} is not consistent with the "
@@ -96,14 +118,15 @@ class Witness:
 
     def _check_and_hold(
         self,
-        origin: str,
+        key: tuple[str, str, str],
         old_size: int,
         proof: Sequence[bytes],
         note: bytes,
         new: Checkpoint,
         now: datetime,
     ) -> None:
-        held = self.held(origin)
+        partner, origin, log_key = key
+        held = self.held(partner, origin, log_key)
         held_size = 0 if held is None else held.size
         if old_size != held_size:
             raise WitnessConflict(
@@ -126,20 +149,27 @@ class Witness:
             except AccordError as e:
                 raise _Contradiction(held, e.message) from e
         self.store.conn.execute(
-            "INSERT INTO witness_state (origin, size, root, note, updated_at, grown_at) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(origin) DO UPDATE SET "
+            "INSERT INTO witness_state (partner, origin, log_key, size, root, note, "
+            "updated_at, grown_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(partner, origin, log_key) DO UPDATE SET "
             "size = excluded.size, root = excluded.root, note = excluded.note, "
             "updated_at = excluded.updated_at, grown_at = CASE WHEN excluded.size > "
             "witness_state.size THEN excluded.grown_at ELSE witness_state.grown_at END",
-            (origin, new.size, new.root_hash, note, format_time(now), format_time(now)),
+            (
+                partner,
+                origin,
+                log_key,
+                new.size,
+                new.root_hash,
+                note,
+                format_time(now),
+                format_time(now),
+            ),
         )
 
-    def grown_at(self, origin: str) -> str | None:
-        """When the followed log last grew (a log re-sending one checkpoint does not)."""
-        row = self.store.conn.execute(
-            "SELECT grown_at FROM witness_state WHERE origin = ?", (origin,)
-        ).fetchone()
-        return None if row is None or row[0] is None else str(row[0])
+    def grown_at(self, partner: str) -> str | None:
+        """When ``partner``'s log last grew (a log re-sending one checkpoint does not)."""
+        return grown_at(self.store, partner)
 
     def evidence(self, origin: str) -> list[tuple[bytes, bytes, str]]:
         rows = self.store.conn.execute(
@@ -148,3 +178,17 @@ class Witness:
             (origin,),
         ).fetchall()
         return [(bytes(a), bytes(b), str(c)) for a, b, c in rows]
+
+
+def _key_text(key: VerifierKey) -> str:
+    """The C2SP verifier key string: name, key id, type and public key."""
+    return key.encode()
+
+
+def grown_at(store: Store, partner: str) -> str | None:
+    """When the log of ``partner`` (``<partner>.accord/log``) last grew at this witness."""
+    row = store.conn.execute(
+        "SELECT max(grown_at) FROM witness_state WHERE partner = ? AND origin = ?",
+        (partner, log_origin(partner)),
+    ).fetchone()
+    return None if row is None or row[0] is None else str(row[0])

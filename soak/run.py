@@ -177,10 +177,12 @@ def main() -> int:
                 f"127.0.0.1:{free_port()}",
             )
             accord("--data", data, "card", "export", "--out", work / f"{node}.card")
+        anchors: list[str] = []  # the auditor's: both fingerprints, checked at peer add
         for data, other in ((pk, "cn-mps"), (cn, "pk-moi")):
             other_dir = work / other
             fp = json.loads(accord("--data", other_dir, "card", "show", "--json"))["fingerprint"]
             accord("--data", data, "peer", "add", work / f"{other}.card", "--fingerprint", fp)
+            anchors += ["--fingerprint", f"{other}={fp}"]
         accord(
             "--data",
             pk,
@@ -239,7 +241,7 @@ def main() -> int:
                     bundle = work / f"{node}-{audits}.bundle"
                     accord("--data", data, "audit", "export", "--out", bundle)
                     if subprocess.run(
-                        [*ACCORD, "audit", "verify", str(bundle)],
+                        [*ACCORD, "audit", "verify", str(bundle), *anchors],
                         env=ENV,
                         capture_output=True,
                         check=False,
@@ -297,7 +299,7 @@ def main() -> int:
         for data, node in ((pk, "pk-moi"), (cn, "cn-mps")):
             accord("--data", data, "audit", "export", "--out", work / f"{node}.bundle")
             if subprocess.run(
-                [*ACCORD, "audit", "verify", str(work / f"{node}.bundle")],
+                [*ACCORD, "audit", "verify", str(work / f"{node}.bundle"), *anchors],
                 env=ENV,
                 capture_output=True,
                 check=False,
@@ -310,6 +312,7 @@ def main() -> int:
                 "reconcile",
                 str(work / "pk-moi.bundle"),
                 str(work / "cn-mps.bundle"),
+                *anchors,
             ],
             env=ENV,
             capture_output=True,

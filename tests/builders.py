@@ -6,9 +6,14 @@ Tests import from here (or use conftest fixtures), never from another ``test_*``
 from __future__ import annotations
 
 import json
+import sqlite3
+from datetime import datetime
 from typing import Any
 
+from exchange import merkle
+from exchange.events import event_bytes
 from exchange.sop import ValidReport, check_report_document
+from exchange.times import format_time
 from node.schemas import registry
 
 # A string in every withheld field of ALERT: if it shows up where the partner or a log
@@ -35,3 +40,40 @@ ALERT: dict[str, Any] = {
 def valid_report(report: dict[str, Any] = ALERT) -> ValidReport:
     """``report`` validated against the shipped SOP schemas, as ``report submit`` does."""
     return check_report_document(registry(), json.dumps(report).encode(), "json")
+
+
+# -- the insider: node.db, sqlite3 and the public hash functions, no keyring -------------------
+
+
+class _SqlReader:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def subtree(self, level: int, index: int) -> bytes:
+        row = self.conn.execute(
+            "SELECT hash FROM log_subtrees WHERE level = ? AND idx = ?", (level, index)
+        ).fetchone()
+        return bytes(row[0])
+
+
+def insider_append_leaf(conn: sqlite3.Connection, data: bytes) -> int:
+    """Append the leaf ``data`` and its subtree rows with correct RFC 6962 hashes, as
+    someone with the database file but not the passphrase can; returns its index."""
+    with conn:
+        size = int(conn.execute("SELECT coalesce(max(idx) + 1, 0) FROM log_leaves").fetchone()[0])
+        leaf = merkle.leaf_hash(data)
+        result = merkle.new_subtrees_after_append_batch(size, [leaf], _SqlReader(conn))
+        conn.execute(
+            "INSERT INTO log_leaves (idx, event, leaf_hash) VALUES (?, ?, ?)", (size, data, leaf)
+        )
+        conn.executemany(
+            "INSERT INTO log_subtrees (level, idx, hash) VALUES (?, ?, ?)",
+            [s.as_row() for s in result.subtrees],
+        )
+    return size
+
+
+def insider_append_event(conn: sqlite3.Connection, kind: str, at: datetime, **attrs: Any) -> int:
+    """A well-formed event of ``kind`` appended by the insider (its index is the next one)."""
+    size = int(conn.execute("SELECT coalesce(max(idx) + 1, 0) FROM log_leaves").fetchone()[0])
+    return insider_append_leaf(conn, event_bytes(kind, size, format_time(at), attrs))

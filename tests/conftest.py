@@ -154,3 +154,14 @@ def agree(
     if policy:
         assert accord("--data", pk, "policy", "apply", POLICY).code == 0
     return file
+
+
+def audit_anchors(accord: Callable[..., Result], *nodes: Path) -> list[str]:
+    """``--fingerprint NODE=FP`` for each node, as 'accord card show' prints it: the
+    anchors an auditor checked out of band, for 'accord audit verify' and 'reconcile'."""
+    out: list[str] = []
+    for data in nodes:
+        shown = accord("--data", data, "card", "show", "--json").json()
+        assert isinstance(shown, dict)
+        out += ["--fingerprint", f"{shown['node']}={shown['fingerprint']}"]
+    return out

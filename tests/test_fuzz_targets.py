@@ -169,3 +169,15 @@ def test_inputs_that_once_crashed_a_harness(path: Path) -> None:
     """File name: ``<target>-<what>``. The input must now be refused cleanly (or pass)."""
     target = next(t for t in sorted(TARGETS, key=len, reverse=True) if path.name.startswith(t))
     _run(target, path.read_bytes())
+
+
+def test_the_bundle_seed_verifies_under_the_harness_anchors() -> None:
+    """The anchored verifier refuses a bundle that does not chain to its anchors; the seed
+    must chain to the harness's, or the fuzzer would never get past that check to the
+    cosignatures, the due rule and the entries."""
+    from exchange.audit import audit_bundle
+    from fuzz.harnesses import BUNDLE_ANCHORS
+
+    report = audit_bundle(SEEDS["bundle"][0].splitlines(), anchors=BUNDLE_ANCHORS)
+    assert report.ok, report.findings
+    assert report.entries == 3 and report.partners["cn-mps"].largest_cosigned == 2

@@ -15,18 +15,23 @@ from exchange.agreement import (
 from exchange.errors import InputError
 from exchange.policy import PolicyInvalid
 from exchange.sop import check_report_document
+from exchange.termination import Termination
+from exchange.times import format_time, parse_time
 from node import clock
 from node.agreements import (
+    accept_termination,
     current_agreement,
     load_terms,
     propose_agreement,
     sign_and_store,
     stored_agreements,
+    terminate_agreement,
 )
 from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
 from node.cli.node_cmds import opened
 from node.cli.output import ok, print_fields, print_json, print_table, say, stderr, warn
 from node.cli.report_cmds import read_report_file
+from node.files import write_export
 from node.policy import (
     REASON_TEXT,
     active_policy,
@@ -127,17 +132,20 @@ def agreement() -> None:
     "--out",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Agreement file to write.",
+    help="Agreement file to write (mode 0600).",
 )
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
 @json_option
 @pass_ctx
-def agreement_propose(ctx: CliContext, peer: str, terms: Path, out: Path, as_json: bool) -> None:
+def agreement_propose(
+    ctx: CliContext, peer: str, terms: Path, out: Path, force: bool, as_json: bool
+) -> None:
     """Turn terms into a canonical agreement, sign it, and write it for the partner."""
-    if out.exists():
-        raise InputError(f"{out} exists", next_step="Choose another --out.")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise InputError(f"{out} exists", next_step="Choose another --out, or pass --force.")
     with opened(ctx) as node:
         signed = propose_agreement(node, peer, load_terms(terms), clock.now())
-    out.write_bytes(signed.to_bytes())
+    write_export(out, signed.to_bytes(), force=force)
     content = parse_agreement_unverified(signed.agreement_bytes)
     if as_json:
         print_json(
@@ -191,6 +199,101 @@ def agreement_sign(ctx: CliContext, file: Path, yes: bool, as_json: bool) -> Non
             f"and in force until {content.not_after}"
         )
         say(f"digest {verified.digest}")
+
+
+@agreement.command(
+    "terminate",
+    epilog=examples(
+        "accord --data ./pk-moi agreement terminate --peer cn-mps --reason replaced --out end.json",
+        "accord --data ./cn-mps agreement terminate --file end.json",
+    ),
+)
+@click.option("--peer", help="End the agreement in force with this partner (signs a statement).")
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Record the partner's signed termination statement instead.",
+)
+@click.option("--at", "at", help="When it ends, RFC 3339 UTC (default: now). Never in the past.")
+@click.option(
+    "--reason",
+    type=click.Choice(["replaced", "breach", "ended"]),
+    default="ended",
+    show_default=True,
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --peer: the statement file to send the partner (mode 0600).",
+)
+@click.option("--force", is_flag=True, help="Replace the --out file if it exists.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@pass_ctx
+def agreement_terminate(
+    ctx: CliContext,
+    peer: str | None,
+    file: Path | None,
+    at: str | None,
+    reason: str,
+    out: Path | None,
+    force: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """End an agreement: sign a termination for the partner, or record the partner's.
+
+    Either party may end the agreement alone. From the given time on, nothing is released
+    or accepted under it; both logs record it (agreement.terminated) once the partner has
+    run this command with the statement file. An end cannot be back-dated.
+    """
+    if (peer is None) == (file is None):
+        raise InputError("give either --peer (to end it) or --file (to record the partner's)")
+    now = clock.now()
+    if file is not None:
+        with opened(ctx) as node:
+            termination, new = accept_termination(node, file.read_bytes(), now)
+        result = {**_termination_json(termination), "recorded": new}
+        if as_json:
+            print_json(result)
+        else:
+            ok(
+                f"{termination.by} ends agreement {termination.agreement[:20]}… at "
+                f"{termination.effective_at} ({termination.reason})"
+                + ("" if new else "; already recorded")
+            )
+        return
+    if out is None:
+        raise InputError("--peer needs --out FILE: the statement the partner must record")
+    effective = parse_time(at, field="--at") if at is not None else now
+    if not yes and not as_json:
+        click.confirm(
+            f"End the agreement with {peer} at {format_time(effective)}? Nothing will flow "
+            "under it afterwards.",
+            abort=True,
+            err=True,
+        )
+    if (out.exists() or out.is_symlink()) and not force:
+        raise InputError(f"{out} exists", next_step="Choose another --out, or pass --force.")
+    with opened(ctx) as node:
+        data, termination = terminate_agreement(node, peer or "", effective, reason, now)
+    write_export(out, data, force=force)
+    if as_json:
+        print_json({**_termination_json(termination), "file": str(out)})
+        return
+    ok(f"agreement with {peer} ends at {termination.effective_at}; logged")
+    say(f"Next: send {out} to {peer}; they run 'accord agreement terminate --file {out.name}'.")
+
+
+def _termination_json(t: Termination) -> dict[str, object]:
+    return {
+        "agreement_digest": t.agreement,
+        "by": t.by,
+        "peer": t.peer,
+        "effective_at": t.effective_at,
+        "reason": t.reason,
+    }
 
 
 @agreement.command("list", epilog=examples("accord --data ./pk-moi agreement list --json"))

@@ -1,16 +1,25 @@
-"""The exchange log and its audit: log show/checkpoint/prove, audit export/verify/reconcile/
-disclosures."""
+"""The exchange log and its audit: log show/checkpoint/prove, audit export/verify/reconcile."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from exchange.agreement import LABELS
-from exchange.audit import AuditReport, reconcile
+from exchange.audit import (
+    Anchor,
+    AuditReport,
+    anchor_map,
+    card_anchor,
+    fingerprint_anchor,
+    reconcile,
+)
 from exchange.canonical import b64
+from exchange.card import MAX_CHAIN_BYTES
 from exchange.errors import InputError
 from exchange.events import Event, parse_event_unverified
 from exchange.times import format_time, parse_time
@@ -90,8 +99,13 @@ def _details(event: Event) -> str:
 @json_option
 @pass_ctx
 def log_checkpoint(ctx: CliContext, sign: bool, as_json: bool) -> None:
-    """Show the latest signed checkpoint, with the cosignatures partners returned."""
+    """Show the latest signed checkpoint, with the cosignatures partners returned.
+
+    Refuses (exit 6, naming the entry or both sizes) when the log holds what the node would
+    not sign: an entry it did not write (log.foreign_entry) or a rolled-back tail."""
     with opened(ctx) as node:
+        if not sign:
+            node.check_log()  # what --sign would refuse is said here too (ADR 0012)
         cp = node.checkpoint(clock.now()) if sign else node.log.latest_checkpoint()
         if cp is None:
             raise InputError(
@@ -201,12 +215,16 @@ def _progress() -> Progress:
 @pass_ctx
 def audit_export(ctx: CliContext, out: Path, force: bool, as_json: bool) -> None:
     """Write the log, cosigned checkpoints and public cards to one bundle file."""
-    if out.exists() and not force:
+    if (out.exists() or out.is_symlink()) and not force:
         raise InputError(f"{out} exists", next_step="Choose another --out or pass --force.")
     with opened(ctx) as node, _progress() as bar:
         task = bar.add_task("exporting", total=None)
         size, checkpoints = export_bundle(
-            node, out, clock.now(), lambda n, total: bar.update(task, completed=n, total=total)
+            node,
+            out,
+            clock.now(),
+            lambda n, total: bar.update(task, completed=n, total=total),
+            force=force,
         )
     if as_json:
         print_json({"file": str(out), "entries": size, "checkpoints": checkpoints})
@@ -214,24 +232,90 @@ def audit_export(ctx: CliContext, out: Path, force: bool, as_json: bool) -> None
     ok(f"{size} entries and {checkpoints} checkpoints written to {out}")
 
 
-def _verify_with_bar(bundle: Path, since: Path | None, on_event=None) -> AuditReport:  # type: ignore[no-untyped-def]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def anchor_options(f: F) -> F:
+    """``--fingerprint NODE=FP`` and ``--card FILE``: the keys the auditor checked out of
+    band. A bundle carries its own keys, so without an anchor it proves nothing."""
+    f = click.option(
+        "--card",
+        "cards",
+        multiple=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="A card file written by 'accord card export': anchors that node to the card's "
+        "identity key. Repeatable.",
+    )(f)
+    return click.option(
+        "--fingerprint",
+        "fingerprints",
+        multiple=True,
+        metavar="NODE=FINGERPRINT",
+        help="A node's fingerprint as checked out of band ('accord card show' on the node, "
+        "'accord peer list' on its partner, the signed agreement). Repeatable: give the "
+        "bundle's node and each partner.",
+    )(f)
+
+
+def anchors_from(fingerprints: Sequence[str], cards: Sequence[Path]) -> list[Anchor]:
+    """The anchors given on the command line; none at all is a usage error (exit 2)."""
+    anchors = [fingerprint_anchor(text) for text in fingerprints]
+    for path in cards:
+        if path.stat().st_size > MAX_CHAIN_BYTES:
+            raise InputError(f"{path} is larger than {MAX_CHAIN_BYTES} bytes; it is not a card")
+        anchors.append(card_anchor(path.read_bytes(), what=str(path)))
+    anchor_map(anchors)  # refuses no anchor at all, and two that disagree, before any work
+    return anchors
+
+
+def _verify_with_bar(
+    bundle: Path,
+    anchors: list[Anchor],
+    since: Path | None,
+    on_event: Callable[[Event], None] | None = None,
+) -> AuditReport:
     with _progress() as bar:
         task = bar.add_task("verifying", total=None)
-        return verify_bundle_file(bundle, since, lambda n: bar.update(task, completed=n), on_event)
+        return verify_bundle_file(
+            bundle, anchors, since, lambda n: bar.update(task, completed=n), on_event
+        )
 
 
 def _print_report(bundle: Path, report: AuditReport) -> None:
+    anchors = [
+        f"{a['node']} {a['fingerprint']} by {a['source']}: "
+        + (
+            f"{a['used_for']} from card v{a['card_version']}"
+            if a["card_version"]
+            else a["used_for"]
+        )
+        for a in report.anchors
+    ]
+    partners = [
+        f"{p.node}: largest cosigned {p.largest_cosigned} ({p.cosigned_checkpoints} checkpoints)"
+        + ("" if p.keys else ", no anchored witness key")
+        for p in sorted(report.partners.values(), key=lambda p: p.node)
+    ]
     print_fields(
         [
             ("bundle", bundle),
             ("node", report.node),
             ("origin", report.origin),
+            ("anchors", "; ".join(anchors) or "-"),
             ("entries", report.entries),
             (
                 "checkpoints",
-                f"{report.checkpoints} ({report.cosigned_checkpoints} cosigned by partners)",
+                f"{report.checkpoints} ({report.cosigned_checkpoints} cosigned by anchored "
+                "partners)",
             ),
             ("largest checkpoint", report.largest_checkpoint),
+            ("partners", "; ".join(partners) or "-"),
+            (
+                "not checked",
+                ", ".join(report.unanchored_peers) + " (no anchor: cosignatures not checked)"
+                if report.unanchored_peers
+                else "-",
+            ),
             ("events", ", ".join(f"{k} {v}" for k, v in sorted(report.kinds.items())) or "-"),
         ]
     )
@@ -243,20 +327,35 @@ def _print_report(bundle: Path, report: AuditReport) -> None:
         )
 
 
-@audit.command("verify", epilog=examples("accord audit verify pk-moi.bundle --json"))
+@audit.command(
+    "verify",
+    epilog=examples(
+        "accord audit verify pk-moi.bundle --fingerprint pk-moi=Y3TO-64CP-W63K-R2V7-F7PI-SB3E",
+        "accord audit verify pk-moi.bundle --card pk-moi.card --card cn-mps.card --json",
+    ),
+)
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@anchor_options
 @click.option(
     "--since",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A checkpoint note verified earlier; the log must extend it.",
 )
 @json_option
-def audit_verify(bundle: Path, since: Path | None, as_json: bool) -> None:
+def audit_verify(
+    bundle: Path,
+    fingerprints: tuple[str, ...],
+    cards: tuple[Path, ...],
+    since: Path | None,
+    as_json: bool,
+) -> None:
     """Verify a bundle offline: signatures, cosignatures, every root and every entry.
 
-    Needs no node and no private key. Exits non-zero on any finding.
+    Needs no node and no private key, but at least one anchor: every key used must chain
+    to a fingerprint or card you checked out of band. Exits 3 on any finding.
     """
-    report = _verify_with_bar(bundle, since)
+    anchors = anchors_from(fingerprints, cards)
+    report = _verify_with_bar(bundle, anchors, since)
     if as_json:
         print_json(report.to_json())
     else:
@@ -270,11 +369,12 @@ def audit_verify(bundle: Path, since: Path | None, as_json: bool) -> None:
 @audit.command(
     "disclosures",
     epilog=examples(
-        "accord audit disclosures cn-mps.bundle --label personal",
-        "accord audit disclosures cn-mps.bundle --since 2026-11-01T00:00:00Z --json",
+        "accord audit disclosures cn-mps.bundle --card cn-mps.card --label personal",
+        "accord audit disclosures cn-mps.bundle --card cn-mps.card --since 2026-11-01T00:00:00Z",
     ),
 )
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@anchor_options
 @click.option(
     "--label",
     type=click.Choice(sorted(LABELS)),
@@ -287,16 +387,25 @@ def audit_verify(bundle: Path, since: Path | None, as_json: bool) -> None:
     help="Only from this time on (RFC 3339 UTC, e.g. 2026-11-01T00:00:00Z).",
 )
 @json_option
-def audit_disclosures(bundle: Path, label: str | None, since: str | None, as_json: bool) -> None:
+def audit_disclosures(
+    bundle: Path,
+    fingerprints: tuple[str, ...],
+    cards: tuple[Path, ...],
+    label: str | None,
+    since: str | None,
+    as_json: bool,
+) -> None:
     """List every release of fields in a verified log: to which partner or feed consumer,
     when, which fields, and the legal basis and digests it was made under.
 
-    The bundle is verified first; a bundle with findings is refused.
+    The bundle is verified first, against the anchors given as for 'audit verify'; a
+    bundle with findings is refused.
     """
+    anchors = anchors_from(fingerprints, cards)
     if since is not None:
         since = format_time(parse_time(since, field="--since"))
     events: list[Event] = []
-    report = _verify_with_bar(bundle, None, events.append)
+    report = _verify_with_bar(bundle, anchors, None, events.append)
     if not report.ok:
         _print_report(bundle, report)
         raise InputError(
@@ -326,16 +435,32 @@ def audit_disclosures(bundle: Path, label: str | None, since: str | None, as_jso
     )
 
 
-@audit.command("reconcile", epilog=examples("accord audit reconcile pk-moi.bundle cn-mps.bundle"))
+@audit.command(
+    "reconcile",
+    epilog=examples(
+        "accord audit reconcile pk-moi.bundle cn-mps.bundle --card pk-moi.card --card cn-mps.card"
+    ),
+)
 @click.argument("bundle_a", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("bundle_b", type=click.Path(dir_okay=False, path_type=Path))
+@anchor_options
 @json_option
-def audit_reconcile(bundle_a: Path, bundle_b: Path, as_json: bool) -> None:
-    """Match each side's releases with the other side's receipts and inbox events."""
+def audit_reconcile(
+    bundle_a: Path,
+    bundle_b: Path,
+    fingerprints: tuple[str, ...],
+    cards: tuple[Path, ...],
+    as_json: bool,
+) -> None:
+    """Match each side's releases with the other side's receipts and inbox events.
+
+    Both bundles are verified first against the same anchors (give both nodes).
+    """
+    anchors = anchors_from(fingerprints, cards)
     events: dict[Path, list[Event]] = {bundle_a: [], bundle_b: []}
     reports = {}
     for bundle in (bundle_a, bundle_b):
-        reports[bundle] = _verify_with_bar(bundle, None, events[bundle].append)
+        reports[bundle] = _verify_with_bar(bundle, anchors, None, events[bundle].append)
     bad = [b for b, r in reports.items() if not r.ok]
     if bad:
         for b in bad:

@@ -18,6 +18,7 @@ from keys.truststore import PeerRecord
 from node import clock
 from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
 from node.cli.output import ok, print_fields, print_json, print_table, say, warn
+from node.files import write_export
 from node.home import Node, init_node, passphrase_from_env_or
 
 SUITES = {"hybrid": SUITE_HYBRID, "x25519": SUITE_X25519}
@@ -199,9 +200,7 @@ def card_export(ctx: CliContext, out: Path, force: bool, as_json: bool) -> None:
     """Write this node's card chain (every version, signed) for a partner."""
     with opened(ctx) as node:
         chain = node.own_chain()
-    if out.exists() and not force:
-        raise InputError(f"{out} exists", next_step="Choose another --out or pass --force.")
-    out.write_bytes(chain.to_bytes())
+    write_export(out, chain.to_bytes(), force=force)
     latest = chain.latest
     if as_json:
         print_json(
@@ -304,7 +303,7 @@ def peer_list(ctx: CliContext, as_json: bool) -> None:
         store = node.trust_store()
         rows = [
             (r, store.trusted_chain(r.node, clock.now()).latest if r.revoked_from is None else None)
-            for r in store.list()
+            for r in node.attested_peers()
         ]
     if as_json:
         print_json([peer_json(r, c) for r, c in rows])

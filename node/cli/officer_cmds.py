@@ -4,6 +4,7 @@ socket: report submit/list/show/amend/retract, inbox list/show/export, status.""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,22 @@ import click
 from rich.panel import Panel
 from rich.text import Text
 
-from exchange.errors import InputError
+from exchange.errors import InputError, PolicyError, StoreError
 from node._pb.accord.v1 import officer_pb2
 from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
-from node.cli.output import ok, print_fields, print_json, print_table, safe, say, stdout, warn
+from node.cli.output import (
+    ok,
+    print_fields,
+    print_json,
+    print_table,
+    safe,
+    say,
+    stderr,
+    stdout,
+    warn,
+)
 from node.cli.report_cmds import read_report_file, report
+from node.files import write_export
 from node.officer_client import call, officer
 from node.policy import REASON_TEXT
 
@@ -53,21 +65,80 @@ def _print_releases(releases: Any) -> None:
         print_table(f"{r.peer}: {sent}", ["field", "outcome", "why / how"], sorted(rows))
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """Where a submitted report stands for one partner, in the officer's words."""
+
+    state: str  # "delivering" | "queued" | "not_sent"
+    why: str  # for not_sent: the reason code every field was withheld for, or "withheld"
+    text: str
+    next_step: str
+
+
+def delivery_of(r: officer_pb2.ReleaseOutcome) -> Delivery:
+    if r.envelope_id:
+        if r.partner_connected:
+            return Delivery(
+                "delivering",
+                "",
+                f"sent to {r.peer} (seq {r.seq}): the partner is connected and takes it now",
+                f"'accord report show' shows the receipt once {r.peer} confirms it.",
+            )
+        return Delivery(
+            "queued",
+            "",
+            f"queued for {r.peer} (seq {r.seq}): the partner is not connected; it is "
+            "delivered when it reconnects",
+            "'accord status' shows the backlog and when the partner was last in contact.",
+        )
+    reasons = {w.reason for w in r.withheld}
+    why = reasons.pop() if len(reasons) == 1 else "withheld"
+    steps = {
+        "no-agreement": "Sign an agreement with the partner ('accord agreement propose').",
+        "tlp-above-max": "The TLP is above what this partner may receive; lower it only if "
+        "the originator allows.",
+        "not-in-policy": f"'accord policy explain --peer {r.peer} FILE' shows what the policy "
+        "would release.",
+    }
+    text = REASON_TEXT.get(why, "the policy and the agreement withhold every field")
+    return Delivery(
+        "not_sent",
+        why,
+        f"nothing sent to {r.peer}: {text}",
+        steps.get(why, f"'accord policy explain --peer {r.peer} FILE' says why, field by field."),
+    )
+
+
 def print_submitted(answer: Any, as_json: bool, headline: str) -> None:
-    """What a Submit or Amend answered: per partner, sent, transformed and withheld."""
+    """What a Submit or Amend answered: per partner, whether it is on its way, queued, or
+    not sent and why, then the fields sent, transformed and withheld. Exits 4 (the policy
+    family) when no partner gets anything: the report is stored and logged all the same."""
+    deliveries = [delivery_of(r) for r in answer.releases]
     if as_json:
         print_json(
             {
                 "report_id": answer.report_id,
                 "version": answer.version,
-                "releases": [_release_json(r) for r in answer.releases],
+                "releases": [
+                    {**_release_json(r), "delivery": d.state, "why": d.why or None}
+                    for r, d in zip(answer.releases, deliveries, strict=True)
+                ],
             }
         )
-        return
-    ok(headline)
-    _print_releases(answer.releases)
-    if not answer.releases:
-        warn("no trusted partner: the report is stored and logged but sent to nobody")
+    else:
+        ok(headline)
+        _print_releases(answer.releases)
+        for d in deliveries:
+            (say if d.state != "not_sent" else warn)(d.text)
+            say(f"  next: {d.next_step}")
+        if not answer.releases:
+            warn("no trusted partner: the report is stored and logged but sent to nobody")
+    if not any(d.state != "not_sent" for d in deliveries):
+        stderr.print(
+            "nothing was sent to any partner (exit 4); the report is stored and logged",
+            style="yellow",
+        )
+        raise click.exceptions.Exit(PolicyError.exit_code)
 
 
 def _tlp(tlp: str) -> Text:
@@ -88,7 +159,8 @@ def report_submit(ctx: CliContext, file: Path, as_json: bool) -> None:
     """Validate, seal and send a report (JSON or TOML) to every partner its policy allows.
 
     Needs the node running ('accord serve'). Prints, per partner, what was sent and what
-    was withheld.
+    was withheld, and whether it is on its way, queued or not sent (and why). Exits 4 when
+    no partner receives anything; the report is stored and logged all the same.
     """
     data, _fmt = read_report_file(file)
     with officer(ctx.data_dir) as stub:
@@ -153,6 +225,7 @@ def report_show(ctx: CliContext, report_id: str, version: int | None, as_json: b
             stub.GetReport, officer_pb2.GetReportRequest(report_id=report_id, version=version or 0)
         )
     body = json.loads(answer.report)
+    report_id = answer.summary.report_id  # the full id, also when a prefix was given
     if as_json:
         print_json(
             {
@@ -384,10 +457,13 @@ def inbox_show(ctx: CliContext, envelope_id: str, as_json: bool) -> None:
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="File to write (default: standard output).",
+    help="File to write, mode 0600 (default: standard output).",
 )
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
 @pass_ctx
-def inbox_export(ctx: CliContext, envelope_id: str, fmt: str, out: Path | None) -> None:
+def inbox_export(
+    ctx: CliContext, envelope_id: str, fmt: str, out: Path | None, force: bool
+) -> None:
     """Export a received report: the SD-JWT presentation, plain JSON, or a STIX 2.1 bundle."""
     answer, body = _get(ctx, envelope_id)
     if fmt == "sd-jwt":
@@ -420,9 +496,7 @@ def inbox_export(ctx: CliContext, envelope_id: str, fmt: str, out: Path | None) 
     if out is None:
         click.echo(text, nl=False)
     else:
-        if out.exists():
-            raise InputError(f"{out} exists", next_step="Choose another --out.")
-        out.write_text(text, "utf-8")
+        write_export(out, text.encode("utf-8"), force=force)
         ok(f"{fmt} export written to {out}")
 
 
@@ -451,6 +525,7 @@ def _peer_json(p: officer_pb2.PeerStatus) -> dict[str, Any]:
         "agreement_valid": p.agreement_valid,
         "agreement_not_after": _time(p.agreement_not_after),
         "stale": p.stale,
+        "classical_tls_allowed": p.classical_tls_allowed,
     }
 
 
@@ -467,9 +542,13 @@ def status(ctx: CliContext, as_json: bool) -> None:
                 "version": s.version,
                 "log_size": s.log_size,
                 "checkpoint_size": s.checkpoint_size,
+                "tls12_refused": s.tls12_refused,
+                "log_problem_code": s.log_problem_code or None,
+                "log_problem": s.log_problem or None,
                 "peers": [_peer_json(p) for p in s.peers],
             }
         )
+        _log_problem_exit(s)
         return
     print_fields(
         [
@@ -477,9 +556,30 @@ def status(ctx: CliContext, as_json: bool) -> None:
             ("software", s.version),
             ("log", f"{s.log_size} entries"),
             ("checkpoint", f"size {s.checkpoint_size}"),
+            ("transport", _transport_line(s)),
+            ("log integrity", s.log_problem_code or "ok"),
         ]
     )
     _sync_table(s)
+    _log_problem_exit(s)
+
+
+def _log_problem_exit(s: officer_pb2.StatusResponse) -> None:
+    """A log the node cannot sign (an insider's entry, a rolled-back tail) is unhealthy:
+    say so on stderr and exit non-zero (ADR 0012)."""
+    if s.log_problem_code:
+        warn(f"log: {s.log_problem_code}: {s.log_problem}")
+        raise click.exceptions.Exit(StoreError.exit_code)
+
+
+def _transport_line(s: officer_pb2.StatusResponse) -> str:
+    """What the peer port enforces, no more (docs/adr/0015-post-quantum-transport.md)."""
+    version = "TLS 1.3 only" if s.tls12_refused else "TLS 1.2 ACCEPTED"
+    classical = sorted(p.peer for p in s.peers if p.classical_tls_allowed)
+    groups = "calls only over X25519MLKEM768"
+    if classical:
+        groups += f", except classical TLS allowed for {', '.join(classical)}"
+    return f"{version}; {groups}"
 
 
 def _sync_table(s: officer_pb2.StatusResponse) -> None:
@@ -519,6 +619,8 @@ def _sync_table(s: officer_pb2.StatusResponse) -> None:
     for p in s.peers:
         if p.stale:
             warn(f"{p.peer}: no cosigned checkpoint recently; the sync is not known to be healthy")
+        if p.classical_tls_allowed:
+            warn(f"{p.peer}: may call over classical TLS (--allow-classical-tls)")
 
 
 @cli.group(

@@ -10,7 +10,6 @@ running node the report can be saved to a file and submitted later.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from node.cli.base import CliContext, examples, json_option, pass_ctx
 from node.cli.officer_cmds import TLP_STYLE, print_submitted
 from node.cli.output import ok, print_error, print_json, safe, stderr, stdout, warn
 from node.cli.report_cmds import report
+from node.files import write_export
 from node.officer_client import call, officer
 from node.policy import REASON_TEXT
 from node.schemas import registry
@@ -346,13 +346,6 @@ def _explanation(ui: Console, decisions: Sequence[officer_pb2.ReleaseOutcome]) -
         ui.print(Text(f"{sent} of {len(rows)} fields would be sent to {safe(d.peer)}."))
 
 
-def _write_new(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600 (a report is sensitive); never overwrite."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
 def _offer_save(iv: Interview, data: bytes, sop: str, data_dir: Path) -> Path | None:
     if not iv.confirm("Save the report to a file, to submit it later?", default=True):
         return None
@@ -360,12 +353,9 @@ def _offer_save(iv: Interview, data: bytes, sop: str, data_dir: Path) -> Path | 
     while True:
         path = Path(iv.ask("file", default=default))
         try:
-            _write_new(path, data)
-        except FileExistsError:
-            iv.reject([f"{path} exists; choose another name"])
-            continue
-        except OSError as e:
-            iv.reject([f"cannot write {path} ({e.strerror})"])
+            write_export(path, data)  # 0600, never over a file or through a link
+        except InputError as e:
+            iv.reject([f"{e}; choose another name"])
             continue
         ok(f"report saved to {path} (mode 0600)")
         iv.note(f"Submit it once the node runs: accord --data {data_dir} report submit {path}")
@@ -397,7 +387,7 @@ def report_new(ctx: CliContext, sop: str, tlp: str | None, out: Path | None, as_
     """
     reg = registry()
     doc = reg.schema(sop)
-    if out is not None and out.exists():
+    if out is not None and (out.exists() or out.is_symlink()):
         raise InputError(f"{out} exists", next_step="Choose another --out; nothing was asked.")
     ui = stderr if as_json else stdout
     iv = Interview(reg, sop, ui, err=as_json)
@@ -423,7 +413,7 @@ def report_new(ctx: CliContext, sop: str, tlp: str | None, out: Path | None, as_
         + Text(f"  {sop} report complete: {', '.join(fields)}")
     )
     if out is not None:
-        _write_new(out, data)
+        write_export(out, data)
         if as_json:
             print_json({"saved": str(out), "sop": sop, "tlp": level, "fields": sorted(fields)})
             return

@@ -70,16 +70,38 @@ _log_level = click.option(
 @_ready
 @_log_level
 @click.option("--no-cosign", is_flag=True, help="Do not ask partners to cosign our checkpoints.")
+@click.option(
+    "--allow-classical-tls",
+    "allow_classical",
+    multiple=True,
+    metavar="PEER",
+    help="Let this partner call over a classical TLS group (logged, shown in status).",
+)
 @pass_ctx
 def serve(
-    ctx: CliContext, listen: str | None, ready_file: Path | None, log_level: str, no_cosign: bool
+    ctx: CliContext,
+    listen: str | None,
+    ready_file: Path | None,
+    log_level: str,
+    no_cosign: bool,
+    allow_classical: tuple[str, ...],
 ) -> None:
     """Run the node: PeerExchange over mutual TLS, Officer on DATA/officer.sock.
 
     Runs in the foreground until SIGTERM or SIGINT, then stops gracefully. Logs are JSON
-    lines on stderr. Partners are asked to cosign each new checkpoint.
+    lines on stderr. Partners are asked to cosign each new checkpoint. The peer port takes
+    TLS 1.3 only, and calls only over the post-quantum hybrid group X25519MLKEM768, except
+    from partners named with --allow-classical-tls.
     """
-    _serve(ctx, ServeOptions(listen=listen, ready_file=ready_file, cosign=not no_cosign), log_level)
+    options = ServeOptions(
+        listen=listen,
+        ready_file=ready_file,
+        cosign=not no_cosign,
+        allow_classical_tls=tuple(
+            check_node_id(p, field="--allow-classical-tls") for p in allow_classical
+        ),
+    )
+    _serve(ctx, options, log_level)
 
 
 @cli.group(

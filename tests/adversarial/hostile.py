@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 
 from exchange.canonical import canonical_json, sha256
-from exchange.card import Card, EncryptionKey
+from exchange.card import Card, EncryptionKey, SignedCard
 from exchange.envelope import Envelope, ReportRelease, seal_envelope
 from exchange.errors import AccordError
 from exchange.purpose import Purpose, signed_message
@@ -261,6 +261,7 @@ class Script:
     raw_batches: list[envelope_pb2.EnvelopeBatch] = field(default_factory=list)
     freeze_witness: bool = False  # AddCheckpoint answers a conflict, forever (P03)
     revocations: list[card_pb2.Revocation] | None = None  # GetCard serves these (P06)
+    rotation: list[SignedCard] | None = None  # GetCard serves these newer versions (P16)
 
 
 class HostilePeer(peer_pb2_grpc.PeerExchangeServicer):
@@ -278,8 +279,12 @@ class HostilePeer(peer_pb2_grpc.PeerExchangeServicer):
         revocations = self.script.revocations
         if revocations is None:
             revocations = [revocation_message(r) for r in self.node.own_revocations()]
+        rotation = self.script.rotation or []
+        latest = rotation[-1] if rotation else self.node.own_chain().signed[-1]
         return card_pb2.GetCardResponse(
-            card=node_card_message(self.node.own_chain().signed[-1]), revocations=revocations
+            card=node_card_message(latest),
+            rotation_chain=[node_card_message(s) for s in rotation],
+            revocations=revocations,
         )
 
     async def Pull(
@@ -312,7 +317,7 @@ class HostilePeer(peer_pb2_grpc.PeerExchangeServicer):
         """pk-moi really witnesses the victim's log, until the script freezes it."""
         self.checkpoints.append(request)
         if self.script.freeze_witness:
-            held = self._witness.held(f"{VICTIM}.accord/log")
+            held = self._witness.held_for(VICTIM)
             return log_pb2.AddCheckpointResponse(
                 conflict=log_pb2.CheckpointConflict(size=0 if held is None else held.size)
             )
@@ -321,6 +326,7 @@ class HostilePeer(peer_pb2_grpc.PeerExchangeServicer):
         victim = self.node.trust_store().trusted_chain(VICTIM, datetime.now().astimezone())
         key = parse_verifier_key(victim.latest.log_vkey)
         line = self._witness.add_checkpoint(
+            partner=VICTIM,
             origin=key.name,
             log_key=key,
             old_size=request.old_size,

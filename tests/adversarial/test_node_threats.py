@@ -155,8 +155,9 @@ def test_p05_forged_card_and_bundle_on_cli_import(
     data = bundle.read_bytes().replace(b"pk-moi.accord/log", b"pk-moi.accord/lig", 1)
     forged = tmp_path / "forged.bundle"
     forged.write_bytes(data)
-    assert accord("audit", "verify", bundle, "--json").code == 0
-    r = accord("audit", "verify", forged, "--json")
+    anchor = ("--fingerprint", f"{HOSTILE}={chain.latest.fingerprint}")
+    assert accord("audit", "verify", bundle, *anchor, "--json").code == 0
+    r = accord("audit", "verify", forged, *anchor, "--json")
     assert r.code != 0
     assert snapshot(world.victim.data_dir) == before
 

@@ -26,19 +26,12 @@ CASE = re.compile(r"^\| ([A-Z]\d\d) \|", re.MULTILINE)
 
 # Cases of the catalog that no test attacks yet, each with what will attack it. Shrinks only.
 NOT_YET: dict[str, str] = {
-    "I06": "audit verify anchored to fingerprints checked out of band",
-    "I07": "leaf authentication: the node signs only leaves it wrote",
-    "I08": "state outside the log verified before it is acted on",
-    "I09": "no silent unsigned tail in export, verify and serve",
     "P15": "key era chosen without trusting the sender's created_at",
-    "P16": "log origin bound to the card's node; witness state per partner",
     "P17": "report state keyed by issuer and report id",
     "P18": "acknowledgements and replies of the warning loop",
     "L06": "bounded evidence for equivocations and receipts",
     "C04": "unattended key epochs and expiry warnings",
     "C05": "PostgreSQL backend with a standby",
-    "N07": "TLS 1.3 with X25519MLKEM768 only on the peer and feed ports",
-    "B07": "exports written 0600 with O_EXCL|O_NOFOLLOW",
     "W01": "acknowledgement deadlines and escalation",
     "W02": "deadlines under clock steps",
 }

@@ -55,13 +55,20 @@ def test_h02_split_view_is_exposed_by_the_witness(world: World) -> None:
     shown = hostile.log.latest_checkpoint()
     assert shown is not None
     witness.add_checkpoint(
-        origin=key.name, log_key=key, old_size=0, proof=[], note=shown.note, now=world.now
+        partner=HOSTILE,
+        origin=key.name,
+        log_key=key,
+        old_size=0,
+        proof=[],
+        note=shown.note,
+        now=world.now,
     )
     other = sign_checkpoint(
         Checkpoint(key.name, shown.size, b"\x07" * 32), key.name, hostile.keyring().log_signer()
     )
     with pytest.raises(AccordError) as err:
         witness.add_checkpoint(
+            partner=HOSTILE,
             origin=key.name,
             log_key=key,
             old_size=shown.size,
@@ -74,9 +81,11 @@ def test_h02_split_view_is_exposed_by_the_witness(world: World) -> None:
     assert held == shown.note and offered == other  # both views kept as evidence
 
 
-def _events(bundle: Path) -> list[Any]:
+def _events(bundle: Path, world: World) -> list[Any]:
+    from tests.node.test_log import anchors
+
     out: list[Any] = []
-    verify_bundle_file(bundle, on_event=out.append)
+    verify_bundle_file(bundle, anchors(world.hostile, world.victim), on_event=out.append)
     return out
 
 
@@ -92,7 +101,7 @@ def test_h03_exchange_that_never_reached_the_log_is_found_by_reconcile(
     a, b = tmp_path / "pk.bundle", tmp_path / "cn.bundle"
     export_bundle(world.hostile, a, world.now)
     export_bundle(world.victim, b, world.now)
-    report = reconcile(HOSTILE, _events(a), VICTIM, _events(b))
+    report = reconcile(HOSTILE, _events(a, world), VICTIM, _events(b, world))
     assert report.findings, "reconcile missed an envelope without a release.decided"
 
 
@@ -128,7 +137,9 @@ def test_h04_two_writers_racing_keep_checkpoints_consistent(world: World, tmp_pa
         merkle.verify_consistency(old.size, new.size, old.root, new.root, proof)
     bundle = tmp_path / "cn.bundle"
     export_bundle(node, bundle, world.now)
-    assert verify_bundle_file(bundle).ok
+    from tests.node.test_log import anchors
+
+    assert verify_bundle_file(bundle, anchors(world.victim, world.hostile)).ok
 
 
 # ---- P10 policy bypass by omission -----------------------------------------------------------------

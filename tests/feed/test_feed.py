@@ -571,20 +571,29 @@ def test_audit_disclosures_lists_partner_releases_and_feed_pages(world: World) -
             _cli(
                 "--data", data, "audit", "export", "--out", world.tmp / f"{name}.bundle", "--force"
             )
+    cards: list[str | Path] = []
+    for node in ("cn-mps", "pk-moi", "th-nia"):  # the anchors an auditor checked out of band
+        cards += ["--card", world.tmp / f"{node}.card"]
     served = _cli(
-        "audit", "disclosures", world.tmp / "cn.bundle", "--label", "operational", "--json"
+        "audit", "disclosures", world.tmp / "cn.bundle", *cards, "--label", "operational", "--json"
     )
     to_police = [d for d in served if d["recipient"] == "police"]
     assert to_police and all(d["recipient_kind"] == "consumer" for d in to_police)
     assert all(set(d["labels"].values()) == {"operational"} for d in to_police)
     assert all("onward rules for police" in b for d in to_police for b in d["legal_basis"].values())
-    released = _cli("audit", "disclosures", world.tmp / "pk.bundle", "--json")
+    released = _cli("audit", "disclosures", world.tmp / "pk.bundle", *cards, "--json")
     assert {d["recipient"] for d in released} == {"cn-mps"}
     assert all(d["policy_digest"].startswith("sha256:") for d in released)
     assert {"title", "severity"} <= set(released[0]["fields"])
     later = _cli(
-        "audit", "disclosures", world.tmp / "pk.bundle", "--since", "2999-01-01T00:00:00Z", "--json"
+        "audit",
+        "disclosures",
+        world.tmp / "pk.bundle",
+        *cards,
+        "--since",
+        "2999-01-01T00:00:00Z",
+        "--json",
     )
     assert later == []
-    table = _cli("audit", "disclosures", world.tmp / "cn.bundle", "--label", "operational")
+    table = _cli("audit", "disclosures", world.tmp / "cn.bundle", *cards, "--label", "operational")
     assert "police (consumer)" in table

@@ -36,7 +36,7 @@ import pytest
 from exchange.sdjwt import PresentationLimits, verify_presentation
 from node.home import Node
 from node.reports import load_sealed
-from tests.conftest import PASSPHRASE, Result, agree
+from tests.conftest import PASSPHRASE, Result, agree, audit_anchors
 from tests.integration.conftest import ServerProcess
 from tests.integration.load import Submitter, title
 
@@ -413,15 +413,16 @@ def check_logs(accord: Accord, pk: Path, cn: Path, tmp_path: Path, last: int) ->
     assert len(decided) == len({e["envelope_id"] for e in decided}) == last
     assert len(arrived) == len({e["envelope_id"] for e in arrived}) == last
     bundles = []
+    anchors = audit_anchors(accord, pk, cn)
     for data in (pk, cn):
         out = tmp_path / f"{data.name}.bundle"
         exported = accord("--data", data, "audit", "export", "--out", out)
         assert exported.code == 0, exported.err
-        verified = accord("audit", "verify", out, "--json")
+        verified = accord("audit", "verify", out, *anchors, "--json")
         assert verified.code == 0, verified.out
         assert verified.json()["cosigned_checkpoints"] >= 1
         bundles.append(out)
-    reconciled = accord("audit", "reconcile", *bundles, "--json")
+    reconciled = accord("audit", "reconcile", *bundles, *anchors, "--json")
     assert reconciled.code == 0, reconciled.out
     assert reconciled.json()["matched"] == last
 

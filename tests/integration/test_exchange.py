@@ -13,7 +13,7 @@ from typing import Any
 
 from exchange.sdjwt import PresentationLimits, verify_presentation
 from tests.builders import ALERT, MARKER
-from tests.conftest import Result, agree
+from tests.conftest import Result, agree, audit_anchors
 from tests.integration.conftest import ServerProcess, until
 
 Accord = Callable[..., Result]
@@ -79,14 +79,15 @@ def test_report_flows_from_pk_moi_to_cn_mps(
     for p in procs:
         assert p.terminate() == 0
     bundles = []
+    anchors = audit_anchors(accord, pk, cn)
     for data in (pk, cn):
         out = tmp_path / f"{data.name}.bundle"
         assert accord("--data", data, "audit", "export", "--out", out).code == 0
-        verified = accord("audit", "verify", out, "--json")
+        verified = accord("audit", "verify", out, *anchors, "--json")
         assert verified.code == 0, verified.out
         assert verified.json()["cosigned_checkpoints"] >= 1
         bundles.append(out)
-    reconciled = accord("audit", "reconcile", *bundles, "--json")
+    reconciled = accord("audit", "reconcile", *bundles, *anchors, "--json")
     assert reconciled.code == 0, reconciled.out
     assert reconciled.json()["matched"] == 1
     pk_kinds = accord("--data", pk, "log", "show", "--json").json()["entries"]
@@ -180,4 +181,5 @@ def test_signed_revocation_reaches_the_partner_over_grpc(
     time.sleep(2)
     assert _inbox_count(accord, cn) == 1
     assert accord("--data", cn, "audit", "export", "--out", tmp_path / "cn.audit").code == 0
-    assert accord("audit", "verify", tmp_path / "cn.audit").code == 0
+    anchors = audit_anchors(accord, cn, pk)
+    assert accord("audit", "verify", tmp_path / "cn.audit", *anchors).code == 0

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import stix2
 
 from node.stix import TLP2_IDS
@@ -98,6 +99,7 @@ class Terminal:
             self.master = -1
 
 
+@pytest.mark.threat("B03", "B07")
 def test_report_new_through_a_terminal(
     partners: tuple[Path, Path],
     servers: Callable[..., ServerProcess],
@@ -174,9 +176,37 @@ def test_report_new_through_a_terminal(
     [report] = [o for o in bundle.objects if o.type == "report"]
     assert report.name == "Convoy route IED threat"
     assert report.object_marking_refs == [TLP2_IDS["amber"]]
+    _exports_are_private_files(accord, cn, item["envelope_id"], tmp_path)
     _partner_text_is_shown_escaped(accord, pk, cn, tmp_path, procs)
     for p in procs:
         assert p.terminate() == 0
+
+
+def _exports_are_private_files(accord: Accord, cn: Path, envelope_id: str, tmp_path: Path) -> None:
+    """docs/THREATS.md B07 on the live path: decrypted partner data goes to a 0600 file, never
+    over an existing file without --force, never through a link planted where it goes."""
+    out = tmp_path / "exports" / "item.json"
+    out.parent.mkdir()
+    old = os.umask(0o022)
+    try:
+        assert accord("--data", cn, "inbox", "export", envelope_id, "--out", out).code == 0
+        assert out.stat().st_mode & 0o777 == 0o600
+        first = out.read_bytes()
+        again = accord(
+            "--data", cn, "inbox", "export", envelope_id, "--format", "stix", "--out", out
+        )
+        assert again.code != 0 and "exists" in again.err and out.read_bytes() == first
+        elsewhere = tmp_path / "exports" / "planted-target"
+        link = tmp_path / "exports" / "link.json"
+        link.symlink_to(elsewhere)  # dangling: the export must not create its target
+        refused = accord("--data", cn, "inbox", "export", envelope_id, "--out", link)
+        assert refused.code != 0 and not elsewhere.exists() and link.is_symlink()
+        forced = accord("--data", cn, "inbox", "export", envelope_id, "--out", link, "--force")
+        assert forced.code == 0, forced.err
+        assert not elsewhere.exists() and not link.is_symlink()  # the link was replaced
+        assert link.stat().st_mode & 0o777 == 0o600 and link.read_bytes() == first
+    finally:
+        os.umask(old)
 
 
 def _partner_text_is_shown_escaped(

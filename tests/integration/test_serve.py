@@ -27,7 +27,7 @@ from node.errors_map import read_error_detail
 from node.home import Node, init_node
 from node.server import NodeServer, ServeOptions
 from node.transport import channel_options, client_credentials
-from tests.conftest import PASSPHRASE, Result
+from tests.conftest import PASSPHRASE, Result, audit_anchors
 from tests.integration.conftest import ServerProcess, free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -94,7 +94,7 @@ def test_two_nodes_serve_each_other_and_cosign(
             _wait_cosigned(accord, data, partner)
             bundle = tmp_path / f"{data.name}.bundle"
             assert accord("--data", data, "audit", "export", "--out", bundle).code == 0
-            r = accord("audit", "verify", bundle, "--json")
+            r = accord("audit", "verify", bundle, *audit_anchors(accord, a_dir, b_dir), "--json")
             assert r.code == 0, r.out
             report = r.json()
             assert isinstance(report, dict)

@@ -214,8 +214,16 @@ def test_migration_recovers_the_logged_policy_digest(
         # As a node made before migration 12: later migrations undone too.
         conn.execute("DELETE FROM _migrations WHERE version >= 12")
         conn.execute("DROP INDEX outbox_by_state")
-        for table in ("feed_consumers", "feed_objects", "feed_indexed"):  # migration 14
+        for table in ("feed_consumers", "feed_objects", "feed_indexed"):  # migration 17
             conn.execute(f"DROP TABLE {table}")
+        conn.execute("DROP INDEX log_leaves_by_kind")  # migration 16
+        conn.execute("ALTER TABLE log_leaves DROP COLUMN tag")  # migration 14
+        conn.execute("DROP TABLE witness_state")  # migration 15: back to keyed by origin
+        conn.execute(
+            "CREATE TABLE witness_state (origin TEXT PRIMARY KEY, size INTEGER NOT NULL,"
+            " root BLOB NOT NULL, note BLOB NOT NULL, updated_at TEXT NOT NULL, grown_at TEXT)"
+        )
+        conn.execute("ALTER TABLE witness_evidence DROP COLUMN partner")
     conn.close()
     assert accord("--data", pk, "status", "--json").code in (0, 8)  # opens, migrates
     node = Node.open(pk, lambda: PASSPHRASE)

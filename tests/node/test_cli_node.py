@@ -315,7 +315,8 @@ def test_keys_list_and_revoke_an_old_key(make_node: Callable[..., Path], accord:
     revoked = next(e for e in events if e["kind"] == "key.revoked")
     assert revoked["fingerprint"] == first and revoked["current"] is False
     assert accord("--data", pk, "audit", "export", "--out", pk.parent / "b.audit").code == 0
-    assert accord("audit", "verify", pk.parent / "b.audit").code == 0
+    anchor = f"pk-moi={_fp(accord, pk)}"
+    assert accord("audit", "verify", pk.parent / "b.audit", "--fingerprint", anchor).code == 0
 
 
 def test_keys_revoke_refusals_change_nothing(

@@ -209,11 +209,18 @@ def test_p03_partner_serving_the_same_checkpoint_is_frozen(pair: tuple[Node, Nod
     log_key = parse_verifier_key(pk.own_chain().latest.log_vkey)
     cp = pk.checkpoint(t0)
     witness.add_checkpoint(
-        origin="pk-moi.accord/log", log_key=log_key, old_size=0, proof=[], note=cp.note, now=t0
+        partner="pk-moi",
+        origin="pk-moi.accord/log",
+        log_key=log_key,
+        old_size=0,
+        proof=[],
+        note=cp.note,
+        now=t0,
     )
     # The same checkpoint again, 20 minutes later: held, but the log did not grow.
     later = t0 + timedelta(minutes=20)
     witness.add_checkpoint(
+        partner="pk-moi",
         origin="pk-moi.accord/log",
         log_key=log_key,
         old_size=cp.size,
@@ -242,6 +249,7 @@ def test_p03_partner_serving_the_same_checkpoint_is_frozen(pair: tuple[Node, Nod
     grown = pk.checkpoint(later)
     proof = pk.log.consistency_proof(cp.size, grown.size)
     witness.add_checkpoint(
+        partner="pk-moi",
         origin="pk-moi.accord/log",
         log_key=log_key,
         old_size=cp.size,
@@ -250,3 +258,18 @@ def test_p03_partner_serving_the_same_checkpoint_is_frozen(pair: tuple[Node, Nod
         now=later,
     )
     assert not _frozen(cn, "pk-moi", window)
+
+
+def test_policy_explain_shows_exactly_the_decision_submit_sends(pair: tuple[Node, Node]) -> None:
+    """One builder serves both: the decision explained before sending is the one logged."""
+    from node.policy import active_policy, decide_for
+
+    pk, _cn = pair
+    now = datetime.now(UTC).replace(microsecond=0)
+    report = valid_report()
+    explained = decide_for(pk, report.report, "cn-mps", now, active_policy(pk, now))
+    [result] = outbox.submit(pk, [report], now)
+    [release] = result.releases
+    assert release.decision == explained
+    assert release.decision.to_log_event() == explained.to_log_event()
+    assert explained.released and explained.withheld  # a decision with something in each

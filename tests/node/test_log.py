@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from exchange import merkle
+from exchange.audit import Anchor
 from exchange.checkpoint import open_checkpoint
 from exchange.cosignature import verify_cosignatures
 from exchange.errors import PeerDataError, StoreError
@@ -25,6 +26,7 @@ from node.home import Node, init_node
 from node.log import ExchangeLog
 from node.store import Store
 from node.witness import Witness, WitnessConflict
+from tests.builders import insider_append_leaf
 from tests.conftest import PASSPHRASE
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -149,10 +151,15 @@ def _busy_node(tmp_path: Path) -> Node:
     return node
 
 
+def anchors(*nodes: Node) -> list[Anchor]:
+    """Each node's fingerprint, as the auditor checked it out of band."""
+    return [Anchor(n.config.node, n.own_chain().latest.fingerprint) for n in nodes]
+
+
 def _audit(node: Node, tmp_path: Path) -> list[tuple[int | None, str]]:
     out = tmp_path / f"bundle-{len(list(tmp_path.glob('bundle-*')))}.jsonl"
-    export_bundle(node, out, NOW)
-    report = verify_bundle_file(out)
+    export_bundle(node, out, NOW, unsigned_ok=True)  # forensic: the edited log as it is
+    report = verify_bundle_file(out, anchors(node))
     return [(f.index, f.code) for f in report.findings]
 
 
@@ -231,7 +238,9 @@ def _swap_entry_lines(text: str, a: int, b: int) -> str:
     return "\n".join(lines)
 
 
-def _reports_every_way(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+def _reports_every_way(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch, anchored: list[Anchor]
+) -> list[dict[str, Any]]:
     """The same bundle verified in process (chunks of 4,096 and of 3 lines) and by worker
     processes (chunks of 5 lines): chunk boundaries fall inside checkpoint ranges."""
     from exchange import audit as exchange_audit
@@ -243,13 +252,15 @@ def _reports_every_way(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> list[di
         monkeypatch.setattr(node_audit, "PARALLEL_CHUNK", parallel_chunk or 16384)
         monkeypatch.setenv("ACCORD_AUDIT_WORKERS", workers)
         assert node_audit.audit_workers(bundle) == int(workers)  # really in other processes
-        out.append(verify_bundle_file(bundle).to_json())
+        out.append(verify_bundle_file(bundle, anchored).to_json())
     # Both ways to start workers, as the default picks them: fork only without threads.
     import threading
 
     for method in ("spawn", "fork") if threading.active_count() == 1 else ("spawn",):
         scanner = node_audit.ParallelScanner(2, method)
-        report = exchange_audit.audit_bundle(node_audit.read_lines(bundle), scanner=scanner)
+        report = exchange_audit.audit_bundle(
+            node_audit.read_lines(bundle), anchors=anchored, scanner=scanner
+        )
         out.append(report.to_json())
     return out
 
@@ -264,11 +275,11 @@ def test_parallel_and_chunked_audits_find_exactly_the_same(
         for statement in sql.split("; "):
             node.store.conn.execute(statement)
     bundle = tmp_path / "b.jsonl"
-    export_bundle(node, bundle, NOW)
+    export_bundle(node, bundle, NOW, unsigned_ok=True)
     text_edit = dict(EXTRA_EDITS).get(edit)
     if text_edit is not None:
         bundle.write_text(text_edit(bundle.read_text()))
-    first, *others = _reports_every_way(bundle, monkeypatch)
+    first, *others = _reports_every_way(bundle, monkeypatch, anchors(node))
     assert first["findings"], f"{edit}: no finding"
     assert all(o == first for o in others), (first, others)
 
@@ -277,7 +288,7 @@ def test_parallel_audit_of_a_clean_bundle(tmp_path: Path, monkeypatch: pytest.Mo
     node = _busy_node(tmp_path)
     bundle = tmp_path / "b.jsonl"
     export_bundle(node, bundle, NOW)
-    first, *others = _reports_every_way(bundle, monkeypatch)
+    first, *others = _reports_every_way(bundle, monkeypatch, anchors(node))
     assert first["ok"] and first["entries"] == node.log.size()
     assert all(o == first for o in others)
 
@@ -302,15 +313,27 @@ def test_witness_cosigns_consistent_checkpoints(tmp_path: Path) -> None:
     cp1 = pk.log.latest_checkpoint()
     assert cp1 is not None
     line = witness.add_checkpoint(
-        origin=origin, log_key=_log_key(pk), old_size=0, proof=[], note=cp1.note, now=NOW
+        partner="pk-moi",
+        origin=origin,
+        log_key=_log_key(pk),
+        old_size=0,
+        proof=[],
+        note=cp1.note,
+        now=NOW,
     )
     _append(pk, 10)
     cp2 = pk.checkpoint(NOW)
     proof = pk.log.consistency_proof(cp1.size, cp2.size)
     line2 = witness.add_checkpoint(
-        origin=origin, log_key=_log_key(pk), old_size=cp1.size, proof=proof, note=cp2.note, now=NOW
+        partner="pk-moi",
+        origin=origin,
+        log_key=_log_key(pk),
+        old_size=cp1.size,
+        proof=proof,
+        note=cp2.note,
+        now=NOW,
     )
-    assert witness.held(origin).size == cp2.size  # type: ignore[union-attr]
+    assert witness.held_for("pk-moi").size == cp2.size  # type: ignore[union-attr]
     with pk.store.transaction():
         pk.log.add_cosignature(cp2.size, "cn-mps", line2, NOW)
     note = pk.log.cosigned_note(cp2)
@@ -322,7 +345,7 @@ def test_witness_cosigns_consistent_checkpoints(tmp_path: Path) -> None:
     pk.add_peer(cn_card, fingerprint=cn.own_chain().latest.fingerprint, tofu=False, now=NOW)
     out = tmp_path / "pk.bundle"
     export_bundle(pk, out, NOW)
-    report = verify_bundle_file(out)
+    report = verify_bundle_file(out, anchors(pk, cn))
     assert report.ok, report.findings
     assert report.cosigned_checkpoints == 1
 
@@ -333,6 +356,7 @@ def test_witness_conflict_answers_with_the_held_size(tmp_path: Path) -> None:
     cp1 = pk.log.latest_checkpoint()
     assert cp1 is not None
     witness.add_checkpoint(
+        partner="pk-moi",
         origin=pk.config.log_origin,
         log_key=_log_key(pk),
         old_size=0,
@@ -344,6 +368,7 @@ def test_witness_conflict_answers_with_the_held_size(tmp_path: Path) -> None:
     cp2 = pk.checkpoint(NOW)
     with pytest.raises(WitnessConflict) as err:
         witness.add_checkpoint(
+            partner="pk-moi",
             origin=pk.config.log_origin,
             log_key=_log_key(pk),
             old_size=0,
@@ -352,7 +377,7 @@ def test_witness_conflict_answers_with_the_held_size(tmp_path: Path) -> None:
             now=NOW,
         )
     assert err.value.held_size == cp1.size
-    assert witness.held(pk.config.log_origin).size == cp1.size  # type: ignore[union-attr]
+    assert witness.held_for("pk-moi").size == cp1.size  # type: ignore[union-attr]
 
 
 def _sqlite_dump(store: Store) -> str:
@@ -370,7 +395,13 @@ def test_h01_witness_refuses_rewritten_history_and_keeps_evidence(
     _append(pk, 4)
     cp = pk.checkpoint(NOW)
     witness.add_checkpoint(
-        origin=origin, log_key=_log_key(pk), old_size=0, proof=[], note=cp.note, now=NOW
+        partner="pk-moi",
+        origin=origin,
+        log_key=_log_key(pk),
+        old_size=0,
+        proof=[],
+        note=cp.note,
+        now=NOW,
     )
     # The log owner rewrites history: a fresh database with the same keys, other events.
     forged_dir = tmp_path / "forged"
@@ -378,7 +409,7 @@ def test_h01_witness_refuses_rewritten_history_and_keeps_evidence(
     for f in ("node.db", "node.db-wal", "node.db-shm", "log.highwater"):
         (forged_dir / f).unlink(missing_ok=True)
     store = Store.open(forged_dir, create=True)
-    log = ExchangeLog(store, origin)
+    log = ExchangeLog(store, origin, keys=pk.keyring)
     extra = 0 if attack == "h01_same_size_other_root" else 3
     with store.transaction() as db:
         log.append(
@@ -390,9 +421,10 @@ def test_h01_witness_refuses_rewritten_history_and_keeps_evidence(
         )
     forged = log.sign_checkpoint(pk.keyring().log_signer(), NOW)
     proof = log.consistency_proof(cp.size, forged.size) if extra else []
-    held_before = witness.held(origin)
+    held_before = witness.held_for("pk-moi")
     with pytest.raises(PeerDataError) as err:
         witness.add_checkpoint(
+            partner="pk-moi",
             origin=origin,
             log_key=_log_key(pk),
             old_size=cp.size,
@@ -401,7 +433,7 @@ def test_h01_witness_refuses_rewritten_history_and_keeps_evidence(
             now=NOW,
         )
     assert err.value.code == "witness.inconsistent"
-    assert witness.held(origin) == held_before
+    assert witness.held_for("pk-moi") == held_before
     evidence = witness.evidence(origin)
     assert evidence == [(cp.note, forged.note, evidence[0][2])]
 
@@ -414,11 +446,18 @@ def test_i04_witness_refuses_a_rolled_back_log(tmp_path: Path) -> None:
     _append(pk, 8)
     cp = pk.checkpoint(NOW)
     witness.add_checkpoint(
-        origin=origin, log_key=_log_key(pk), old_size=0, proof=[], note=cp.note, now=NOW
+        partner="pk-moi",
+        origin=origin,
+        log_key=_log_key(pk),
+        old_size=0,
+        proof=[],
+        note=cp.note,
+        now=NOW,
     )
     earlier = pk.log.checkpoints()[0]
     with pytest.raises(WitnessConflict):
         witness.add_checkpoint(
+            partner="pk-moi",
             origin=origin,
             log_key=_log_key(pk),
             old_size=cp.size,
@@ -426,7 +465,7 @@ def test_i04_witness_refuses_a_rolled_back_log(tmp_path: Path) -> None:
             note=earlier.note,
             now=NOW,
         )
-    assert witness.held(origin).size == cp.size  # type: ignore[union-attr]
+    assert witness.held_for("pk-moi").size == cp.size  # type: ignore[union-attr]
 
 
 @pytest.mark.threat("H06")
@@ -438,6 +477,7 @@ def test_h06_checkpoint_of_another_log_is_refused(tmp_path: Path) -> None:
     before = _sqlite_dump(cn.store)
     with pytest.raises(PeerDataError):
         witness.add_checkpoint(
+            partner="pk-moi",
             origin=pk.config.log_origin,
             log_key=_log_key(pk),
             old_size=0,
@@ -460,3 +500,69 @@ def test_log_events_hold_no_secret_material(tmp_path: Path) -> None:
 def test_keyring_unused(tmp_path: Path) -> None:
     ring = generate_keyring("pk-moi", "pk-moi.accord/log", "127.0.0.1", NOW)
     assert witness_name(ring.node) == "pk-moi.accord/witness"
+
+
+# -- leaf authentication (ADR 0012) ---------------------------------------------------------
+
+
+def _insider_append(node: Node, data: bytes) -> int:
+    """What someone with node.db but no keyring can do: a leaf and its correct subtrees."""
+    return insider_append_leaf(node.store.conn, data)
+
+
+@pytest.mark.threat("I07")
+def test_i07_a_checkpoint_row_inserted_by_an_insider_covers_nothing(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    _append(node, 3)
+    node.checkpoint(NOW)
+    index = _insider_append(node, node.log.leaf(1))
+    size = node.log.size()
+    # The insider also adds a checkpoint row "covering" the entry (it cannot sign it).
+    with node.store.transaction():
+        node.store.conn.execute(
+            "INSERT INTO log_checkpoints (size, root, note, signed_at) VALUES (?, ?, ?, ?)",
+            (size, node.log.root(size), b"not a signed note\n", "2026-11-25T12:00:00Z"),
+        )
+    with pytest.raises(StoreError) as err:
+        node.checkpoint(NOW)
+    assert err.value.code == "log.inconsistent"
+    assert node.log.authenticated_event(index) is None
+    assert node.log.authenticated_event(0) is not None
+
+
+@pytest.mark.threat("I07")
+def test_i07_a_forged_subtree_over_new_entries_is_refused(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    node.checkpoint(NOW)
+    _append(node, 6)  # authentic, tagged, not yet signed: entries 1..6
+    with node.store.transaction():
+        node.store.conn.execute(
+            "UPDATE log_subtrees SET hash = zeroblob(32) WHERE level = 1 AND idx = 2"
+        )
+    before = [c.size for c in node.log.checkpoints()]
+    with pytest.raises(StoreError) as err:
+        node.checkpoint(NOW)
+    assert err.value.code == "log.inconsistent" and "(1, 2)" in err.value.message
+    assert [c.size for c in node.log.checkpoints()] == before
+
+
+@pytest.mark.threat("I07")
+def test_i07_legacy_leaves_covered_by_a_signed_checkpoint_need_no_tag(tmp_path: Path) -> None:
+    """Leaves from before migration 14 have no tag: covered ones still sign and attest,
+    an untagged one past the newest signed checkpoint is foreign."""
+    node = _node(tmp_path)
+    _append(node, 4)
+    cp = node.checkpoint(NOW)
+    with node.store.transaction():
+        node.store.conn.execute("UPDATE log_leaves SET tag = NULL")
+    assert node.log.authenticated_event(2) is not None
+    _append(node, 2)
+    signed = node.checkpoint(NOW)
+    assert signed.size == cp.size + 2
+    _append(node, 2)
+    with node.store.transaction():
+        node.store.conn.execute("UPDATE log_leaves SET tag = NULL WHERE idx = ?", (signed.size,))
+    with pytest.raises(StoreError) as err:
+        node.checkpoint(NOW)
+    assert err.value.code == "log.foreign_entry"
+    assert f"log entry {signed.size} " in err.value.message

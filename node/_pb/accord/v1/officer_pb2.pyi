@@ -91,6 +91,7 @@ class ReleaseOutcome(_message.Message):
     POLICY_DIGEST_FIELD_NUMBER: _builtins.int
     ENVELOPE_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    PARTNER_CONNECTED_FIELD_NUMBER: _builtins.int
     peer: _builtins.str
     """Partner node id."""
     policy_digest: _builtins.str
@@ -101,6 +102,10 @@ class ReleaseOutcome(_message.Message):
     """
     seq: _builtins.int
     """Outbox seq of that envelope; 0 when there is none."""
+    partner_connected: _builtins.bool
+    """The partner's Pull stream follows our outbox right now, so the envelope is on its way;
+    false: it waits in the outbox until the partner connects (`accord status`, backlog).
+    """
     @_builtins.property
     def released(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Field names released unchanged."""
@@ -123,10 +128,11 @@ class ReleaseOutcome(_message.Message):
         policy_digest: _builtins.str = ...,
         envelope_id: _builtins.str = ...,
         seq: _builtins.int = ...,
+        partner_connected: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_id", b"envelope_id", "peer", b"peer", "policy_digest", b"policy_digest", "released", b"released", "seq", b"seq", "transformed", b"transformed", "withheld", b"withheld"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_id", b"envelope_id", "partner_connected", b"partner_connected", "peer", b"peer", "policy_digest", b"policy_digest", "released", b"released", "seq", b"seq", "transformed", b"transformed", "withheld", b"withheld"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -825,6 +831,7 @@ class PeerStatus(_message.Message):
     BACKLOG_FIELD_NUMBER: _builtins.int
     LAST_SYNC_FIELD_NUMBER: _builtins.int
     STALE_FIELD_NUMBER: _builtins.int
+    CLASSICAL_TLS_ALLOWED_FIELD_NUMBER: _builtins.int
     peer: _builtins.str
     """Partner node id."""
     connected: _builtins.bool
@@ -848,6 +855,10 @@ class PeerStatus(_message.Message):
     stale: _builtins.bool
     """True when the partner's checkpoint has not grown or been cosigned for longer than the
     configured staleness window (docs/THREATS.md P03): never shown as a healthy sync.
+    """
+    classical_tls_allowed: _builtins.bool
+    """The operator let this partner call over a classical (non post-quantum) TLS group
+    (`accord serve --allow-classical-tls`); docs/adr/0015-post-quantum-transport.md.
     """
     @_builtins.property
     def last_contact(self) -> _timestamp_pb2.Timestamp:
@@ -878,10 +889,11 @@ class PeerStatus(_message.Message):
         backlog: _builtins.int = ...,
         last_sync: _timestamp_pb2.Timestamp | None = ...,
         stale: _builtins.bool = ...,
+        classical_tls_allowed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agreement_not_after", b"agreement_not_after", "last_contact", b"last_contact", "last_sync", b"last_sync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_seq", b"acknowledged_seq", "agreement_not_after", b"agreement_not_after", "agreement_valid", b"agreement_valid", "backlog", b"backlog", "connected", b"connected", "cosigned_size", b"cosigned_size", "inbox_seq", b"inbox_seq", "last_contact", b"last_contact", "last_error_code", b"last_error_code", "last_sync", b"last_sync", "outbox_seq", b"outbox_seq", "peer", b"peer", "rejected", b"rejected", "stale", b"stale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_seq", b"acknowledged_seq", "agreement_not_after", b"agreement_not_after", "agreement_valid", b"agreement_valid", "backlog", b"backlog", "classical_tls_allowed", b"classical_tls_allowed", "connected", b"connected", "cosigned_size", b"cosigned_size", "inbox_seq", b"inbox_seq", "last_contact", b"last_contact", "last_error_code", b"last_error_code", "last_sync", b"last_sync", "outbox_seq", b"outbox_seq", "peer", b"peer", "rejected", b"rejected", "stale", b"stale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -898,6 +910,9 @@ class StatusResponse(_message.Message):
     LOG_SIZE_FIELD_NUMBER: _builtins.int
     CHECKPOINT_SIZE_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
+    TLS12_REFUSED_FIELD_NUMBER: _builtins.int
+    LOG_PROBLEM_CODE_FIELD_NUMBER: _builtins.int
+    LOG_PROBLEM_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     """This node's id."""
     version: _builtins.str
@@ -906,6 +921,14 @@ class StatusResponse(_message.Message):
     """Current size of this node's log."""
     checkpoint_size: _builtins.int
     """This node's latest signed checkpoint's size."""
+    tls12_refused: _builtins.bool
+    """The peer port refuses TLS 1.2 handshakes (gRPC core's TLS 1.2 suites are unusable)."""
+    log_problem_code: _builtins.str
+    """Empty while the log can be signed as it is; else the error code that stops signing
+    (log.foreign_entry, log.rolled_back, log.inconsistent: ADR 0012).
+    """
+    log_problem: _builtins.str
+    """The message of that error (names the entry index or both sizes), and what to do."""
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerStatus]:
         """One entry per trusted partner."""
@@ -918,10 +941,13 @@ class StatusResponse(_message.Message):
         log_size: _builtins.int = ...,
         checkpoint_size: _builtins.int = ...,
         peers: _abc.Iterable[Global___PeerStatus] | None = ...,
+        tls12_refused: _builtins.bool = ...,
+        log_problem_code: _builtins.str = ...,
+        log_problem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_size", b"checkpoint_size", "log_size", b"log_size", "node", b"node", "peers", b"peers", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_size", b"checkpoint_size", "log_problem", b"log_problem", "log_problem_code", b"log_problem_code", "log_size", b"log_size", "node", b"node", "peers", b"peers", "tls12_refused", b"tls12_refused", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
