@@ -301,21 +301,23 @@ def _m016_leaves_by_kind(db: sqlite_utils.Database) -> None:
 
 def _m017_feed(db: sqlite_utils.Database) -> None:
     """The TAXII feed (node/feed.py): consumers, and the STIX objects of received items
-    (encrypted at rest), in the order the feed added them (docs/adr/0014)."""
+    (encrypted at rest), in the order the feed added them (docs/adr/0014). Idempotent: a
+    database whose migration records were rewound past it (as tests of older migrations
+    do) replays it without harm."""
     _run_sql(
         db,
         """
-        CREATE TABLE feed_consumers (
+        CREATE TABLE IF NOT EXISTS feed_consumers (
             name TEXT PRIMARY KEY, class TEXT NOT NULL, collections TEXT NOT NULL,
             own_organisation INTEGER NOT NULL, cert_fingerprint TEXT NOT NULL UNIQUE,
             basic_hash TEXT, created_at TEXT NOT NULL, revoked_at TEXT);
-        CREATE TABLE feed_objects (
+        CREATE TABLE IF NOT EXISTS feed_objects (
             id INTEGER PRIMARY KEY, peer TEXT NOT NULL, stix_id TEXT NOT NULL,
             type TEXT NOT NULL, version TEXT NOT NULL, date_added TEXT NOT NULL,
             tlp TEXT NOT NULL, sop TEXT NOT NULL, envelope_id TEXT NOT NULL,
             fields TEXT NOT NULL, object BLOB NOT NULL, UNIQUE (peer, stix_id, version));
-        CREATE INDEX feed_page ON feed_objects (peer, date_added, id);
-        CREATE TABLE feed_indexed (peer TEXT PRIMARY KEY, last_seq INTEGER NOT NULL)
+        CREATE INDEX IF NOT EXISTS feed_page ON feed_objects (peer, date_added, id);
+        CREATE TABLE IF NOT EXISTS feed_indexed (peer TEXT PRIMARY KEY, last_seq INTEGER NOT NULL)
         """,
     )
 

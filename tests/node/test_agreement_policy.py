@@ -214,8 +214,6 @@ def test_migration_recovers_the_logged_policy_digest(
         # As a node made before migration 12: later migrations undone too.
         conn.execute("DELETE FROM _migrations WHERE version >= 12")
         conn.execute("DROP INDEX outbox_by_state")
-        for table in ("feed_consumers", "feed_objects", "feed_indexed"):  # migration 17
-            conn.execute(f"DROP TABLE {table}")
         conn.execute("DROP INDEX log_leaves_by_kind")  # migration 16
         conn.execute("ALTER TABLE log_leaves DROP COLUMN tag")  # migration 14
         conn.execute("DROP TABLE witness_state")  # migration 15: back to keyed by origin
