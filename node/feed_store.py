@@ -1,4 +1,4 @@
-"""The TAXII feed's state in the node database (migration 17): consumers, the STIX objects
+"""The TAXII feed's state in the node database (migration 18): consumers, the STIX objects
 of received items in the order the feed added them, and how far each partner's inbox has
 been indexed. Every SQL statement of the feed is here; node/feed.py holds the rules.
 

@@ -4,30 +4,28 @@ log events, cursor), answer with a signed batch receipt; read the inbox back."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlite_utils
 
 from exchange.canonical import b64, b64_decode, b64url_decode, canonical_json
-from exchange.card import Card, VerifiedChain
-from exchange.envelope import (
-    ContentRejected,
-    Envelope,
-    EnvelopeDuplicate,
-    EnvelopeEquivocation,
-    VerifiedRelease,
-    check_duplicate,
-    envelope_digest,
-    open_envelope,
-    parse_header_unverified,
-)
+from exchange.envelope import Envelope, VerifiedRelease, envelope_digest
 from exchange.errors import AccordError, InputError, PeerDataError, StoreError
 from exchange.receipt import ItemRejection, SignedReceipt, make_receipt
-from exchange.sdjwt import HeldVersion, ReportIdCollision, check_retraction, check_version
-from exchange.times import format_time, parse_time
+from exchange.receiver import (
+    Equivocation,
+    Receiver,
+    Refused,
+    Replay,
+    Stop,
+    TrustedState,
+    Unmatched,
+)
+from exchange.sdjwt import HeldVersion
+from exchange.times import format_time
 from node.agreements import current_agreement
 from node.home import Node
 from node.ids import resolve_prefix
@@ -57,11 +55,14 @@ def _inbound(node: Node, peer: str, seq: int) -> Envelope | None:
     return None if row is None else Envelope(bytes(row[0]), bytes(row[1]), bytes(row[2]))
 
 
-def _held(node: Node, report_id: str) -> HeldVersion | None:
-    """The newest version of ``report_id`` we hold, read from the authenticated records:
-    every row filed under the report id is opened and checked, so an edited ``version``
-    (or ``kind``) column cannot make an older version look like the newest (I08)."""
-    rows = node.store.conn.execute(_ITEM_SQL + " WHERE i.report_id = ?", (report_id,)).fetchall()
+def _held(node: Node, issuer: str, report_id: str) -> HeldVersion | None:
+    """The newest version of ``report_id`` from ``issuer`` we hold (report state is kept
+    per issuer, P17), read from the authenticated records: every row filed under the
+    report id is opened and checked, so an edited ``version`` (or ``kind``) column cannot
+    make an older version look like the newest (I08)."""
+    rows = node.store.conn.execute(
+        _ITEM_SQL + " WHERE i.report_id = ? AND i.issuer = ?", (report_id, issuer)
+    ).fetchall()
     held: HeldVersion | None = None
     for row in rows:
         item, _content = _verified(node, row)
@@ -70,18 +71,13 @@ def _held(node: Node, report_id: str) -> HeldVersion | None:
     return held
 
 
-def _check_versions(node: Node, release: VerifiedRelease) -> None:
-    """P01 rollback, P07 same version other bytes, P11 a partner rewriting our reports."""
-    report_id = release.release.report_id
-    if node.store.conn.execute(
-        "SELECT 1 FROM reports WHERE report_id = ?", (report_id,)
-    ).fetchone():
-        raise ReportIdCollision("the report id belongs to a report of this node")
-    held = _held(node, report_id)
-    if release.report is not None:
-        check_version(held, release.report)
-    elif release.retraction is not None:
-        check_retraction(held, release.retraction)
+def _own_report(node: Node, report_id: str) -> bool:
+    return (
+        node.store.conn.execute(
+            "SELECT 1 FROM reports WHERE report_id = ?", (report_id,)
+        ).fetchone()
+        is not None
+    )
 
 
 def _aad(peer: str, seq: int) -> bytes:
@@ -184,88 +180,110 @@ def _reject(
     )
 
 
-def _duplicate(
+# Alarm events (``envelope.rejected`` for an equivocation) per partner and window: the
+# first conflicting envelope for each seq is kept whole with one event while the budget
+# lasts; beyond it only a counter moves (L06, ADR 0016).
+ALARM_BUDGET = 10
+ALARM_WINDOW = timedelta(hours=1)
+
+
+def _alarm_allowed(node: Node, db: sqlite_utils.Database, peer: str, now: datetime) -> bool:
+    """Whether ``peer`` has an alarm left in the sliding window (counted from the
+    evidence rows themselves); if not, count the equivocation as suppressed."""
+    row = node.store.conn.execute(
+        "SELECT count(*) FROM evidence WHERE peer = ? AND kind = 'equivocation' AND at > ?",
+        (peer, format_time(now - ALARM_WINDOW)),
+    ).fetchone()
+    if int(row[0]) < ALARM_BUDGET:
+        return True
+    db.conn.execute(
+        "INSERT INTO evidence_suppressed (peer, count, last_at) VALUES (?, 1, ?) "
+        "ON CONFLICT (peer) DO UPDATE SET count = count + 1, last_at = excluded.last_at",
+        (peer, format_time(now)),
+    )
+    return False
+
+
+def _equivocation(
     node: Node,
     db: sqlite_utils.Database,
     peer: str,
     env: Envelope,
-    dup: EnvelopeDuplicate,
+    eq: Equivocation,
     now: datetime,
-) -> bool:
-    """True for an exact replay (nothing changes); an equivocation is kept as evidence."""
-    held = _inbound(node, peer, dup.header.seq)
-    if held is None:  # a seq before anything we hold: cannot be compared, so not acknowledged
-        return False
-    try:
-        check_duplicate(held, env)
-        return True
-    except EnvelopeEquivocation as eq:
-        if node.store.conn.execute(
-            "SELECT 1 FROM evidence WHERE peer = ? AND kind = 'equivocation' AND seq = ? "
-            "AND incoming_digest = ?",
-            (peer, dup.header.seq, eq.incoming_digest),
-        ).fetchone():
-            return False  # this very equivocation is already kept and alarmed once
-        db.table("evidence").insert(
-            {
-                "peer": peer,
-                "kind": "equivocation",
-                "seq": dup.header.seq,
-                "held_digest": eq.held_digest,
-                "incoming_digest": eq.incoming_digest,
-                "incoming": canonical_json(
-                    {
-                        "header": b64(env.header),
-                        "ciphertext": b64(env.ciphertext),
-                        "signature": b64(env.signature),
-                    }
-                ),
-                "at": format_time(now),
-            }
-        )
-        node.record(
-            db,
-            "envelope.rejected",
-            now,
-            peer=peer,
-            seq=dup.header.seq,
-            envelope_id=dup.header.id,
-            code=eq.code,
-            envelope_digest=eq.incoming_digest,
-        )
-        return False
+) -> None:
+    """Keep the first conflicting envelope per (partner, seq) whole, with one alarm (P07);
+    count every later, different one on that row (no row, no leaf: L06). The very
+    envelope already kept changes nothing."""
+    seq = eq.header.seq
+    kept = node.store.conn.execute(
+        "SELECT id, incoming_digest FROM evidence WHERE peer = ? AND kind = 'equivocation' "
+        "AND seq = ? ORDER BY id LIMIT 1",
+        (peer, seq),
+    ).fetchone()
+    if kept is not None:
+        if str(kept[1]) != eq.incoming_digest:
+            db.conn.execute(
+                "UPDATE evidence SET repeats = repeats + 1 WHERE id = ?", (int(kept[0]),)
+            )
+        return
+    if not _alarm_allowed(node, db, peer, now):
+        return
+    db.table("evidence").insert(
+        {
+            "peer": peer,
+            "kind": "equivocation",
+            "seq": seq,
+            "held_digest": eq.held_digest,
+            "incoming_digest": eq.incoming_digest,
+            "incoming": canonical_json(
+                {
+                    "header": b64(env.header),
+                    "ciphertext": b64(env.ciphertext),
+                    "signature": b64(env.signature),
+                }
+            ),
+            "at": format_time(now),
+        }
+    )
+    node.record(
+        db,
+        "envelope.rejected",
+        now,
+        peer=peer,
+        seq=seq,
+        envelope_id=eq.header.id,
+        code=eq.code,
+        envelope_digest=eq.incoming_digest,
+    )
 
 
-def signing_card(
-    chain: VerifiedChain, env: Envelope, revoked: Mapping[bytes, datetime] | None = None
-) -> Card:
-    """The partner's card in force when the envelope was sealed: an envelope queued
-    before a key rotation still verifies under the key that signed it, and only under
-    that one. ``created_at`` is covered by the outer signature, which this card checks.
-
-    ``revoked`` maps the partner's revoked identity keys to the time from which each is
-    invalid: an envelope sealed under one at or after that time is refused."""
-    if len(chain.cards) == 1 and not revoked:
-        return chain.latest
-    try:
-        created = parse_header_unverified(env.header).created_at
-    except PeerDataError:
-        return chain.latest  # open_envelope names the problem
-    era = chain.cards[0]
-    for card in chain.cards:
-        if card.issued_at <= created:  # RFC 3339 UTC with Z: ordered as text
-            era = card
-    if (
-        revoked
-        and era.identity_key in revoked
-        and parse_time(created, field="envelope created_at") >= revoked[era.identity_key]
-    ):
-        raise PeerDataError(
-            f"envelope sealed under a key {chain.latest.node} revoked "
-            f"({era.fingerprint}) after its revocation time",
-            code="peer.revoked",
-        )
-    return era
+def _receiver(node: Node, peer: str, now: datetime) -> Receiver | PeerDataError:
+    """The pure receiver for ``peer``, built from what this node trusts (docs/DESIGN.md §7)."""
+    trust = node.trust_store()
+    chain = trust.trusted_chain(peer, now)
+    agreement = current_agreement(node, peer, now)
+    if agreement is None:
+        return PeerDataError(f"no agreement in force with {peer}", code="peer.no_agreement")
+    last = cursor(node, peer)
+    state = TrustedState(
+        me=node.config.node,
+        peer=peer,
+        chain=chain,
+        revoked=trust.revoked_keys(peer),
+        last_applied=last,
+        last_envelope=_inbound(node, peer, last) if last else None,
+        agreement=agreement,
+    )
+    return Receiver(
+        state,
+        decrypter_for=node.keyring().decrypter,
+        registry=registry(),
+        now=now,
+        held_envelope=lambda seq: _inbound(node, peer, seq),
+        held_version=lambda issuer, report_id: _held(node, issuer, report_id),
+        own_report=lambda report_id: _own_report(node, report_id),
+    )
 
 
 def apply_batch(
@@ -274,79 +292,59 @@ def apply_batch(
     """Verify and apply envelopes from ``peer`` (the mTLS-authenticated caller) in one
     transaction, then sign a receipt for the range the cursor passed.
 
-    Only ``seq == last + 1`` applies. An exact duplicate changes nothing (acknowledged
-    again); the same seq with other bytes is kept as evidence. An authentic, in-sequence
-    item whose content fails is recorded as rejected (never silently dropped) and the
-    cursor passes it. Anything failing before the seq check stops the batch unchanged."""
+    Every rule is :class:`exchange.receiver.Receiver`'s; this function loads the trusted
+    state and persists what each outcome says: an applied item, a recorded rejection
+    (authentic and in sequence, never silently dropped: the cursor passes it), evidence of
+    an equivocation, nothing for an exact replay. A stop ends the batch unchanged."""
     out = BatchOutcome()
-    trust = node.trust_store()
-    chain = trust.trusted_chain(peer, now)
-    revoked = trust.revoked_keys(peer)
-    agreement = current_agreement(node, peer, now)
-    if agreement is None:
-        out.stopped = PeerDataError(f"no agreement in force with {peer}", code="peer.no_agreement")
+    receiver = _receiver(node, peer, now)
+    if isinstance(receiver, PeerDataError):
+        out.stopped = receiver
         return out
     ring = node.keyring()
     me = node.config.node
     passed: list[str] = []
     with node.store.transaction() as db:
-        last = cursor(node, peer)
-        start = last
+        start = receiver.last_applied
         for env in envelopes:
-            try:
-                release = open_envelope(
-                    env,
-                    me=me,
-                    expected_sender=peer,
-                    sender_card=signing_card(chain, env, revoked),
-                    last_applied_seq=last,
-                    decrypter_for=ring.decrypter,
-                    agreement=agreement,
-                    registry=registry(),
-                    now=now,
-                    issuer_keys=[c.identity_key for c in chain.cards],
-                )
-            except EnvelopeDuplicate as dup:
-                if _duplicate(node, db, peer, env, dup, now):
-                    out.duplicates += 1
-                continue
-            except ContentRejected as bad:
-                last = bad.header.seq
-                _reject(
-                    node, db, peer, env, last, bad.header.id, bad.envelope_digest, bad.code, now
-                )
-                out.rejected.append(ItemRejection(last, bad.code))
-                passed.append(bad.envelope_digest)
-                continue
-            except PeerDataError as stop:  # before the seq check: the batch ends here
-                out.stopped = stop
+            outcome = receiver.receive(env)
+            if isinstance(outcome, Stop):  # before the seq check: the batch ends here
+                out.stopped = outcome.error
                 break
-            last = release.header.seq
-            try:
-                _check_versions(node, release)
-            except PeerDataError as refused:  # authentic and in sequence: a recorded rejection
+            if isinstance(outcome, Replay):
+                out.duplicates += 1
+                continue
+            if isinstance(outcome, Unmatched):
+                continue
+            if isinstance(outcome, Equivocation):
+                _equivocation(node, db, peer, env, outcome, now)
+                continue
+            if isinstance(outcome, Refused):
+                seq = outcome.header.seq
                 _reject(
                     node,
                     db,
                     peer,
                     env,
-                    last,
-                    release.header.id,
-                    release.envelope_digest,
-                    refused.code,
+                    seq,
+                    outcome.header.id,
+                    outcome.envelope_digest,
+                    outcome.code,
                     now,
                 )
-                out.rejected.append(ItemRejection(last, refused.code))
-                passed.append(release.envelope_digest)
+                out.rejected.append(ItemRejection(seq, outcome.code))
+                passed.append(outcome.envelope_digest)
                 continue
-            _store_inbound(db, peer, last, env, release.envelope_digest, "applied", None, now)
+            release = outcome.release
+            seq = release.header.seq
+            _store_inbound(db, peer, seq, env, release.envelope_digest, "applied", None, now)
             _store_item(node, db, peer, release, now)
             node.record(
                 db,
                 "envelope.received",
                 now,
                 peer=peer,
-                seq=last,
+                seq=seq,
                 envelope_id=release.header.id,
                 envelope_kind=release.header.kind,
                 report_id=release.release.report_id,
@@ -357,6 +355,7 @@ def apply_batch(
             )
             out.applied += 1
             passed.append(release.envelope_digest)
+        last = receiver.last_applied
         if last != start:
             db.table("cursors").upsert(
                 {"peer": peer, "last_applied": last, "updated_at": format_time(now)}, pk="peer"

@@ -19,7 +19,7 @@ from exchange.envelope import (
     envelope_digest,
     seal_envelope,
 )
-from exchange.errors import InputError, PolicyError
+from exchange.errors import InputError, PeerDataError, PolicyError
 from exchange.policy import PeerStats, Policy, ReleaseDecision
 from exchange.receipt import VerifiedReceipt, verify_receipt
 from exchange.sdjwt import Retraction, SealedReport, sign_retraction
@@ -428,6 +428,18 @@ def accept_receipt(
         ).fetchone()
         if seen is not None:
             return receipt, False
+        pending = node.store.conn.execute(
+            "SELECT count(*) FROM outbox WHERE peer = ? AND seq BETWEEN ? AND ? "
+            "AND state = 'pending'",
+            (peer, receipt.first_seq, receipt.last_seq),
+        ).fetchone()
+        if int(pending[0]) == 0:  # adds nothing: no row, no leaf (L06, ADR 0016)
+            raise PeerDataError(
+                f"receipt from {peer} for seq {receipt.first_seq}..{receipt.last_seq}, "
+                "a range already confirmed by another receipt",
+                code="peer.receipt.redundant",
+                next_step="Nothing was stored. Re-send the receipt already sent for the range.",
+            )
         rejected = {r.seq: r.code for r in receipt.rejections}
         node.store.conn.execute(
             "UPDATE outbox SET state = 'delivered' "

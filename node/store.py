@@ -299,7 +299,22 @@ def _m016_leaves_by_kind(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE INDEX log_leaves_by_kind ON log_leaves ({LEAF_KIND_EXPR})")
 
 
-def _m017_feed(db: sqlite_utils.Database) -> None:
+def _m017_bounded_evidence(db: sqlite_utils.Database) -> None:
+    """Equivocations kept once per partner and seq, later ones counted on that row, and
+    those beyond the alarm budget counted per partner (L06, ADR 0016)."""
+    _run_sql(
+        db,
+        """
+        ALTER TABLE evidence ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX evidence_by_seq ON evidence (peer, kind, seq);
+        CREATE INDEX evidence_by_time ON evidence (peer, kind, at);
+        CREATE TABLE evidence_suppressed (
+            peer TEXT PRIMARY KEY, count INTEGER NOT NULL, last_at TEXT NOT NULL)
+        """,
+    )
+
+
+def _m018_feed(db: sqlite_utils.Database) -> None:
     """The TAXII feed (node/feed.py): consumers, and the STIX objects of received items
     (encrypted at rest), in the order the feed added them (docs/adr/0014). Idempotent: a
     database whose migration records were rewound past it (as tests of older migrations
@@ -343,7 +358,8 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
         _m015_witness_per_partner,
     ),
     (16, "log leaves by event kind: trust, policy and agreement events", _m016_leaves_by_kind),
-    (17, "TAXII feed: consumers, STIX objects of received items, indexing cursor", _m017_feed),
+    (17, "evidence once per seq, repeats counted, alarm budget", _m017_bounded_evidence),
+    (18, "TAXII feed: consumers, STIX objects of received items, indexing cursor", _m018_feed),
 ]
 
 

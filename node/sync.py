@@ -93,6 +93,24 @@ class PullState:
     rejected: int = 0
 
 
+async def _acknowledge(
+    stub: peer_pb2_grpc.PeerExchangeStub, statement: bytes, signature: bytes
+) -> None:
+    """Acknowledge one receipt. ``peer.receipt.redundant`` means the partner already holds
+    a receipt confirming that range (ADR 0016): for us it is delivered, not a failure."""
+    try:
+        await stub.Acknowledge(
+            peer_pb2.AcknowledgeRequest(
+                receipt=envelope_pb2.BatchReceipt(statement=statement, signature=signature)
+            ),
+            timeout=CALL_DEADLINE,
+        )
+    except grpc.aio.AioRpcError as e:
+        detail = read_error_detail(e)
+        if detail is None or detail.code != "peer.receipt.redundant":
+            raise
+
+
 class Puller:
     """For each trusted partner with an agreement: Pull(after=cursor, follow), apply each
     batch in one transaction, Acknowledge with the signed receipt. Reconnects with
@@ -209,14 +227,7 @@ class Puller:
         confirmed = 0
         try:
             for last_seq, receipt in unacknowledged_receipts(self._node, peer):
-                await stub.Acknowledge(
-                    peer_pb2.AcknowledgeRequest(
-                        receipt=envelope_pb2.BatchReceipt(
-                            statement=receipt.statement, signature=receipt.signature
-                        )
-                    ),
-                    timeout=CALL_DEADLINE,
-                )
+                await _acknowledge(stub, receipt.statement, receipt.signature)
                 confirmed = last_seq
                 log.info("sync.receipt_resent", peer=peer, last_seq=last_seq)
         finally:
@@ -252,15 +263,7 @@ class Puller:
                 state.applied += outcome.applied
                 state.rejected += len(outcome.rejected)
                 if outcome.receipt is not None:
-                    await stub.Acknowledge(
-                        peer_pb2.AcknowledgeRequest(
-                            receipt=envelope_pb2.BatchReceipt(
-                                statement=outcome.receipt.statement,
-                                signature=outcome.receipt.signature,
-                            )
-                        ),
-                        timeout=CALL_DEADLINE,
-                    )
+                    await _acknowledge(stub, outcome.receipt.statement, outcome.receipt.signature)
                     # The receipt ends at the cursor: the partner holds every receipt so far.
                     receipts_acknowledged(self._node, peer, cursor(self._node, peer))
                 if outcome.applied and self._on_applied is not None:

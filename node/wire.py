@@ -116,7 +116,9 @@ def outcome_from_event(event: dict[str, Any]) -> officer_pb2.ReleaseOutcome:
     )
 
 
-def inbox_message(item: Any, newest: dict[str, int]) -> officer_pb2.InboxItem:
+def inbox_message(
+    item: Any, newest: dict[str, int], shown: dict[str, Any] | None = None
+) -> officer_pb2.InboxItem:
     return officer_pb2.InboxItem(
         peer=item.peer,
         envelope_id=item.envelope_id,
@@ -130,4 +132,6 @@ def inbox_message(item: Any, newest: dict[str, int]) -> officer_pb2.InboxItem:
         received_at=timestamp(item.received_at),
         superseded=item.version < newest.get(item.report_id, item.version),
         retracted=item.retracted,
+        title=str(shown.get("title", "")) if shown else "",
+        severity=str(shown.get("severity", "")) if shown else "",
     )

@@ -347,37 +347,79 @@ def _inbox_json(i: officer_pb2.InboxItem) -> dict[str, Any]:
         "received_at": _time(i.received_at),
         "superseded": i.superseded,
         "retracted": i.retracted,
+        "title": i.title or None,
+        "severity": i.severity or None,
     }
 
 
-@inbox.command("list", epilog=examples("accord --data ./cn-mps inbox list --peer pk-moi"))
+@inbox.command(
+    "list",
+    epilog=examples(
+        "accord --data ./cn-mps inbox list --peer pk-moi",
+        "accord --data ./cn-mps inbox list --severity critical --state current --text convoy",
+        "accord --data ./cn-mps inbox list --limit 20 --offset 20 --json",
+    ),
+)
 @click.option("--peer", help="Only from this partner.")
+@click.option("--sop", help="Only reports of this schema, e.g. threat-alert@1.")
+@click.option("--severity", help="Only reports whose disclosed severity is this.")
+@click.option(
+    "--state",
+    type=click.Choice(["current", "superseded", "retracted"]),
+    help="current: the latest version, not retracted.",
+)
+@click.option("--text", help="Only reports whose disclosed title contains this text.")
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many first.")
 @json_option
 @pass_ctx
-def inbox_list(ctx: CliContext, peer: str | None, limit: int, as_json: bool) -> None:
-    """List received reports, newest first."""
+def inbox_list(
+    ctx: CliContext,
+    peer: str | None,
+    sop: str | None,
+    severity: str | None,
+    state: str | None,
+    text: str | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
+) -> None:
+    """List received reports, newest first: title, severity, TLP, and their state.
+
+    Titles and severities are what the partner disclosed, verified under the author's key
+    and shown escaped. Filters combine; --offset pages through the matches.
+    """
+    request = officer_pb2.ListInboxRequest(
+        peer=peer or "",
+        sop=sop or "",
+        severity=severity or "",
+        state=state or "",
+        text=text or "",
+        limit=limit,
+        offset=offset,
+    )
     with officer(ctx.data_dir) as stub:
-        answer = call(stub.ListInbox, officer_pb2.ListInboxRequest(peer=peer or "", limit=limit))
+        answer = call(stub.ListInbox, request)
     items = [_inbox_json(i) for i in answer.items]
     if as_json:
         print_json(items)
         return
     if not items:
-        say("Nothing received yet.")
+        say("Nothing received yet." if not (sop or severity or state or text) else "No match.")
         return
     print_table(
         "Received reports",
-        ["id", "from", "TLP", "schema", "version", "received", "fields", "state"],
+        ["id", "from", "TLP", "severity", "title", "schema", "v", "received", "state"],
         [
             (
                 i["envelope_id"],
                 i["peer"],
                 i["tlp"].upper(),
+                i["severity"] or "-",
+                i["title"] or "-",
                 i["sop"],
                 i["version"],
                 i["received_at"],
-                len(i["fields"]),
                 "retracted" if i["retracted"] else "superseded" if i["superseded"] else "",
             )
             for i in items

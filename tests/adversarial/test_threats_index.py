@@ -26,10 +26,7 @@ CASE = re.compile(r"^\| ([A-Z]\d\d) \|", re.MULTILINE)
 
 # Cases of the catalog that no test attacks yet, each with what will attack it. Shrinks only.
 NOT_YET: dict[str, str] = {
-    "P15": "key era chosen without trusting the sender's created_at",
-    "P17": "report state keyed by issuer and report id",
     "P18": "acknowledgements and replies of the warning loop",
-    "L06": "bounded evidence for equivocations and receipts",
     "C04": "unattended key epochs and expiry warnings",
     "C05": "PostgreSQL backend with a standby",
     "W01": "acknowledgement deadlines and escalation",

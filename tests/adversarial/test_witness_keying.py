@@ -240,6 +240,10 @@ def test_p16_migration_drops_witness_state_written_under_a_borrowed_origin(
     with conn:  # the schema and content before migration 15
         conn.execute("DELETE FROM _migrations WHERE version >= 15")
         conn.execute("DROP INDEX log_leaves_by_kind")  # migration 16, replayed too
+        conn.execute("DROP INDEX evidence_by_seq")  # migration 17, replayed too
+        conn.execute("DROP INDEX evidence_by_time")
+        conn.execute("DROP TABLE evidence_suppressed")
+        conn.execute("ALTER TABLE evidence DROP COLUMN repeats")
         conn.execute("DROP TABLE witness_state")
         conn.execute("ALTER TABLE witness_evidence DROP COLUMN partner")
         conn.execute(

@@ -95,3 +95,48 @@ def _ids_are_taken_by_unique_prefix(accord: Accord, pk: Path, cn: Path) -> None:
     assert short.code == 2 and "code: input.bad_id" in short.err
     missing = accord("--data", cn, "inbox", "show", "ffffffff")
     assert missing.code == 2 and "code: inbox.unknown" in missing.err
+
+
+def test_inbox_list_shows_title_and_severity_and_filters(
+    partners: tuple[Path, Path],
+    servers: Callable[..., ServerProcess],
+    accord: Accord,
+    tmp_path: Path,
+) -> None:
+    pk, cn = partners
+    agree(accord, pk, cn, tmp_path)
+    procs = [servers(pk), servers(cn)]
+    for p in procs:
+        p.wait_ready()
+    for n, (severity, title) in enumerate(
+        [("critical", "Convoy route IED threat"), ("low", "Market rumour"), ("critical", "Port")]
+    ):
+        report = {**ALERT, "fields": {**ALERT["fields"], "severity": severity, "title": title}}
+        file = tmp_path / f"r{n}.json"
+        file.write_text(json.dumps(report))
+        assert accord("--data", pk, "report", "submit", file).code == 0
+
+    def three() -> object:
+        r = accord("--data", cn, "inbox", "list", "--json")
+        return r.code == 0 and len(r.json()) == 3 and r.json()
+
+    listed = until("three reports at cn-mps", three, procs)
+    assert [i["title"] for i in listed] == ["Port", "Market rumour", "Convoy route IED threat"]
+    assert [i["severity"] for i in listed] == ["critical", "low", "critical"]
+
+    def titles(*args: str) -> list[str]:
+        r = accord("--data", cn, "inbox", "list", *args, "--json")
+        assert r.code == 0, r.err
+        return [i["title"] for i in r.json()]
+
+    assert titles("--severity", "critical") == ["Port", "Convoy route IED threat"]
+    assert titles("--text", "CONVOY") == ["Convoy route IED threat"]
+    assert titles("--severity", "critical", "--limit", "1", "--offset", "1") == [
+        "Convoy route IED threat"
+    ]
+    assert titles("--sop", "travel-advisory@1") == []
+    assert titles("--state", "current") == [i["title"] for i in listed]
+    table = accord("--data", cn, "inbox", "list", "--severity", "low")
+    assert "Market rumour" in table.out and "Port" not in table.out
+    for p in procs:
+        assert p.terminate() == 0

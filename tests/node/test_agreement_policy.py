@@ -215,6 +215,10 @@ def test_migration_recovers_the_logged_policy_digest(
         conn.execute("DELETE FROM _migrations WHERE version >= 12")
         conn.execute("DROP INDEX outbox_by_state")
         conn.execute("DROP INDEX log_leaves_by_kind")  # migration 16
+        conn.execute("DROP INDEX evidence_by_seq")  # migration 17
+        conn.execute("DROP INDEX evidence_by_time")
+        conn.execute("DROP TABLE evidence_suppressed")
+        conn.execute("ALTER TABLE evidence DROP COLUMN repeats")
         conn.execute("ALTER TABLE log_leaves DROP COLUMN tag")  # migration 14
         conn.execute("DROP TABLE witness_state")  # migration 15: back to keyed by origin
         conn.execute(

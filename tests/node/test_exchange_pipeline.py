@@ -147,8 +147,9 @@ def test_p06_signed_revocation_refuses_what_the_key_sealed_from_its_time(
     pair: tuple[Node, Node],
 ) -> None:
     """pk-moi seals two reports, rotates, and revokes its old key from a time between
-    them. cn-mps learns the statement (as from GetCard): the first report still applies,
-    the second (sealed under the old key after its revocation time) stops the batch."""
+    them. cn-mps applied the first before it learned the statement (as from GetCard);
+    afterwards nothing new signed by the revoked key applies, whatever its created_at
+    (ADR 0016): the second stops the batch."""
     pk, cn = pair
     t0 = datetime.now(UTC).replace(microsecond=0)
     old_fp = pk.own_chain().latest.fingerprint
@@ -164,6 +165,8 @@ def test_p06_signed_revocation_refuses_what_the_key_sealed_from_its_time(
     assert len(statements) == 1
     later = t0 + timedelta(seconds=30)
     assert cn.refresh_peer_card("pk-moi", list(chain.signed), later)
+    first = apply_batch(cn, "pk-moi", outbox.pending(pk, "cn-mps", 0, 1), later)
+    assert first.applied == 1 and first.stopped is None
     # A tampered statement stores nothing.
     from exchange.revocation import SignedRevocation
 
@@ -182,7 +185,7 @@ def test_p06_signed_revocation_refuses_what_the_key_sealed_from_its_time(
     assert event.attrs["revoked_key"] == old_fp and event.attrs["source"] == "statement"
     envelopes = outbox.pending(pk, "cn-mps", 0, 256)
     out = apply_batch(cn, "pk-moi", envelopes, later)
-    assert out.applied == 1 and out.stopped is not None
+    assert out.applied == 0 and out.duplicates == 1 and out.stopped is not None
     assert out.stopped.code == "peer.revoked"
     assert cursor(cn, "pk-moi") == 1
     # Revoking the current key cuts the partner off from that time on.

@@ -570,6 +570,8 @@ class InboxItem(_message.Message):
     RECEIVED_AT_FIELD_NUMBER: _builtins.int
     SUPERSEDED_FIELD_NUMBER: _builtins.int
     RETRACTED_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
     peer: _builtins.str
     """Sending partner's node id."""
     envelope_id: _builtins.str
@@ -590,6 +592,11 @@ class InboxItem(_message.Message):
     """True when a newer version of the same report has arrived since."""
     retracted: _builtins.bool
     """True when the partner has retracted the report."""
+    title: _builtins.str
+    """The report's title and severity as disclosed (empty when not disclosed), verified
+    under the author's key. Partner text: shown escaped.
+    """
+    severity: _builtins.str
     @_builtins.property
     def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Names of the fields disclosed to this node."""
@@ -613,10 +620,12 @@ class InboxItem(_message.Message):
         received_at: _timestamp_pb2.Timestamp | None = ...,
         superseded: _builtins.bool = ...,
         retracted: _builtins.bool = ...,
+        title: _builtins.str = ...,
+        severity: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["received_at", b"received_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_id", b"envelope_id", "fields", b"fields", "kind", b"kind", "peer", b"peer", "received_at", b"received_at", "report_id", b"report_id", "retracted", b"retracted", "seq", b"seq", "sop", b"sop", "superseded", b"superseded", "tlp", b"tlp", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_id", b"envelope_id", "fields", b"fields", "kind", b"kind", "peer", b"peer", "received_at", b"received_at", "report_id", b"report_id", "retracted", b"retracted", "seq", b"seq", "severity", b"severity", "sop", b"sop", "superseded", b"superseded", "title", b"title", "tlp", b"tlp", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -631,22 +640,42 @@ class ListInboxRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     PEER_FIELD_NUMBER: _builtins.int
+    SOP_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
     """Most items per page; 0 means the server default, and the server caps it."""
     page_token: _builtins.str
     """next_page_token of the previous page; empty for the first page."""
     peer: _builtins.str
     """Only items from this partner node id; empty for all."""
+    sop: _builtins.str
+    """Only items of this SOP schema, e.g. "threat-alert@1"."""
+    severity: _builtins.str
+    """Only items whose disclosed severity is this."""
+    state: _builtins.str
+    """Only items in this state: "current", "superseded" or "retracted"."""
+    text: _builtins.str
+    """Only items whose disclosed title contains this text (case-insensitive)."""
+    offset: _builtins.int
+    """Skip this many matching items first."""
     def __init__(
         self,
         *,
         limit: _builtins.int = ...,
         page_token: _builtins.str = ...,
         peer: _builtins.str = ...,
+        sop: _builtins.str = ...,
+        severity: _builtins.str = ...,
+        state: _builtins.str = ...,
+        text: _builtins.str = ...,
+        offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "page_token", b"page_token", "peer", b"peer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "offset", b"offset", "page_token", b"page_token", "peer", b"peer", "severity", b"severity", "sop", b"sop", "state", b"state", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
