@@ -238,6 +238,7 @@ class _Checkpoint:
     stored_root: bytes
     line: int
     cosigned_by: frozenset[str] = frozenset()  # anchored partners whose cosignature verified
+    log_key: str = ""  # the verifier key (encoded) of the log key that signed it
 
 
 def _json_line(raw: bytes, what: str) -> dict[str, Any]:
@@ -388,6 +389,7 @@ def audit_bundle(
     if since is not None and since[0] > expected:
         report.add(None, "log.since", f"the log ({expected}) is smaller than checkpoint {since[0]}")
     _tail_findings(report, expected)
+    _log_key_findings(report, checkpoints, own, fold)
     _partner_findings(report, checkpoints, fold, trust, expected)
     return report
 
@@ -520,6 +522,8 @@ class ScannedLines:
     # (position, kind, peer, value) of the events that say who witnesses the log: peer.*
     # and checkpoint.cosigned (value: its size; for peer.revoked, 1 if the current key)
     trust_events: list[tuple[int, str, str, int]] = field(default_factory=list)
+    # (position, card version) of each key.rotated event of the log key (ADR 0017)
+    log_key_events: list[tuple[int, int]] = field(default_factory=list)
 
 
 def scan_lines(lines: list[bytes], keep_events: bool = False) -> ScannedLines:
@@ -532,6 +536,7 @@ def scan_lines(lines: list[bytes], keep_events: bool = False) -> ScannedLines:
     problems: dict[int, list[tuple[str, str]]] = {}
     events: list[Event | None] | None = [] if keep_events else None
     trust_events: list[tuple[int, str, str, int]] = []
+    log_key_events: list[tuple[int, int]] = []
     for raw in lines:
         if not raw.strip():
             continue
@@ -565,13 +570,23 @@ def scan_lines(lines: list[bytes], keep_events: bool = False) -> ScannedLines:
             kinds[event.kind] += 1
             if event.kind in _TRUST_KINDS and isinstance(event.attrs.get("peer"), str):
                 trust_events.append((at, event.kind, event.attrs["peer"], _trust_value(event)))
+            if event.kind == "key.rotated" and event.attrs.get("key") == "log":
+                log_key_events.append((at, _int_attr(event, "card_version", -1)))
         indexes.append(None if event is None else event.index)
         if events is not None:
             events.append(event)
         if found:
             problems[at] = found
     return ScannedLines(
-        len(leaves), b"".join(leaves), claimed, indexes, dict(kinds), problems, events, trust_events
+        len(leaves),
+        b"".join(leaves),
+        claimed,
+        indexes,
+        dict(kinds),
+        problems,
+        events,
+        trust_events,
+        log_key_events,
     )
 
 
@@ -613,6 +628,7 @@ class _Fold:
         self.verified_upto = 0
         self.root_ok: set[int] = set()  # checkpoint sizes whose signed root matches the entries
         self.peer_events: list[tuple[int, str, str, int]] = []  # positions in the log
+        self.log_key_events: list[tuple[int, int]] = []  # (position, card version)
 
     def add(self, chunk: ScannedLines, on_event: Callable[[Event], None] | None) -> None:
         start = self.tree.size
@@ -620,6 +636,7 @@ class _Fold:
         self.peer_events.extend(
             (start + k, kind, peer, v) for k, kind, peer, v in chunk.trust_events
         )
+        self.log_key_events.extend((start + k, v) for k, v in chunk.log_key_events)
         if on_event is not None and chunk.events is not None:
             for event in chunk.events:
                 if event is not None:
@@ -744,6 +761,7 @@ def _read_checkpoints(
             report.add(None, "checkpoint.signature", f"checkpoint {size_hint}: {e.message}")
             continue
         cp = verified.checkpoint
+        signed_by = next((k.encode() for k in trust.log_keys if _signed_by(note, k, origin)), "")
         cosigned_by: set[str] = set()
         if trust.witnesses and _has_foreign_lines(note, verified.note.signatures):
             for partner, keys in sorted(trust.witnesses.items()):
@@ -763,13 +781,58 @@ def _read_checkpoints(
                         "checkpoint.cosignature",
                         f"checkpoint {cp.size}: {partner}: {e.message}",
                     )
-        current = _Checkpoint(cp.size, cp.root_hash, stored_root, n, frozenset(cosigned_by))
+        current = _Checkpoint(
+            cp.size, cp.root_hash, stored_root, n, frozenset(cosigned_by), signed_by
+        )
         if previous is not None and cp.size <= previous.size:
             report.add(None, "checkpoint.order", f"checkpoint {cp.size} follows {previous.size}")
         previous = current
         report.largest_checkpoint = max(report.largest_checkpoint, cp.size)
         out.append(current)
     return out
+
+
+def _signed_by(note: bytes, key: VerifierKey, origin: str) -> bool:
+    try:
+        open_checkpoint(note, [key], origin=origin)
+    except AccordError:
+        return False
+    return True
+
+
+def _log_key_findings(
+    report: AuditReport, checkpoints: list[_Checkpoint], own: VerifiedChain, fold: _Fold
+) -> None:
+    """Origin continuity across log-key rotations (ADR 0017). The origin never changes;
+    a checkpoint of size s must be signed by the log key in force at s: that of the card
+    version named by the last ``key.rotated`` event of the log key among entries 0..s-1,
+    or, before any, that of the chain's first card. A checkpoint signed by a key of
+    another era (an old key used after its rotation, or a new one before) is refused."""
+    by_version = {c.version: c.log_vkey for c in own.cards}
+    events = sorted(fold.log_key_events)
+    for cp in checkpoints:
+        if not cp.log_key:
+            continue
+        version = own.cards[0].version
+        for index, card_version in events:
+            if index >= cp.size:
+                break
+            version = card_version
+        expected = by_version.get(version)
+        if expected is None:
+            report.add(
+                None,
+                "checkpoint.log_key_era",
+                f"checkpoint {cp.size}: the log names card version {version} for its log "
+                "key, which the card chain does not hold",
+            )
+        elif expected != cp.log_key:
+            report.add(
+                None,
+                "checkpoint.log_key_era",
+                f"checkpoint {cp.size} is not signed by the log key of card version "
+                f"{version}, the one in force at that size",
+            )
 
 
 def _has_foreign_lines(note: bytes, own: Iterable[object]) -> bool:

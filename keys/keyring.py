@@ -29,16 +29,24 @@ from keys.keyfile import open_keyfile, seal_keyfile, write_private_file
 from keys.rowauth import LEAF_PURPOSE, LeafAuthenticator, RowAuthenticator
 from keys.signers import Ed25519Signer, EncryptionKeyPair
 from keys.tls import (
+    CERT_RENEW_BEFORE,
     TlsMaterial,
+    certificate_not_after,
+    cross_certify,
     feed_server_context,
     generate_tls,
     issue_client_certificate,
     pem_fingerprint,
+    renew_node_certificate,
 )
 
 SECRETS_VERSION = 1
 EPOCH = timedelta(days=30)
 RETENTION = timedelta(days=7)
+# A serving node starts the next epoch of a suite when its newest key of that suite has
+# less than RENEW_BEFORE left: half an epoch, more than the 14-day expiry warning of
+# 'accord status', so a healthy node never warns about its own keys (ADR 0017).
+RENEW_BEFORE = EPOCH / 2
 
 
 def witness_name(node: str) -> str:
@@ -166,11 +174,11 @@ class Keyring:
 
     def feed_tls_context(self) -> ssl.SSLContext:
         """The TAXII feed's server TLS context (keys/tls.py ``feed_server_context``)."""
-        return feed_server_context(self.tls.cert_pem, self.tls.key_pem, self.tls.ca_cert_pem)
+        return feed_server_context(self.tls.chain_pem, self.tls.key_pem, self.tls.ca_cert_pem)
 
     def tls_server_material(self) -> tuple[bytes, bytes]:
         """(certificate chain PEM, private key PEM) for the gRPC transport only."""
-        return self.tls.cert_pem, self.tls.key_pem
+        return self.tls.chain_pem, self.tls.key_pem
 
     # -- public material ------------------------------------------------------------------
     def card(self, *, name: str, endpoint: str, version: int, issued_at: datetime) -> Card:
@@ -196,6 +204,20 @@ class Keyring:
     def with_new_identity(self) -> Keyring:
         return replace(self, identity_seed=secrets.token_bytes(32))
 
+    def with_new_log_key(self) -> Keyring:
+        """A new log key: checkpoints from the next one on are signed by it (ADR 0017)."""
+        return replace(self, log_seed=secrets.token_bytes(32))
+
+    def with_new_witness_key(self) -> Keyring:
+        return replace(self, witness_seed=secrets.token_bytes(32))
+
+    def with_new_tls(self, endpoint_host: str, now: datetime) -> Keyring:
+        """A new TLS CA and node certificate; the old CA key certifies the new CA once
+        (the cross certificate) and is then destroyed with the rest of the old material."""
+        generation = _ca_generation(self.tls) + 1
+        new = generate_tls(self.node, endpoint_host, now, generation=generation)
+        return replace(self, tls=replace(new, cross_pem=cross_certify(self.tls, new, now)))
+
     def with_new_encryption_epoch(self, now: datetime, suite: str) -> Keyring:
         """Add a key for the next epoch; destroy keys retired longer than the retention."""
         kept = tuple(
@@ -204,6 +226,37 @@ class Keyring:
             if parse_time(e.not_after, field="encryption key not_after") + RETENTION > now
         )
         return replace(self, encryption=(*kept, _new_encryption_secret(suite, now)))
+
+    def encryption_suites_due(self, now: datetime) -> tuple[str, ...]:
+        """The suites whose newest key has less than ``RENEW_BEFORE`` left at ``now``
+        (or has expired): each needs a new epoch. Sorted, so the order is stable."""
+        newest: dict[str, datetime] = {}
+        for e in self.encryption:
+            at = parse_time(e.not_after, field="encryption key not_after")
+            newest[e.suite] = max(at, newest.get(e.suite, at))
+        return tuple(sorted(s for s, at in newest.items() if at - RENEW_BEFORE <= now))
+
+    def with_renewed_epochs(self, now: datetime) -> Keyring | None:
+        """A new epoch for every suite that is due (``encryption_suites_due``), retired
+        keys past retention destroyed; None when no suite is due."""
+        suites = self.encryption_suites_due(now)
+        if not suites:
+            return None
+        renewed = self
+        for suite in suites:
+            renewed = renewed.with_new_encryption_epoch(now, suite)
+        return renewed
+
+    def certificate_not_after(self) -> datetime:
+        """When the node certificate (mutual TLS) ends."""
+        return certificate_not_after(self.tls)
+
+    def with_renewed_certificate(self, endpoint_host: str, now: datetime) -> Keyring | None:
+        """A new node certificate from the same CA when the current one has less than
+        ``CERT_RENEW_BEFORE`` left; None otherwise."""
+        if self.certificate_not_after() - CERT_RENEW_BEFORE > now:
+            return None
+        return replace(self, tls=renew_node_certificate(self.tls, self.node, endpoint_host, now))
 
     # -- serialisation (only to the key file) ----------------------------------------------
     def _to_secrets(self) -> dict[str, Any]:
@@ -224,6 +277,7 @@ class Keyring:
                 "ca_key": self.tls.ca_key_pem.decode("ascii"),
                 "cert": self.tls.cert_pem.decode("ascii"),
                 "key": self.tls.key_pem.decode("ascii"),
+                **({"cross": self.tls.cross_pem.decode("ascii")} if self.tls.cross_pem else {}),
             },
         }
 
@@ -254,10 +308,22 @@ class Keyring:
                     ca_key_pem=tls["ca_key"].encode("ascii"),
                     cert_pem=tls["cert"].encode("ascii"),
                     key_pem=tls["key"].encode("ascii"),
+                    cross_pem=tls.get("cross", "").encode("ascii"),
                 ),
             )
         except (KeyError, TypeError, AttributeError, InputError) as e:
             raise KeyringError(f"key file content is incomplete ({type(e).__name__})") from e
+
+
+def _ca_generation(tls: TlsMaterial) -> int:
+    """n of a CA named ``<node> Accord CA n`` (0 for the first CA)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    ca = x509.load_pem_x509_certificate(tls.ca_cert_pem)
+    names = ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    last = str(names[0].value).rsplit(" ", 1)[-1] if names else ""
+    return int(last) if last.isdigit() else 0
 
 
 def _new_encryption_secret(suite: str, now: datetime) -> _EncSecret:

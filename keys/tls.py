@@ -22,6 +22,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 CA_LIFETIME = timedelta(days=3650)
 CERT_LIFETIME = timedelta(days=397)
 BACKDATE = timedelta(minutes=5)
+CROSS_LIFETIME = timedelta(days=30)
+# A serving node issues itself a new node certificate under the same CA this long before
+# the old one ends (ADR 0017): the CA, and so the card, does not change.
+CERT_RENEW_BEFORE = timedelta(days=30)
 
 
 def node_uri(node: str) -> str:
@@ -36,6 +40,15 @@ class TlsMaterial:
     ca_key_pem: bytes
     cert_pem: bytes
     key_pem: bytes
+    # After a CA rotation: the new CA certified by the old CA key (ADR 0017), sent after
+    # the node certificate so that a partner still holding the old card accepts it at TLS
+    # until GetCard brings the new card. Empty for a CA that was never rotated.
+    cross_pem: bytes = b""
+
+    @property
+    def chain_pem(self) -> bytes:
+        """The certificate chain this node presents, server and client alike."""
+        return self.cert_pem + self.cross_pem
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -53,12 +66,17 @@ def _host_name(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
-def generate_tls(node: str, endpoint_host: str, now: datetime) -> TlsMaterial:
+def generate_tls(
+    node: str, endpoint_host: str, now: datetime, *, generation: int = 0
+) -> TlsMaterial:
+    """A new CA and node certificate. Generation n > 0 (a rotation) names the CA
+    ``<node> Accord CA n``, so old and new CA never share a subject."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
+    common = f"{node} Accord CA" + (f" {generation}" if generation else "")
     ca_name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Accord"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"{node} Accord CA"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common),
         ]
     )
     ca_cert = (
@@ -132,6 +150,69 @@ def issue_node_certificate(
         .sign(ca_key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+
+
+def cross_certify(old: TlsMaterial, new: TlsMaterial, now: datetime) -> bytes:
+    """The new CA's name and key, certified by the old CA's key (PEM), valid for
+    ``CROSS_LIFETIME``: long enough for every partner to fetch the new card."""
+    old_ca = x509.load_pem_x509_certificate(old.ca_cert_pem)
+    old_key = serialization.load_pem_private_key(old.ca_key_pem, password=None)
+    new_ca = x509.load_pem_x509_certificate(new.ca_cert_pem)
+    if not isinstance(old_key, ec.EllipticCurvePrivateKey):
+        raise TypeError("the TLS CA key is not an ECDSA key")
+    cross = (
+        x509.CertificateBuilder()
+        .subject_name(new_ca.subject)
+        .issuer_name(old_ca.subject)
+        .public_key(new_ca.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(min(now + CROSS_LIFETIME, old_ca.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(new_ca.public_key()), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(old_key.public_key()),
+            critical=False,
+        )
+        .sign(old_key, hashes.SHA256())
+    )
+    return cross.public_bytes(serialization.Encoding.PEM)
+
+
+def certificate_not_after(tls: TlsMaterial) -> datetime:
+    return x509.load_pem_x509_certificate(tls.cert_pem).not_valid_after_utc
+
+
+def renew_node_certificate(
+    tls: TlsMaterial, node: str, endpoint_host: str, now: datetime
+) -> TlsMaterial:
+    """A new node certificate (and key) from the same CA; an expired cross certificate
+    is dropped, a valid one kept."""
+    ca_cert = x509.load_pem_x509_certificate(tls.ca_cert_pem)
+    ca_key = serialization.load_pem_private_key(tls.ca_key_pem, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError("the TLS CA key is not an ECDSA key")
+    cert_pem, key_pem = issue_node_certificate(ca_cert, ca_key, node, endpoint_host, now)
+    cross = tls.cross_pem
+    if cross and x509.load_pem_x509_certificate(cross).not_valid_after_utc <= now:
+        cross = b""
+    return TlsMaterial(tls.ca_cert_pem, tls.ca_key_pem, cert_pem, key_pem, cross)
 
 
 def feed_consumer_uri(name: str) -> str:

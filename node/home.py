@@ -25,6 +25,7 @@ import structlog
 from exchange.canonical import canonical_json, parse_json_unverified
 from exchange.card import (
     SUITE_HYBRID,
+    Card,
     SignedCard,
     VerifiedChain,
     extend_chain,
@@ -36,6 +37,7 @@ from exchange.card import (
 )
 from exchange.errors import ConfigError, InputError, KeyringError, PeerDataError
 from exchange.names import check_display_name, check_endpoint, check_node_id
+from exchange.note import parse_verifier_key
 from exchange.revocation import (
     MAX_REVOCATIONS,
     Revocation,
@@ -43,7 +45,7 @@ from exchange.revocation import (
     parse_revocation_unverified,
     sign_revocation,
 )
-from exchange.times import format_time
+from exchange.times import format_time, parse_time
 from keys.keyfile import PASSPHRASE_ENV
 from keys.keyring import Keyring, generate_keyring, load_keyring, save_keyring
 from keys.truststore import AddResult, KeyRevocation, PeerRecord, TrustStore
@@ -58,6 +60,16 @@ log = structlog.get_logger("accord.node")
 
 PassphraseSource = Callable[[], str]
 
+# The kinds of key 'accord keys rotate' replaces, in the order they are applied and logged.
+KEY_IDENTITY, KEY_ENCRYPTION, KEY_TLS, KEY_LOG, KEY_WITNESS = (
+    "identity",
+    "encryption",
+    "tls",
+    "log",
+    "witness",
+)
+KEY_KINDS = (KEY_IDENTITY, KEY_ENCRYPTION, KEY_TLS, KEY_LOG, KEY_WITNESS)
+
 
 def passphrase_from_env_or(prompt: PassphraseSource) -> PassphraseSource:
     def source() -> str:
@@ -65,6 +77,28 @@ def passphrase_from_env_or(prompt: PassphraseSource) -> PassphraseSource:
         return value if value is not None else prompt()
 
     return source
+
+
+def _card_keys(card: Card) -> tuple[object, ...]:
+    return (
+        card.identity_key,
+        card.log_vkey,
+        card.witness_vkey,
+        card.tls_ca_pem,
+        tuple(sorted(k.kid for k in card.encryption_keys)),
+    )
+
+
+def _public_keys(keyring: Keyring, card: Card) -> tuple[object, ...]:
+    """What of ``card`` the keyring would put on it: its public keys only."""
+    return _card_keys(
+        keyring.card(
+            name=card.name,
+            endpoint=card.endpoint,
+            version=card.version,
+            issued_at=parse_time(card.issued_at, field="issued_at"),
+        )
+    )
 
 
 def _signed_card_from_row(row: bytes) -> SignedCard:
@@ -148,8 +182,24 @@ class Node:
             latest = self.own_chain().latest
             if keyring.identity_signer().public_key != latest.identity_key:
                 keyring = self._finish_pending_rotation(latest.identity_key)
+            elif _public_keys(keyring, latest) != _card_keys(latest):
+                # A rotation that kept the identity key (encryption, TLS, log, witness;
+                # ADR 0017) crashed after storing its card: finish it when the pending key
+                # file is the card's, or go on with what we have (logged).
+                keyring = self._finish_pending_keys(keyring, latest)
             self._keyring = keyring
         return self._keyring
+
+    def _finish_pending_keys(self, current: Keyring, latest: Card) -> Keyring:
+        pending = self.data_dir / PENDING_KEYFILE
+        if pending.exists():
+            keyring = load_keyring(pending, self.passphrase, on_unencrypted=self._warn_unencrypted)
+            if _public_keys(keyring, latest) == _card_keys(latest):
+                os.replace(pending, self.data_dir / KEYFILE)
+                log.info("key.rotation_completed", node=self.config.node)
+                return keyring
+        log.warning("keyring.card_mismatch", node=self.config.node, version=latest.version)
+        return current
 
     def _warn_unencrypted(self) -> None:
         self._unencrypted = True
@@ -185,18 +235,29 @@ class Node:
         """Sign a checkpoint over everything committed so far (one per commit batch);
         refuses (``log.foreign_entry``, ``log.rolled_back``, ``log.inconsistent``) a log
         that holds anything this node did not write (ADR 0012)."""
-        return self.log.sign_checkpoint(self.keyring().log_signer(), now)
+        return self.log.sign_checkpoint(
+            self.keyring().log_signer(), now, previous_keys=self._replaced_log_keys()
+        )
+
+    def _replaced_log_keys(self) -> list[bytes]:
+        """The log key the latest card replaced, when the latest card rotated it: the
+        newest checkpoint may still be signed by that key until the first checkpoint
+        under the new one (ADR 0017; a crash between the two is finished here)."""
+        cards = self.own_chain().cards
+        if len(cards) < 2 or cards[-1].log_vkey == cards[-2].log_vkey:
+            return []
+        return [parse_verifier_key(cards[-2].log_vkey).public_key]
 
     def check_log(self) -> None:
         """Raise what :meth:`checkpoint` would refuse, without signing or writing: used by
         ``serve`` before it listens, and by Status (docs/THREATS.md I04, I07, I09)."""
         conn = self.store.conn
         if conn.in_transaction:
-            self.log.verify()
+            self.log.verify(previous_keys=self._replaced_log_keys())
             return
         conn.execute("BEGIN")  # one read snapshot
         try:
-            self.log.verify()
+            self.log.verify(previous_keys=self._replaced_log_keys())
         finally:
             conn.execute("COMMIT")
 
@@ -438,16 +499,91 @@ class Node:
 
     def rotate_identity(self, now: datetime) -> VerifiedChain:
         """New identity key; the new card version is signed by the old key and the new."""
-        old = self.keyring()
-        new = old.with_new_identity()
-        return self._publish(old, new, now)
+        return self.rotate_keys(now, (KEY_IDENTITY,))
 
     def rotate_encryption(self, now: datetime, suite: str) -> VerifiedChain:
         """Start a new encryption-key epoch; retired keys past retention are destroyed."""
-        old = self.keyring()
-        return self._publish(old, old.with_new_encryption_epoch(now, suite), now)
+        return self.rotate_keys(now, (KEY_ENCRYPTION,), suite=suite)
 
-    def _publish(self, old: Keyring, new: Keyring, now: datetime) -> VerifiedChain:
+    def rotate_keys(
+        self, now: datetime, kinds: Sequence[str], *, suite: str | None = None
+    ) -> VerifiedChain:
+        """Rotate each kind of ``KEY_KINDS`` named (ADR 0017) into one new card version,
+        each kind logged (``key.rotated``). The running process uses the new keys at once:
+        the keyring is replaced in memory, TLS and channels follow within a refresh."""
+        unknown = [k for k in kinds if k not in KEY_KINDS]
+        if unknown or not kinds:
+            raise InputError(
+                f"nothing to rotate: unknown key kind(s) {unknown}" if unknown else "no key kind",
+                code="input.key_kind",
+                next_step="Name one of: " + ", ".join(KEY_KINDS) + ".",
+            )
+        old = self.keyring()
+        new = old
+        wanted = [k for k in KEY_KINDS if k in kinds]
+        for kind in wanted:
+            if kind == KEY_IDENTITY:
+                new = new.with_new_identity()
+            elif kind == KEY_ENCRYPTION:
+                latest = self.own_chain().latest.encryption_keys
+                new = new.with_new_encryption_epoch(now, suite or latest[-1].suite)
+            elif kind == KEY_TLS:
+                host = self.own_chain().latest.endpoint.rpartition(":")[0].strip("[]")
+                new = new.with_new_tls(host, now)
+            elif kind == KEY_LOG:
+                new = new.with_new_log_key()
+            else:
+                new = new.with_new_witness_key()
+        return self._publish(old, new, now, kinds=wanted)
+
+    def renew_encryption_epochs(self, now: datetime) -> VerifiedChain | None:
+        """The unattended epoch (ADR 0017): a new key for every suite whose newest key has
+        less than half an epoch left, in one new card version; None when none is due."""
+        old = self.keyring()
+        new = old.with_renewed_epochs(now)
+        if new is None:
+            return None
+        return self._publish(old, new, now, kinds=[KEY_ENCRYPTION], trigger="schedule")
+
+    def renew_tls_certificate(self, now: datetime) -> bool:
+        """A new node certificate from the same CA a month before the old one ends (ADR
+        0017): the card does not change, so no new version; logged as ``key.rotated``
+        with ``key: "tls_certificate"``. Returns whether it renewed."""
+        old = self.keyring()
+        host = self.own_chain().latest.endpoint.rpartition(":")[0].strip("[]")
+        new = old.with_renewed_certificate(host, now)
+        if new is None:
+            return False
+        latest = self.own_chain().latest
+        pending = self.data_dir / PENDING_KEYFILE
+        if pending.exists():
+            pending.unlink()
+        save_keyring(pending, new, self._reuse_passphrase(), replace=False)
+        with self.store.transaction() as db:
+            self.record(
+                db,
+                "key.rotated",
+                now,
+                key="tls_certificate",
+                card_version=latest.version,
+                fingerprint=latest.fingerprint,
+                previous_fingerprint=latest.fingerprint,
+                trigger="schedule",
+            )
+        os.replace(pending, self.data_dir / KEYFILE)
+        self._keyring = new
+        self.checkpoint(now)
+        return True
+
+    def _publish(
+        self,
+        old: Keyring,
+        new: Keyring,
+        now: datetime,
+        *,
+        kinds: Sequence[str],
+        trigger: str = "operator",
+    ) -> VerifiedChain:
         chain = self.own_chain()
         latest = chain.latest
         card = new.card(
@@ -464,18 +600,22 @@ class Node:
             db.table("own_cards").insert(
                 {"version": card.version, "signed": _signed_card_row(signed)}
             )
-            self.record(
-                db,
-                "key.rotated",
-                now,
-                key="identity" if card.identity_key != latest.identity_key else "encryption",
-                card_version=card.version,
-                fingerprint=card.fingerprint,
-                previous_fingerprint=latest.fingerprint,
-                encryption_kids=[k.kid for k in card.encryption_keys],
-            )
+            for kind in kinds:
+                self.record(
+                    db,
+                    "key.rotated",
+                    now,
+                    key=kind,
+                    card_version=card.version,
+                    fingerprint=card.fingerprint,
+                    previous_fingerprint=latest.fingerprint,
+                    encryption_kids=[k.kid for k in card.encryption_keys],
+                    trigger=trigger,
+                )
         os.replace(pending, self.data_dir / KEYFILE)
         self._keyring = new
+        # Signed by the new log key when it changed: from here on the log's checkpoints
+        # verify under the card that is now the latest (ADR 0017).
         self.checkpoint(now)
         return extended
 

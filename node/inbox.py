@@ -600,6 +600,20 @@ def _retracted(node: Node, peers: set[str]) -> set[tuple[str, str]]:
     return out
 
 
+def retraction_of(node: Node, peer: str, report_id: str) -> dict[str, Any] | None:
+    """The stored record of the retraction ``peer`` sent for ``report_id``, if any (the
+    row checked like every other), for the officer to see why and when."""
+    row = node.store.conn.execute(
+        _ITEM_SQL + " WHERE i.peer = ? AND i.report_id = ? AND i.kind != 'report' "
+        "ORDER BY i.seq LIMIT 1",
+        (peer, report_id),
+    ).fetchone()
+    if row is None:
+        return None
+    item, content = _verified(node, row)
+    return {"item": item, **content}
+
+
 def list_inbox(
     node: Node, *, peer: str | None = None, limit: int = 100, before: str | None = None
 ) -> list[InboxItem]:

@@ -245,7 +245,9 @@ class ExchangeLog:
             else SignedCheckpoint(int(row[0]), bytes(row[1]), bytes(row[2]), str(row[3]))
         )
 
-    def sign_checkpoint(self, signer: Signer, now: datetime) -> SignedCheckpoint:
+    def sign_checkpoint(
+        self, signer: Signer, now: datetime, *, previous_keys: Sequence[bytes] = ()
+    ) -> SignedCheckpoint:
         """Sign the current tree head unless nothing was appended since the last one.
 
         Signs only what :meth:`verify` accepts: a log that extends the last checkpoint
@@ -253,7 +255,7 @@ class ExchangeLog:
         an old backup, docs/THREATS.md I04), and whose every entry since holds this node's tag
         (an entry appended by an insider, I07). Otherwise raises and signs nothing."""
         with self.store.transaction():
-            verified = self.verify(signer.public_key)
+            verified = self.verify(signer.public_key, previous_keys=previous_keys)
             latest = self.latest_checkpoint()
             if latest is not None and latest.size == verified.size:
                 return latest
@@ -267,14 +269,17 @@ class ExchangeLog:
         self._write_highwater(signed)
         return signed
 
-    def verify(self, log_public_key: bytes | None = None) -> merkle.AppendResult:
+    def verify(
+        self, log_public_key: bytes | None = None, *, previous_keys: Sequence[bytes] = ()
+    ) -> merkle.AppendResult:
         """Check, without writing, that the stored log may be signed as it is; returns its
         size and the root computed from authenticated data only.
 
         - the log is not smaller than the high-water mark or the newest checkpoint row
           (``log.rolled_back``, naming both sizes);
-        - the newest checkpoint row is signed by this node's log key and the stored tree
-          still has its root (``log.inconsistent``);
+        - the newest checkpoint row is signed by this node's log key (or, just after a
+          log-key rotation, by the key it replaced: ``previous_keys``, ADR 0017) and the
+          stored tree still has its root (``log.inconsistent``);
         - every entry after it is contiguous, hashes to its ``leaf_hash`` and carries a
           valid tag (``log.foreign_entry`` naming the first index that does not);
         - the stored subtrees over those entries are the ones their hashes give
@@ -298,7 +303,7 @@ class ExchangeLog:
                     code="log.rolled_back",
                     next_step=ROLLED_BACK_STEP,
                 )
-            self._check_own_checkpoint(latest, public_key)
+            self._check_own_checkpoint(latest, [public_key, *previous_keys])
             start = latest.size
         tags = keys.leaf_authenticator()
         rows = self.store.conn.execute(
@@ -349,12 +354,12 @@ class ExchangeLog:
                 out[(level, int(idx))] = bytes(h)
         return out
 
-    def _check_own_checkpoint(self, latest: SignedCheckpoint, public_key: bytes) -> None:
+    def _check_own_checkpoint(self, latest: SignedCheckpoint, public_keys: Sequence[bytes]) -> None:
         """The newest checkpoint row must be one this node signed, over the stored tree: an
         insider cannot make entries look covered by inserting a checkpoint row."""
         try:
             opened = open_checkpoint(
-                latest.note, [verifier_key(self.origin, public_key)], origin=self.origin
+                latest.note, [verifier_key(self.origin, k) for k in public_keys], origin=self.origin
             )
             signed_ok = (opened.checkpoint.size, opened.checkpoint.root_hash) == (
                 latest.size,
@@ -396,7 +401,7 @@ class ExchangeLog:
         if latest is None or index >= latest.size:
             return None
         try:
-            self._check_own_checkpoint(latest, keys.log_signer().public_key)
+            self._check_own_checkpoint(latest, [keys.log_signer().public_key])
             proof = merkle.inclusion_proof(index, latest.size, self.reader())
             merkle.verify_inclusion(leaf, index, latest.size, proof, latest.root)
         except AccordError:

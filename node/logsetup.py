@@ -69,6 +69,12 @@ ALLOWED_KEYS = frozenset(
         "error",
         "error_code",
         "stack",
+        # key schedule (node/keywatch.py): what ends when, never key material
+        "subject",
+        "not_after",
+        "days_left",
+        "expired",
+        "card_version",
     }
 )
 # Keys that carry field names only: a list of names, or a mapping whose keys are kept and

@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from exchange.canonical import b64_decode
 from exchange.errors import AccordError, InputError, PeerDataError, StoreError
-from exchange.sdjwt import PresentationLimits, verify_presentation
+from exchange.sdjwt import PresentationLimits, verify_presentation, verify_retraction
 from exchange.sop import Report, ValidReport, check_report_document
-from exchange.times import parse_time
+from exchange.times import format_time, parse_time
 from node import clock, outbox
 from node._pb.accord.v1 import error_pb2, officer_pb2
 from node.agreements import current_agreement
@@ -25,7 +26,9 @@ from node.inbox import (
     list_inbox,
     rejections,
     resolve_envelope_id,
+    retraction_of,
 )
+from node.keywatch import WARN_DAYS, expiry_warnings
 from node.policy import active_policy, decide_for
 from node.reports import list_reports, load_sealed, resolve_report_id
 from node.schemas import registry
@@ -33,9 +36,12 @@ from node.server import OfficerService
 from node.stix import stix_source, to_stix_bundle
 from node.sync import OutboxSignal, Puller
 from node.wire import (
+    expiry_warning_message,
     inbox_message,
     outcome_from_event,
     outcome_message,
+    rotated_message,
+    rotation_from_message,
     submitted_message,
     timestamp,
     timestamp_of,
@@ -67,9 +73,11 @@ class ExchangeOfficerService(OfficerService):
         now: Callable[[], datetime] = clock.now,
         stale_after: timedelta = STALE_AFTER,
         classical_tls_allowed: frozenset[str] = frozenset(),
+        on_keys_rotated: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(node, cosigner)
         self._classical_ok = classical_tls_allowed
+        self._on_keys_rotated = on_keys_rotated
         self._signal = signal
         self._puller = puller
         self._now = now
@@ -238,6 +246,7 @@ class ExchangeOfficerService(OfficerService):
                     tlp=r.tlp,
                     sealed_at=timestamp(r.sealed_at),
                     retracted=r.report_id in retracted,
+                    deliveries=_deliveries(self._node, r.report_id, r.version),
                 )
                 for r in rows[:limit]
             ]
@@ -319,6 +328,7 @@ class ExchangeOfficerService(OfficerService):
         item, content = get_inbox(self._node, resolve_envelope_id(self._node, request.envelope_id))
         fields = _fields_as_received(self._node, item, content)
         derived = {d["field"]: d["value"] for d in content.get("derived", [])}
+        retraction = _retraction_shown(self._node, item) if item.retracted else None
         body = {
             "sop": item.sop,
             "tlp": item.tlp,
@@ -326,6 +336,7 @@ class ExchangeOfficerService(OfficerService):
             "derived": derived,
             "presentation": content.get("presentation", ""),
             "release": content.get("release", ""),
+            "retraction": retraction,
         }
         try:  # the STIX 2.1 form (node/stix.py), the same mapping the TAXII feed serves
             body["stix"] = to_stix_bundle(stix_source(self._node, item.envelope_id, self._now()))
@@ -366,6 +377,19 @@ class ExchangeOfficerService(OfficerService):
             ]
         )
 
+    async def RotateKeys(
+        self, request: officer_pb2.RotateKeysRequest, context: Context
+    ) -> officer_pb2.RotateKeysResponse:
+        """Rotate keys in the serving process (ADR 0017): the keyring in memory is
+        replaced, the server's TLS credentials and partner channels follow at their next
+        refresh, partners learn the new card over GetCard."""
+        kinds, suite = rotation_from_message(request)
+        previous = self._node.own_chain().latest.fingerprint
+        chain = self._node.rotate_keys(self._now(), kinds, suite=suite)
+        if self._on_keys_rotated is not None:
+            self._on_keys_rotated()
+        return rotated_message(chain, previous, kinds)
+
     async def Status(
         self, request: officer_pb2.StatusRequest, context: Context
     ) -> officer_pb2.StatusResponse:
@@ -383,8 +407,14 @@ class ExchangeOfficerService(OfficerService):
             "SELECT peer, count FROM evidence_suppressed"
         ):
             rejected[peer] = rejected.get(peer, 0) + int(count)
+        warnings: dict[str, list[officer_pb2.ExpiryWarning]] = {}
+        for w in sorted(
+            expiry_warnings(node, now, request.warn_days or WARN_DAYS), key=lambda w: w.not_after
+        ):
+            warnings.setdefault(w.peer, []).append(expiry_warning_message(w, now))
         peers = []
         for status in base.peers:
+            status.expiry_warnings.extend(warnings.get(status.peer, []))
             sent, acked = outbox.backlog(node, status.peer)
             agreement = current_agreement(node, status.peer, now)
             pull = pulls.get(status.peer)
@@ -454,6 +484,58 @@ def _release_events(node: Node, report_id: str, version: int) -> list[dict[str, 
         (report_id, version),
     ).fetchall()
     return [parse_event_unverified(bytes(data)).attrs for (data,) in rows]
+
+
+def _deliveries(node: Node, report_id: str, version: int) -> list[officer_pb2.PartnerDelivery]:
+    """Per partner a release was decided for: not sent, queued, or delivered (receipt)."""
+    states = {
+        (str(peer), int(seq)): str(state)
+        for peer, seq, state in node.store.conn.execute(
+            "SELECT peer, seq, state FROM outbox WHERE report_id = ? AND version = ? "
+            "AND kind = 'report'",
+            (report_id, version),
+        )
+    }
+    out = []
+    for event in _release_events(node, report_id, version):
+        peer, seq = str(event["peer"]), int(event.get("seq") or 0)
+        if not event.get("envelope_id"):
+            state = "not_sent"
+        else:
+            state = "delivered" if states.get((peer, seq)) == "delivered" else "queued"
+        out.append(officer_pb2.PartnerDelivery(peer=peer, state=state, seq=seq))
+    return out
+
+
+def _retraction_shown(node: Node, item: InboxItem) -> dict[str, Any] | None:
+    """Why and when the sender withdrew ``item``'s report, from its signed retraction,
+    verified under the keys the sender held when the retraction arrived."""
+    record = retraction_of(node, item.peer, item.report_id)
+    if record is None or "retraction" not in record:
+        return None
+    held: InboxItem = record["item"]
+    statement = b64_decode(record["retraction"], what="retraction")
+    signature = b64_decode(record["retraction_signature"], what="retraction signature")
+    chain = node.trust_store().trusted_chain(
+        held.peer, parse_time(held.received_at, field="received_at")
+    )
+    for card in reversed(chain.cards):
+        try:
+            r = verify_retraction(
+                statement, signature, card.identity_key, expected_issuer=held.peer
+            )
+        except AccordError:
+            continue
+        return {
+            "by": r.issuer,
+            "reason": r.reason,
+            "retracted_at": format_time(datetime.fromtimestamp(r.retracted_at, UTC)),
+            "version": r.version,
+        }
+    raise StoreError(
+        f"the retraction of {item.report_id} does not verify under {item.peer}'s keys",
+        code="store.row_tampered",
+    )
 
 
 def _newest_versions(items: list[Any]) -> dict[str, int]:

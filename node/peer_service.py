@@ -55,9 +55,17 @@ class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
         self._signal = signal
         self._on_commit = on_commit
         self._follow = None if follow is None else frozenset(follow)
-        self._witness = Witness(
-            node.store, node.keyring().witness_signer(), witness_name(node.config.node)
-        )
+        self._witness_for: tuple[bytes, Witness] | None = None
+
+    @property
+    def _witness(self) -> Witness:
+        """Our witness, under the witness key of the keyring in use: a rotation while
+        serving (ADR 0017) takes effect at the next AddCheckpoint."""
+        signer = self._node.keyring().witness_signer()
+        if self._witness_for is None or self._witness_for[0] != signer.public_key:
+            witness = Witness(self._node.store, signer, witness_name(self._node.config.node))
+            self._witness_for = (signer.public_key, witness)
+        return self._witness_for[1]
 
     async def GetCard(
         self, request: card_pb2.GetCardRequest, context: Context
@@ -140,6 +148,9 @@ class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
         # A new revocation of one of our keys ends the stream: the caller re-opens with
         # GetCard first, so it learns the revocation within a heartbeat.
         revocations = self._node.own_revocation_count()
+        # So does a new card version (a rotation, ADR 0017): the caller learns our new
+        # keys, TLS CA included, before it uses the old ones any longer.
+        card_version = self._node.own_chain().latest.version
         while True:
             remaining = context.time_remaining()
             if remaining is not None and margin is not None and remaining < margin:
@@ -147,6 +158,8 @@ class PeerExchangeService(peer_pb2_grpc.PeerExchangeServicer):
             if request.follow and asyncio.get_running_loop().time() >= ends_at:
                 return
             if self._node.own_revocation_count() != revocations:
+                return
+            if self._node.own_chain().latest.version != card_version:
                 return
             rows = outbox.pending_with_seq(self._node, peer, after, request.max_batch)
             if rows:

@@ -43,6 +43,7 @@ from node._pb.accord.v1 import officer_pb2, officer_pb2_grpc, peer_pb2, peer_pb2
 from node.cosigning import Cosigner
 from node.errors_map import Audience, EdgeInterceptor
 from node.home import Node
+from node.keywatch import CHECK_SECONDS, WARN_DAYS, KeyWatch
 from node.peer_service import PeerExchangeService, WitnessService
 from node.sync import OutboxSignal, Puller
 from node.transport import (
@@ -72,6 +73,9 @@ class ServeOptions:
     roots_refresh_seconds: float = ROOTS_REFRESH_SECONDS  # re-read partners' TLS CAs
     # Partners allowed to call over a classical TLS group (docs/adr/0015): logged, in status.
     allow_classical_tls: tuple[str, ...] = ()
+    # How often the key schedule runs (new encryption epochs, expiry warnings; ADR 0017).
+    key_check_seconds: float = CHECK_SECONDS
+    warn_days: int = WARN_DAYS  # key.expiry_warning log lines for what ends this soon
 
 
 def software_version() -> str:
@@ -188,6 +192,8 @@ class NodeServer:
         self.puller: Puller | None = None
         self.channels = PartnerChannels(node)
         self.cosigner: Cosigner | None = None
+        self.keywatch: KeyWatch | None = None
+        self._roots: PartnerRoots | None = None
         self.peer_port = 0
         self.officer_socket = node.data_dir / OFFICER_SOCKET
         self._tasks: list[asyncio.Task[None]] = []
@@ -222,6 +228,7 @@ class NodeServer:
         for peer in opts.follow:
             node.trust_store().trusted_chain(peer, self._now())  # each followed log is trusted
         roots = PartnerRoots(node, self._now())
+        self._roots = roots
         if opts.cosign and not opts.witness_only:
             self.cosigner = Cosigner(
                 node, self.channels, now=self._now, poll_seconds=opts.cosign_poll_seconds
@@ -274,6 +281,15 @@ class NodeServer:
                 await checker.set(name, health_pb2.HealthCheckResponse.SERVING)
 
         self._tasks.append(asyncio.create_task(self._refresh_roots(roots)))
+        if not opts.witness_only:  # a witness exchanges nothing: its card has no use for epochs
+            self.keywatch = KeyWatch(
+                node,
+                now=self._now,
+                interval=opts.key_check_seconds,
+                warn_days=opts.warn_days,
+                on_change=self.keys_changed,
+            )
+            self._tasks.append(asyncio.create_task(self.keywatch.run()))
         if self.cosigner is not None:
             self._tasks.append(asyncio.create_task(self.cosigner.run()))
         if self.puller is not None:
@@ -304,7 +320,14 @@ class NodeServer:
             puller=self.puller,
             now=self._now,
             classical_tls_allowed=frozenset(self.options.allow_classical_tls),
+            on_keys_rotated=self.keys_changed,
         )
+
+    def keys_changed(self) -> None:
+        """Our keys were rotated in this process: the peer port presents the new TLS
+        certificate from the next handshake on, not only at the next periodic refresh."""
+        if self._roots is not None:
+            self._roots.refresh(self._now())
 
     def _new_server(self, audience: Audience, guard: PeerGuard | None = None) -> grpc.aio.Server:
         interceptor = (

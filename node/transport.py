@@ -120,11 +120,18 @@ class PartnerRoots:
         return grpc.ssl_server_certificate_configuration(self._pair, root_certificates=roots)
 
     def refresh(self, now: datetime) -> bool:
-        """Re-read the trust store; returns True when the accepted CAs changed."""
+        """Re-read the trust store and our own TLS material (a rotation while serving,
+        ADR 0017); returns True when the accepted CAs or our certificate changed."""
+        cert_pem, key_pem = self._node.keyring().tls_server_material()
+        pair = [(key_pem, cert_pem)]
+        self._own_ca = self._node.keyring().tls.ca_cert_pem
         roots = self._compute(now)
         with self._lock:
-            if roots == self._roots:
+            if roots == self._roots and pair == self._pair:
                 return False
+            if pair != self._pair:
+                log.info("transport.own_certificate_changed")
+            self._pair = pair
             self._pending = self._config(roots)
         log.info("transport.partner_cas_changed", count=roots.count(b"BEGIN CERTIFICATE"))
         return True
@@ -300,10 +307,11 @@ class PartnerChannels:
 
     def __init__(self, node: Node) -> None:
         self._node = node
-        self._open: dict[str, tuple[tuple[str, str], grpc.aio.Channel]] = {}
+        self._open: dict[str, tuple[tuple[str, str, bytes], grpc.aio.Channel]] = {}
 
     async def get(self, partner: Card) -> grpc.aio.Channel:
-        key = (partner.endpoint, partner.tls_ca_pem)
+        # Our own certificate too: after a TLS rotation channels re-dial with the new one.
+        key = (partner.endpoint, partner.tls_ca_pem, self._node.keyring().tls.chain_pem)
         held = self._open.get(partner.node)
         if held is not None and held[0] == key:
             return held[1]

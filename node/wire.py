@@ -11,12 +11,14 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from exchange.card import SignedCard
+from exchange.card import SUITE_HYBRID, SUITE_X25519, SignedCard, VerifiedChain
 from exchange.envelope import Envelope
+from exchange.errors import InputError
 from exchange.policy import ReleaseDecision
 from exchange.revocation import SignedRevocation
 from exchange.times import parse_time
 from node._pb.accord.v1 import card_pb2, envelope_pb2, officer_pb2
+from node.keywatch import ExpiryWarning
 from node.outbox import Submitted
 
 
@@ -134,4 +136,48 @@ def inbox_message(
         retracted=item.retracted,
         title=str(shown.get("title", "")) if shown else "",
         severity=str(shown.get("severity", "")) if shown else "",
+    )
+
+
+def expiry_warning_message(w: ExpiryWarning, now: datetime) -> officer_pb2.ExpiryWarning:
+    message = officer_pb2.ExpiryWarning(
+        subject=w.subject, days_left=w.days_left(now), expired=w.expired
+    )
+    message.not_after.FromDatetime(w.not_after.astimezone(UTC))
+    return message
+
+
+SUITE_NAMES = {"hybrid": SUITE_HYBRID, "x25519": SUITE_X25519}
+_KIND_FIELDS = ("identity", "encryption", "tls", "log", "witness")  # node.home.KEY_KINDS
+
+
+def rotation_from_message(request: officer_pb2.RotateKeysRequest) -> tuple[list[str], str | None]:
+    """The key kinds a RotateKeys request names (KEY_KINDS order) and the suite, if any."""
+    kinds = [k for k in _KIND_FIELDS if getattr(request, k)]
+    if not request.suite:
+        return kinds, None
+    suite = SUITE_NAMES.get(request.suite)
+    if suite is None:
+        raise InputError(
+            f"unknown HPKE suite {request.suite!r}",
+            code="input.suite",
+            next_step="Use " + " or ".join(sorted(SUITE_NAMES)) + ".",
+        )
+    return kinds, suite
+
+
+def rotation_message(kinds: list[str], suite: str | None) -> officer_pb2.RotateKeysRequest:
+    name = next((n for n, s in SUITE_NAMES.items() if s == suite), "")
+    return officer_pb2.RotateKeysRequest(suite=name, **{k: k in kinds for k in _KIND_FIELDS})
+
+
+def rotated_message(
+    chain: VerifiedChain, previous_fingerprint: str, kinds: list[str]
+) -> officer_pb2.RotateKeysResponse:
+    return officer_pb2.RotateKeysResponse(
+        card_version=chain.latest.version,
+        fingerprint=chain.latest.fingerprint,
+        previous_fingerprint=previous_fingerprint,
+        rotated=kinds,
+        chain=chain.to_bytes(),
     )

@@ -126,7 +126,9 @@ class Witness:
         now: datetime,
     ) -> None:
         partner, origin, log_key = key
-        held = self.held(partner, origin, log_key)
+        # Origin continuity (ADR 0017): the first checkpoint under a partner's new log key
+        # must extend what we cosigned under its earlier keys for the same origin.
+        held = self.held(partner, origin, log_key) or self.held_for(partner)
         held_size = 0 if held is None else held.size
         if old_size != held_size:
             raise WitnessConflict(

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import click
 
-from exchange.errors import ConfigError
+from exchange.card import verify_chain_bytes
 from exchange.times import parse_time
 from node import clock
 from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
 from node.cli.node_cmds import SUITES, card_json, opened
 from node.cli.output import ok, print_json, print_table, say, warn
-from node.home import Node, is_serving
+from node.home import (
+    KEY_ENCRYPTION,
+    KEY_IDENTITY,
+    KEY_KINDS,
+    KEY_LOG,
+    KEY_TLS,
+    KEY_WITNESS,
+    Node,
+    is_serving,
+)
+from node.officer_client import call, officer
+from node.wire import rotation_message
 
 
 @cli.group(
@@ -28,49 +39,71 @@ def keys() -> None:
     epilog=examples(
         "accord --data ./pk-moi keys rotate                # new identity key",
         "accord --data ./pk-moi keys rotate --encryption   # new encryption-key epoch",
+        "accord --data ./pk-moi keys rotate --tls --log    # new TLS CA and log key",
+        "accord --data ./pk-moi keys rotate --all          # every key: a stolen host",
     ),
 )
-@click.option(
-    "--encryption",
-    is_flag=True,
-    help="Rotate the encryption key (new epoch) instead of the identity key.",
-)
+@click.option("--identity", is_flag=True, help="Rotate the identity key (the default).")
+@click.option("--encryption", is_flag=True, help="Start a new encryption-key epoch.")
+@click.option("--tls", is_flag=True, help="Rotate the TLS CA and the node certificate.")
+@click.option("--log", "log_key", is_flag=True, help="Rotate the log (checkpoint) key.")
+@click.option("--witness", is_flag=True, help="Rotate the witness (cosigning) key.")
+@click.option("--all", "all_keys", is_flag=True, help="Rotate every kind of key at once.")
 @click.option(
     "--suite",
     type=click.Choice(sorted(SUITES)),
-    default="hybrid",
-    show_default=True,
-    help="HPKE suite of the new encryption key.",
+    default=None,
+    help="HPKE suite of the new encryption key (default: that of the newest key).",
 )
 @json_option
 @pass_ctx
-def keys_rotate(ctx: CliContext, encryption: bool, suite: str, as_json: bool) -> None:
-    """Rotate a key and publish a new card version signed by the old identity key.
+def keys_rotate(
+    ctx: CliContext,
+    identity: bool,
+    encryption: bool,
+    tls: bool,
+    log_key: bool,
+    witness: bool,
+    all_keys: bool,
+    suite: str | None,
+    as_json: bool,
+) -> None:
+    """Rotate keys and publish a new card version signed by the old identity key.
 
-    Send the new card to partners ('accord card export'); they accept it because the key
-    they trust signed it.
+    Works whether or not the node serves: a serving node rotates through its Officer
+    socket and uses the new keys at once. Partners learn the new card the next time they
+    sync (GetCard); they accept it because the key they trust signed it.
     """
+    chosen = {
+        KEY_IDENTITY: identity,
+        KEY_ENCRYPTION: encryption,
+        KEY_TLS: tls,
+        KEY_LOG: log_key,
+        KEY_WITNESS: witness,
+    }
+    kinds = list(KEY_KINDS) if all_keys else [k for k in KEY_KINDS if chosen[k]]
+    kinds = kinds or [KEY_IDENTITY]
+    chosen_suite = SUITES[suite] if suite else None
     if is_serving(ctx.data_dir):
-        raise ConfigError(
-            "the node is running; its keys are loaded in memory",
-            code="config.serving",
-            next_step="Stop it ('accord serve' gets SIGTERM), rotate, then start it again.",
-        )
-    with opened(ctx) as node:
-        before = node.own_chain().latest
-        if encryption:
-            chain = node.rotate_encryption(clock.now(), SUITES[suite])
-        else:
-            chain = node.rotate_identity(clock.now())
+        with officer(ctx.data_dir) as stub:
+            answer = call(stub.RotateKeys, rotation_message(kinds, chosen_suite))
+        chain = verify_chain_bytes(bytes(answer.chain))
+        before_fingerprint = answer.previous_fingerprint
+    else:
+        with opened(ctx) as node:
+            before_fingerprint = node.own_chain().latest.fingerprint
+            chain = node.rotate_keys(clock.now(), kinds, suite=chosen_suite)
     latest = chain.latest
     if as_json:
-        print_json({**card_json(latest), "previous_fingerprint": before.fingerprint})
+        print_json(
+            {**card_json(latest), "previous_fingerprint": before_fingerprint, "rotated": kinds}
+        )
         return
-    what = "encryption key" if encryption else "identity key"
-    ok(f"{what} rotated; card version {latest.version}")
-    if not encryption:
-        say(f"old fingerprint {before.fingerprint}\nnew fingerprint {latest.fingerprint}")
-    say("Next: export the card ('accord card export --out FILE') and send it to every partner.")
+    ok(f"{', '.join(kinds)} key(s) rotated; card version {latest.version}")
+    if KEY_IDENTITY in kinds:
+        say(f"old fingerprint {before_fingerprint}\nnew fingerprint {latest.fingerprint}")
+    say("Partners learn the new card when they next sync (GetCard); a partner that does not")
+    say("sync with this node needs it by hand: 'accord card export --out FILE'.")
 
 
 def _own_keys(node: Node) -> list[dict[str, object]]:

@@ -185,6 +185,7 @@ def report_list(ctx: CliContext, limit: int, sop: str | None, as_json: bool) -> 
             "tlp": r.tlp,
             "sealed_at": _time(r.sealed_at),
             "retracted": r.retracted,
+            "partners": {d.peer: d.state for d in r.deliveries},
         }
         for r in answer.reports
     ]
@@ -196,7 +197,7 @@ def report_list(ctx: CliContext, limit: int, sop: str | None, as_json: bool) -> 
         return
     print_table(
         "Reports",
-        ["report id", "version", "schema", "TLP", "sealed", "state"],
+        ["report id", "version", "schema", "TLP", "sealed", "partners", "state"],
         [
             (
                 i["report_id"],
@@ -204,6 +205,7 @@ def report_list(ctx: CliContext, limit: int, sop: str | None, as_json: bool) -> 
                 i["sop"],
                 i["tlp"],
                 i["sealed_at"],
+                ", ".join(f"{p}: {s.replace('_', ' ')}" for p, s in i["partners"].items()) or "-",
                 "retracted" if i["retracted"] else "",
             )
             for i in items
@@ -276,7 +278,12 @@ def report_amend(
                 report_id=report_id, report=data, base_version=base_version or 0
             ),
         )
-    print_submitted(answer, as_json, f"report {answer.report_id} amended: version {answer.version}")
+    print_submitted(
+        answer,
+        as_json,
+        f"report {answer.report_id} amended: version {answer.version} "
+        f"replaces version {answer.version - 1}",
+    )
 
 
 RETRACT_REASONS = ["erroneous", "withdrawn", "duplicate", "source-compromised"]
@@ -316,7 +323,7 @@ def report_retract(ctx: CliContext, report_id: str, reason: str, yes: bool, as_j
         )
         return
     ok(
-        f"report {report_id} retracted; retraction sent to "
+        f"report {answer.report_id} retracted ({reason}); signed retraction sent to "
         f"{', '.join(e.peer for e in answer.envelopes) or 'nobody'}"
     )
 
@@ -449,6 +456,7 @@ def inbox_show(ctx: CliContext, envelope_id: str, as_json: bool) -> None:
                 "derived": body["derived"],
                 "transformed": {t.field: t.transform for t in answer.transformed},
                 "verified": True,
+                "retraction": body.get("retraction"),
             }
         )
         return
@@ -477,7 +485,14 @@ def inbox_show(ctx: CliContext, envelope_id: str, as_json: bool) -> None:
         f"are signed by {item.peer}'s release. Received {_time(item.received_at)}."
     )
     if item.retracted:
-        warn("the sender RETRACTED this report")
+        r = body.get("retraction") or {}
+        stdout.print(
+            Text(" RETRACTED ", style="bold reverse red")
+            + Text(
+                f"  by {safe(r.get('by', item.peer))} at {r.get('retracted_at', '?')}: "
+                f"{safe(r.get('reason', 'no reason given'))}. Do not act on this report."
+            )
+        )
     elif item.superseded:
         warn("a newer version of this report was received")
 
@@ -521,6 +536,8 @@ def inbox_export(
                     "from": answer.item.peer,
                     "report_id": answer.item.report_id,
                     "version": answer.item.version,
+                    # withdrawn by the sender: who, when, why (null while it stands)
+                    "retracted": body.get("retraction"),
                 },
                 indent=2,
                 ensure_ascii=True,  # partner text stays inert in a terminal (docs/THREATS.md B03)
@@ -545,10 +562,35 @@ def inbox_export(
 # -- status -------------------------------------------------------------------------------
 
 
-def _status(ctx: CliContext) -> officer_pb2.StatusResponse:
+def _status(ctx: CliContext, warn_days: int = 0) -> officer_pb2.StatusResponse:
     with officer(ctx.data_dir) as stub:
-        answer: officer_pb2.StatusResponse = call(stub.Status, officer_pb2.StatusRequest())
+        answer: officer_pb2.StatusResponse = call(
+            stub.Status, officer_pb2.StatusRequest(warn_days=warn_days)
+        )
     return answer
+
+
+_WARNING_TEXT = {
+    "our_encryption_key": "our encryption key",
+    "their_encryption_key": "their encryption key",
+    "agreement": "the agreement",
+}
+
+
+def _warning_json(w: officer_pb2.ExpiryWarning) -> dict[str, Any]:
+    return {
+        "subject": w.subject,
+        "not_after": _time(w.not_after),
+        "days_left": w.days_left,
+        "expired": w.expired,
+    }
+
+
+def _warning_text(peer: str, w: officer_pb2.ExpiryWarning) -> str:
+    what = _WARNING_TEXT.get(w.subject, w.subject)
+    if w.expired:
+        return f"{peer}: {what} has expired ({_time(w.not_after)})"
+    return f"{peer}: {what} expires in {w.days_left} day(s) ({_time(w.not_after)})"
 
 
 def _peer_json(p: officer_pb2.PeerStatus) -> dict[str, Any]:
@@ -568,15 +610,31 @@ def _peer_json(p: officer_pb2.PeerStatus) -> dict[str, Any]:
         "agreement_not_after": _time(p.agreement_not_after),
         "stale": p.stale,
         "classical_tls_allowed": p.classical_tls_allowed,
+        "expiry_warnings": [_warning_json(w) for w in p.expiry_warnings],
     }
 
 
-@cli.command("status", epilog=examples("accord --data ./pk-moi status --json"))
+@cli.command(
+    "status",
+    epilog=examples(
+        "accord --data ./pk-moi status --json", "accord --data ./pk-moi status --warn-days 30"
+    ),
+)
+@click.option(
+    "--warn-days",
+    type=click.IntRange(1, 3650),
+    default=14,
+    show_default=True,
+    help="Warn about keys and agreements that end within this many days.",
+)
 @json_option
 @pass_ctx
-def status(ctx: CliContext, as_json: bool) -> None:
-    """Is the exchange healthy? The node, its log, and each partner at a glance."""
-    s = _status(ctx)
+def status(ctx: CliContext, warn_days: int, as_json: bool) -> None:
+    """Is the exchange healthy? The node, its log, and each partner at a glance.
+
+    Warns, per partner, ahead of the end of our encryption key, theirs and the agreement.
+    """
+    s = _status(ctx, warn_days)
     if as_json:
         print_json(
             {
@@ -663,6 +721,8 @@ def _sync_table(s: officer_pb2.StatusResponse) -> None:
             warn(f"{p.peer}: no cosigned checkpoint recently; the sync is not known to be healthy")
         if p.classical_tls_allowed:
             warn(f"{p.peer}: may call over classical TLS (--allow-classical-tls)")
+        for w in p.expiry_warnings:
+            warn(_warning_text(p.peer, w))
 
 
 @cli.group(

@@ -191,22 +191,56 @@ class Interview:
 
     def fields(self) -> dict[str, Any]:
         doc = self.reg.schema(self.sop)
-        labels = self.reg.labels(self.sop)
-        required = set(doc.get("required", []))
         out: dict[str, Any] = {}
-        for name, sub in doc["properties"].items():
-            need = "required" if name in required else "optional, Enter skips"
-            self.ui.print()
-            self.ui.print(
-                Text(f"{sub.get('title', name)}", style="bold")
-                + Text(f"  ({name} · {labels[name]} · {need})", style="dim")
-            )
-            if sub.get("description"):
-                self.note(sub["description"], style="")
-            value = self.value((name,), sub, name in required)
-            if value is not SKIP:
-                out[name] = value
+        for name in doc["properties"]:
+            self.field(name, out)
         return out
+
+    def field(self, name: str, out: dict[str, Any]) -> None:
+        """Ask one top-level field into ``out`` (removing it when skipped)."""
+        doc = self.reg.schema(self.sop)
+        sub = doc["properties"][name]
+        labels = self.reg.labels(self.sop)
+        required = name in set(doc.get("required", []))
+        need = "required" if required else "optional, Enter skips"
+        self.ui.print()
+        self.ui.print(
+            Text(f"{sub.get('title', name)}", style="bold")
+            + Text(f"  ({name} · {labels[name]} · {need})", style="dim")
+        )
+        if sub.get("description"):
+            self.note(sub["description"], style="")
+        value = self.value((name,), sub, required)
+        if value is SKIP:
+            out.pop(name, None)
+        else:
+            out[name] = value
+
+    def review(self, level: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Every answer at once, numbered; the officer may change any before sealing."""
+        names = list(self.reg.schema(self.sop)["properties"])
+        while True:
+            rows = [("1", "tlp", level.upper())]
+            for n, name in enumerate(names, start=2):
+                shown = json.dumps(fields[name], ensure_ascii=False) if name in fields else "-"
+                rows.append((str(n), name, shown))
+            self.ui.print()
+            table = Table(title="Review your answers", title_justify="left")
+            for column in ("#", "field", "answer"):
+                table.add_column(column)
+            for row in rows:
+                table.add_row(*(Text(safe(c)) for c in row))
+            self.ui.print(table)
+            answer = self.ask("Change which answer? (number, Enter: none)")
+            if not answer:
+                return level, fields
+            if not answer.isdigit() or not 1 <= int(answer) <= len(rows):
+                self.reject([f"choose a number from 1 to {len(rows)}, or press Enter"])
+                continue
+            if answer == "1":
+                level = self.tlp()
+            else:
+                self.field(names[int(answer) - 2], fields)
 
     def value(self, path: Path_, schema: dict[str, Any], required: bool) -> Any:
         kind = _kind(schema)
@@ -401,7 +435,7 @@ def report_new(ctx: CliContext, sop: str, tlp: str | None, out: Path | None, as_
         ui.print(Text(doc["description"]))
     iv.note("Answer each question; Enter skips an optional field; Ctrl-C abandons the report.")
     level = tlp or iv.tlp()
-    fields = iv.fields()
+    level, fields = iv.review(level, iv.fields())
     data = (
         json.dumps({"sop": sop, "tlp": level, "fields": fields}, indent=2, ensure_ascii=False)
         + "\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -13,6 +14,7 @@ from exchange.names import check_endpoint, check_node_id
 from keys.keyfile import PASSPHRASE_ENV
 from node.cli.base import CliContext, cli, examples, pass_ctx
 from node.home import Node
+from node.keywatch import WARN_DAYS
 from node.logsetup import configure_logging
 from node.server import ServeOptions, run
 
@@ -31,11 +33,24 @@ def _server_passphrase() -> str:
     )
 
 
+def _remembered(source: Callable[[], str]) -> Callable[[], str]:
+    """Asked once: a server re-seals its key file on unattended rotations (ADR 0017) and
+    must not prompt, or fail on a missing variable, hours after it started."""
+    known: list[str] = []
+
+    def passphrase() -> str:
+        if not known:
+            known.append(source())
+        return known[0]
+
+    return passphrase
+
+
 def _serve(ctx: CliContext, options: ServeOptions, log_level: str) -> None:
     configure_logging("json", log_level)
     if options.listen is not None:
         check_endpoint(options.listen, field="--listen")
-    node = Node.open(ctx.data_dir, _server_passphrase)
+    node = Node.open(ctx.data_dir, _remembered(_server_passphrase))
     try:
         run(node, options)
     finally:
@@ -77,6 +92,13 @@ _log_level = click.option(
     metavar="PEER",
     help="Let this partner call over a classical TLS group (logged, shown in status).",
 )
+@click.option(
+    "--warn-days",
+    type=click.IntRange(1, 3650),
+    default=WARN_DAYS,
+    show_default=True,
+    help="Log a key.expiry_warning when a key or agreement ends within this many days.",
+)
 @pass_ctx
 def serve(
     ctx: CliContext,
@@ -85,18 +107,22 @@ def serve(
     log_level: str,
     no_cosign: bool,
     allow_classical: tuple[str, ...],
+    warn_days: int,
 ) -> None:
     """Run the node: PeerExchange over mutual TLS, Officer on DATA/officer.sock.
 
     Runs in the foreground until SIGTERM or SIGINT, then stops gracefully. Logs are JSON
     lines on stderr. Partners are asked to cosign each new checkpoint. The peer port takes
     TLS 1.3 only, and calls only over the post-quantum hybrid group X25519MLKEM768, except
-    from partners named with --allow-classical-tls.
+    from partners named with --allow-classical-tls. Encryption keys are renewed on their
+    own (a new epoch when half of the newest one's life is left), and whatever a partner's
+    exchange depends on that ends within --warn-days is logged (key.expiry_warning).
     """
     options = ServeOptions(
         listen=listen,
         ready_file=ready_file,
         cosign=not no_cosign,
+        warn_days=warn_days,
         allow_classical_tls=tuple(
             check_node_id(p, field="--allow-classical-tls") for p in allow_classical
         ),

@@ -144,6 +144,11 @@ def test_report_new_through_a_terminal(
         term.answer(r"\nsource\.kind: ", "humint")
         term.answer(r"\nsource\.reliability: ", "b")
         term.answer(r"\nsource\.credibility: ", "2")
+        # The review lists every answer; the officer changes the severity (answer 4) once more.
+        review = term.answer(r"Change which answer\? \(number, Enter: none\): ", "4")
+        assert "Review your answers" in review and "East Bay convoy yard" in review
+        term.answer(r"\nseverity: ", "critical")
+        term.answer(r"Change which answer\? \(number, Enter: none\): ", "")
         explained = term.answer(r"Seal and send this report to cn-mps\? \[y/N\]: ", "y")
         # The node's explanation per partner: sent, transformed, withheld with the reason.
         assert "cn-mps would receive" in explained
@@ -157,7 +162,7 @@ def test_report_new_through_a_terminal(
     [mine] = accord("--data", pk, "report", "list", "--json").json()
     assert mine["sop"] == "threat-alert@1" and mine["tlp"] == "amber"
     stored = accord("--data", pk, "report", "show", mine["report_id"], "--json").json()
-    assert stored["fields"]["severity"] == "high"
+    assert stored["fields"]["severity"] == "critical"  # as changed at the review
     assert stored["fields"]["source"]["reliability"] == "B"
 
     def received() -> object:
@@ -286,6 +291,7 @@ def test_report_new_declined_sends_nothing_and_exits_130(
             (r"\nsource\.kind: ", "osint"),
             (r"\nsource\.reliability: ", "c"),
             (r"\nsource\.credibility: ", "3"),
+            (r"Change which answer\? \(number, Enter: none\): ", ""),
             (r"Seal and send this report to cn-mps\? \[y/N\]: ", "n"),
             (r"Save the report to a file, to submit it later\? \[Y/n\]: ", "n"),
         ]:

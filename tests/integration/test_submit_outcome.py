@@ -59,16 +59,22 @@ def test_submit_says_per_partner_delivering_queued_or_not_sent_and_why(
         return r.code == 0 and len(r.json()) == 1
 
     until("the queued report at cn-mps", received, [pk_server, cn_server])
-    on_its_way = until(
-        "cn-mps following pk-moi's outbox",
-        lambda: (
-            (r := _submit(accord, pk, tmp_path, "third")).json()["releases"][0]["delivery"]
-            == "delivering"
-            and r
-        ),
-        [pk_server, cn_server],
-    )
-    assert on_its_way.code == 0
+
+    def acknowledged() -> object:  # cn-mps took the backlog; its stream now follows ours
+        status = accord("--data", pk, "sync", "status", "--json").json()
+        return status[0]["acknowledged_seq"] == 1
+
+    until("the receipt at pk-moi", acknowledged, [pk_server, cn_server])
+    on_its_way = _submit(accord, pk, tmp_path, "third")
+    assert on_its_way.code == 0, on_its_way.err
+    assert on_its_way.json()["releases"][0]["delivery"] == "delivering"
+    # report list says, per partner, where each report stands.
+    by_id = {r["report_id"]: r for r in accord("--data", pk, "report", "list", "--json").json()}
+    assert by_id[nobody.json()["report_id"]]["partners"] == {"cn-mps": "not_sent"}
+    assert by_id[queued.json()["report_id"]]["partners"] == {"cn-mps": "delivered"}
+    assert by_id[on_its_way.json()["report_id"]]["partners"]["cn-mps"] in ("queued", "delivered")
+    table = accord("--data", pk, "report", "list").out
+    assert "cn-mps: delivered" in table and "cn-mps: not sent" in table
     _ids_are_taken_by_unique_prefix(accord, pk, cn)
     for p in (pk_server, cn_server):
         assert p.terminate() == 0

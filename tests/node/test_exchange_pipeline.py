@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -108,6 +109,22 @@ def test_amend_and_retract_reach_the_partner(pair: tuple[Node, Node]) -> None:
     items = list_inbox(cn)
     assert {i.version for i in items} == {1, 2}
     assert all(i.retracted for i in items)
+    # The officer sees who withdrew it, when and why, from the signed retraction.
+    from node._pb.accord.v1 import officer_pb2
+    from node.officer_service import ExchangeOfficerService
+
+    service = ExchangeOfficerService(cn, None, now=lambda: now + timedelta(seconds=4))
+    newest = max(items, key=lambda i: i.version)
+    answer = asyncio.run(
+        service.GetInbox(officer_pb2.GetInboxRequest(envelope_id=newest.envelope_id), None)
+    )
+    shown = json.loads(answer.report)["retraction"]
+    assert shown == {
+        "by": "pk-moi",
+        "reason": "erroneous",
+        "retracted_at": format_time(now + timedelta(seconds=2)),
+        "version": 2,
+    }
     # P01: version 1 replayed after version 2 (as a new envelope) would be a rollback;
     # here the exact old envelope is a duplicate and changes nothing.
     before = snapshot(cn.data_dir)

@@ -42,6 +42,7 @@ OFFICER_RPCS = {
     "GetInbox",
     "Explain",
     "Status",
+    "RotateKeys",
 }
 
 

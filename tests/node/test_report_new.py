@@ -54,7 +54,10 @@ def test_new_with_out_asks_again_and_writes_a_valid_report(
     accord: Accord, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     out = tmp_path / "advisory.json"
-    _stdin(monkeypatch, TRAVEL)
+    # At the review the officer changes answer 2 (the title), tries a number out of range,
+    # then keeps the rest.
+    review = ["2", "Kidnapping risk on the N-25 and N-40", "99", ""]
+    _stdin(monkeypatch, [*TRAVEL, *review])
     r = accord(
         "--data", tmp_path / "none", "report", "new", "--schema", "travel-advisory@1", "--out", out
     )
@@ -71,6 +74,8 @@ def test_new_with_out_asks_again_and_writes_a_valid_report(
     valid = check_report_document(registry(), data, "json")
     fields = json.loads(data)["fields"]
     assert valid.report.tlp == "green"
+    assert "Review your answers" in r.out and "choose a number from 1 to" in r.out
+    assert fields["title"] == "Kidnapping risk on the N-25 and N-40"  # changed at the review
     assert fields["regions"] == ["Balochistan, Sindh"]
     assert fields["risks"] == ["kidnapping", "terrorism"]
     assert fields["contact"] == {"name": "Duty officer", "phone": "+925112345678"}
@@ -122,7 +127,7 @@ def test_node_down_offers_to_save(
     accord: Accord, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     saved = tmp_path / "incident.json"
-    _stdin(monkeypatch, [*INCIDENT, "y", str(saved)])
+    _stdin(monkeypatch, [*INCIDENT, "", "y", str(saved)])  # "": nothing to change
     r = accord("--data", tmp_path / "none", "report", "new", "--schema", "incident-report@1")
     assert r.code == 8, r.out + r.err  # transport: the node is not running
     assert "no node is serving" in r.err

@@ -150,6 +150,7 @@ class ReportSummary(_message.Message):
     TLP_FIELD_NUMBER: _builtins.int
     SEALED_AT_FIELD_NUMBER: _builtins.int
     RETRACTED_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
     report_id: _builtins.str
     """Report id (UUIDv7, the SD-JWT jti)."""
     version: _builtins.int
@@ -164,6 +165,10 @@ class ReportSummary(_message.Message):
     def sealed_at(self) -> _timestamp_pb2.Timestamp:
         """When this version was sealed."""
 
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartnerDelivery]:
+        """Per partner the release was decided for, where this version stands."""
+
     def __init__(
         self,
         *,
@@ -173,14 +178,47 @@ class ReportSummary(_message.Message):
         tlp: _builtins.str = ...,
         sealed_at: _timestamp_pb2.Timestamp | None = ...,
         retracted: _builtins.bool = ...,
+        deliveries: _abc.Iterable[Global___PartnerDelivery] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sealed_at", b"sealed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["report_id", b"report_id", "retracted", b"retracted", "sealed_at", b"sealed_at", "sop", b"sop", "tlp", b"tlp", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "report_id", b"report_id", "retracted", b"retracted", "sealed_at", b"sealed_at", "sop", b"sop", "tlp", b"tlp", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportSummary: _TypeAlias = ReportSummary  # noqa: Y015
+
+@_typing.final
+class PartnerDelivery(_message.Message):
+    """Where one report version stands for one partner."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    peer: _builtins.str
+    """Partner node id."""
+    state: _builtins.str
+    """"not_sent" (the policy or agreement released nothing), "queued" (in the outbox, no
+    receipt yet) or "delivered" (the partner's signed receipt covers it).
+    """
+    seq: _builtins.int
+    """Outbox seq of the envelope; 0 when not sent."""
+    def __init__(
+        self,
+        *,
+        peer: _builtins.str = ...,
+        state: _builtins.str = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer", "seq", b"seq", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PartnerDelivery: _TypeAlias = PartnerDelivery  # noqa: Y015
 
 @_typing.final
 class SubmitRequest(_message.Message):
@@ -829,16 +867,59 @@ class StatusRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    WARN_DAYS_FIELD_NUMBER: _builtins.int
+    warn_days: _builtins.int
+    """Warn about keys and agreements that end within this many days; 0 means the default
+    (14). docs/adr/0017-unattended-keys-and-whole-identity-rotation.md.
+    """
     def __init__(
         self,
+        *,
+        warn_days: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["warn_days", b"warn_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusRequest: _TypeAlias = StatusRequest  # noqa: Y015
+
+@_typing.final
+class ExpiryWarning(_message.Message):
+    """Something a partner's exchange depends on that ends soon (or has ended)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    DAYS_LEFT_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
+    subject: _builtins.str
+    """"our_encryption_key", "their_encryption_key" or "agreement"."""
+    days_left: _builtins.int
+    """Whole days left; 0 once it has ended."""
+    expired: _builtins.bool
+    """True when it has already ended."""
+    @_builtins.property
+    def not_after(self) -> _timestamp_pb2.Timestamp:
+        """When it ends (for a missing key: the time of the status call)."""
+
+    def __init__(
+        self,
+        *,
+        subject: _builtins.str = ...,
+        not_after: _timestamp_pb2.Timestamp | None = ...,
+        days_left: _builtins.int = ...,
+        expired: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days_left", b"days_left", "expired", b"expired", "not_after", b"not_after", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExpiryWarning: _TypeAlias = ExpiryWarning  # noqa: Y015
 
 @_typing.final
 class PeerStatus(_message.Message):
@@ -861,6 +942,7 @@ class PeerStatus(_message.Message):
     LAST_SYNC_FIELD_NUMBER: _builtins.int
     STALE_FIELD_NUMBER: _builtins.int
     CLASSICAL_TLS_ALLOWED_FIELD_NUMBER: _builtins.int
+    EXPIRY_WARNINGS_FIELD_NUMBER: _builtins.int
     peer: _builtins.str
     """Partner node id."""
     connected: _builtins.bool
@@ -901,6 +983,10 @@ class PeerStatus(_message.Message):
     def last_sync(self) -> _timestamp_pb2.Timestamp:
         """When a pull from this partner last succeeded."""
 
+    @_builtins.property
+    def expiry_warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExpiryWarning]:
+        """What ends within the warning window (StatusRequest.warn_days), soonest first."""
+
     def __init__(
         self,
         *,
@@ -919,10 +1005,11 @@ class PeerStatus(_message.Message):
         last_sync: _timestamp_pb2.Timestamp | None = ...,
         stale: _builtins.bool = ...,
         classical_tls_allowed: _builtins.bool = ...,
+        expiry_warnings: _abc.Iterable[Global___ExpiryWarning] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agreement_not_after", b"agreement_not_after", "last_contact", b"last_contact", "last_sync", b"last_sync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_seq", b"acknowledged_seq", "agreement_not_after", b"agreement_not_after", "agreement_valid", b"agreement_valid", "backlog", b"backlog", "classical_tls_allowed", b"classical_tls_allowed", "connected", b"connected", "cosigned_size", b"cosigned_size", "inbox_seq", b"inbox_seq", "last_contact", b"last_contact", "last_error_code", b"last_error_code", "last_sync", b"last_sync", "outbox_seq", b"outbox_seq", "peer", b"peer", "rejected", b"rejected", "stale", b"stale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_seq", b"acknowledged_seq", "agreement_not_after", b"agreement_not_after", "agreement_valid", b"agreement_valid", "backlog", b"backlog", "classical_tls_allowed", b"classical_tls_allowed", "connected", b"connected", "cosigned_size", b"cosigned_size", "expiry_warnings", b"expiry_warnings", "inbox_seq", b"inbox_seq", "last_contact", b"last_contact", "last_error_code", b"last_error_code", "last_sync", b"last_sync", "outbox_seq", b"outbox_seq", "peer", b"peer", "rejected", b"rejected", "stale", b"stale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -981,3 +1068,76 @@ class StatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class RotateKeysRequest(_message.Message):
+    """Which keys to rotate; at least one. Each kind is logged (key.rotated) in one new card."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    ENCRYPTION_FIELD_NUMBER: _builtins.int
+    SUITE_FIELD_NUMBER: _builtins.int
+    TLS_FIELD_NUMBER: _builtins.int
+    LOG_FIELD_NUMBER: _builtins.int
+    WITNESS_FIELD_NUMBER: _builtins.int
+    identity: _builtins.bool
+    encryption: _builtins.bool
+    suite: _builtins.str
+    """HPKE suite of the new encryption key: "hybrid" (default) or "x25519"."""
+    tls: _builtins.bool
+    log: _builtins.bool
+    witness: _builtins.bool
+    def __init__(
+        self,
+        *,
+        identity: _builtins.bool = ...,
+        encryption: _builtins.bool = ...,
+        suite: _builtins.str = ...,
+        tls: _builtins.bool = ...,
+        log: _builtins.bool = ...,
+        witness: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encryption", b"encryption", "identity", b"identity", "log", b"log", "suite", b"suite", "tls", b"tls", "witness", b"witness"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateKeysRequest: _TypeAlias = RotateKeysRequest  # noqa: Y015
+
+@_typing.final
+class RotateKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CARD_VERSION_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    ROTATED_FIELD_NUMBER: _builtins.int
+    CHAIN_FIELD_NUMBER: _builtins.int
+    card_version: _builtins.int
+    """The new card version."""
+    fingerprint: _builtins.str
+    previous_fingerprint: _builtins.str
+    chain: _builtins.bytes
+    """The new card's chain, as 'accord card export' writes it."""
+    @_builtins.property
+    def rotated(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The kinds rotated, in a stable order (identity, encryption, tls, log, witness)."""
+
+    def __init__(
+        self,
+        *,
+        card_version: _builtins.int = ...,
+        fingerprint: _builtins.str = ...,
+        previous_fingerprint: _builtins.str = ...,
+        rotated: _abc.Iterable[_builtins.str] | None = ...,
+        chain: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_version", b"card_version", "chain", b"chain", "fingerprint", b"fingerprint", "previous_fingerprint", b"previous_fingerprint", "rotated", b"rotated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateKeysResponse: _TypeAlias = RotateKeysResponse  # noqa: Y015

@@ -85,6 +85,11 @@ class OfficerStub:
                 request_serializer=accord_dot_v1_dot_officer__pb2.StatusRequest.SerializeToString,
                 response_deserializer=accord_dot_v1_dot_officer__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.RotateKeys = channel.unary_unary(
+                '/accord.v1.Officer/RotateKeys',
+                request_serializer=accord_dot_v1_dot_officer__pb2.RotateKeysRequest.SerializeToString,
+                response_deserializer=accord_dot_v1_dot_officer__pb2.RotateKeysResponse.FromString,
+                _registered_method=True)
 
 
 class OfficerServicer:
@@ -161,6 +166,13 @@ class OfficerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateKeys(self, request, context):
+        """Rotate keys of the serving node; it uses the new keys from the answer on (ADR 0017).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OfficerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -213,6 +225,11 @@ def add_OfficerServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=accord_dot_v1_dot_officer__pb2.StatusRequest.FromString,
                     response_serializer=accord_dot_v1_dot_officer__pb2.StatusResponse.SerializeToString,
+            ),
+            'RotateKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKeys,
+                    request_deserializer=accord_dot_v1_dot_officer__pb2.RotateKeysRequest.FromString,
+                    response_serializer=accord_dot_v1_dot_officer__pb2.RotateKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -486,6 +503,33 @@ class Officer:
             '/accord.v1.Officer/Status',
             accord_dot_v1_dot_officer__pb2.StatusRequest.SerializeToString,
             accord_dot_v1_dot_officer__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/accord.v1.Officer/RotateKeys',
+            accord_dot_v1_dot_officer__pb2.RotateKeysRequest.SerializeToString,
+            accord_dot_v1_dot_officer__pb2.RotateKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

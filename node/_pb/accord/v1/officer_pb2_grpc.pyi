@@ -59,6 +59,8 @@ class OfficerStub:
     """The release decision per partner, without sending or storing anything."""
     Status: _grpc.UnaryUnaryMultiCallable[_officer_pb2.StatusRequest, _officer_pb2.StatusResponse]
     """Node health and per-partner sync state."""
+    RotateKeys: _grpc.UnaryUnaryMultiCallable[_officer_pb2.RotateKeysRequest, _officer_pb2.RotateKeysResponse]
+    """Rotate keys of the serving node; it uses the new keys from the answer on (ADR 0017)."""
 
 @_typing.type_check_only
 class OfficerAsyncStub(OfficerStub):
@@ -85,6 +87,8 @@ class OfficerAsyncStub(OfficerStub):
     """The release decision per partner, without sending or storing anything."""
     Status: _aio.UnaryUnaryMultiCallable[_officer_pb2.StatusRequest, _officer_pb2.StatusResponse]  # type: ignore[assignment]
     """Node health and per-partner sync state."""
+    RotateKeys: _aio.UnaryUnaryMultiCallable[_officer_pb2.RotateKeysRequest, _officer_pb2.RotateKeysResponse]  # type: ignore[assignment]
+    """Rotate keys of the serving node; it uses the new keys from the answer on (ADR 0017)."""
 
 class OfficerServicer(metaclass=_abc_1.ABCMeta):
     """Local API for liaison officers, reached through the `accord` CLI."""
@@ -168,5 +172,13 @@ class OfficerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_officer_pb2.StatusResponse, _abc.Awaitable[_officer_pb2.StatusResponse]]:
         """Node health and per-partner sync state."""
+
+    @_abc_1.abstractmethod
+    def RotateKeys(
+        self,
+        request: _officer_pb2.RotateKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_officer_pb2.RotateKeysResponse, _abc.Awaitable[_officer_pb2.RotateKeysResponse]]:
+        """Rotate keys of the serving node; it uses the new keys from the answer on (ADR 0017)."""
 
 def add_OfficerServicer_to_server(servicer: OfficerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
