@@ -21,6 +21,18 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_LIFETIME = timedelta(days=3650)
 CERT_LIFETIME = timedelta(days=397)
+# What a CA key may do: sign certificates and CRLs, nothing else.
+CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=False,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
 BACKDATE = timedelta(minutes=5)
 CROSS_LIFETIME = timedelta(days=30)
 # A serving node issues itself a new node certificate under the same CA this long before
@@ -88,20 +100,7 @@ def generate_tls(
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + CA_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(CA_KEY_USAGE, critical=True)
         .add_extension(
             x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
         )
@@ -169,20 +168,7 @@ def cross_certify(old: TlsMaterial, new: TlsMaterial, now: datetime) -> bytes:
         .not_valid_before(now - BACKDATE)
         .not_valid_after(min(now + CROSS_LIFETIME, old_ca.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(CA_KEY_USAGE, critical=True)
         .add_extension(
             x509.SubjectKeyIdentifier.from_public_key(new_ca.public_key()), critical=False
         )

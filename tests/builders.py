@@ -11,9 +11,11 @@ from datetime import datetime
 from typing import Any
 
 from exchange import merkle
+from exchange.audit import Anchor
 from exchange.events import event_bytes
 from exchange.sop import ValidReport, check_report_document
 from exchange.times import format_time
+from node.home import Node
 from node.schemas import registry
 
 # A string in every withheld field of ALERT: if it shows up where the partner or a log
@@ -77,3 +79,8 @@ def insider_append_event(conn: sqlite3.Connection, kind: str, at: datetime, **at
     """A well-formed event of ``kind`` appended by the insider (its index is the next one)."""
     size = int(conn.execute("SELECT coalesce(max(idx) + 1, 0) FROM log_leaves").fetchone()[0])
     return insider_append_leaf(conn, event_bytes(kind, size, format_time(at), attrs))
+
+
+def anchors(*nodes: Node) -> list[Anchor]:
+    """Each node's fingerprint, as the auditor checked it out of band."""
+    return [Anchor(n.config.node, n.own_chain().latest.fingerprint) for n in nodes]

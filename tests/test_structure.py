@@ -198,3 +198,19 @@ def test_every_design_or_threats_document_named_exists() -> None:
             if not any((base / named).resolve().is_file() for base in (path.parent, ROOT)):
                 broken.append(f"{path.relative_to(ROOT)}: {match.group(0)}")
     assert not broken, f"documents named but not in the repository: {sorted(set(broken))}"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "tests").rglob("*.py")), ids=lambda p: p.name)
+def test_no_test_module_imports_another(path: Path) -> None:
+    """Shared builders live in tests/builders.py and the conftest files: importing a
+    ``test_*`` module runs its collection-time code twice and ties tests together."""
+    tree = ast.parse(path.read_text("utf-8"))
+    imported = [
+        n.module
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module and n.level == 0
+    ]
+    bad = [
+        m for m in imported if m.startswith("tests.") and m.rsplit(".", 1)[-1].startswith("test_")
+    ]
+    assert not bad, f"{path.relative_to(ROOT)} imports test modules {bad}"

@@ -82,7 +82,7 @@ def test_h02_split_view_is_exposed_by_the_witness(world: World) -> None:
 
 
 def _events(bundle: Path, world: World) -> list[Any]:
-    from tests.node.test_log import anchors
+    from tests.builders import anchors
 
     out: list[Any] = []
     verify_bundle_file(bundle, anchors(world.hostile, world.victim), on_event=out.append)
@@ -137,7 +137,7 @@ def test_h04_two_writers_racing_keep_checkpoints_consistent(world: World, tmp_pa
         merkle.verify_consistency(old.size, new.size, old.root, new.root, proof)
     bundle = tmp_path / "cn.bundle"
     export_bundle(node, bundle, world.now)
-    from tests.node.test_log import anchors
+    from tests.builders import anchors
 
     assert verify_bundle_file(bundle, anchors(world.victim, world.hostile)).ok
 

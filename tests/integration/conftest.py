@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PASSPHRASE, Result, exchange_cards
+from tests.builders import ALERT
+from tests.conftest import PASSPHRASE, Result, agree, exchange_cards
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0  # grace (5 s) + bounded shutdown steps, on a loaded 2-core machine
@@ -138,3 +139,28 @@ def until(what: str, check: Callable[[], object], procs: list[ServerProcess]) ->
             return value
         time.sleep(0.1)
     raise AssertionError(f"{what} not reached in {WAIT}s\n" + "\n".join(p.logs() for p in procs))
+
+
+def inbox_count(accord: Callable[..., Result], data: Path) -> int:
+    """How many reports ``inbox list`` shows at ``data`` (0 while the node cannot answer)."""
+    r = accord("--data", data, "inbox", "list", "--json")
+    return len(r.json()) if r.code == 0 else 0
+
+
+def serving_with_one_report(
+    accord: Callable[..., Result],
+    servers: Callable[..., ServerProcess],
+    pk: Path,
+    cn: Path,
+    tmp_path: Path,
+) -> tuple[ServerProcess, ServerProcess, Path]:
+    """Both nodes agreed and serving; one report from pk-moi already in cn-mps's inbox."""
+    agree(accord, pk, cn, tmp_path)
+    pk_server, cn_server = servers(pk), servers(cn)
+    for p in (pk_server, cn_server):
+        p.wait_ready()
+    report = tmp_path / "alert.json"
+    report.write_text(json.dumps(ALERT))
+    assert accord("--data", pk, "report", "submit", report).code == 0
+    until("the first report", lambda: inbox_count(accord, cn) == 1, [pk_server, cn_server])
+    return pk_server, cn_server, report

@@ -14,8 +14,7 @@ from node import clock
 from node.home import Node
 from node.policy import check_policy
 from tests.conftest import PASSPHRASE, Result
-from tests.integration.conftest import ServerProcess
-from tests.integration.test_exchange import _inbox_count, _serving_with_one_report
+from tests.integration.conftest import ServerProcess, inbox_count, serving_with_one_report
 
 Accord = Callable[..., Result]
 pytestmark = pytest.mark.threat("I08")
@@ -38,7 +37,7 @@ def test_i08_cli_never_shows_an_edited_tlp_and_an_edited_policy_releases_nothing
     tmp_path: Path,
 ) -> None:
     pk, cn = partners
-    pk_server, cn_server, report = _serving_with_one_report(accord, servers, pk, cn, tmp_path)
+    pk_server, cn_server, report = serving_with_one_report(accord, servers, pk, cn, tmp_path)
     [item] = accord("--data", cn, "inbox", "list", "--json").json()
     envelope_id = item["envelope_id"]
     assert item["tlp"] == "amber"  # the control
@@ -74,6 +73,6 @@ def test_i08_cli_never_shows_an_edited_tlp_and_an_edited_policy_releases_nothing
     kinds = [e["kind"] for e in r.json()["entries"]]
     assert kinds.count("policy.changed") == 1 and kinds.count("release.decided") == 1
     _sql(cn, "UPDATE inbox SET tlp = 'amber'")
-    assert _inbox_count(accord, cn) == 1  # nothing more arrived
+    assert inbox_count(accord, cn) == 1  # nothing more arrived
     for p in (pk_server, cn_server):
         assert p.terminate() == 0

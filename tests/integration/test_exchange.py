@@ -14,7 +14,7 @@ from typing import Any
 from exchange.sdjwt import PresentationLimits, verify_presentation
 from tests.builders import ALERT, MARKER
 from tests.conftest import Result, agree, audit_anchors
-from tests.integration.conftest import ServerProcess, until
+from tests.integration.conftest import ServerProcess, inbox_count, serving_with_one_report, until
 
 Accord = Callable[..., Result]
 
@@ -101,26 +101,6 @@ def test_report_flows_from_pk_moi_to_cn_mps(
         assert MARKER not in json.dumps(entry)
 
 
-def _serving_with_one_report(
-    accord: Accord, servers: Callable[..., ServerProcess], pk: Path, cn: Path, tmp_path: Path
-) -> tuple[ServerProcess, ServerProcess, Path]:
-    """Both nodes agreed and serving; one report from pk-moi already in cn-mps's inbox."""
-    agree(accord, pk, cn, tmp_path)
-    pk_server, cn_server = servers(pk), servers(cn)
-    for p in (pk_server, cn_server):
-        p.wait_ready()
-    report = tmp_path / "alert.json"
-    report.write_text(json.dumps(ALERT))
-    assert accord("--data", pk, "report", "submit", report).code == 0
-    until("the first report", lambda: _inbox_count(accord, cn) == 1, [pk_server, cn_server])
-    return pk_server, cn_server, report
-
-
-def _inbox_count(accord: Accord, data: Path) -> int:
-    r = accord("--data", data, "inbox", "list", "--json")
-    return len(r.json()) if r.code == 0 else 0
-
-
 def test_identity_rotation_reaches_the_partner_over_grpc(
     partners: tuple[Path, Path],
     servers: Callable[..., ServerProcess],
@@ -130,7 +110,7 @@ def test_identity_rotation_reaches_the_partner_over_grpc(
     """pk-moi rotates its identity key between two reports. cn-mps learns the new card
     with GetCard (accepted only because the old key signed it) and keeps receiving."""
     pk, cn = partners
-    pk_server, cn_server, report = _serving_with_one_report(accord, servers, pk, cn, tmp_path)
+    pk_server, cn_server, report = serving_with_one_report(accord, servers, pk, cn, tmp_path)
 
     old_fp = accord("--data", cn, "peer", "show", "pk-moi", "--json").json()["fingerprint"]
     # While it serves (ADR 0017): through the Officer socket, no restart.
@@ -138,7 +118,7 @@ def test_identity_rotation_reaches_the_partner_over_grpc(
     assert accord("--data", pk, "report", "submit", report).code == 0
     until(
         "the report signed by the new key",
-        lambda: _inbox_count(accord, cn) == 2,
+        lambda: inbox_count(accord, cn) == 2,
         [pk_server, cn_server],
     )
     new_fp = accord("--data", cn, "peer", "show", "pk-moi", "--json").json()["fingerprint"]
@@ -158,7 +138,7 @@ def test_signed_revocation_reaches_the_partner_over_grpc(
     learns the signed statement with GetCard (pk-moi ends the followed Pull so the partner
     re-opens within a heartbeat), marks pk-moi revoked and stops pulling from it."""
     pk, cn = partners
-    pk_server, cn_server, report = _serving_with_one_report(accord, servers, pk, cn, tmp_path)
+    pk_server, cn_server, report = serving_with_one_report(accord, servers, pk, cn, tmp_path)
 
     def peer() -> Any:
         return accord("--data", cn, "peer", "show", "pk-moi", "--json").json()
@@ -175,7 +155,7 @@ def test_signed_revocation_reaches_the_partner_over_grpc(
     # Nothing sealed after the revocation reaches cn-mps.
     assert accord("--data", pk, "report", "submit", report).code == 0
     time.sleep(2)
-    assert _inbox_count(accord, cn) == 1
+    assert inbox_count(accord, cn) == 1
     assert accord("--data", cn, "audit", "export", "--out", tmp_path / "cn.audit").code == 0
     anchors = audit_anchors(accord, cn, pk)
     assert accord("audit", "verify", tmp_path / "cn.audit", *anchors).code == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 from exchange.card import Card, verify_chain_bytes
 from tests.builders import ALERT
 from tests.conftest import Result, agree, audit_anchors
-from tests.integration.conftest import ServerProcess, until
+from tests.integration.conftest import ServerProcess, inbox_count, until
 
 Accord = Callable[..., Result]
 
@@ -19,11 +19,6 @@ Accord = Callable[..., Result]
 def _card(accord: Accord, data: Path, out: Path) -> Card:
     assert accord("--data", data, "card", "export", "--out", out, "--force").code == 0
     return verify_chain_bytes(out.read_bytes()).latest
-
-
-def _inbox_count(accord: Accord, data: Path) -> int:
-    r = accord("--data", data, "inbox", "list", "--json")
-    return len(r.json()) if r.code == 0 else 0
 
 
 def test_rotate_all_while_serving_keeps_the_exchange_and_both_audits(
@@ -69,7 +64,7 @@ def test_rotate_all_while_serving_keeps_the_exchange_and_both_audits(
     report = tmp_path / "alert.json"
     report.write_text(json.dumps(ALERT))
     assert accord("--data", pk, "report", "submit", report).code == 0
-    until("the first report", lambda: _inbox_count(accord, cn) == 1, procs)
+    until("the first report", lambda: inbox_count(accord, cn) == 1, procs)
 
     # A stolen host: every key of pk-moi replaced while it serves.
     rotated = accord("--data", pk, "keys", "rotate", "--all", "--json")
@@ -86,7 +81,7 @@ def test_rotate_all_while_serving_keeps_the_exchange_and_both_audits(
     # Partners keep syncing: cn-mps takes the new card over GetCard (TLS under the old CA
     # until then), reports sealed under the new keys arrive, receipts come back.
     assert accord("--data", pk, "report", "submit", report).code == 0
-    until("the report after the rotation", lambda: _inbox_count(accord, cn) == 2, procs)
+    until("the report after the rotation", lambda: inbox_count(accord, cn) == 2, procs)
     until(
         "cn-mps holds the new card",
         lambda: (

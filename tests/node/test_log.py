@@ -26,7 +26,7 @@ from node.home import Node, init_node
 from node.log import ExchangeLog
 from node.store import Store
 from node.witness import Witness, WitnessConflict
-from tests.builders import insider_append_leaf
+from tests.builders import anchors, insider_append_leaf
 from tests.conftest import PASSPHRASE
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -149,11 +149,6 @@ def _busy_node(tmp_path: Path) -> Node:
         _append(node, 5, NOW + timedelta(minutes=batch))
         node.checkpoint(NOW + timedelta(minutes=batch))
     return node
-
-
-def anchors(*nodes: Node) -> list[Anchor]:
-    """Each node's fingerprint, as the auditor checked it out of band."""
-    return [Anchor(n.config.node, n.own_chain().latest.fingerprint) for n in nodes]
 
 
 def _audit(node: Node, tmp_path: Path) -> list[tuple[int | None, str]]:
