@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROTO_OUT := node/_pb
 
-.PHONY: venv proto lint test test-long demo bench fuzz soak clean
+.PHONY: venv proto lint test test-long demo bench bench-feed fuzz soak clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,12 @@ demo: $(STAMP)
 bench: $(STAMP)
 	@if [ -f bench/run.py ]; then $(BIN)/python bench/run.py $(BENCH_ARGS); \
 	else echo "bench: bench/run.py is missing from this checkout; nothing to measure"; fi
+
+# The TAXII feed against medallion (memory backend), 10,000 objects through taxii2-client.
+FEED_OBJECTS ?= 10000
+bench-feed: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/feed.py --objects $(FEED_OBJECTS)
 
 FUZZ_SECONDS ?= 60
 fuzz: $(STAMP)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Final
@@ -67,6 +67,22 @@ _AGREEMENT_KEYS: Final = frozenset(
     {"type", "id", "version", "parties", "schemas", "ceiling", "suite", "not_before", "not_after"}
 )
 _DIRECTION_KEYS: Final = frozenset({"from", "to", "tlp_max", "schemas"})
+_ONWARD_KEYS: Final = frozenset({"default", "schemas"})
+
+# Onward dissemination (docs/adr/0014): the classes of domestic recipient the receiving node
+# may pass a report on to, per TLP level (optionally per schema). "any" means every class.
+# TLP:RED never goes onward, so it cannot be named.
+RECIPIENT_CLASSES: Final = (
+    "any",
+    "cert",
+    "counter-terrorism",
+    "customs",
+    "government",
+    "intelligence",
+    "military",
+    "police",
+)
+ONWARD_TLPS: Final = ("clear", "green", "amber", "amber+strict")
 _SCHEMA_CEILING_KEYS: Final = frozenset({"fields", "labels"})
 
 
@@ -108,22 +124,67 @@ class SchemaCeiling:
         return {"fields": sorted(self.fields), "labels": sorted(self.labels)}
 
 
+TlpClasses = Mapping[str, frozenset[str]]
+
+
+@dataclass(frozen=True)
+class OnwardRules:
+    """Whom the receiver may pass reports of one direction on to: per TLP level the classes
+    of domestic recipient (``default``), replaced for a schema named in ``schemas``. A level
+    not listed lets nothing onward; no rules at all (the default) mean nothing onward."""
+
+    default: TlpClasses = field(default_factory=lambda: MappingProxyType({}))
+    schemas: Mapping[str, TlpClasses] = field(default_factory=lambda: MappingProxyType({}))
+
+    def classes(self, tlp: str, schema: str) -> frozenset[str]:
+        rules = self.schemas.get(schema, self.default)
+        return rules.get(tlp, frozenset()) if tlp in ONWARD_TLPS else frozenset()
+
+    def allows(self, tlp: str, schema: str, recipient_class: str) -> bool:
+        """May a report of ``schema`` at ``tlp`` go to a recipient of ``recipient_class``?"""
+        allowed = self.classes(tlp, schema)
+        return recipient_class in RECIPIENT_CLASSES and (
+            "any" in allowed or recipient_class in allowed
+        )
+
+    def is_empty(self) -> bool:
+        return not self.default and not self.schemas
+
+    def to_json(self) -> dict[str, Any]:
+        def levels(m: TlpClasses) -> dict[str, list[str]]:
+            return {tlp: sorted(m[tlp]) for tlp in sorted(m)}
+
+        return {
+            "default": levels(self.default),
+            "schemas": {name: levels(self.schemas[name]) for name in sorted(self.schemas)},
+        }
+
+
+NO_ONWARD: Final = OnwardRules()
+
+
 @dataclass(frozen=True)
 class DirectionCeiling:
-    """The ceiling for one direction ``sender -> receiver``."""
+    """The ceiling for one direction ``sender -> receiver``, and what ``receiver`` may pass
+    onward (``onward``: an optional key, left out of the bytes when there are no rules, so
+    agreements without onward rules keep the bytes and digest they always had)."""
 
     sender: str
     receiver: str
     tlp_max: str
     schemas: Mapping[str, SchemaCeiling]
+    onward: OnwardRules = NO_ONWARD
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "from": self.sender,
             "to": self.receiver,
             "tlp_max": self.tlp_max,
             "schemas": {name: self.schemas[name].to_json() for name in sorted(self.schemas)},
         }
+        if not self.onward.is_empty():
+            out["onward"] = self.onward.to_json()
+        return out
 
 
 @dataclass(frozen=True)
@@ -272,6 +333,7 @@ def direction(
     receiver: str,
     tlp_max: str,
     schemas: Mapping[str, tuple[Iterable[str], Iterable[str]]],
+    onward: OnwardRules = NO_ONWARD,
 ) -> DirectionCeiling:
     """Convenience builder: ``schemas`` maps a name to ``(fields, labels)``."""
     return DirectionCeiling(
@@ -284,7 +346,75 @@ def direction(
                 for name, (fields, labels) in schemas.items()
             }
         ),
+        onward=onward,
     )
+
+
+def _onward_levels(raw: object, where: str, *, from_terms: bool) -> TlpClasses:
+    if not isinstance(raw, dict):
+        raise InputError(f"{where} must be a table of TLP levels to recipient classes")
+    out: dict[str, frozenset[str]] = {}
+    for tlp, classes in raw.items():
+        here = f"{where}.{tlp}" if isinstance(tlp, str) else where
+        if tlp == "red":
+            raise InputError(f"{here}: TLP:RED never goes onward; leave it out")
+        if tlp not in ONWARD_TLPS:
+            raise InputError(f"{here}: unknown TLP level (one of {', '.join(ONWARD_TLPS)})")
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise InputError(f"{here} must be a list of recipient classes")
+        bad = [c for c in classes if c not in RECIPIENT_CLASSES]
+        if bad:
+            raise InputError(
+                f"{here}: unknown recipient class {bad[0][:40]!r} "
+                f"(one of {', '.join(RECIPIENT_CLASSES)})"
+            )
+        if not classes:
+            raise InputError(f"{here}: lists no class (leave the level out: nothing onward)")
+        if "any" in classes and len(classes) > 1:
+            raise InputError(f"{here}: 'any' already names every class; list it alone")
+        if not from_terms and classes != sorted(set(classes)):
+            raise InputError(f"{here} must be sorted and without duplicates")
+        if len(set(classes)) != len(classes):
+            raise InputError(f"{here} names a class twice")
+        out[tlp] = frozenset(classes)
+    return MappingProxyType(out)
+
+
+def parse_onward(raw: object, where: str, *, from_terms: bool = False) -> OnwardRules:
+    """Onward rules from terms (``[send.onward]``: TLP levels, and ``schema."<name>"`` tables
+    of levels) or from an agreement's ``onward`` (``default`` and ``schemas``). Raises
+    ``InputError`` naming the field: an unknown TLP, RED, or a class not in
+    ``RECIPIENT_CLASSES``."""
+    if not isinstance(raw, dict):
+        raise InputError(f"{where} must be a table")
+    if from_terms:
+        levels = {k: v for k, v in raw.items() if k != "schema"}
+        per_schema = raw.get("schema", {})
+    else:
+        if set(raw) != _ONWARD_KEYS:
+            raise InputError(f"{where} needs exactly default and schemas")
+        levels, per_schema = raw["default"], raw["schemas"]
+    if not isinstance(per_schema, dict):
+        raise InputError(f"{where}.schema must be a table of schemas")
+    sub = "schema" if from_terms else "schemas"
+    schemas = {}
+    for name, rule in per_schema.items():
+        if not isinstance(name, str) or SCHEMA_NAME_RE.fullmatch(name) is None:
+            raise InputError(f"{where}.{sub}: a schema name is not of the form name@major")
+        schemas[name] = _onward_levels(rule, f"{where}.{sub}.{name}", from_terms=from_terms)
+    rules = OnwardRules(
+        default=_onward_levels(levels, where, from_terms=from_terms),
+        schemas=MappingProxyType(schemas),
+    )
+    if not from_terms and rules.is_empty():
+        raise InputError(f"{where} names no rule (leave it out: nothing onward)")
+    return rules
+
+
+def onward_rules(agreement: VerifiedAgreement, sender: str, receiver: str) -> OnwardRules:
+    """What ``receiver`` may pass onward of what ``sender`` sends; nothing without rules."""
+    d = agreement.agreement.direction(sender, receiver)
+    return NO_ONWARD if d is None else d.onward
 
 
 def sign_agreement(
@@ -570,9 +700,10 @@ def _from_json(doc: object) -> Agreement:
         raise InputError("agreement: ceiling must be a list of directions")
     directions = []
     for raw in ceiling_raw:
-        if not isinstance(raw, dict) or set(raw) != _DIRECTION_KEYS:
+        if not isinstance(raw, dict) or set(raw) - {"onward"} != _DIRECTION_KEYS:
             raise InputError(
-                "agreement: each ceiling entry needs exactly from, to, tlp_max, schemas"
+                "agreement: each ceiling entry needs exactly from, to, tlp_max, schemas "
+                "(and optionally onward)"
             )
         per_schema = raw["schemas"]
         if not isinstance(per_schema, dict):
@@ -585,12 +716,16 @@ def _from_json(doc: object) -> Agreement:
                 fields=_names(entry["fields"], "agreement: ceiling fields", FIELD_NAME_RE),
                 labels=_names(entry["labels"], "agreement: ceiling labels", LABEL_RE),
             )
+        onward = (
+            parse_onward(raw["onward"], "agreement: ceiling onward") if "onward" in raw else None
+        )
         directions.append(
             DirectionCeiling(
                 sender=raw["from"],
                 receiver=raw["to"],
                 tlp_max=raw["tlp_max"],
                 schemas=MappingProxyType(entries),
+                onward=NO_ONWARD if onward is None else onward,
             )
         )
     return Agreement(
@@ -671,6 +806,18 @@ def _problems(a: Agreement) -> list[str]:
             check(
                 all(FIELD_NAME_RE.fullmatch(f) for f in sc.fields),
                 f"ceiling: {name[:70]} names an invalid field name",
+            )
+        for name in d.onward.schemas:
+            check(
+                name in d.schemas,
+                f"ceiling {d.sender}->{d.receiver}: onward names schema {name[:70]}, "
+                "which does not flow in this direction",
+            )
+        for levels in (d.onward.default, *d.onward.schemas.values()):
+            check(
+                set(levels) <= set(ONWARD_TLPS)
+                and all(c <= set(RECIPIENT_CLASSES) and c for c in levels.values()),
+                f"ceiling {d.sender}->{d.receiver}: onward names an unknown TLP level or class",
             )
     pairs = [(d.sender, d.receiver) for d in a.ceiling]
     if not problems:

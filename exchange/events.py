@@ -38,6 +38,9 @@ KINDS = frozenset(
         "receipt.sent",
         "receipt.received",
         "checkpoint.cosigned",
+        "feed.consumer_added",
+        "feed.consumer_revoked",
+        "feed.served",
     }
 )
 MAX_EVENT_BYTES = 64 * 1024

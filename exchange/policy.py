@@ -657,6 +657,10 @@ class ReleaseDecision:
     withheld: Mapping[str, str]
     policy_digest: str
     agreement_digest: str | None
+    # Of each released or transformed field: its schema label, and the policy's legal basis
+    # where it names one (personal fields must), for ``accord audit disclosures``.
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    legal_basis: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def releases_anything(self) -> bool:
@@ -685,6 +689,8 @@ class ReleaseDecision:
             "policy_digest": self.policy_digest,
             "agreement_digest": self.agreement_digest,
             "releases_anything": self.releases_anything,
+            "labels": {f: self.labels[f] for f in sorted(self.labels)},
+            "legal_basis": {f: self.legal_basis[f] for f in sorted(self.legal_basis)},
         }
 
 
@@ -728,7 +734,11 @@ def decide(
     def result(
         released: list[str], transformed: dict[str, TransformedField], withheld: dict[str, str]
     ) -> ReleaseDecision:
+        out = sorted([*released, *transformed])
+        basis = {} if rule is None else rule.legal_basis
         return ReleaseDecision(
+            labels=MappingProxyType({f: labels[f] for f in out if f in labels}),
+            legal_basis=MappingProxyType({f: basis[f] for f in out if basis.get(f)}),
             peer=peer,
             schema=schema,
             tlp=tlp,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -32,7 +33,10 @@ from keys.tls import (
     TlsMaterial,
     certificate_not_after,
     cross_certify,
+    feed_server_context,
     generate_tls,
+    issue_client_certificate,
+    pem_fingerprint,
     renew_node_certificate,
 )
 
@@ -151,6 +155,26 @@ class Keyring:
             if key.kid == kid:
                 return key
         return None
+
+    def issue_feed_credentials(self, name: str, out: Path, now: datetime) -> str:
+        """Issue a TAXII feed consumer's client certificate from the node CA and write
+        ``out/client.pem``, ``out/client.key`` (0600) and ``out/ca.pem``; none may exist yet.
+        The CA key and the consumer's key stay in keys/; returns the certificate's
+        fingerprint (``sha256:<hex>`` of its DER), by which the feed recognises it."""
+        cert_pem, key_pem = issue_client_certificate(
+            self.tls.ca_cert_pem, self.tls.ca_key_pem, name, now
+        )
+        for file in ("client.pem", "client.key", "ca.pem"):
+            if (out / file).exists():
+                raise InputError(f"{out / file} exists", next_step="Choose another --out.")
+        write_private_file(out / "client.key", key_pem, replace=False)
+        write_private_file(out / "client.pem", cert_pem, replace=False)
+        write_private_file(out / "ca.pem", self.tls.ca_cert_pem, replace=False)
+        return pem_fingerprint(cert_pem)
+
+    def feed_tls_context(self) -> ssl.SSLContext:
+        """The TAXII feed's server TLS context (keys/tls.py ``feed_server_context``)."""
+        return feed_server_context(self.tls.chain_pem, self.tls.key_pem, self.tls.ca_cert_pem)
 
     def tls_server_material(self) -> tuple[bytes, bytes]:
         """(certificate chain PEM, private key PEM) for the gRPC transport only."""

@@ -8,6 +8,9 @@ which gRPC exposes to handlers as ``peer_uri``.
 from __future__ import annotations
 
 import ipaddress
+import os
+import ssl
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -196,3 +199,83 @@ def renew_node_certificate(
     if cross and x509.load_pem_x509_certificate(cross).not_valid_after_utc <= now:
         cross = b""
     return TlsMaterial(tls.ca_cert_pem, tls.ca_key_pem, cert_pem, key_pem, cross)
+
+
+def feed_consumer_uri(name: str) -> str:
+    return f"accord:feed-consumer:{name}"
+
+
+def issue_client_certificate(
+    ca_cert_pem: bytes, ca_key_pem: bytes, name: str, now: datetime
+) -> tuple[bytes, bytes]:
+    """A TLS client certificate for a TAXII feed consumer (clientAuth only, never serverAuth),
+    issued by the node's CA and naming the consumer as ``URI:accord:feed-consumer:<name>``.
+    Returns (certificate PEM, private key PEM); the key is handed to the consumer once."""
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
+    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError("the node CA key is not an EC key")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Accord feed consumer"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, name),
+                ]
+            )
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + CERT_LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(feed_consumer_uri(name))]),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+
+
+def certificate_fingerprint(der: bytes) -> str:
+    """``sha256:<hex>`` of a certificate's DER bytes: how a feed consumer is recognised."""
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(der)
+    return "sha256:" + digest.finalize().hex()
+
+
+def pem_fingerprint(cert_pem: bytes) -> str:
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return certificate_fingerprint(cert.public_bytes(serialization.Encoding.DER))
+
+
+def feed_server_context(cert_pem: bytes, key_pem: bytes, client_ca_pem: bytes) -> ssl.SSLContext:
+    """The TLS context of the TAXII feed: TLS 1.3 only, the node's certificate, and client
+    certificates optional but, when sent, verified against the node's own CA (a certificate
+    of any other CA fails the handshake, before any request is read). HTTP Basic consumers
+    send none.
+
+    ``ssl`` loads a private key only from a file: it is written to a private file (0600, in
+    a 0700 directory) and removed again before this returns."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.verify_mode = ssl.CERT_OPTIONAL
+    context.load_verify_locations(cadata=client_ca_pem.decode("ascii"))
+    with tempfile.TemporaryDirectory(prefix="accord-feed-") as tmp:
+        os.chmod(tmp, 0o700)
+        path = os.path.join(tmp, "server.pem")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, cert_pem + b"\n" + key_pem)
+        finally:
+            os.close(fd)
+        context.load_cert_chain(path)
+    return context

@@ -10,13 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from exchange.agreement import (
+    NO_ONWARD,
+    RECIPIENT_CLASSES,
     Agreement,
     Ceiling,
+    OnwardRules,
     SignedAgreement,
     VerifiedAgreement,
     ceiling_for,
     direction,
     parse_agreement_unverified,
+    parse_onward,
     parse_signed_agreement_unverified,
     propose,
     sign_agreement,
@@ -67,6 +71,21 @@ def _schemas_of(section: dict[str, Any], where: str) -> dict[str, tuple[list[str
     return out
 
 
+def _onward_of(section: dict[str, Any], where: str) -> OnwardRules:
+    """``[send.onward]`` / ``[receive.onward]``: whom the receiver may pass reports on to.
+    Left out, nothing goes onward."""
+    if "onward" not in section:
+        return NO_ONWARD
+    try:
+        return parse_onward(section["onward"], f"{where}.onward", from_terms=True)
+    except InputError as e:
+        raise InputError(
+            f"terms: {e.message}",
+            next_step="Name TLP levels clear, green, amber or amber+strict, and recipient "
+            f"classes from: {', '.join(RECIPIENT_CLASSES)}.",
+        ) from e
+
+
 def terms_to_agreement(node: Node, peer: str, text: str, now: datetime) -> Agreement:
     """Build an agreement from the officer's terms file (``sop/agreements/example-terms.toml``)."""
     if len(text) > MAX_TERMS:
@@ -94,9 +113,25 @@ def terms_to_agreement(node: Node, peer: str, text: str, now: datetime) -> Agree
         raise InputError(f"terms: suite must be one of {sorted(SUITES)}")
     me = node.config.node
     send, receive = dict(terms["send"]), dict(terms["receive"])
+    for where, section in (("send", send), ("receive", receive)):
+        unknown_keys = set(section) - {"tlp_max", "schema", "onward"}
+        if unknown_keys:
+            raise InputError(f"terms: {where}: unknown keys {sorted(unknown_keys)}")
     directions = [
-        direction(me, peer, str(send.get("tlp_max", "")), _schemas_of(send, "send")),
-        direction(peer, me, str(receive.get("tlp_max", "")), _schemas_of(receive, "receive")),
+        direction(
+            me,
+            peer,
+            str(send.get("tlp_max", "")),
+            _schemas_of(send, "send"),
+            _onward_of(send, "send"),
+        ),
+        direction(
+            peer,
+            me,
+            str(receive.get("tlp_max", "")),
+            _schemas_of(receive, "receive"),
+            _onward_of(receive, "receive"),
+        ),
     ]
     reg = registry()
     names = sorted({n for d in directions for n in d.schemas})

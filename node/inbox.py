@@ -648,6 +648,26 @@ def received_times(node: Node, peer: str, since: str, limit: int) -> list[str]:
     return [_verified(node, r)[0].received_at for r in rows]
 
 
+def inbox_after(node: Node, peer: str, after_seq: int, limit: int) -> list[InboxItem]:
+    """Reports and retractions from ``peer`` after seq ``after_seq``, in seq order (the TAXII
+    feed indexes what arrived through this, so the same row checks apply to it)."""
+    rows = node.store.conn.execute(
+        _ITEM_SQL + " WHERE i.peer = ? AND i.seq > ? ORDER BY i.seq LIMIT ?",
+        (peer, after_seq, limit),
+    ).fetchall()
+    return [_verified(node, r)[0] for r in rows]
+
+
+def report_versions(node: Node, peer: str, report_id: str) -> list[InboxItem]:
+    """Every item of one report received from ``peer`` (its versions, then any
+    retraction), in the order they arrived."""
+    rows = node.store.conn.execute(
+        _ITEM_SQL + " WHERE i.peer = ? AND i.report_id = ? ORDER BY i.seq",
+        (peer, report_id),
+    ).fetchall()
+    return [_verified(node, r)[0] for r in rows]
+
+
 def get_inbox(node: Node, envelope_id: str) -> tuple[InboxItem, dict[str, Any]]:
     """One received item and its decrypted content (presentation, derived values, release),
     checked against its authenticated record."""
@@ -683,7 +703,9 @@ __all__ = [
     "cursor",
     "envelope_digest",
     "get_inbox",
+    "inbox_after",
     "list_inbox",
+    "report_versions",
 ]
 
 

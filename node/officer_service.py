@@ -33,6 +33,7 @@ from node.policy import active_policy, decide_for
 from node.reports import list_reports, load_sealed, resolve_report_id
 from node.schemas import registry
 from node.server import OfficerService
+from node.stix import stix_source, to_stix_bundle
 from node.sync import OutboxSignal, Puller
 from node.wire import (
     expiry_warning_message,
@@ -337,6 +338,10 @@ class ExchangeOfficerService(OfficerService):
             "release": content.get("release", ""),
             "retraction": retraction,
         }
+        try:  # the STIX 2.1 form (node/stix.py), the same mapping the TAXII feed serves
+            body["stix"] = to_stix_bundle(stix_source(self._node, item.envelope_id, self._now()))
+        except AccordError as e:  # shown and exported as before; only the STIX form is missing
+            body["stix_error"] = e.code
         return officer_pb2.GetInboxResponse(
             item=inbox_message(item, _newest_versions([item])),
             report=json.dumps(body).encode(),

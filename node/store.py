@@ -331,6 +331,29 @@ def _m018_key_revocations(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m019_feed(db: sqlite_utils.Database) -> None:
+    """The TAXII feed (node/feed.py): consumers, and the STIX objects of received items
+    (encrypted at rest), in the order the feed added them (docs/adr/0014). Idempotent: a
+    database whose migration records were rewound past it (as tests of older migrations
+    do) replays it without harm."""
+    _run_sql(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS feed_consumers (
+            name TEXT PRIMARY KEY, class TEXT NOT NULL, collections TEXT NOT NULL,
+            own_organisation INTEGER NOT NULL, cert_fingerprint TEXT NOT NULL UNIQUE,
+            basic_hash TEXT, created_at TEXT NOT NULL, revoked_at TEXT);
+        CREATE TABLE IF NOT EXISTS feed_objects (
+            id INTEGER PRIMARY KEY, peer TEXT NOT NULL, stix_id TEXT NOT NULL,
+            type TEXT NOT NULL, version TEXT NOT NULL, date_added TEXT NOT NULL,
+            tlp TEXT NOT NULL, sop TEXT NOT NULL, envelope_id TEXT NOT NULL,
+            fields TEXT NOT NULL, object BLOB NOT NULL, UNIQUE (peer, stix_id, version));
+        CREATE INDEX IF NOT EXISTS feed_page ON feed_objects (peer, date_added, id);
+        CREATE TABLE IF NOT EXISTS feed_indexed (peer TEXT PRIMARY KEY, last_seq INTEGER NOT NULL)
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
     (2, "transparency log: leaves, subtrees, checkpoints, cosignatures, witness", _m002_log),
@@ -354,6 +377,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (16, "log leaves by event kind: trust, policy and agreement events", _m016_leaves_by_kind),
     (17, "evidence once per seq, repeats counted, alarm budget", _m017_bounded_evidence),
     (18, "signed revocations of replaced log, witness and TLS keys", _m018_key_revocations),
+    (19, "TAXII feed: consumers, STIX objects of received items, indexing cursor", _m019_feed),
 ]
 
 

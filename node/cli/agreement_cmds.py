@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from exchange.agreement import (
+    ONWARD_TLPS,
     Agreement,
     parse_agreement_unverified,
     parse_signed_agreement_unverified,
@@ -83,6 +84,24 @@ def _print_agreement(a: Agreement, digest: str | None, signed_by: list[str]) -> 
         ["direction", "TLP max", "schema", "labels", "fields"],
         rows,
     )
+    onward = []
+    for d in a.ceiling:
+        for schema, levels in [
+            ("every schema", d.onward.default),
+            *sorted(d.onward.schemas.items()),
+        ]:
+            for tlp in [t for t in ONWARD_TLPS if t in levels]:
+                onward.append(
+                    (f"{d.receiver} (from {d.sender})", schema, tlp, ", ".join(sorted(levels[tlp])))
+                )
+    if onward:
+        print_table(
+            "Onward (whom the receiver may pass reports on to; anything not listed: nobody)",
+            ["receiver", "schema", "TLP", "recipient classes"],
+            onward,
+        )
+    else:
+        say("Onward: nothing may be passed on to domestic recipients in either direction.")
 
 
 @cli.group(

@@ -2,6 +2,7 @@
 
 from node.cli import (
     agreement_cmds,  # noqa: F401
+    feed_cmds,  # noqa: F401
     keys_cmds,  # noqa: F401
     log_cmds,  # noqa: F401
     node_cmds,  # noqa: F401

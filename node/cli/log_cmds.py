@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from exchange.agreement import LABELS
 from exchange.audit import (
     Anchor,
     AuditReport,
@@ -21,11 +22,13 @@ from exchange.canonical import b64
 from exchange.card import MAX_CHAIN_BYTES
 from exchange.errors import InputError
 from exchange.events import Event, parse_event_unverified
+from exchange.times import format_time, parse_time
 from node import clock
 from node.audit import export_bundle, verify_bundle_file
 from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
 from node.cli.node_cmds import opened
 from node.cli.output import ok, print_fields, print_json, print_table, say, stderr
+from node.disclosures import disclosures
 
 MAX_LIMIT = 10_000
 
@@ -361,6 +364,75 @@ def audit_verify(
             ok(f"audit passed: {report.entries} entries, {report.checkpoints} checkpoints")
     if not report.ok:
         raise click.exceptions.Exit(3)
+
+
+@audit.command(
+    "disclosures",
+    epilog=examples(
+        "accord audit disclosures cn-mps.bundle --card cn-mps.card --label personal",
+        "accord audit disclosures cn-mps.bundle --card cn-mps.card --since 2026-11-01T00:00:00Z",
+    ),
+)
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@anchor_options
+@click.option(
+    "--label",
+    type=click.Choice(sorted(LABELS)),
+    default=None,
+    help="Only fields with this schema label (e.g. personal).",
+)
+@click.option(
+    "--since",
+    default=None,
+    help="Only from this time on (RFC 3339 UTC, e.g. 2026-11-01T00:00:00Z).",
+)
+@json_option
+def audit_disclosures(
+    bundle: Path,
+    fingerprints: tuple[str, ...],
+    cards: tuple[Path, ...],
+    label: str | None,
+    since: str | None,
+    as_json: bool,
+) -> None:
+    """List every release of fields in a verified log: to which partner or feed consumer,
+    when, which fields, and the legal basis and digests it was made under.
+
+    The bundle is verified first, against the anchors given as for 'audit verify'; a
+    bundle with findings is refused.
+    """
+    anchors = anchors_from(fingerprints, cards)
+    if since is not None:
+        since = format_time(parse_time(since, field="--since"))
+    events: list[Event] = []
+    report = _verify_with_bar(bundle, anchors, None, events.append)
+    if not report.ok:
+        _print_report(bundle, report)
+        raise InputError(
+            f"{bundle} did not verify; disclosures are listed only from a verified log",
+            code="audit.failed",
+            next_step="Run 'accord audit verify' and resolve its findings.",
+        )
+    found = disclosures(events, label=label, since=since)
+    if as_json:
+        print_json([d.to_json() for d in found])
+        return
+    print_table(
+        f"{len(found)} disclosure(s)" + (f" of {label} fields" if label else ""),
+        ["entry", "at", "to", "subject", "fields", "legal basis", "policy / agreement"],
+        [
+            (
+                d.index,
+                d.at,
+                f"{d.recipient} ({d.recipient_kind})",
+                d.subject,
+                ", ".join(f"{f} [{d.labels.get(f, '?')}]" for f in d.fields),
+                "; ".join(f"{f}: {b}" for f, b in sorted(d.legal_basis.items())) or "-",
+                f"{(d.policy_digest or '-')[:19]} / {(d.agreement_digest or '-')[:19]}",
+            )
+            for d in found
+        ],
+    )
 
 
 @audit.command(

@@ -12,7 +12,7 @@ import click
 from rich.panel import Panel
 from rich.text import Text
 
-from exchange.errors import PolicyError, StoreError
+from exchange.errors import InputError, PolicyError, StoreError
 from node._pb.accord.v1 import officer_pb2
 from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
 from node.cli.output import (
@@ -545,9 +545,13 @@ def inbox_export(
             + "\n"
         )
     else:
-        from node.stix import to_stix_bundle
-
-        text = to_stix_bundle(answer.item, body) + "\n"
+        if "stix" not in body:
+            raise InputError(
+                f"no STIX form of {envelope_id} ({body.get('stix_error', 'unknown')})",
+                code="inbox.no_stix",
+                next_step="Export it as --format json, or check the node's log.",
+            )
+        text = body["stix"] + "\n"  # node/stix.py, built by the node from the verified item
     if out is None:
         click.echo(text, nl=False)
     else:

@@ -28,10 +28,6 @@ CASE = re.compile(r"^\| ([A-Z]\d\d) \|", re.MULTILINE)
 NOT_YET: dict[str, str] = {
     "P18": "acknowledgements and replies of the warning loop",
     "C05": "PostgreSQL backend with a standby",
-    "F01": "TAXII feed consumers and their credentials",
-    "F02": "onward-dissemination rules enforced by the feed",
-    "F03": "TAXII pagination cursors",
-    "F04": "feed.served events and audit disclosures",
     "W01": "acknowledgement deadlines and escalation",
     "W02": "deadlines under clock steps",
 }

@@ -10,12 +10,15 @@ import pytest
 
 from exchange import agreement as ag
 from exchange.agreement import (
+    NO_ONWARD,
     Agreement,
     SignedAgreement,
     ceiling_for,
     ceilings_between,
     direction,
+    onward_rules,
     parse_agreement_unverified,
+    parse_onward,
     parse_signed_agreement_unverified,
     propose,
     sign_agreement,
@@ -436,3 +439,93 @@ def test_peer_of() -> None:
     assert a.peer_of(A) == B and a.peer_of(B) == A
     with pytest.raises(PolicyError):
         a.peer_of(C)
+
+
+# ---- onward dissemination (docs/adr/0014) -----------------------------------------------------
+
+TERMS = {
+    "green": ["any"],
+    "amber": ["police", "counter-terrorism"],
+    "schema": {TA: {"amber": ["cert"]}},
+}
+
+
+def _with_onward() -> Any:
+    rules = parse_onward(TERMS, "send.onward", from_terms=True)
+    return make(
+        ceiling=[
+            direction(B, A, "amber", {TA: (["recommended_actions"], ["public"])}, rules),
+            direction(A, B, "green", {TA: ([], ["public"])}),
+        ]
+    )
+
+
+def test_rules_are_signed_and_change_the_digest() -> None:
+    plain, onward = signed_by_both(), signed_by_both(_with_onward())
+    assert plain.digest != onward.digest
+    doc = json.loads(onward.agreement_bytes)
+    [mine, theirs] = doc["ceiling"]
+    assert "onward" not in mine
+    assert theirs["onward"] == {
+        "default": {"amber": ["counter-terrorism", "police"], "green": ["any"]},
+        "schemas": {TA: {"amber": ["cert"]}},
+    }
+    verified = verify_agreement(onward, KEYS, NOW)
+    rules = onward_rules(verified, B, A)
+    assert rules.allows("green", "travel-advisory@1", "military")
+    assert rules.allows("amber", "incident-report@1", "police")
+    assert not rules.allows("amber", TA, "police")  # the schema's rule replaces the default
+    assert rules.allows("amber", TA, "cert")
+    assert not rules.allows("clear", TA, "police")  # a level not listed: nobody
+    assert not rules.allows("red", "incident-report@1", "counter-terrorism")
+    assert not rules.allows("green", TA, "no-such-class")
+    assert onward_rules(verified, A, B) is NO_ONWARD
+
+
+def test_agreements_without_rules_keep_their_bytes_and_mean_nothing_onward() -> None:
+    signed = signed_by_both()
+    assert b'"onward"' not in signed.agreement_bytes
+    rules = onward_rules(verify_agreement(signed, KEYS, NOW), B, A)
+    assert rules.is_empty()
+    for tlp in ("clear", "green", "amber"):
+        assert not rules.allows(tlp, TA, "counter-terrorism")
+
+
+@pytest.mark.parametrize(
+    ("terms", "named"),
+    [
+        ({"purple": ["any"]}, "send.onward.purple: unknown TLP level"),
+        ({"red": ["any"]}, "send.onward.red: TLP:RED never goes onward"),
+        ({"green": ["polis"]}, "send.onward.green: unknown recipient class 'polis'"),
+        ({"green": []}, "send.onward.green: lists no class"),
+        ({"green": ["any", "police"]}, "send.onward.green: 'any' already names every class"),
+        ({"green": "any"}, "send.onward.green must be a list"),
+        (
+            {"schema": {TA: {"amber": ["spies"]}}},
+            f"send.onward.schema.{TA}.amber: unknown recipient class",
+        ),
+        ({"schema": {"nope": {}}}, "send.onward.schema: a schema name is not of the form"),
+    ],
+)
+def test_bad_terms_are_refused_with_the_field_named(terms: dict[str, Any], named: str) -> None:
+    with pytest.raises(InputError) as e:
+        parse_onward(terms, "send.onward", from_terms=True)
+    assert named in e.value.message
+
+
+@pytest.mark.parametrize(
+    "onward",
+    [
+        {"default": {"red": ["any"]}, "schemas": {}},
+        {"default": {"green": ["police", "cert"]}, "schemas": {}},  # not sorted
+        {"default": {}, "schemas": {}},  # vacuous: leave it out
+        {"default": {"green": ["any"]}},  # missing schemas
+        {"default": {}, "schemas": {"incident-report@1": {"green": ["any"]}}},  # not flowing
+    ],
+)
+def test_signed_bytes_with_bad_rules_are_refused(onward: dict[str, Any]) -> None:
+    doc = json.loads(signed_by_both().agreement_bytes)
+    doc["ceiling"][1]["onward"] = onward
+    signed = resign(doc)
+    with pytest.raises(PeerDataError):
+        parse_agreement_unverified(signed.agreement_bytes)

@@ -607,6 +607,10 @@ def test_personal_field_with_legal_basis_is_released() -> None:
     d = run(pol, report, schema=IR, ceil=ceiling(fields=ALL_IR_FIELDS, schema=IR))
     assert set(d.released) == {"affected_persons", "region"}
     assert d.withheld == {"narrative": NOT_IN_POLICY}
+    # The legal basis and labels of what was released are logged (audit disclosures).
+    event = d.to_log_event()
+    assert event["legal_basis"] == {"affected_persons": "MoU 2025 art. 4"}
+    assert event["labels"] == {"affected_persons": "personal", "region": "public"}
 
 
 def test_decide_withholds_personal_field_of_an_unchecked_policy() -> None:
@@ -921,6 +925,8 @@ def test_log_event_and_repr_hold_names_and_reasons_never_values() -> None:
         "policy_digest",
         "agreement_digest",
         "releases_anything",
+        "labels",
+        "legal_basis",
     }
     assert d.rows()[0] == ("indicators", "withheld", NOT_IN_POLICY)
 
