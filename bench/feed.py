@@ -314,6 +314,8 @@ def main() -> None:
     print(f"{'server':56} {'objects':>8} {'pages':>6} {'seconds':>8} {'objects/s':>10}")
     for name, n, pages, secs in rows:
         print(f"{name:56} {n:>8} {pages:>6} {secs:>8.2f} {n / secs:>10.0f}")
+    ratio = (len(ours) / ours_s) / (len(theirs) / theirs_s)
+    print(f"Accord/medallion ratio (objects per second): {ratio:.1f}x")
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     (RESULTS / f"feed-{stamp}.json").write_text(
@@ -325,6 +327,7 @@ def main() -> None:
                 "index_seconds": indexed,
                 "accord": {"seconds": ours_s, "pages": ours_pages},
                 "medallion": {"seconds": theirs_s, "pages": theirs_pages},
+                "ratio": ratio,
             },
             indent=2,
         ),
