@@ -619,6 +619,16 @@ def list_inbox(
 ) -> list[InboxItem]:
     """Received reports, newest first. The columns only select and order the rows; what
     is returned is checked against each row's authenticated record."""
+    return [
+        item for item, _content in list_inbox_records(node, peer=peer, limit=limit, before=before)
+    ]
+
+
+def list_inbox_records(
+    node: Node, *, peer: str | None = None, limit: int = 100, before: str | None = None
+) -> list[tuple[InboxItem, dict[str, Any]]]:
+    """:func:`list_inbox` with each item's decrypted record, read once (what ``inbox
+    list`` needs to show titles without opening every item a second time)."""
     where, args = ["i.kind = 'report'"], []
     if peer:
         where.append("i.peer = ?")
@@ -630,9 +640,9 @@ def list_inbox(
         _ITEM_SQL + " WHERE " + " AND ".join(where) + " ORDER BY i.envelope_id DESC LIMIT ?",
         (*args, limit),
     ).fetchall()
-    items = [_verified(node, r)[0] for r in rows]
-    retracted = _retracted(node, {i.peer for i in items})
-    return [replace(i, retracted=(i.peer, i.report_id) in retracted) for i in items]
+    records = [_verified(node, r) for r in rows]
+    retracted = _retracted(node, {i.peer for i, _c in records})
+    return [(replace(i, retracted=(i.peer, i.report_id) in retracted), c) for i, c in records]
 
 
 def received_times(node: Node, peer: str, since: str, limit: int) -> list[str]:

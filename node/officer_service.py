@@ -23,7 +23,7 @@ from node.inbox import (
     InboxItem,
     cursor,
     get_inbox,
-    list_inbox,
+    list_inbox_records,
     rejections,
     resolve_envelope_id,
     retraction_of,
@@ -303,13 +303,16 @@ class ExchangeOfficerService(OfficerService):
         before = request.page_token or None
         newest: dict[str, int] = {}
         for _ in range(MAX_SCAN // MAX_PAGE):  # a bounded scan: filters need the fields
-            batch = list_inbox(self._node, peer=request.peer or None, limit=MAX_PAGE, before=before)
+            records = list_inbox_records(
+                self._node, peer=request.peer or None, limit=MAX_PAGE, before=before
+            )
+            batch = [item for item, _content in records]
             for report_id, version in _newest_versions(batch).items():
                 newest[report_id] = max(version, newest.get(report_id, 0))
-            for item in batch:
+            for item, content in records:
                 if request.sop and item.sop != request.sop:
                     continue
-                shown = _title_and_severity(self._node, item)
+                shown = _title_and_severity(self._node, item, content)
                 if _matches(item, shown, newest, request, state):
                     matched.append((item, shown))
             if len(matched) >= wanted or len(batch) < MAX_PAGE:
@@ -579,11 +582,10 @@ def _fields_as_received(node: Node, item: InboxItem, content: dict[str, Any]) ->
 MAX_SCAN = 5_000  # received items one ListInbox call reads at most to fill a filtered page
 
 
-def _title_and_severity(node: Node, item: InboxItem) -> dict[str, Any]:
+def _title_and_severity(node: Node, item: InboxItem, content: dict[str, Any]) -> dict[str, Any]:
     """The two fields an officer scans a list by, verified like ``inbox show`` verifies."""
     if item.kind != "report" or not ({"title", "severity"} & set(item.fields)):
         return {}
-    _item, content = get_inbox(node, item.envelope_id)
     try:
         fields = _fields_as_received(node, item, content)
     except PeerDataError as e:
