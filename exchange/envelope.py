@@ -26,6 +26,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final, Protocol
 
+from exchange.ack import Acknowledgement, SignedAck, verify_ack
 from exchange.agreement import AGREEMENT_CLOCK_SKEW, VerifiedAgreement, ceiling_for
 from exchange.canonical import (
     b64,
@@ -71,7 +72,8 @@ RELEASE_TYPE: Final = "accord.release/v1"
 INFO_PREFIX: Final = b"accord/v1/envelope\n"
 KIND_REPORT: Final = "report"
 KIND_RETRACTION: Final = "retraction"
-KINDS: Final = (KIND_REPORT, KIND_RETRACTION)
+KIND_ACK: Final = "ack"
+KINDS: Final = (KIND_REPORT, KIND_RETRACTION, KIND_ACK)
 SUITES: Final = (SUITE_HYBRID, SUITE_X25519)
 MAX_SEQ: Final = MAX_SAFE_INTEGER  # 2^53-1: the largest integer canonical JSON carries
 SIGNATURE_LEN: Final = 64
@@ -88,6 +90,7 @@ PLAINTEXT_KEYS: Final = {
     KIND_RETRACTION: frozenset(
         {"retraction", "retraction_signature", "release", "release_signature"}
     ),
+    KIND_ACK: frozenset({"ack", "ack_signature", "release", "release_signature"}),
 }
 KID_RE: Final = re.compile(r"[\x21-\x7e]{1,64}")
 TRANSFORM_RE: Final = re.compile(r"[a-z]{1,16}(:[a-z0-9]{1,16})?")
@@ -320,6 +323,16 @@ class RetractionRelease:
 
 
 @dataclass(frozen=True)
+class AckRelease:
+    """An officer's signed acknowledgement of a partner's report, sent back to its issuer."""
+
+    ack: Acknowledgement
+    signed: SignedAck
+    agreement_digest: str
+    policy_digest: str
+
+
+@dataclass(frozen=True)
 class VerifiedRelease:
     """Everything ``open_envelope`` verified; the evidence bytes are kept for the store."""
 
@@ -331,6 +344,8 @@ class VerifiedRelease:
     report: VerifiedReport | None  # kind "report"
     retraction: Retraction | None  # kind "retraction"
     retraction_signed: SignedRetraction | None
+    ack: Acknowledgement | None = None  # kind "ack"
+    ack_signed: SignedAck | None = None
 
     @property
     def fields(self) -> Mapping[str, Any]:
@@ -346,7 +361,7 @@ class VerifiedRelease:
 
 
 def seal_envelope(
-    content: ReportRelease | RetractionRelease,
+    content: ReportRelease | RetractionRelease | AckRelease,
     *,
     envelope_id: str,
     sender: str,
@@ -375,12 +390,20 @@ def seal_envelope(
         if not ok:
             raise EnvelopeArgumentInvalid(f"cannot seal envelope: {rule}")
     created_at = format_time(now)
-    kind = KIND_REPORT if isinstance(content, ReportRelease) else KIND_RETRACTION
+    kind = (
+        KIND_REPORT
+        if isinstance(content, ReportRelease)
+        else KIND_ACK
+        if isinstance(content, AckRelease)
+        else KIND_RETRACTION
+    )
     header = EnvelopeHeader(
         envelope_id, sender, recipient, seq, kind, created_at, suite, recipient_key.kid
     )
     if isinstance(content, ReportRelease):
         statement, body = _report_statement(content, header)
+    elif isinstance(content, AckRelease):
+        statement, body = _ack_statement(content, header)
     else:
         statement, body = _retraction_statement(content, header)
     release_bytes = statement.to_bytes()
@@ -436,7 +459,7 @@ def _report_statement(
 
 def _statement(
     header: EnvelopeHeader,
-    content: ReportRelease | RetractionRelease,
+    content: ReportRelease | RetractionRelease | AckRelease,
     report_id: str,
     version: int,
     issuer_jwt_digest: str,
@@ -471,6 +494,19 @@ def _retraction_statement(
         "retraction": b64(content.signed.statement),
         "retraction_signature": b64(content.signed.signature),
     }
+    return statement, body
+
+
+def _ack_statement(
+    content: AckRelease, header: EnvelopeHeader
+) -> tuple[ReleaseStatement, dict[str, Any]]:
+    a = content.ack
+    if a.sender != header.sender or a.recipient != header.recipient:
+        raise EnvelopeArgumentInvalid("an acknowledgement goes from this node to the issuer")
+    if content.signed.statement != a.statement():
+        raise EnvelopeArgumentInvalid("the signed acknowledgement is not this acknowledgement")
+    statement = _statement(header, content, a.report_id, a.version, a.issuer_jwt_digest)
+    body = {"ack": b64(content.signed.statement), "ack_signature": b64(content.signed.signature)}
     return statement, body
 
 
@@ -772,6 +808,20 @@ def _open_content(
         return VerifiedRelease(
             header, digest, release, release_bytes, release_signature, None, retraction, signed
         )
+    if header.kind == KIND_ACK:
+        signed_ack, ack = _check_ack(body, release, header, identity_key)
+        return VerifiedRelease(
+            header,
+            digest,
+            release,
+            release_bytes,
+            release_signature,
+            None,
+            None,
+            None,
+            ack,
+            signed_ack,
+        )
     # 9. SD-JWT: signature, every disclosure, and exactly the disclosures released
     presentation = body["presentation"]
     if not isinstance(presentation, str):
@@ -916,14 +966,40 @@ def _check_retraction(
     return SignedRetraction(statement, signature), retraction
 
 
+def _check_ack(
+    body: Mapping[str, Any], release: ReleaseStatement, header: EnvelopeHeader, key: bytes
+) -> tuple[SignedAck, Acknowledgement]:
+    """The acknowledgement is signed by the key that signed the envelope, goes from the
+    sender to us, and is what the release names (report, version, issuer JWT)."""
+    statement = _b64_field(body, "ack")
+    signature = _b64_field(body, "ack_signature")
+    ack = verify_ack(
+        statement,
+        signature,
+        key,
+        expected_sender=header.sender,
+        expected_recipient=header.recipient,
+    )
+    if (
+        (release.report_id, release.version, release.issuer_jwt_digest)
+        != (ack.report_id, ack.version, ack.issuer_jwt_digest)
+        or release.disclosed
+        or release.derived
+    ):
+        raise _fail("peer.release.mismatch", "release does not match the acknowledgement")
+    return SignedAck(statement, signature), ack
+
+
 __all__ = [
     "DEFAULT_LIMITS",
     "ENVELOPE_TYPE",
     "INFO_PREFIX",
+    "KIND_ACK",
     "KIND_REPORT",
     "KIND_RETRACTION",
     "MAX_SEQ",
     "RELEASE_TYPE",
+    "AckRelease",
     "ContentRejected",
     "Decrypter",
     "DerivedValue",

@@ -41,6 +41,9 @@ KINDS = frozenset(
         "feed.consumer_added",
         "feed.consumer_revoked",
         "feed.served",
+        "ack.sent",
+        "ack.received",
+        "ack.overdue",
     }
 )
 MAX_EVENT_BYTES = 64 * 1024

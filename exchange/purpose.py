@@ -17,6 +17,7 @@ class Purpose(StrEnum):
     RECEIPT = "receipt"
     RETRACTION = "retraction"
     TERMINATION = "agreement-termination"
+    ACK = "ack"
 
 
 def signed_message(purpose: Purpose, data: bytes) -> bytes:

@@ -22,6 +22,9 @@ Rules held here and nowhere else:
   envelope stored at it (replay or equivocation).
 - **versions** of a report are held per (issuer, report id) (P17); a report id of one of
   this node's own reports is refused (P11).
+- **acknowledgements** (P18, ADR 0022) name a version of one of *our* reports that we sent
+  to *this* partner, are not older than that release nor later than now (both with the
+  documented skew), and are not a statement already received (a replay in a new envelope).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from exchange.agreement import VerifiedAgreement
 from exchange.card import Card, VerifiedChain
@@ -53,6 +56,18 @@ from exchange.purpose import Purpose, signed_message
 from exchange.sdjwt import HeldVersion, ReportIdCollision, check_retraction, check_version
 from exchange.sop import SchemaRegistry
 from exchange.times import parse_time
+
+# How far an acknowledgement's signed time may lie outside what this node saw (the release
+# it answers, and now): the clock skew Accord tolerates everywhere (docs/THREATS.md W02).
+ACK_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _never_sent(report_id: str, version: int, jwt_digest: str) -> datetime | None:
+    return None
+
+
+def _not_held(digest: str) -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -153,9 +168,15 @@ class Receiver:
     held_version: Callable[[str, str], HeldVersion | None]
     own_report: Callable[[str], bool]
     limits: EnvelopeLimits = DEFAULT_LIMITS
+    # ``sent_at(report_id, version, jwt_digest)``: when we released that version of our
+    # report to this partner (None: never); ``ack_held(digest)``: that acknowledgement
+    # statement was already received.
+    sent_at: Callable[[str, int, str], datetime | None] = _never_sent
+    ack_held: Callable[[str], bool] = _not_held
     last_applied: int = field(init=False)
     key_floor: int = field(init=False)
     _versions: dict[tuple[str, str], HeldVersion | None] = field(init=False)
+    _acks: set[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.last_applied = self.state.last_applied
@@ -164,6 +185,7 @@ class Receiver:
             floor = key_version(self.state.chain, self.state.last_envelope)
         self.key_floor = floor or self.state.chain.cards[0].version
         self._versions = {}
+        self._acks = set()
 
     # -- the rules --------------------------------------------------------------------------
 
@@ -214,6 +236,9 @@ class Receiver:
     def check_versions(self, release: VerifiedRelease) -> None:
         """P01 rollback, P07 same version other bytes, P11 our own ids; per issuer (P17)."""
         report_id = release.release.report_id
+        if release.ack is not None:
+            self.check_ack(release)
+            return
         if self.own_report(report_id):
             raise ReportIdCollision("the report id belongs to a report of this node")
         issuer = release.report.issuer if release.report is not None else self.state.peer
@@ -222,6 +247,30 @@ class Receiver:
             check_version(held, release.report)
         elif release.retraction is not None:
             check_retraction(held, release.retraction)
+
+    def check_ack(self, release: VerifiedRelease) -> None:
+        """P18: an acknowledgement of a report we never sent this partner, back-dated before
+        the release, dated in the future, or a statement already received is refused."""
+        ack, signed = release.ack, release.ack_signed
+        assert ack is not None and signed is not None
+        sent = self.sent_at(ack.report_id, ack.version, ack.issuer_jwt_digest)
+        if sent is None:
+            raise PeerDataError(
+                "acknowledgement of a report version this node never sent the partner",
+                code="peer.ack.unknown_report",
+            )
+        at = parse_time(ack.acked_at, field="acked_at")
+        if at < sent - ACK_CLOCK_SKEW or at > self.now + ACK_CLOCK_SKEW:
+            raise PeerDataError(
+                "acknowledgement dated before the report was sent or in the future",
+                code="peer.ack.bad_time",
+            )
+        digest = "sha256:" + _sha256(signed.statement).hex()
+        if digest in self._acks or self.ack_held(digest):
+            raise PeerDataError(
+                "acknowledgement statement already received", code="peer.ack.replayed"
+            )
+        self._acks.add(digest)
 
     def _held(self, issuer: str, report_id: str) -> HeldVersion | None:
         key = (issuer, report_id)
@@ -287,6 +336,7 @@ class Receiver:
 
 
 __all__ = [
+    "ACK_CLOCK_SKEW",
     "Accepted",
     "Equivocation",
     "Outcome",

@@ -11,7 +11,8 @@ from typing import Any
 
 import sqlite_utils
 
-from exchange.canonical import b64, b64_decode, b64url_decode, canonical_json
+from exchange.ack import parse_ack_unverified
+from exchange.canonical import b64, b64_decode, b64url_decode, canonical_json, sha256_digest
 from exchange.envelope import Envelope, VerifiedRelease, envelope_digest
 from exchange.errors import AccordError, InputError, PeerDataError, StoreError
 from exchange.receipt import ItemRejection, SignedReceipt, make_receipt
@@ -26,6 +27,7 @@ from exchange.receiver import (
 )
 from exchange.sdjwt import HeldVersion
 from exchange.times import format_time
+from node import warning
 from node.agreements import current_agreement
 from node.home import Node
 from node.ids import resolve_prefix
@@ -104,6 +106,9 @@ def _store_item(
     if release.retraction_signed is not None:
         sealed["retraction"] = b64(release.retraction_signed.statement)
         sealed["retraction_signature"] = b64(release.retraction_signed.signature)
+    if release.ack_signed is not None:
+        sealed["ack"] = b64(release.ack_signed.statement)
+        sealed["ack_signature"] = b64(release.ack_signed.signature)
     sealed["received_at"] = format_time(now)  # older rows lack it (ADR 0013)
     blob = node.keyring().storage_cipher().encrypt(canonical_json(sealed), _aad(peer, header.seq))
     db.conn.execute(  # a plain INSERT: sqlite-utils' insert runs ~4 statements per row
@@ -283,6 +288,8 @@ def _receiver(node: Node, peer: str, now: datetime) -> Receiver | PeerDataError:
         held_envelope=lambda seq: _inbound(node, peer, seq),
         held_version=lambda issuer, report_id: _held(node, issuer, report_id),
         own_report=lambda report_id: _own_report(node, report_id),
+        sent_at=warning.sent_at(node, peer),
+        ack_held=warning.ack_held(node, peer),
     )
 
 
@@ -339,6 +346,7 @@ def apply_batch(
             seq = release.header.seq
             _store_inbound(db, peer, seq, env, release.envelope_digest, "applied", None, now)
             _store_item(node, db, peer, release, now)
+            loop = warning.on_applied(node, db, peer, release, receiver.state.agreement, now)
             node.record(
                 db,
                 "envelope.received",
@@ -352,7 +360,10 @@ def apply_batch(
                 envelope_digest=release.envelope_digest,
                 fields=sorted(release.fields),
                 transformed=sorted(d.field for d in release.derived),
+                **loop,
             )
+            if release.ack is not None:
+                warning.on_ack_received(node, db, peer, release, now)
             out.applied += 1
             passed.append(release.envelope_digest)
         last = receiver.last_applied
@@ -596,22 +607,51 @@ def _retracted(node: Node, peers: set[str]) -> set[tuple[str, str]]:
         ).fetchall()
         for row in rows:
             item, _content = _verified(node, row)
-            out.add((item.peer, item.report_id))
+            if item.kind == "retraction":
+                out.add((item.peer, item.report_id))
     return out
 
 
 def retraction_of(node: Node, peer: str, report_id: str) -> dict[str, Any] | None:
     """The stored record of the retraction ``peer`` sent for ``report_id``, if any (the
     row checked like every other), for the officer to see why and when."""
-    row = node.store.conn.execute(
-        _ITEM_SQL + " WHERE i.peer = ? AND i.report_id = ? AND i.kind != 'report' "
-        "ORDER BY i.seq LIMIT 1",
+    rows = node.store.conn.execute(
+        _ITEM_SQL + " WHERE i.peer = ? AND i.report_id = ? AND i.kind != 'report' ORDER BY i.seq",
         (peer, report_id),
-    ).fetchone()
-    if row is None:
-        return None
-    item, content = _verified(node, row)
-    return {"item": item, **content}
+    ).fetchall()
+    for row in rows:
+        item, content = _verified(node, row)
+        if item.kind == "retraction":
+            return {"item": item, **content}
+    return None
+
+
+def received_acks(
+    node: Node, *, peer: str | None = None, report_id: str | None = None
+) -> list[warning.AckRecord]:
+    """Acknowledgements partners sent us (inbox rows of kind ``ack``), each row checked
+    against its authenticated record like every other."""
+    sql, args = _ITEM_SQL + " WHERE i.kind != 'report'", []
+    if peer is not None:
+        sql, args = sql + " AND i.peer = ?", [peer]
+    if report_id is not None:
+        sql, args = sql + " AND i.report_id = ?", [*args, report_id]
+    out = []
+    for row in node.store.conn.execute(sql + " ORDER BY i.peer, i.seq", args).fetchall():
+        item, content = _verified(node, row)
+        if item.kind != "ack":
+            continue
+        statement = b64_decode(content["ack"], what="ack statement")
+        out.append(
+            warning.AckRecord(
+                "received",
+                item.peer,
+                item.envelope_id,
+                parse_ack_unverified(statement),
+                sha256_digest(statement),
+            )
+        )
+    return out
 
 
 def list_inbox(

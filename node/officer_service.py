@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from exchange.canonical import b64_decode
+from exchange.deadlines import Deadline
 from exchange.errors import AccordError, InputError, PeerDataError, StoreError
 from exchange.sdjwt import PresentationLimits, verify_presentation, verify_retraction
 from exchange.sop import Report, ValidReport, check_report_document
 from exchange.times import format_time, parse_time
-from node import clock, outbox
+from node import clock, outbox, warning
 from node._pb.accord.v1 import error_pb2, officer_pb2
 from node.agreements import current_agreement
 from node.cosigning import Cosigner
@@ -24,6 +26,7 @@ from node.inbox import (
     cursor,
     get_inbox,
     list_inbox_records,
+    received_acks,
     rejections,
     resolve_envelope_id,
     retraction_of,
@@ -36,6 +39,7 @@ from node.server import OfficerService
 from node.stix import stix_source, to_stix_bundle
 from node.sync import OutboxSignal, Puller
 from node.wire import (
+    ack_sent_message,
     expiry_warning_message,
     inbox_message,
     outcome_from_event,
@@ -43,6 +47,7 @@ from node.wire import (
     rotated_message,
     rotation_from_message,
     submitted_message,
+    thread_message,
     timestamp,
     timestamp_of,
 )
@@ -226,6 +231,7 @@ class ExchangeOfficerService(OfficerService):
         self, request: officer_pb2.ListReportsRequest, context: Context
     ) -> officer_pb2.ListReportsResponse:
         limit = min(request.limit or 50, MAX_PAGE)
+        now = self._now()
         rows = [
             r
             for r in list_reports(self._node, limit=MAX_PAGE)
@@ -246,7 +252,7 @@ class ExchangeOfficerService(OfficerService):
                     tlp=r.tlp,
                     sealed_at=timestamp(r.sealed_at),
                     retracted=r.report_id in retracted,
-                    deliveries=_deliveries(self._node, r.report_id, r.version),
+                    deliveries=_deliveries(self._node, r.report_id, r.version, now),
                 )
                 for r in rows[:limit]
             ]
@@ -275,7 +281,17 @@ class ExchangeOfficerService(OfficerService):
         ]
         events = _release_events(node, sealed.report_id, sealed.version)
         releases = [outcome_from_event(e) for e in events]
+        now = self._now()
+        answered = verified.fields.get("in_reply_to") if verified.sop == warning.REPLY_SOP else None
+        thread = thread_message(
+            received_acks(node, report_id=sealed.report_id),
+            warning.replies(node, in_reply_to=sealed.report_id),
+            warning.deadlines(node, incoming=False, report_id=sealed.report_id),
+            now,
+            answered if isinstance(answered, str) else "",
+        )
         return officer_pb2.GetReportResponse(
+            thread=thread,
             summary=officer_pb2.ReportSummary(
                 report_id=sealed.report_id,
                 version=sealed.version,
@@ -283,6 +299,7 @@ class ExchangeOfficerService(OfficerService):
                 tlp=verified.tlp,
                 sealed_at=timestamp(key[1]),
                 retracted=key[2] is not None,
+                deliveries=_deliveries(node, sealed.report_id, sealed.version, now),
             ),
             report=json.dumps(
                 {"sop": verified.sop, "tlp": verified.tlp, "fields": dict(verified.fields)}
@@ -296,8 +313,11 @@ class ExchangeOfficerService(OfficerService):
     ) -> officer_pb2.ListInboxResponse:
         limit = min(request.limit or 50, MAX_PAGE)
         state = request.state or ""
-        if state not in ("", "current", "superseded", "retracted"):
-            raise InputError("state must be current, superseded or retracted", code="input.invalid")
+        if state not in ("", "current", "superseded", "retracted", "due", "overdue", "unread"):
+            raise InputError(
+                "state must be current, superseded, retracted, due, overdue or unread",
+                code="input.invalid",
+            )
         wanted = request.offset + limit + 1
         matched: list[tuple[InboxItem, dict[str, Any]]] = []
         before = request.page_token or None
@@ -318,10 +338,26 @@ class ExchangeOfficerService(OfficerService):
             if len(matched) >= wanted or len(batch) < MAX_PAGE:
                 break
             before = batch[-1].envelope_id
+        now = self._now()
+        loop = _inbox_loop(self._node)
+        if request.state in ("due", "overdue", "unread"):
+            matched = [(i, s) for i, s in matched if _loop_match(i, loop, request.state, now)]
+        matched.sort(key=lambda m: _urgency(loop, m[0], now))
         page = matched[request.offset : request.offset + limit]
         more = len(matched) > request.offset + limit
         return officer_pb2.ListInboxResponse(
-            items=[inbox_message(i, newest, s) for i, s in page],
+            items=[
+                inbox_message(
+                    i,
+                    newest,
+                    s,
+                    due=loop.due.get(i.envelope_id),
+                    now=now,
+                    unread=i.envelope_id not in loop.read,
+                    ack_status=loop.acked.get(i.envelope_id, ""),
+                )
+                for i, s in page
+            ],
             next_page_token=page[-1][0].envelope_id if more else "",
         )
 
@@ -345,8 +381,30 @@ class ExchangeOfficerService(OfficerService):
             body["stix"] = to_stix_bundle(stix_source(self._node, item.envelope_id, self._now()))
         except AccordError as e:  # shown and exported as before; only the STIX form is missing
             body["stix_error"] = e.code
+        now = self._now()
+        node = self._node
+        due = warning.deadlines(node, incoming=True, peer=item.peer, envelope_id=item.envelope_id)
+        acks = warning.sent_acks(node, item_envelope_id=item.envelope_id)
+        in_reply_to = fields.get("in_reply_to") if item.sop == warning.REPLY_SOP else None
+        thread = thread_message(
+            acks,
+            warning.replies(node, in_reply_to=item.report_id),
+            due,
+            now,
+            in_reply_to if isinstance(in_reply_to, str) else "",
+        )
+        unread = item.envelope_id not in warning.read_ids(node)
+        warning.mark_read(node, item.envelope_id, now)  # shown to an officer: read
         return officer_pb2.GetInboxResponse(
-            item=inbox_message(item, _newest_versions([item])),
+            thread=thread,
+            item=inbox_message(
+                item,
+                _newest_versions([item]),
+                due=due[0] if due else None,
+                now=now,
+                unread=unread,
+                ack_status=acks[-1].ack.status if acks else "",
+            ),
             report=json.dumps(body).encode(),
             transformed=[
                 officer_pb2.TransformedField(field=f, transform=t)
@@ -393,6 +451,26 @@ class ExchangeOfficerService(OfficerService):
             self._on_keys_rotated()
         return rotated_message(chain, previous, kinds)
 
+    async def AckInbox(
+        self, request: officer_pb2.AckInboxRequest, context: Context
+    ) -> officer_pb2.AckInboxResponse:
+        node = self._node
+        envelope_id = resolve_envelope_id(node, request.envelope_id)
+        sent = warning.acknowledge(
+            node,
+            envelope_id,
+            request.status,
+            request.officer,
+            request.note or None,
+            self._now(),
+        )
+        if self._signal is not None:
+            self._signal.notify([sent.peer])
+        if self._cosigner is not None:
+            self._cosigner.poke()
+        connected = self._signal is not None and self._signal.is_following(sent.peer)
+        return ack_sent_message(sent, connected)
+
     async def Status(
         self, request: officer_pb2.StatusRequest, context: Context
     ) -> officer_pb2.StatusResponse:
@@ -410,6 +488,12 @@ class ExchangeOfficerService(OfficerService):
             "SELECT peer, count FROM evidence_suppressed"
         ):
             rejected[peer] = rejected.get(peer, 0) + int(count)
+        overdue_in: dict[str, int] = {}
+        overdue_out: dict[str, int] = {}
+        for d in warning.deadlines(node):
+            if d.summary(now) == "OVERDUE":
+                counts = overdue_in if d.incoming else overdue_out
+                counts[d.peer] = counts.get(d.peer, 0) + 1
         warnings: dict[str, list[officer_pb2.ExpiryWarning]] = {}
         for w in sorted(
             expiry_warnings(node, now, request.warn_days or WARN_DAYS), key=lambda w: w.not_after
@@ -426,6 +510,8 @@ class ExchangeOfficerService(OfficerService):
             status.backlog = sent - acked
             status.inbox_seq = cursor(node, status.peer)
             status.rejected = rejected.get(status.peer, 0)
+            status.partner_overdue = overdue_out.get(status.peer, 0)
+            status.our_overdue = overdue_in.get(status.peer, 0)
             status.agreement_valid = agreement is not None
             status.classical_tls_allowed = status.peer in self._classical_ok
             not_after = timestamp(agreement.agreement.not_after) if agreement is not None else None
@@ -489,8 +575,22 @@ def _release_events(node: Node, report_id: str, version: int) -> list[dict[str, 
     return [parse_event_unverified(bytes(data)).attrs for (data,) in rows]
 
 
-def _deliveries(node: Node, report_id: str, version: int) -> list[officer_pb2.PartnerDelivery]:
-    """Per partner a release was decided for: not sent, queued, or delivered (receipt)."""
+def _deliveries(
+    node: Node, report_id: str, version: int, now: datetime
+) -> list[officer_pb2.PartnerDelivery]:
+    """Per partner a release was decided for: not sent, queued, or delivered (receipt);
+    and the warning loop: its acknowledgement, the deadline's state, replies."""
+    acks: dict[str, str] = {}
+    for a in received_acks(node, report_id=report_id):
+        acks[a.peer] = a.ack.status  # oldest first: the newest wins
+    due = {
+        (d.peer, d.version): d.summary(now)
+        for d in warning.deadlines(node, incoming=False, report_id=report_id)
+    }
+    answers: dict[str, int] = {}
+    for r in warning.replies(node, in_reply_to=report_id):
+        if r["direction"] == "received":
+            answers[r["peer"]] = answers.get(r["peer"], 0) + 1
     states = {
         (str(peer), int(seq)): str(state)
         for peer, seq, state in node.store.conn.execute(
@@ -506,8 +606,52 @@ def _deliveries(node: Node, report_id: str, version: int) -> list[officer_pb2.Pa
             state = "not_sent"
         else:
             state = "delivered" if states.get((peer, seq)) == "delivered" else "queued"
-        out.append(officer_pb2.PartnerDelivery(peer=peer, state=state, seq=seq))
+        out.append(
+            officer_pb2.PartnerDelivery(
+                peer=peer,
+                state=state,
+                seq=seq,
+                ack_status=acks.get(peer, ""),
+                due_state=due.get((peer, version), ""),
+                replies=answers.get(peer, 0),
+            )
+        )
     return out
+
+
+@dataclass
+class _Loop:
+    due: dict[str, Deadline]
+    read: set[str]
+    acked: dict[str, str]
+
+
+def _inbox_loop(node: Node) -> _Loop:
+    acked: dict[str, str] = {}
+    for a in warning.sent_acks(node):
+        acked[a.ack.envelope_id] = a.ack.status
+    return _Loop(
+        {d.envelope_id: d for d in warning.deadlines(node, incoming=True)},
+        warning.read_ids(node),
+        acked,
+    )
+
+
+def _loop_match(item: InboxItem, loop: _Loop, state: str, now: datetime) -> bool:
+    if state == "unread":
+        return item.envelope_id not in loop.read
+    d = loop.due.get(item.envelope_id)
+    return d is not None and d.summary(now) == state.upper()
+
+
+def _urgency(loop: _Loop, item: InboxItem, now: datetime) -> tuple[int, float]:
+    """OVERDUE first, then DUE by deadline, then the rest newest first (stable sort)."""
+    d = loop.due.get(item.envelope_id)
+    if d is not None:
+        rank, at = d.urgency(now)
+        if rank < 2:
+            return (rank, at.timestamp())
+    return (2, 0.0)
 
 
 def _retraction_shown(node: Node, item: InboxItem) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ from exchange.sdjwt import Retraction, SealedReport, sign_retraction
 from exchange.sop import ValidReport
 from exchange.times import format_time, parse_time
 from keys.signers import HpkeEncryptor
+from node import warning
 from node.agreements import ceiling, current_agreement
 from node.home import Node
 from node.ids import uuid7
@@ -195,6 +196,19 @@ def _release(
                 sealed.report_id,
                 sealed.version,
                 env,
+                ctx.now,
+            )
+            warning.on_released(
+                node,
+                db,
+                target.peer,
+                target.agreement,
+                envelope_id,
+                seq,
+                report.sop,
+                {n: report.fields[n] for n in decision.released if n in report.fields},
+                sealed.report_id,
+                sealed.version,
                 ctx.now,
             )
         index = node.record(
@@ -451,6 +465,7 @@ def accept_receipt(
                 "UPDATE outbox SET state = 'rejected', code = ? WHERE peer = ? AND seq = ?",
                 (code, peer, seq),
             )
+        warning.on_receipt(node, db, peer, receipt.first_seq, receipt.last_seq, receipt.received_at)
         db.table("receipts").insert(
             {
                 "peer": peer,
@@ -475,3 +490,10 @@ def accept_receipt(
         )
     node.checkpoint(now)
     return receipt, True
+
+
+# For the warning loop's acknowledgements (node/warning.py), which are envelopes like any.
+ENCRYPTOR = _ENCRYPTOR
+next_seq = _next_seq
+recipient_key = _recipient_key
+store_envelope = _store_envelope

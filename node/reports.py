@@ -15,6 +15,7 @@ from exchange.errors import InputError
 from exchange.sdjwt import PresentationLimits, SealedReport, reopen_sealed, seal
 from exchange.sop import ValidReport
 from exchange.times import format_time
+from node import warning
 from node.home import Node
 from node.ids import resolve_prefix, uuid7
 
@@ -28,6 +29,9 @@ class StoredReport:
     issuer_jwt_digest: str
     fields: tuple[str, ...]
     sealed_at: str
+
+
+REPLY_SOP = warning.REPLY_SOP
 
 
 def _aad(report_id: str, version: int) -> bytes:
@@ -65,6 +69,9 @@ def seal_report(
         sealed.full_presentation().encode("ascii"), _aad(report_id, version)
     )
     fields = sorted(valid.report.fields)
+    answered = valid.report.fields.get("in_reply_to") if valid.report.sop == REPLY_SOP else None
+    if isinstance(answered, str):  # a reply names a partner's report we received
+        warning.on_reply_sealed(node, db, report_id, version, answered, now)
     node.store.conn.execute(
         "INSERT INTO reports (report_id, version, sop, tlp, issuer_jwt_digest, issuer_key, "
         "sealed, fields, sealed_at, supersedes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -93,6 +100,7 @@ def seal_report(
         issuer_jwt_digest=sealed.issuer_jwt_digest,
         fields=fields,
         supersedes=supersedes,
+        **({"in_reply_to": answered} if isinstance(answered, str) else {}),
     )
     return sealed
 

@@ -44,6 +44,7 @@ from node.cosigning import Cosigner
 from node.errors_map import Audience, EdgeInterceptor
 from node.home import Node
 from node.keywatch import CHECK_SECONDS, WARN_DAYS, KeyWatch
+from node.warning import DeadlineWatch
 from node.peer_service import PeerExchangeService, WitnessService
 from node.sync import OutboxSignal, Puller
 from node.transport import (
@@ -76,6 +77,8 @@ class ServeOptions:
     # How often the key schedule runs (new encryption epochs, expiry warnings; ADR 0017).
     key_check_seconds: float = CHECK_SECONDS
     warn_days: int = WARN_DAYS  # key.expiry_warning log lines for what ends this soon
+    # How often passed deadlines of the warning loop are looked for (ADR 0022).
+    deadline_check_seconds: float = 5.0
 
 
 def software_version() -> str:
@@ -193,6 +196,9 @@ class NodeServer:
         self.channels = PartnerChannels(node)
         self.cosigner: Cosigner | None = None
         self.keywatch: KeyWatch | None = None
+        self.deadlines: DeadlineWatch | None = None
+        # Called with each overdue step's payload (node/alerts.py runs [alerts] on_overdue).
+        self.on_overdue: Callable[[dict[str, Any]], None] | None = None
         self._roots: PartnerRoots | None = None
         self.peer_port = 0
         self.officer_socket = node.data_dir / OFFICER_SOCKET
@@ -290,6 +296,13 @@ class NodeServer:
                 on_change=self.keys_changed,
             )
             self._tasks.append(asyncio.create_task(self.keywatch.run()))
+            self.deadlines = DeadlineWatch(
+                node,
+                now=self._now,
+                interval=opts.deadline_check_seconds,
+                on_overdue=self._overdue,
+            )
+            self._tasks.append(asyncio.create_task(self.deadlines.run()))
         if self.cosigner is not None:
             self._tasks.append(asyncio.create_task(self.cosigner.run()))
         if self.puller is not None:
@@ -354,6 +367,10 @@ class NodeServer:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(doc), "utf-8")
         os.replace(tmp, path)
+
+    def _overdue(self, payload: dict[str, Any]) -> None:
+        if self.on_overdue is not None:
+            self.on_overdue(payload)
 
     async def _refresh_roots(self, roots: PartnerRoots) -> None:
         while True:

@@ -354,6 +354,36 @@ def _m019_feed(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m020_warning_loop(db: sqlite_utils.Database) -> None:
+    """The warning loop (ADR 0022): acknowledgements this node sent (the signed statement
+    sealed at rest; what it received is an inbox row of kind ``ack``), the deadlines of
+    every report with a response rule in either direction, replies, and what the officer
+    has read. Idempotent like migration 19."""
+    _run_sql(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS acks_sent (
+            ack_envelope_id TEXT PRIMARY KEY, peer TEXT NOT NULL, seq INTEGER NOT NULL,
+            item_envelope_id TEXT NOT NULL, report_id TEXT NOT NULL, version INTEGER NOT NULL,
+            status TEXT NOT NULL, acked_at TEXT NOT NULL, sealed BLOB NOT NULL);
+        CREATE INDEX IF NOT EXISTS acks_sent_item ON acks_sent (item_envelope_id);
+        CREATE TABLE IF NOT EXISTS deadlines (
+            direction TEXT NOT NULL, peer TEXT NOT NULL, envelope_id TEXT NOT NULL,
+            seq INTEGER NOT NULL, report_id TEXT NOT NULL, version INTEGER NOT NULL,
+            acknowledge_s INTEGER NOT NULL, respond_s INTEGER, started_at TEXT NOT NULL,
+            acked_at TEXT, replied_at TEXT, ack_overdue_at TEXT, respond_overdue_at TEXT,
+            PRIMARY KEY (direction, peer, envelope_id));
+        CREATE INDEX IF NOT EXISTS deadlines_report ON deadlines (peer, report_id);
+        CREATE TABLE IF NOT EXISTS replies (
+            direction TEXT NOT NULL, peer TEXT NOT NULL, report_id TEXT NOT NULL,
+            version INTEGER NOT NULL, envelope_id TEXT NOT NULL, in_reply_to TEXT NOT NULL,
+            at TEXT NOT NULL, PRIMARY KEY (direction, peer, envelope_id));
+        CREATE INDEX IF NOT EXISTS replies_to ON replies (in_reply_to);
+        CREATE TABLE IF NOT EXISTS inbox_read (envelope_id TEXT PRIMARY KEY, at TEXT NOT NULL)
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "foundation: meta, own card chain, partner trust store", _m001_foundation),
     (2, "transparency log: leaves, subtrees, checkpoints, cosignatures, witness", _m002_log),
@@ -378,6 +408,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (17, "evidence once per seq, repeats counted, alarm budget", _m017_bounded_evidence),
     (18, "signed revocations of replaced log, witness and TLS keys", _m018_key_revocations),
     (19, "TAXII feed: consumers, STIX objects of received items, indexing cursor", _m019_feed),
+    (20, "warning loop: acknowledgements sent, deadlines, replies, read marks", _m020_warning_loop),
 ]
 
 

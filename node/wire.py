@@ -12,6 +12,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from exchange.card import SUITE_HYBRID, SUITE_X25519, SignedCard, VerifiedChain
+from exchange.deadlines import STEPS, Deadline
 from exchange.envelope import Envelope
 from exchange.errors import InputError
 from exchange.policy import ReleaseDecision
@@ -20,6 +21,7 @@ from exchange.times import parse_time
 from node._pb.accord.v1 import card_pb2, envelope_pb2, officer_pb2
 from node.keywatch import ExpiryWarning
 from node.outbox import Submitted
+from node.warning import AckRecord, AckSent
 
 
 def envelope_message(env: Envelope) -> envelope_pb2.Envelope:
@@ -119,6 +121,32 @@ def outcome_from_event(event: dict[str, Any]) -> officer_pb2.ReleaseOutcome:
 
 
 def inbox_message(
+    item: Any,
+    newest: dict[str, int],
+    shown: dict[str, Any] | None = None,
+    *,
+    due: Deadline | None = None,
+    now: datetime | None = None,
+    unread: bool = False,
+    ack_status: str = "",
+) -> officer_pb2.InboxItem:
+    message = _inbox_item(item, newest, shown)
+    message.unread = unread
+    message.ack_status = ack_status
+    if due is not None and now is not None:
+        message.due_state = due.summary(now)
+        open_steps = [
+            by
+            for step in STEPS
+            if due.state(step, now) in ("due", "overdue") and (by := due.by(step)) is not None
+        ]
+        nearest = timestamp_of(min(open_steps)) if open_steps else None
+        if nearest is not None:
+            message.due_at.CopyFrom(nearest)
+    return message
+
+
+def _inbox_item(
     item: Any, newest: dict[str, int], shown: dict[str, Any] | None = None
 ) -> officer_pb2.InboxItem:
     return officer_pb2.InboxItem(
@@ -180,4 +208,85 @@ def rotated_message(
         previous_fingerprint=previous_fingerprint,
         rotated=kinds,
         chain=chain.to_bytes(),
+    )
+
+
+# ---- the warning loop (ADR 0022) ---------------------------------------------------------------
+
+
+def ack_message(record: AckRecord) -> officer_pb2.Acknowledgement:
+    a = record.ack
+    return officer_pb2.Acknowledgement(
+        direction=record.direction,
+        peer=record.peer,
+        status=a.status,
+        officer=a.officer,
+        acked_at=timestamp(a.acked_at),
+        note=a.note or "",
+        envelope_id=record.ack_envelope_id,
+        item_envelope_id=a.envelope_id,
+        report_id=a.report_id,
+        version=a.version,
+    )
+
+
+def deadline_message(d: Deadline, now: datetime) -> officer_pb2.Deadline:
+    steps = []
+    for step in STEPS:
+        by, done = d.by(step), d.done_at(step)
+        if by is None:
+            continue
+        steps.append(
+            officer_pb2.DeadlineStep(
+                step=step,
+                by=timestamp_of(by),
+                done_at=timestamp_of(done),
+                state=d.state(step, now) or "",
+            )
+        )
+    return officer_pb2.Deadline(
+        direction="in" if d.incoming else "out",
+        peer=d.peer,
+        envelope_id=d.envelope_id,
+        report_id=d.report_id,
+        version=d.version,
+        state=d.summary(now),
+        steps=steps,
+    )
+
+
+def thread_message(
+    acks: list[AckRecord],
+    replies: list[dict[str, Any]],
+    deadlines: list[Deadline],
+    now: datetime,
+    in_reply_to: str = "",
+) -> officer_pb2.Thread:
+    return officer_pb2.Thread(
+        acks=[ack_message(a) for a in acks],
+        replies=[
+            officer_pb2.Reply(
+                direction=r["direction"],
+                peer=r["peer"],
+                report_id=r["report_id"],
+                version=int(r["version"]),
+                envelope_id=r["envelope_id"],
+                at=timestamp(r["at"]),
+            )
+            for r in replies
+        ],
+        deadlines=[deadline_message(d, now) for d in deadlines],
+        in_reply_to=in_reply_to,
+    )
+
+
+def ack_sent_message(sent: AckSent, connected: bool) -> officer_pb2.AckInboxResponse:
+    return officer_pb2.AckInboxResponse(
+        peer=sent.peer,
+        report_id=sent.ack.report_id,
+        ack_envelope_id=sent.ack_envelope_id,
+        seq=sent.seq,
+        acked_at=timestamp(sent.ack.acked_at),
+        partner_connected=connected,
+        item_envelope_id=sent.ack.envelope_id,
     )

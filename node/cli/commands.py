@@ -5,6 +5,7 @@ from node.cli import (
     feed_cmds,  # noqa: F401
     keys_cmds,  # noqa: F401
     log_cmds,  # noqa: F401
+    loop_cmds,  # noqa: F401
     node_cmds,  # noqa: F401
     officer_cmds,  # noqa: F401
     report_cmds,  # noqa: F401

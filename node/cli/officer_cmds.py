@@ -186,6 +186,14 @@ def report_list(ctx: CliContext, limit: int, sop: str | None, as_json: bool) -> 
             "sealed_at": _time(r.sealed_at),
             "retracted": r.retracted,
             "partners": {d.peer: d.state for d in r.deliveries},
+            "loop": {
+                d.peer: {
+                    "acknowledged": d.ack_status or None,
+                    "due": d.due_state or None,
+                    "replies": d.replies,
+                }
+                for d in r.deliveries
+            },
         }
         for r in answer.reports
     ]
@@ -205,12 +213,98 @@ def report_list(ctx: CliContext, limit: int, sop: str | None, as_json: bool) -> 
                 i["sop"],
                 i["tlp"],
                 i["sealed_at"],
-                ", ".join(f"{p}: {s.replace('_', ' ')}" for p, s in i["partners"].items()) or "-",
+                ", ".join(
+                    f"{p}: {_delivery_text(s, i['loop'].get(p, {}))}"
+                    for p, s in i["partners"].items()
+                )
+                or "-",
                 "retracted" if i["retracted"] else "",
             )
             for i in items
         ],
     )
+
+
+def _delivery_text(state: str, loop: dict[str, Any]) -> str:
+    """queued / delivered / not sent, then the loop: acknowledged, replied, OVERDUE."""
+    parts = [state.replace("_", " ")]
+    if loop.get("acknowledged"):
+        parts.append(f"ack {loop['acknowledged']}")
+    if loop.get("replies"):
+        parts.append("replied")
+    if loop.get("due") in ("OVERDUE", "DUE", "LATE"):
+        parts.append(str(loop["due"]))
+    return ", ".join(parts)
+
+
+def _ts(ts: Any) -> str | None:
+    return _time(ts) if ts.seconds else None
+
+
+def thread_json(t: officer_pb2.Thread) -> dict[str, Any]:
+    return {
+        "in_reply_to": t.in_reply_to or None,
+        "acknowledgements": [
+            {
+                "direction": a.direction,
+                "peer": a.peer,
+                "status": a.status,
+                "officer": a.officer,
+                "acked_at": _ts(a.acked_at),
+                "note": a.note or None,
+                "envelope_id": a.envelope_id,
+                "item": a.item_envelope_id,
+                "report_id": a.report_id,
+                "version": a.version,
+            }
+            for a in t.acks
+        ],
+        "replies": [
+            {
+                "direction": r.direction,
+                "peer": r.peer,
+                "report_id": r.report_id,
+                "version": r.version,
+                "envelope_id": r.envelope_id or None,
+                "at": _ts(r.at),
+            }
+            for r in t.replies
+        ],
+        "deadlines": [
+            {
+                "direction": d.direction,
+                "peer": d.peer,
+                "envelope_id": d.envelope_id,
+                "version": d.version,
+                "state": d.state,
+                **{
+                    s.step: {"by": _ts(s.by), "done_at": _ts(s.done_at), "state": s.state}
+                    for s in d.steps
+                },
+            }
+            for d in t.deadlines
+        ],
+    }
+
+
+def print_thread(t: officer_pb2.Thread) -> None:
+    """Acknowledgements, replies and deadlines, one line each (partner text escaped)."""
+    if t.in_reply_to:
+        say(f"In reply to report {t.in_reply_to}.")
+    for d in t.deadlines:
+        who = "we must" if d.direction == "in" else f"{d.peer} must"
+        for s in d.steps:
+            done = f", done {_time(s.done_at)}" if s.done_at.seconds else ""
+            line = f"{d.state if s.state in ('overdue', 'due') else s.state.upper()}: {who} "
+            line += f"{s.step} by {_time(s.by)}{done}"
+            (warn if s.state in ("overdue", "late") else say)(line)
+    for a in t.acks:
+        by = "we" if a.direction == "sent" else safe(a.peer)
+        note = f": {safe(a.note)}" if a.note else ""
+        say(f"Acknowledged {a.status} by {safe(a.officer)} ({by}) at {_time(a.acked_at)}{note}")
+    for r in t.replies:
+        by = "we" if r.direction == "sent" else safe(r.peer)
+        say(f"Reply {r.report_id} v{r.version} from {by} at {_time(r.at)}")
 
 
 @report.command("show", epilog=examples("accord --data ./pk-moi report show 0193f2c4-..."))
@@ -237,6 +331,18 @@ def report_show(ctx: CliContext, report_id: str, version: int | None, as_json: b
                 "versions": list(answer.versions),
                 "retracted": answer.summary.retracted,
                 "releases": [_release_json(r) for r in answer.releases],
+                "deliveries": [
+                    {
+                        "peer": d.peer,
+                        "state": d.state,
+                        "seq": d.seq,
+                        "acknowledged": d.ack_status or None,
+                        "due": d.due_state or None,
+                        "replies": d.replies,
+                    }
+                    for d in answer.summary.deliveries
+                ],
+                **thread_json(answer.thread),
             }
         )
         return
@@ -252,6 +358,10 @@ def report_show(ctx: CliContext, report_id: str, version: int | None, as_json: b
         ]
     )
     _print_releases(answer.releases)
+    for d in answer.summary.deliveries:
+        loop = {"acknowledged": d.ack_status, "due": d.due_state, "replies": d.replies}
+        say(f"{d.peer}: {_delivery_text(d.state, loop)}")
+    print_thread(answer.thread)
 
 
 @report.command(
@@ -356,6 +466,10 @@ def _inbox_json(i: officer_pb2.InboxItem) -> dict[str, Any]:
         "retracted": i.retracted,
         "title": i.title or None,
         "severity": i.severity or None,
+        "due": i.due_state or None,
+        "due_at": _ts(i.due_at),
+        "unread": i.unread,
+        "acknowledged": i.ack_status or None,
     }
 
 
@@ -372,8 +486,8 @@ def _inbox_json(i: officer_pb2.InboxItem) -> dict[str, Any]:
 @click.option("--severity", help="Only reports whose disclosed severity is this.")
 @click.option(
     "--state",
-    type=click.Choice(["current", "superseded", "retracted"]),
-    help="current: the latest version, not retracted.",
+    type=click.Choice(["current", "superseded", "retracted", "due", "overdue", "unread"]),
+    help="current: the latest version, not retracted; due/overdue: awaiting our answer.",
 )
 @click.option("--text", help="Only reports whose disclosed title contains this text.")
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
@@ -391,7 +505,7 @@ def inbox_list(
     offset: int,
     as_json: bool,
 ) -> None:
-    """List received reports, newest first: title, severity, TLP, and their state.
+    """List received reports, most urgent first: OVERDUE, then DUE by deadline, then newest.
 
     Titles and severities are what the partner disclosed, verified under the author's key
     and shown escaped. Filters combine; --offset pages through the matches.
@@ -416,9 +530,10 @@ def inbox_list(
         return
     print_table(
         "Received reports",
-        ["id", "from", "TLP", "severity", "title", "schema", "v", "received", "state"],
+        ["", "id", "from", "TLP", "severity", "title", "schema", "v", "received", "due", "state"],
         [
             (
+                "●" if i["unread"] else "",
                 i["envelope_id"],
                 i["peer"],
                 i["tlp"].upper(),
@@ -427,11 +542,20 @@ def inbox_list(
                 i["sop"],
                 i["version"],
                 i["received_at"],
+                _due_text(i),
                 "retracted" if i["retracted"] else "superseded" if i["superseded"] else "",
             )
             for i in items
         ],
     )
+
+
+def _due_text(i: dict[str, Any]) -> str:
+    if not i["due"]:
+        return f"ack {i['acknowledged']}" if i["acknowledged"] else ""
+    if i["due"] in ("DUE", "OVERDUE") and i["due_at"]:
+        return f"{i['due']} {i['due_at']}"
+    return str(i["due"])
 
 
 def _get(ctx: CliContext, envelope_id: str) -> tuple[officer_pb2.GetInboxResponse, dict[str, Any]]:
@@ -457,6 +581,7 @@ def inbox_show(ctx: CliContext, envelope_id: str, as_json: bool) -> None:
                 "transformed": {t.field: t.transform for t in answer.transformed},
                 "verified": True,
                 "retraction": body.get("retraction"),
+                **thread_json(answer.thread),
             }
         )
         return
@@ -495,6 +620,12 @@ def inbox_show(ctx: CliContext, envelope_id: str, as_json: bool) -> None:
         )
     elif item.superseded:
         warn("a newer version of this report was received")
+    print_thread(answer.thread)
+    if item.due_state in ("DUE", "OVERDUE"):
+        say(
+            f"  next: accord --data {ctx.data_dir} inbox ack {item.envelope_id[:13]} "
+            "--status accepted"
+        )
 
 
 @inbox.command(
@@ -611,6 +742,8 @@ def _peer_json(p: officer_pb2.PeerStatus) -> dict[str, Any]:
         "stale": p.stale,
         "classical_tls_allowed": p.classical_tls_allowed,
         "expiry_warnings": [_warning_json(w) for w in p.expiry_warnings],
+        "partner_overdue": p.partner_overdue,
+        "our_overdue": p.our_overdue,
     }
 
 
@@ -661,6 +794,17 @@ def status(ctx: CliContext, warn_days: int, as_json: bool) -> None:
         ]
     )
     _sync_table(s)
+    for p in s.peers:
+        if p.partner_overdue:
+            warn(
+                f"{p.peer} has not acknowledged or answered {p.partner_overdue} report(s) of "
+                "ours in time: see 'accord report list'"
+            )
+        if p.our_overdue:
+            warn(
+                f"we have not acknowledged or answered {p.our_overdue} item(s) from {p.peer} "
+                "in time: see 'accord inbox list --state overdue'"
+            )
     _log_problem_exit(s)
 
 

@@ -32,6 +32,7 @@ from exchange.sop import (
 )
 from node._pb.accord.v1 import officer_pb2
 from node.cli.base import CliContext, examples, json_option, pass_ctx
+from node.cli.loop_cmds import REPLY_SOP, answered_item
 from node.cli.officer_cmds import TLP_STYLE, print_submitted
 from node.cli.output import ok, print_error, print_json, safe, stderr, stdout, warn
 from node.cli.report_cmds import report
@@ -189,10 +190,15 @@ class Interview:
                 return answer
             self.reject([f"tlp: must be one of {', '.join(TLP_LEVELS)} (TLP 2.0)"])
 
-    def fields(self) -> dict[str, Any]:
+    def fields(self, preset: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Ask every field; ``preset`` fields are filled in and shown, not asked."""
         doc = self.reg.schema(self.sop)
         out: dict[str, Any] = {}
         for name in doc["properties"]:
+            if preset and name in preset:
+                out[name] = preset[name]
+                self.note(f"{name}: {safe(str(preset[name]))} (set by --reply-to)")
+                continue
             self.field(name, out)
         return out
 
@@ -401,9 +407,21 @@ def _offer_save(iv: Interview, data: bytes, sop: str, data_dir: Path) -> Path | 
     epilog=examples(
         "accord --data ./pk-moi report new --schema threat-alert@1",
         "accord report new --schema incident-report@1 --out incident.json",
+        "accord --data ./cn-mps report new --reply-to 0193f2c5",
     ),
 )
-@click.option("--schema", "sop", required=True, metavar="NAME@V", help="e.g. threat-alert@1.")
+@click.option(
+    "--schema",
+    "sop",
+    metavar="NAME@V",
+    help="e.g. threat-alert@1 (required unless --reply-to: response@1).",
+)
+@click.option(
+    "--reply-to",
+    "reply_to",
+    metavar="ID",
+    help="Answer a received item (inbox id or prefix) with a response@1 report.",
+)
 @click.option("--tlp", type=click.Choice(TLP_LEVELS), help="Set the TLP instead of asking.")
 @click.option(
     "--out",
@@ -412,7 +430,14 @@ def _offer_save(iv: Interview, data: bytes, sop: str, data_dir: Path) -> Path | 
 )
 @json_option
 @pass_ctx
-def report_new(ctx: CliContext, sop: str, tlp: str | None, out: Path | None, as_json: bool) -> None:
+def report_new(
+    ctx: CliContext,
+    sop: str | None,
+    reply_to: str | None,
+    tlp: str | None,
+    out: Path | None,
+    as_json: bool,
+) -> None:
     """Write a report step by step: each field is asked from the schema and checked at once.
 
     Then shows, per partner, what would be sent and what withheld, asks for confirmation,
@@ -420,6 +445,17 @@ def report_new(ctx: CliContext, sop: str, tlp: str | None, out: Path | None, as_
     the report; nothing is stored.
     """
     reg = registry()
+    preset: dict[str, Any] = {}
+    if reply_to is not None:
+        answered = answered_item(ctx, reply_to)
+        preset["in_reply_to"] = answered.report_id
+        sop = sop or REPLY_SOP
+        tlp = tlp or answered.tlp
+    if sop is None:
+        raise InputError(
+            "--schema is required (or --reply-to ID for a reply)",
+            next_step="e.g. accord report new --schema threat-alert@1",
+        )
     doc = reg.schema(sop)
     if out is not None and (out.exists() or out.is_symlink()):
         raise InputError(f"{out} exists", next_step="Choose another --out; nothing was asked.")
@@ -435,7 +471,7 @@ def report_new(ctx: CliContext, sop: str, tlp: str | None, out: Path | None, as_
         ui.print(Text(doc["description"]))
     iv.note("Answer each question; Enter skips an optional field; Ctrl-C abandons the report.")
     level = tlp or iv.tlp()
-    level, fields = iv.review(level, iv.fields())
+    level, fields = iv.review(level, iv.fields(preset))
     data = (
         json.dumps({"sop": sop, "tlp": level, "fields": fields}, indent=2, ensure_ascii=False)
         + "\n"

@@ -197,6 +197,9 @@ class PartnerDelivery(_message.Message):
     PEER_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    ACK_STATUS_FIELD_NUMBER: _builtins.int
+    DUE_STATE_FIELD_NUMBER: _builtins.int
+    REPLIES_FIELD_NUMBER: _builtins.int
     peer: _builtins.str
     """Partner node id."""
     state: _builtins.str
@@ -205,16 +208,25 @@ class PartnerDelivery(_message.Message):
     """
     seq: _builtins.int
     """Outbox seq of the envelope; 0 when not sent."""
+    ack_status: _builtins.str
+    """The partner's newest acknowledgement status; empty while none arrived."""
+    due_state: _builtins.str
+    """DUE, OVERDUE, MET or LATE under the agreement's response rule; empty without one."""
+    replies: _builtins.int
+    """Replies from the partner that name this report."""
     def __init__(
         self,
         *,
         peer: _builtins.str = ...,
         state: _builtins.str = ...,
         seq: _builtins.int = ...,
+        ack_status: _builtins.str = ...,
+        due_state: _builtins.str = ...,
+        replies: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer", "seq", b"seq", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_status", b"ack_status", "due_state", b"due_state", "peer", b"peer", "replies", b"replies", "seq", b"seq", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -560,6 +572,7 @@ class GetReportResponse(_message.Message):
     REPORT_FIELD_NUMBER: _builtins.int
     RELEASES_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
+    THREAD_FIELD_NUMBER: _builtins.int
     report: _builtins.bytes
     """The full report as JSON bytes, every field (local eyes only)."""
     @_builtins.property
@@ -574,6 +587,10 @@ class GetReportResponse(_message.Message):
     def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Every version number of this report, ascending."""
 
+    @_builtins.property
+    def thread(self) -> Global___Thread:
+        """Per partner: acknowledgements, replies and deadlines (ADR 0022)."""
+
     def __init__(
         self,
         *,
@@ -581,10 +598,11 @@ class GetReportResponse(_message.Message):
         report: _builtins.bytes = ...,
         releases: _abc.Iterable[Global___ReleaseOutcome] | None = ...,
         versions: _abc.Iterable[_builtins.int] | None = ...,
+        thread: Global___Thread | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary", "thread", b"thread"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["releases", b"releases", "report", b"report", "summary", b"summary", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["releases", b"releases", "report", b"report", "summary", b"summary", "thread", b"thread", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -610,6 +628,10 @@ class InboxItem(_message.Message):
     RETRACTED_FIELD_NUMBER: _builtins.int
     TITLE_FIELD_NUMBER: _builtins.int
     SEVERITY_FIELD_NUMBER: _builtins.int
+    DUE_STATE_FIELD_NUMBER: _builtins.int
+    DUE_AT_FIELD_NUMBER: _builtins.int
+    UNREAD_FIELD_NUMBER: _builtins.int
+    ACK_STATUS_FIELD_NUMBER: _builtins.int
     peer: _builtins.str
     """Sending partner's node id."""
     envelope_id: _builtins.str
@@ -635,6 +657,12 @@ class InboxItem(_message.Message):
     under the author's key. Partner text: shown escaped.
     """
     severity: _builtins.str
+    due_state: _builtins.str
+    """The warning loop (ADR 0022): DUE, OVERDUE, MET or LATE; empty without a response rule."""
+    unread: _builtins.bool
+    """Not shown to an officer yet ('inbox show' marks it read)."""
+    ack_status: _builtins.str
+    """Our newest acknowledgement's status, empty when not acknowledged."""
     @_builtins.property
     def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Names of the fields disclosed to this node."""
@@ -642,6 +670,10 @@ class InboxItem(_message.Message):
     @_builtins.property
     def received_at(self) -> _timestamp_pb2.Timestamp:
         """When this node applied the envelope."""
+
+    @_builtins.property
+    def due_at(self) -> _timestamp_pb2.Timestamp:
+        """The nearest open deadline (acknowledge, then respond)."""
 
     def __init__(
         self,
@@ -660,10 +692,14 @@ class InboxItem(_message.Message):
         retracted: _builtins.bool = ...,
         title: _builtins.str = ...,
         severity: _builtins.str = ...,
+        due_state: _builtins.str = ...,
+        due_at: _timestamp_pb2.Timestamp | None = ...,
+        unread: _builtins.bool = ...,
+        ack_status: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["received_at", b"received_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at", "received_at", b"received_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_id", b"envelope_id", "fields", b"fields", "kind", b"kind", "peer", b"peer", "received_at", b"received_at", "report_id", b"report_id", "retracted", b"retracted", "seq", b"seq", "severity", b"severity", "sop", b"sop", "superseded", b"superseded", "title", b"title", "tlp", b"tlp", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_status", b"ack_status", "due_at", b"due_at", "due_state", b"due_state", "envelope_id", b"envelope_id", "fields", b"fields", "kind", b"kind", "peer", b"peer", "received_at", b"received_at", "report_id", b"report_id", "retracted", b"retracted", "seq", b"seq", "severity", b"severity", "sop", b"sop", "superseded", b"superseded", "title", b"title", "tlp", b"tlp", "unread", b"unread", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -778,6 +814,7 @@ class GetInboxResponse(_message.Message):
     ITEM_FIELD_NUMBER: _builtins.int
     REPORT_FIELD_NUMBER: _builtins.int
     TRANSFORMED_FIELD_NUMBER: _builtins.int
+    THREAD_FIELD_NUMBER: _builtins.int
     report: _builtins.bytes
     """The disclosed report as JSON bytes in the officer shape, only the fields released."""
     @_builtins.property
@@ -788,16 +825,21 @@ class GetInboxResponse(_message.Message):
     def transformed(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransformedField]:
         """Fields the partner released after a transform, with the transform."""
 
+    @_builtins.property
+    def thread(self) -> Global___Thread:
+        """Acknowledgements, replies and deadlines of this item (ADR 0022)."""
+
     def __init__(
         self,
         *,
         item: Global___InboxItem | None = ...,
         report: _builtins.bytes = ...,
         transformed: _abc.Iterable[Global___TransformedField] | None = ...,
+        thread: Global___Thread | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "thread", b"thread"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "report", b"report", "transformed", b"transformed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "report", b"report", "thread", b"thread", "transformed", b"transformed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -943,6 +985,8 @@ class PeerStatus(_message.Message):
     STALE_FIELD_NUMBER: _builtins.int
     CLASSICAL_TLS_ALLOWED_FIELD_NUMBER: _builtins.int
     EXPIRY_WARNINGS_FIELD_NUMBER: _builtins.int
+    PARTNER_OVERDUE_FIELD_NUMBER: _builtins.int
+    OUR_OVERDUE_FIELD_NUMBER: _builtins.int
     peer: _builtins.str
     """Partner node id."""
     connected: _builtins.bool
@@ -971,6 +1015,10 @@ class PeerStatus(_message.Message):
     """The operator let this partner call over a classical (non post-quantum) TLS group
     (`accord serve --allow-classical-tls`); docs/adr/0015-post-quantum-transport.md.
     """
+    partner_overdue: _builtins.int
+    """Reports of ours this partner has not acknowledged or answered in time (ADR 0022)."""
+    our_overdue: _builtins.int
+    """Items of this partner we have not acknowledged or answered in time."""
     @_builtins.property
     def last_contact(self) -> _timestamp_pb2.Timestamp:
         """Last successful exchange with this partner; unset if none."""
@@ -1006,10 +1054,12 @@ class PeerStatus(_message.Message):
         stale: _builtins.bool = ...,
         classical_tls_allowed: _builtins.bool = ...,
         expiry_warnings: _abc.Iterable[Global___ExpiryWarning] | None = ...,
+        partner_overdue: _builtins.int = ...,
+        our_overdue: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agreement_not_after", b"agreement_not_after", "last_contact", b"last_contact", "last_sync", b"last_sync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_seq", b"acknowledged_seq", "agreement_not_after", b"agreement_not_after", "agreement_valid", b"agreement_valid", "backlog", b"backlog", "classical_tls_allowed", b"classical_tls_allowed", "connected", b"connected", "cosigned_size", b"cosigned_size", "expiry_warnings", b"expiry_warnings", "inbox_seq", b"inbox_seq", "last_contact", b"last_contact", "last_error_code", b"last_error_code", "last_sync", b"last_sync", "outbox_seq", b"outbox_seq", "peer", b"peer", "rejected", b"rejected", "stale", b"stale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_seq", b"acknowledged_seq", "agreement_not_after", b"agreement_not_after", "agreement_valid", b"agreement_valid", "backlog", b"backlog", "classical_tls_allowed", b"classical_tls_allowed", "connected", b"connected", "cosigned_size", b"cosigned_size", "expiry_warnings", b"expiry_warnings", "inbox_seq", b"inbox_seq", "last_contact", b"last_contact", "last_error_code", b"last_error_code", "last_sync", b"last_sync", "our_overdue", b"our_overdue", "outbox_seq", b"outbox_seq", "partner_overdue", b"partner_overdue", "peer", b"peer", "rejected", b"rejected", "stale", b"stale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1141,3 +1191,263 @@ class RotateKeysResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RotateKeysResponse: _TypeAlias = RotateKeysResponse  # noqa: Y015
+
+@_typing.final
+class Acknowledgement(_message.Message):
+    """An officer's signed acknowledgement, sent by this node or received from a partner."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    OFFICER_FIELD_NUMBER: _builtins.int
+    ACKED_AT_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    ENVELOPE_ID_FIELD_NUMBER: _builtins.int
+    ITEM_ENVELOPE_ID_FIELD_NUMBER: _builtins.int
+    REPORT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    direction: _builtins.str
+    """"sent" or "received"."""
+    peer: _builtins.str
+    status: _builtins.str
+    officer: _builtins.str
+    note: _builtins.str
+    """Free text: shown to officers, never logged."""
+    envelope_id: _builtins.str
+    """The envelope that carried the acknowledgement, and the item it acknowledges."""
+    item_envelope_id: _builtins.str
+    report_id: _builtins.str
+    version: _builtins.int
+    @_builtins.property
+    def acked_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        direction: _builtins.str = ...,
+        peer: _builtins.str = ...,
+        status: _builtins.str = ...,
+        officer: _builtins.str = ...,
+        acked_at: _timestamp_pb2.Timestamp | None = ...,
+        note: _builtins.str = ...,
+        envelope_id: _builtins.str = ...,
+        item_envelope_id: _builtins.str = ...,
+        report_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acked_at", b"acked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_at", b"acked_at", "direction", b"direction", "envelope_id", b"envelope_id", "item_envelope_id", b"item_envelope_id", "note", b"note", "officer", b"officer", "peer", b"peer", "report_id", b"report_id", "status", b"status", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Acknowledgement: _TypeAlias = Acknowledgement  # noqa: Y015
+
+@_typing.final
+class DeadlineStep(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    DONE_AT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    step: _builtins.str
+    """"acknowledge" or "respond"."""
+    state: _builtins.str
+    """due, overdue, met or late."""
+    @_builtins.property
+    def by(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def done_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        step: _builtins.str = ...,
+        by: _timestamp_pb2.Timestamp | None = ...,
+        done_at: _timestamp_pb2.Timestamp | None = ...,
+        state: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "done_at", b"done_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "done_at", b"done_at", "state", b"state", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeadlineStep: _TypeAlias = DeadlineStep  # noqa: Y015
+
+@_typing.final
+class Deadline(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    ENVELOPE_ID_FIELD_NUMBER: _builtins.int
+    REPORT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    direction: _builtins.str
+    """"in": this node must answer; "out": the partner must answer us."""
+    peer: _builtins.str
+    envelope_id: _builtins.str
+    report_id: _builtins.str
+    version: _builtins.int
+    state: _builtins.str
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeadlineStep]: ...
+    def __init__(
+        self,
+        *,
+        direction: _builtins.str = ...,
+        peer: _builtins.str = ...,
+        envelope_id: _builtins.str = ...,
+        report_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        state: _builtins.str = ...,
+        steps: _abc.Iterable[Global___DeadlineStep] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["direction", b"direction", "envelope_id", b"envelope_id", "peer", b"peer", "report_id", b"report_id", "state", b"state", "steps", b"steps", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Deadline: _TypeAlias = Deadline  # noqa: Y015
+
+@_typing.final
+class Reply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    REPORT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ENVELOPE_ID_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    direction: _builtins.str
+    """"sent" or "received"."""
+    peer: _builtins.str
+    report_id: _builtins.str
+    version: _builtins.int
+    envelope_id: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        direction: _builtins.str = ...,
+        peer: _builtins.str = ...,
+        report_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        envelope_id: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "direction", b"direction", "envelope_id", b"envelope_id", "peer", b"peer", "report_id", b"report_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reply: _TypeAlias = Reply  # noqa: Y015
+
+@_typing.final
+class Thread(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACKS_FIELD_NUMBER: _builtins.int
+    REPLIES_FIELD_NUMBER: _builtins.int
+    DEADLINES_FIELD_NUMBER: _builtins.int
+    IN_REPLY_TO_FIELD_NUMBER: _builtins.int
+    in_reply_to: _builtins.str
+    """The report this one answers (a response@1 reply), when disclosed."""
+    @_builtins.property
+    def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Acknowledgement]: ...
+    @_builtins.property
+    def replies(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reply]: ...
+    @_builtins.property
+    def deadlines(self) -> _containers.RepeatedCompositeFieldContainer[Global___Deadline]: ...
+    def __init__(
+        self,
+        *,
+        acks: _abc.Iterable[Global___Acknowledgement] | None = ...,
+        replies: _abc.Iterable[Global___Reply] | None = ...,
+        deadlines: _abc.Iterable[Global___Deadline] | None = ...,
+        in_reply_to: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "deadlines", b"deadlines", "in_reply_to", b"in_reply_to", "replies", b"replies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Thread: _TypeAlias = Thread  # noqa: Y015
+
+@_typing.final
+class AckInboxRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPE_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    OFFICER_FIELD_NUMBER: _builtins.int
+    envelope_id: _builtins.str
+    """A received item's envelope id (or a unique prefix)."""
+    status: _builtins.str
+    """received, accepted, actioned or rejected."""
+    note: _builtins.str
+    officer: _builtins.str
+    """Who acknowledges; the CLI sends the caller's login name unless --officer is given."""
+    def __init__(
+        self,
+        *,
+        envelope_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+        note: _builtins.str = ...,
+        officer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_id", b"envelope_id", "note", b"note", "officer", b"officer", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AckInboxRequest: _TypeAlias = AckInboxRequest  # noqa: Y015
+
+@_typing.final
+class AckInboxResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    REPORT_ID_FIELD_NUMBER: _builtins.int
+    ACK_ENVELOPE_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    ACKED_AT_FIELD_NUMBER: _builtins.int
+    PARTNER_CONNECTED_FIELD_NUMBER: _builtins.int
+    ITEM_ENVELOPE_ID_FIELD_NUMBER: _builtins.int
+    peer: _builtins.str
+    report_id: _builtins.str
+    ack_envelope_id: _builtins.str
+    seq: _builtins.int
+    partner_connected: _builtins.bool
+    item_envelope_id: _builtins.str
+    @_builtins.property
+    def acked_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        peer: _builtins.str = ...,
+        report_id: _builtins.str = ...,
+        ack_envelope_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        acked_at: _timestamp_pb2.Timestamp | None = ...,
+        partner_connected: _builtins.bool = ...,
+        item_envelope_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acked_at", b"acked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_envelope_id", b"ack_envelope_id", "acked_at", b"acked_at", "item_envelope_id", b"item_envelope_id", "partner_connected", b"partner_connected", "peer", b"peer", "report_id", b"report_id", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AckInboxResponse: _TypeAlias = AckInboxResponse  # noqa: Y015

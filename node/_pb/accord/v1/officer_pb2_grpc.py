@@ -90,6 +90,11 @@ class OfficerStub:
                 request_serializer=accord_dot_v1_dot_officer__pb2.RotateKeysRequest.SerializeToString,
                 response_deserializer=accord_dot_v1_dot_officer__pb2.RotateKeysResponse.FromString,
                 _registered_method=True)
+        self.AckInbox = channel.unary_unary(
+                '/accord.v1.Officer/AckInbox',
+                request_serializer=accord_dot_v1_dot_officer__pb2.AckInboxRequest.SerializeToString,
+                response_deserializer=accord_dot_v1_dot_officer__pb2.AckInboxResponse.FromString,
+                _registered_method=True)
 
 
 class OfficerServicer:
@@ -173,6 +178,13 @@ class OfficerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AckInbox(self, request, context):
+        """Acknowledge a received report: signed, sent back to its issuer (ADR 0022).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OfficerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -230,6 +242,11 @@ def add_OfficerServicer_to_server(servicer, server):
                     servicer.RotateKeys,
                     request_deserializer=accord_dot_v1_dot_officer__pb2.RotateKeysRequest.FromString,
                     response_serializer=accord_dot_v1_dot_officer__pb2.RotateKeysResponse.SerializeToString,
+            ),
+            'AckInbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.AckInbox,
+                    request_deserializer=accord_dot_v1_dot_officer__pb2.AckInboxRequest.FromString,
+                    response_serializer=accord_dot_v1_dot_officer__pb2.AckInboxResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -530,6 +547,33 @@ class Officer:
             '/accord.v1.Officer/RotateKeys',
             accord_dot_v1_dot_officer__pb2.RotateKeysRequest.SerializeToString,
             accord_dot_v1_dot_officer__pb2.RotateKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AckInbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/accord.v1.Officer/AckInbox',
+            accord_dot_v1_dot_officer__pb2.AckInboxRequest.SerializeToString,
+            accord_dot_v1_dot_officer__pb2.AckInboxResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,8 @@ class OfficerStub:
     """Node health and per-partner sync state."""
     RotateKeys: _grpc.UnaryUnaryMultiCallable[_officer_pb2.RotateKeysRequest, _officer_pb2.RotateKeysResponse]
     """Rotate keys of the serving node; it uses the new keys from the answer on (ADR 0017)."""
+    AckInbox: _grpc.UnaryUnaryMultiCallable[_officer_pb2.AckInboxRequest, _officer_pb2.AckInboxResponse]
+    """Acknowledge a received report: signed, sent back to its issuer (ADR 0022)."""
 
 @_typing.type_check_only
 class OfficerAsyncStub(OfficerStub):
@@ -89,6 +91,8 @@ class OfficerAsyncStub(OfficerStub):
     """Node health and per-partner sync state."""
     RotateKeys: _aio.UnaryUnaryMultiCallable[_officer_pb2.RotateKeysRequest, _officer_pb2.RotateKeysResponse]  # type: ignore[assignment]
     """Rotate keys of the serving node; it uses the new keys from the answer on (ADR 0017)."""
+    AckInbox: _aio.UnaryUnaryMultiCallable[_officer_pb2.AckInboxRequest, _officer_pb2.AckInboxResponse]  # type: ignore[assignment]
+    """Acknowledge a received report: signed, sent back to its issuer (ADR 0022)."""
 
 class OfficerServicer(metaclass=_abc_1.ABCMeta):
     """Local API for liaison officers, reached through the `accord` CLI."""
@@ -180,5 +184,13 @@ class OfficerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_officer_pb2.RotateKeysResponse, _abc.Awaitable[_officer_pb2.RotateKeysResponse]]:
         """Rotate keys of the serving node; it uses the new keys from the answer on (ADR 0017)."""
+
+    @_abc_1.abstractmethod
+    def AckInbox(
+        self,
+        request: _officer_pb2.AckInboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_officer_pb2.AckInboxResponse, _abc.Awaitable[_officer_pb2.AckInboxResponse]]:
+        """Acknowledge a received report: signed, sent back to its issuer (ADR 0022)."""
 
 def add_OfficerServicer_to_server(servicer: OfficerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
