@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -26,8 +27,10 @@ from exchange.sop import (
     TLP_LEVELS,
     Problem,
     SchemaRegistry,
+    ReportInvalid,
     check_report_document,
     disclosed_field_problems,
+    field_rule_problems,
     join_path,
 )
 from node._pb.accord.v1 import officer_pb2
@@ -139,6 +142,7 @@ class Interview:
     sop: str
     ui: Console
     err: bool
+    answers: dict[str, Any] = dataclasses.field(default_factory=dict)  # the top-level answers so far
 
     # -- terminal ------------------------------------------------------------------------
 
@@ -166,6 +170,9 @@ class Interview:
         found: list[Problem] = disclosed_field_problems(
             self.reg, self.sop, _nest(path, value), limits=DEFAULT_REPORT_LIMITS
         )
+        if not found:  # cross-field rules (an end before its start), with earlier answers
+            merged = {**self.answers, **_nest(path, value)}
+            found = field_rule_problems(self.reg, self.sop, merged)
         shown = _display(path)
         out = []
         for p in found:
@@ -192,6 +199,7 @@ class Interview:
     def fields(self) -> dict[str, Any]:
         doc = self.reg.schema(self.sop)
         out: dict[str, Any] = {}
+        self.answers = out  # what cross-field rules are checked against
         for name in doc["properties"]:
             self.field(name, out)
         return out
@@ -219,6 +227,7 @@ class Interview:
     def review(self, level: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Every answer at once, numbered; the officer may change any before sealing."""
         names = list(self.reg.schema(self.sop)["properties"])
+        self.answers = fields
         while True:
             rows = [("1", "tlp", level.upper())]
             for n, name in enumerate(names, start=2):
@@ -436,11 +445,17 @@ def report_new(ctx: CliContext, sop: str, tlp: str | None, out: Path | None, as_
     iv.note("Answer each question; Enter skips an optional field; Ctrl-C abandons the report.")
     level = tlp or iv.tlp()
     level, fields = iv.review(level, iv.fields())
-    data = (
-        json.dumps({"sop": sop, "tlp": level, "fields": fields}, indent=2, ensure_ascii=False)
-        + "\n"
-    ).encode()
-    check_report_document(reg, data, "json")  # the whole report, as the node will check it
+    while True:
+        data = (
+            json.dumps({"sop": sop, "tlp": level, "fields": fields}, indent=2, ensure_ascii=False)
+            + "\n"
+        ).encode()
+        try:
+            check_report_document(reg, data, "json")  # the whole report, as the node will
+            break
+        except ReportInvalid as e:  # e.g. a cross-field rule an answer changed in review broke
+            iv.reject([str(p) for p in e.problems])
+            level, fields = iv.review(level, fields)
     ui.print()
     ui.print(
         Text(f" TLP:{level.upper()} ", style=f"bold reverse {TLP_STYLE.get(level, 'white')}")

@@ -62,8 +62,13 @@ def problems_of(registry: SchemaRegistry, data: bytes, fmt: str = "json") -> set
 # ---- the shipped pack ---------------------------------------------------------------------
 
 
-def test_shipped_pack_loads_with_the_three_schemas(registry: SchemaRegistry) -> None:
-    assert registry.names() == ["incident-report@1", "threat-alert@1", "travel-advisory@1"]
+def test_shipped_pack_loads_with_the_four_schemas(registry: SchemaRegistry) -> None:
+    assert registry.names() == [
+        "incident-report@1",
+        "response@1",
+        "threat-alert@1",
+        "travel-advisory@1",
+    ]
 
 
 def test_shipped_files_are_bytes_and_ids_match_names() -> None:
@@ -88,6 +93,8 @@ def test_every_top_level_property_is_labelled(registry: SchemaRegistry) -> None:
         assert "tlp" not in schema["properties"]  # TLP belongs to the envelope
     assert "personal" in registry.labels("incident-report@1").values()
     assert "personal" in registry.labels("travel-advisory@1").values()
+    assert registry.labels("response@1")["point_of_contact"] == "personal"
+    assert registry.labels("response@1")["in_reply_to"] == "public"
     assert registry.labels("threat-alert@1")["source"] == "sensitive-source"
 
 
@@ -209,6 +216,11 @@ def test_minimal_reports_for_every_shipped_schema(registry: SchemaRegistry) -> N
             "valid_from": "2026-06-01T00:00:00Z",
             "guidance": "Travel only with escort.",
             "contact": {"name": "Duty officer", "phone": "+925112345678"},
+        },
+        "response@1": {
+            "in_reply_to": "01890a5d-ac96-774b-bcce-b302099a8057",
+            "status": "measures-taken",
+            "title": "Convoy moves suspended",
         },
     }
     for sop, fields in minimal.items():
