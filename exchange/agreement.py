@@ -10,7 +10,15 @@ An agreement is canonical JSON (RFC 8785)::
          "schemas": {"threat-alert@1": {"fields": ["recommended_actions"],
                                         "labels": ["operational", "public"]}}}],
      "suite": "MLKEM768_X25519/HKDF_SHA256/CHACHA20_POLY1305",
-     "not_before": "2026-01-01T00:00:00Z", "not_after": "2027-01-01T00:00:00Z"}
+     "not_before": "2026-01-01T00:00:00Z", "not_after": "2027-01-01T00:00:00Z",
+     "response": {"threat-alert@1": {"critical": {"acknowledge": "PT15M",   # optional
+                                                  "respond": "P1D"}}}}
+
+``response`` (docs/adr/0020) holds the response rules: per schema and severity, how soon
+whoever *receives* a report must acknowledge it and (optionally) respond, as canonical
+ISO 8601 durations (``exchange.times.format_duration``). They bind both directions. The key
+is left out of the bytes when there are no rules, so agreements without rules keep the
+bytes and digest they always had; no other key is optional at the top level.
 
 Each party signs ``"accord/v1/agreement\\n" + agreement bytes`` with its identity key. A
 *signed agreement* carries the exact bytes and the signatures by node id; only
@@ -39,7 +47,7 @@ from exchange.crypto import Signer, verify_ed25519
 from exchange.errors import InputError, PeerDataError, PolicyError
 from exchange.names import NODE_ID_RE
 from exchange.purpose import Purpose, signed_message
-from exchange.times import format_time, parse_time
+from exchange.times import format_duration, format_time, parse_duration, parse_time
 
 AGREEMENT_TYPE: Final = "accord.agreement/v1"
 SIGNED_AGREEMENT_TYPE: Final = "accord.signed-agreement/v1"
@@ -62,12 +70,16 @@ FIELD_NAME_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 DIGEST_RE: Final = re.compile(r"sha256:[0-9a-f]{64}")
 LABEL_RE: Final = re.compile(r"[a-z][a-z-]{0,31}")
 AGREEMENT_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+SEVERITY_RE: Final = re.compile(r"[a-z][a-z0-9-]{0,31}")
+MAX_RESPONSE_RULES: Final = 256  # (schema, severity) pairs in one agreement
 
 _AGREEMENT_KEYS: Final = frozenset(
     {"type", "id", "version", "parties", "schemas", "ceiling", "suite", "not_before", "not_after"}
 )
 _DIRECTION_KEYS: Final = frozenset({"from", "to", "tlp_max", "schemas"})
 _ONWARD_KEYS: Final = frozenset({"default", "schemas"})
+_OPTIONAL_AGREEMENT_KEYS: Final = frozenset({"response"})
+_RESPONSE_RULE_KEYS: Final = frozenset({"acknowledge", "respond"})
 
 # Onward dissemination (docs/adr/0014): the classes of domestic recipient the receiving node
 # may pass a report on to, per TLP level (optionally per schema). "any" means every class.
@@ -164,6 +176,26 @@ NO_ONWARD: Final = OnwardRules()
 
 
 @dataclass(frozen=True)
+class ResponseRule:
+    """How soon the receiver of a report must acknowledge it and, optionally, respond
+    (``acknowledge <= respond``), counted from when the report reached it."""
+
+    acknowledge: timedelta
+    respond: timedelta | None = None
+
+    def to_json(self) -> dict[str, str]:
+        out = {"acknowledge": format_duration(self.acknowledge)}
+        if self.respond is not None:
+            out["respond"] = format_duration(self.respond)
+        return out
+
+
+# schema name -> severity -> rule
+ResponseRules = Mapping[str, Mapping[str, ResponseRule]]
+NO_RESPONSE_RULES: Final[ResponseRules] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
 class DirectionCeiling:
     """The ceiling for one direction ``sender -> receiver``, and what ``receiver`` may pass
     onward (``onward``: an optional key, left out of the bytes when there are no rules, so
@@ -199,9 +231,10 @@ class Agreement:
     suite: str
     not_before: str
     not_after: str
+    response: ResponseRules = field(default_factory=lambda: NO_RESPONSE_RULES)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "type": AGREEMENT_TYPE,
             "id": self.id,
             "version": self.version,
@@ -212,6 +245,17 @@ class Agreement:
             "not_before": self.not_before,
             "not_after": self.not_after,
         }
+        if self.response:
+            out["response"] = {
+                sop: {sev: rules[sev].to_json() for sev in sorted(rules)}
+                for sop, rules in sorted(self.response.items())
+            }
+        return out
+
+    def response_rule(self, sop: str, severity: str) -> ResponseRule | None:
+        """The rule for a report of ``sop`` at ``severity``, whichever party receives it;
+        ``None`` when the agreement sets none (no deadline)."""
+        return self.response.get(sop, {}).get(severity)
 
     def to_bytes(self) -> bytes:
         """The exact canonical bytes both parties sign."""
@@ -269,6 +313,10 @@ class VerifiedAgreement:
     def signed(self) -> SignedAgreement:
         return SignedAgreement(self.agreement_bytes, self.signatures)
 
+    def response_rule(self, sop: str, severity: str) -> ResponseRule | None:
+        """The signed response rule for ``sop`` at ``severity`` (either direction), if any."""
+        return self.agreement.response_rule(sop, severity)
+
 
 @dataclass(frozen=True)
 class Ceiling:
@@ -304,11 +352,15 @@ def propose(
     not_after: datetime,
     version: int = 1,
     schema_labels: Mapping[str, Mapping[str, str]] | None = None,
+    response: ResponseRules = NO_RESPONSE_RULES,
+    schema_severities: Mapping[str, Iterable[str]] | None = None,
 ) -> Agreement:
     """Build and check an agreement (unsigned). Raises ``PolicyError`` naming the rule.
 
     ``schemas`` maps each schema name to its digest. When ``schema_labels`` is given (the
     local schema pack's field -> label mappings), every field a ceiling names must exist.
+    ``response`` holds the response rules (``parse_response``); when ``schema_severities``
+    is given (each schema's ``severity`` enum), every severity a rule names must be one.
     """
     agreement = Agreement(
         id=agreement_id,
@@ -319,10 +371,13 @@ def propose(
         suite=suite,
         not_before=format_time(not_before),
         not_after=format_time(not_after),
+        response=MappingProxyType({k: MappingProxyType(dict(v)) for k, v in response.items()}),
     )
     problems = _problems(agreement)
     if schema_labels is not None:
         problems.extend(_field_problems(agreement, schema_labels))
+    if schema_severities is not None:
+        problems.extend(response_problems(agreement, schema_severities))
     if problems:
         raise PolicyError(f"agreement: {problems[0]}", code="policy.agreement_invalid")
     return agreement
@@ -409,6 +464,80 @@ def parse_onward(raw: object, where: str, *, from_terms: bool = False) -> Onward
     if not from_terms and rules.is_empty():
         raise InputError(f"{where} names no rule (leave it out: nothing onward)")
     return rules
+
+
+def _response_rule(raw: object, where: str, *, from_terms: bool) -> ResponseRule:
+    if not isinstance(raw, dict):
+        raise InputError(f"{where} must be a table with acknowledge and optionally respond")
+    unknown = sorted(str(k)[:40] for k in set(raw) - _RESPONSE_RULE_KEYS)
+    if unknown:
+        raise InputError(f"{where}: unknown key {unknown[0]!r} (acknowledge, respond)")
+    if "acknowledge" not in raw:
+        raise InputError(f"{where}.acknowledge is missing")
+    values: dict[str, timedelta] = {}
+    for key in sorted(_RESPONSE_RULE_KEYS & set(raw)):
+        value = parse_duration(raw[key], field=f"{where}.{key}")
+        if not from_terms and format_duration(value) != raw[key]:
+            raise InputError(
+                f"{where}.{key} is not in canonical form (e.g. PT1H30M, P1D; no weeks, "
+                "no zero parts, each part below the next unit)"
+            )
+        values[key] = value
+    rule = ResponseRule(values["acknowledge"], values.get("respond"))
+    if rule.respond is not None and rule.respond < rule.acknowledge:
+        raise InputError(f"{where}: respond must not be sooner than acknowledge")
+    return rule
+
+
+def parse_response(raw: object, where: str, *, from_terms: bool = False) -> ResponseRules:
+    """Response rules from terms (``[response."<schema>".<severity>]``, any valid duration
+    spelling) or from an agreement's ``response`` (canonical durations only). Raises
+    ``InputError`` naming the key: a bad schema or severity name, an unknown key, a bad
+    duration, ``respond`` sooner than ``acknowledge``, or an empty table."""
+    if not isinstance(raw, dict):
+        raise InputError(f"{where} must be a table of schemas")
+    if not raw and not from_terms:
+        raise InputError(f"{where} names no rule (leave it out: no deadlines)")
+    out: dict[str, Mapping[str, ResponseRule]] = {}
+    count = 0
+    for sop, per_severity in raw.items():
+        if not isinstance(sop, str) or SCHEMA_NAME_RE.fullmatch(sop) is None:
+            raise InputError(f"{where}: a schema name is not of the form name@major")
+        here = f'{where}."{sop}"' if from_terms else f"{where}.{sop}"
+        if not isinstance(per_severity, dict) or not per_severity:
+            raise InputError(f"{here} must be a table of severities with at least one rule")
+        rules: dict[str, ResponseRule] = {}
+        for severity, rule in per_severity.items():
+            if not isinstance(severity, str) or SEVERITY_RE.fullmatch(severity) is None:
+                raise InputError(f"{here}: a severity is not a valid name ([a-z][a-z0-9-]*)")
+            rules[severity] = _response_rule(rule, f"{here}.{severity}", from_terms=from_terms)
+        count += len(rules)
+        if count > MAX_RESPONSE_RULES:
+            raise InputError(f"{where} holds more than {MAX_RESPONSE_RULES} rules")
+        out[sop] = MappingProxyType(rules)
+    return MappingProxyType(out)
+
+
+def response_problems(
+    agreement: Agreement, schema_severities: Mapping[str, Iterable[str]]
+) -> list[str]:
+    """Every response rule that names a severity its schema does not define.
+
+    ``schema_severities`` maps a schema name to the values of its ``severity`` enum (none,
+    or no entry, when the schema has no severity field: no rule can name it then).
+    """
+    problems: list[str] = []
+    for sop in sorted(agreement.response):
+        allowed = set(schema_severities.get(sop, ()))
+        if not allowed:
+            problems.append(f"response.{sop}: the schema has no severity field to key rules by")
+            continue
+        for severity in sorted(set(agreement.response[sop]) - allowed):
+            problems.append(
+                f"response.{sop}.{severity}: not a severity of {sop} "
+                f"(one of {', '.join(sorted(allowed))})"
+            )
+    return problems
 
 
 def onward_rules(agreement: VerifiedAgreement, sender: str, receiver: str) -> OnwardRules:
@@ -685,9 +814,9 @@ def _names(raw: object, what: str, pattern: re.Pattern[str]) -> frozenset[str]:
 def _from_json(doc: object) -> Agreement:
     if not isinstance(doc, dict) or doc.get("type") != AGREEMENT_TYPE:
         raise InputError(f"agreement: type is not {AGREEMENT_TYPE}")
-    if set(doc) != _AGREEMENT_KEYS:
+    if set(doc) - _OPTIONAL_AGREEMENT_KEYS != _AGREEMENT_KEYS:
         missing = sorted(_AGREEMENT_KEYS - set(doc))
-        extra = sorted(k[:40] for k in set(doc) - _AGREEMENT_KEYS)
+        extra = sorted(k[:40] for k in set(doc) - _AGREEMENT_KEYS - _OPTIONAL_AGREEMENT_KEYS)
         raise InputError(f"agreement: fields missing {missing} or unknown {extra[:5]}")
     parties = doc["parties"]
     if not isinstance(parties, list) or len(parties) != 2:
@@ -737,6 +866,11 @@ def _from_json(doc: object) -> Agreement:
         suite=doc["suite"],
         not_before=doc["not_before"],
         not_after=doc["not_after"],
+        response=(
+            parse_response(doc["response"], "agreement: response")
+            if "response" in doc
+            else NO_RESPONSE_RULES
+        ),
     )
 
 
@@ -819,10 +953,44 @@ def _problems(a: Agreement) -> list[str]:
                 and all(c <= set(RECIPIENT_CLASSES) and c for c in levels.values()),
                 f"ceiling {d.sender}->{d.receiver}: onward names an unknown TLP level or class",
             )
+    check(
+        sum(len(rules) for rules in a.response.values()) <= MAX_RESPONSE_RULES,
+        f"response: more than {MAX_RESPONSE_RULES} rules",
+    )
+    for sop, rules in a.response.items():
+        check(
+            sop in a.schemas,
+            f"response: {str(sop)[:70]} is not one of the agreement's schemas",
+        )
+        check(bool(rules), f"response: {str(sop)[:70]} names no severity")
+        for severity, rule in rules.items():
+            here = f"response.{str(sop)[:70]}.{str(severity)[:40]}"
+            check(
+                isinstance(severity, str) and SEVERITY_RE.fullmatch(severity) is not None,
+                f"response: {str(sop)[:70]} names an invalid severity",
+            )
+            check(_duration_ok(rule.acknowledge), f"{here}.acknowledge is out of range")
+            check(
+                rule.respond is None or _duration_ok(rule.respond),
+                f"{here}.respond is out of range",
+            )
+            check(
+                rule.respond is None or rule.acknowledge <= rule.respond,
+                f"{here}: respond must not be sooner than acknowledge",
+            )
     pairs = [(d.sender, d.receiver) for d in a.ceiling]
     if not problems:
         check(pairs == sorted(pairs), "ceiling: directions must be sorted by from, to")
     return problems
+
+
+def _duration_ok(value: object) -> bool:
+    if not isinstance(value, timedelta):
+        return False
+    try:
+        return parse_duration(format_duration(value), field="duration") == value
+    except (InputError, ValueError):
+        return False
 
 
 def _field_problems(a: Agreement, schema_labels: Mapping[str, Mapping[str, str]]) -> list[str]:

@@ -5,6 +5,22 @@ the Accord rules. A report is read with ``parse_report_unverified`` (syntax and 
 and checked with ``validate_report``; ``check_report_document`` does both and lists every
 problem at once. Problems name the path, the rule and the JSON type of the bad value,
 never the value itself.
+
+Cross-field rules (docs/adr/0020) live beside the schemas, one optional rules document per
+schema (``sop/rules/<name>@<major>.json``), because a schema's bytes are pinned by digest in
+signed agreements and a rule added inside it would change that digest::
+
+    {"type": "accord.sop-rules/v1", "sop": "threat-alert@1",
+     "rules": [{"rule": "not_earlier", "field": "time_window.end",
+                "than": "time_window.start"}]}
+
+Kinds: ``not_earlier`` (the field's instant is the same as or after ``than``'s) and
+``not_later``. Both paths must name ``date-time`` strings of the schema; they are compared
+as instants (offsets honoured, fractions exact), and a rule whose fields are absent or not
+valid date-times is skipped (the schema already reports those). ``validate_report`` and
+``check_report_document`` (the author's node: validate, submit, new) apply them;
+``disclosed_field_problems`` (a receiver) does not, because the rules are not pinned by the
+agreement and partners may ship different ones.
 """
 
 from __future__ import annotations
@@ -39,6 +55,10 @@ MAX_SAFE_INTEGER: Final = 2**53 - 1
 MAX_SCHEMA_BYTES: Final = 1 << 20
 DOCUMENT_PATH: Final = "(document)"
 MAX_PROBLEMS_SHOWN: Final = 100  # in the message; ``problems`` keeps them all
+RULES_TYPE: Final = "accord.sop-rules/v1"
+RULE_KINDS: Final = ("not_earlier", "not_later")
+MAX_RULES: Final = 64  # per schema
+_RULE_KEYS: Final = frozenset({"rule", "field", "than"})
 _ENVELOPE_KEYS: Final = ("sop", "tlp", "fields")
 # C0 and C1 controls other than TAB, LF and CR: terminal escapes and NUL have no place in a report.
 _CONTROL_RE: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -107,6 +127,34 @@ class UnknownSchema(InputError):
 class SchemaPackInvalid(InputError):
     code = "input.schema_pack_invalid"
     default_next_step = "Fix the named schema file; every node must load the same pack."
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """A cross-field rule of one schema: ``field`` is ``kind`` (``not_earlier`` /
+    ``not_later``) ``than``; paths are property names from the top level."""
+
+    kind: str
+    field: tuple[str, ...]
+    than: tuple[str, ...]
+
+    @property
+    def field_path(self) -> str:
+        return _fields_path(self.field)
+
+    @property
+    def than_path(self) -> str:
+        return _fields_path(self.than)
+
+    def to_json(self) -> dict[str, str]:
+        return {"rule": self.kind, "field": ".".join(self.field), "than": ".".join(self.than)}
+
+
+def _fields_path(parts: tuple[str, ...]) -> str:
+    where = "fields"
+    for part in parts:
+        where = join_path(where, part)
+    return where
 
 
 @dataclass(frozen=True)
@@ -239,9 +287,14 @@ def _format_checker() -> FormatChecker:
 class SchemaRegistry:
     """The agreed SOP schemas, checked once, with their digests, labels and validators."""
 
-    def __init__(self, schemas: Mapping[str, dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        schemas: Mapping[str, dict[str, Any]],
+        rules: Mapping[str, tuple[FieldRule, ...]] | None = None,
+    ) -> None:
         """Use ``from_documents``; this constructor trusts its (already checked) input."""
         self._schemas = dict(sorted(schemas.items()))
+        self._rules = {n: tuple((rules or {}).get(n, ())) for n in self._schemas}
         self._canonical = {n: canonical_json(s) for n, s in self._schemas.items()}
         self._digests = {n: sha256_digest(b) for n, b in self._canonical.items()}
         self._labels = {
@@ -258,14 +311,24 @@ class SchemaRegistry:
         }
 
     @classmethod
-    def from_documents(cls, documents: Mapping[str, bytes]) -> SchemaRegistry:
-        """Parse and check every schema; a broken pack raises ``SchemaPackInvalid``."""
+    def from_documents(
+        cls, documents: Mapping[str, bytes], rules: Mapping[str, bytes] | None = None
+    ) -> SchemaRegistry:
+        """Parse and check every schema, and each schema's cross-field rules document
+        (``rules`` maps a schema name to its bytes); a broken pack, or a rule naming an
+        unknown schema, field or kind, raises ``SchemaPackInvalid``."""
         if not documents:
             raise SchemaPackInvalid("the schema pack is empty")
         schemas: dict[str, dict[str, Any]] = {}
         for name, data in documents.items():
             schemas[name] = _check_schema(name, data)
-        return cls(schemas)
+        checked: dict[str, tuple[FieldRule, ...]] = {}
+        for name, data in (rules or {}).items():
+            if name not in schemas:
+                shown = json.dumps(str(name)[:80], ensure_ascii=True)
+                raise SchemaPackInvalid(f"rules {shown}: no schema of that name in the pack")
+            checked[name] = _check_rules(name, data, schemas[name])
+        return cls(schemas, checked)
 
     def names(self) -> list[str]:
         return list(self._schemas)
@@ -286,6 +349,10 @@ class SchemaRegistry:
 
     def labels(self, name: str) -> dict[str, str]:
         return dict(self._labels[self._known(name)])
+
+    def rules(self, name: str) -> tuple[FieldRule, ...]:
+        """The schema's cross-field rules (none when the pack ships no rules for it)."""
+        return self._rules[self._known(name)]
 
     def validator(self, name: str, *, partial: bool = False) -> Draft202012Validator:
         """The cached validator; ``partial`` drops top-level ``required`` (for disclosures)."""
@@ -369,6 +436,62 @@ def _check_subschema(where: str, sub: dict[str, Any], fail: Any) -> None:
         raise fail(where, "arrays must be bounded by maxItems")
 
 
+def _check_rules(name: str, data: bytes, schema: dict[str, Any]) -> tuple[FieldRule, ...]:
+    def fail(where: str, rule: str) -> SchemaPackInvalid:
+        return SchemaPackInvalid(f"rules of {name}: {where}: {rule}")
+
+    try:
+        doc = parse_json_unverified(data, what=f"rules of {name}", max_bytes=MAX_SCHEMA_BYTES)
+    except InputError as e:
+        raise SchemaPackInvalid(e.message) from e
+    if not isinstance(doc, dict) or set(doc) != {"type", "sop", "rules"}:
+        raise fail("(document)", "must be an object with exactly type, sop and rules")
+    if doc["type"] != RULES_TYPE:
+        raise fail("type", f"must be {RULES_TYPE}")
+    if doc["sop"] != name:
+        raise fail("sop", f"must be {name}")
+    raw = doc["rules"]
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_RULES:
+        raise fail("rules", f"must list 1 to {MAX_RULES} rules")
+    out: list[FieldRule] = []
+    for i, entry in enumerate(raw):
+        where = f"rules[{i}]"
+        if not isinstance(entry, dict) or set(entry) != _RULE_KEYS:
+            raise fail(where, "must be an object with exactly rule, field and than")
+        if entry["rule"] not in RULE_KINDS:
+            raise fail(f"{where}.rule", f"unknown rule kind (one of {', '.join(RULE_KINDS)})")
+        paths = []
+        for key in ("field", "than"):
+            path = _date_time_path(schema, entry[key])
+            if path is None:
+                raise fail(f"{where}.{key}", "must name a date-time field of the schema")
+            paths.append(path)
+        if paths[0] == paths[1]:
+            raise fail(where, "field and than must name different fields")
+        rule = FieldRule(entry["rule"], paths[0], paths[1])
+        if rule in out:
+            raise fail(where, "repeats an earlier rule")
+        out.append(rule)
+    return tuple(out)
+
+
+def _date_time_path(schema: dict[str, Any], path: object) -> tuple[str, ...] | None:
+    """``("time_window", "end")`` when ``path`` names a ``date-time`` string property."""
+    if not isinstance(path, str) or not path:
+        return None
+    parts = tuple(path.split("."))
+    node: Any = schema
+    for part in parts:
+        properties = node.get("properties") if isinstance(node, dict) else None
+        if not isinstance(properties, dict) or part not in properties:
+            return None
+        node = properties[part]
+    kinds = node.get("type") if isinstance(node, dict) else None
+    if kinds != "string" or node.get("format") != "date-time":
+        return None
+    return parts
+
+
 # ---- reports -----------------------------------------------------------------------------
 
 
@@ -394,6 +517,7 @@ def validate_report(
     document = {"sop": report.sop, "tlp": report.tlp, "fields": report.fields}
     sop, _tlp, fields, problems = _envelope(document, limits)
     problems.extend(_schema_problems(registry, sop, fields))
+    problems.extend(field_rule_problems(registry, sop, fields))
     if problems:
         raise ReportInvalid(problems)
     return ValidReport(report, registry.digest(sop), registry.labels(sop))
@@ -413,6 +537,7 @@ def check_report_document(
     document = _parse_document(data, fmt, limits)
     sop, tlp, fields, problems = _envelope(document, limits)
     problems.extend(_schema_problems(registry, sop, fields))
+    problems.extend(field_rule_problems(registry, sop, fields))
     if problems:
         raise ReportInvalid(problems)
     return ValidReport(Report(sop, tlp, fields), registry.digest(sop), registry.labels(sop))
@@ -433,6 +558,53 @@ def disclosed_field_problems(
     problems.extend(p for e in errors for p in _problems_of(e, "fields"))
     unique = dict.fromkeys(problems)
     return sorted(unique, key=lambda p: (p.path, p.rule))
+
+
+def field_rule_problems(registry: SchemaRegistry, sop: object, fields: object) -> list[Problem]:
+    """The cross-field rules of ``sop`` that ``fields`` break, one problem each at the
+    rule's ``field`` path naming the rule and the other path (never a value). Rules whose
+    fields are absent or not valid date-times are skipped. An unknown ``sop`` has none."""
+    if not isinstance(sop, str) or sop not in registry or not isinstance(fields, dict):
+        return []
+    problems: list[Problem] = []
+    for rule in registry.rules(sop):
+        a, b = _instant(_lookup(fields, rule.field)), _instant(_lookup(fields, rule.than))
+        if a is None or b is None:
+            continue
+        if rule.kind == "not_earlier" and a < b:
+            detail = f"must not be earlier than {rule.than_path}"
+        elif rule.kind == "not_later" and a > b:
+            detail = f"must not be later than {rule.than_path}"
+        else:
+            continue
+        problems.append(Problem(rule.field_path, rule.kind, "string", detail))
+    return problems
+
+
+def _lookup(fields: Mapping[str, Any], path: tuple[str, ...]) -> object:
+    node: object = fields
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _instant(value: object) -> tuple[int, int] | None:
+    """An RFC 3339 date-time as (UTC POSIX seconds, nanoseconds), exact; ``None`` if not one.
+    A leap second (:60) counts as the first second of the next minute."""
+    if not isinstance(value, str) or not _is_rfc3339(value):
+        return None
+    match = _RFC3339_RE.fullmatch(value)
+    assert match is not None  # _is_rfc3339 matched it
+    year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
+    offset = match.group(8)
+    sign = -1 if offset[0] == "-" else 1
+    shift = 0 if offset in ("Z", "z") else sign * (int(offset[1:3]) * 3600 + int(offset[4:6]) * 60)
+    base = dt.datetime(year, month, day, hour, minute, min(second, 59), tzinfo=dt.UTC)
+    seconds = int(base.timestamp()) + (second - min(second, 59)) - shift
+    fraction = (match.group(7) or ".")[1:]
+    return seconds, int(fraction.ljust(9, "0"))
 
 
 def _parse_document(data: bytes, fmt: ReportFormat, limits: ReportLimits) -> Any:
@@ -571,7 +743,9 @@ def _describe(rule: str, limit: Any) -> str:
 __all__ = [
     "DEFAULT_REPORT_LIMITS",
     "LABELS",
+    "RULE_KINDS",
     "TLP_LEVELS",
+    "FieldRule",
     "Problem",
     "Report",
     "ReportFormat",
@@ -583,6 +757,7 @@ __all__ = [
     "ValidReport",
     "check_report_document",
     "disclosed_field_problems",
+    "field_rule_problems",
     "json_type",
     "parse_report_unverified",
     "validate_report",

@@ -35,9 +35,9 @@ KEY = bytes(SigningKey(SEED).verify_key)
 
 @cache
 def _registry() -> SchemaRegistry:
-    from sop import load_shipped_schemas
+    from sop import load_shipped_rules, load_shipped_schemas
 
-    return SchemaRegistry.from_documents(load_shipped_schemas())
+    return SchemaRegistry.from_documents(load_shipped_schemas(), load_shipped_rules())
 
 
 @cache

@@ -11,18 +11,22 @@ from typing import Any
 
 from exchange.agreement import (
     NO_ONWARD,
+    NO_RESPONSE_RULES,
     RECIPIENT_CLASSES,
     Agreement,
     Ceiling,
     OnwardRules,
+    ResponseRules,
     SignedAgreement,
     VerifiedAgreement,
     ceiling_for,
     direction,
     parse_agreement_unverified,
     parse_onward,
+    parse_response,
     parse_signed_agreement_unverified,
     propose,
+    response_problems,
     sign_agreement,
     verified_signers,
     verify_agreement,
@@ -86,6 +90,33 @@ def _onward_of(section: dict[str, Any], where: str) -> OnwardRules:
         ) from e
 
 
+def schema_severities(names: list[str] | None = None) -> dict[str, list[str]]:
+    """Each schema's ``severity`` enum in the local pack (an empty list when it has none):
+    what the response rules of an agreement may be keyed by."""
+    reg = registry()
+    out: dict[str, list[str]] = {}
+    for name in reg.names() if names is None else names:
+        prop = reg.schema(name).get("properties", {}).get("severity", {})
+        enum = prop.get("enum") if isinstance(prop, dict) else None
+        out[name] = [v for v in enum if isinstance(v, str)] if isinstance(enum, list) else []
+    return out
+
+
+def _response_of(terms: dict[str, Any]) -> ResponseRules:
+    """``[response."<schema>".<severity>]`` with ``acknowledge`` and optional ``respond``.
+    Left out, the agreement sets no deadlines."""
+    if "response" not in terms:
+        return NO_RESPONSE_RULES
+    try:
+        return parse_response(terms["response"], "response", from_terms=True)
+    except InputError as e:
+        raise InputError(
+            f"terms: {e.message}",
+            next_step='Write e.g. [response."threat-alert@1".critical] with acknowledge = '
+            '"PT15M" and respond = "PT24H" (ISO 8601 durations, 1 second to 90 days).',
+        ) from e
+
+
 def terms_to_agreement(node: Node, peer: str, text: str, now: datetime) -> Agreement:
     """Build an agreement from the officer's terms file (``sop/agreements/example-terms.toml``)."""
     if len(text) > MAX_TERMS:
@@ -102,6 +133,7 @@ def terms_to_agreement(node: Node, peer: str, text: str, now: datetime) -> Agree
         "not_after",
         "send",
         "receive",
+        "response",
     }
     if unknown:
         raise InputError(f"terms: unknown keys {sorted(unknown)}")
@@ -140,6 +172,7 @@ def terms_to_agreement(node: Node, peer: str, text: str, now: datetime) -> Agree
         raise InputError(
             f"terms: unknown schema {unknown_schemas[0]}", next_step="See 'accord schema list'."
         )
+    response = _response_of(terms)
     not_before = (
         parse_time(terms["not_before"], field="not_before") if "not_before" in terms else now
     )
@@ -156,6 +189,8 @@ def terms_to_agreement(node: Node, peer: str, text: str, now: datetime) -> Agree
         not_before=not_before,
         not_after=not_after,
         schema_labels={n: reg.labels(n) for n in names},
+        response=response,
+        schema_severities=schema_severities(names),
     )
 
 
@@ -324,6 +359,14 @@ def _check_schemas(agreement: Agreement) -> None:
                 code="policy.schema_mismatch",
                 next_step="Both partners must run the same SOP schema pack.",
             )
+    problems = response_problems(agreement, schema_severities(sorted(agreement.schemas)))
+    if problems:
+        raise PolicyError(
+            f"agreement: {problems[0]}",
+            code="policy.agreement_invalid",
+            next_step="Ask the partner to propose terms whose response rules name severities "
+            "of the agreed schemas.",
+        )
 
 
 def _tampered(what: str, field: str) -> StoreError:

@@ -44,7 +44,6 @@ from node.cosigning import Cosigner
 from node.errors_map import Audience, EdgeInterceptor
 from node.home import Node
 from node.keywatch import CHECK_SECONDS, WARN_DAYS, KeyWatch
-from node.warning import DeadlineWatch
 from node.peer_service import PeerExchangeService, WitnessService
 from node.sync import OutboxSignal, Puller
 from node.transport import (
@@ -54,6 +53,7 @@ from node.transport import (
     PeerGuard,
     server_options,
 )
+from node.warning import DeadlineWatch
 
 OFFICER_SOCKET = "officer.sock"
 MAX_UNIX_PATH = 107

@@ -23,6 +23,7 @@ from node.agreements import (
     current_agreement,
     load_terms,
     propose_agreement,
+    schema_severities,
     sign_and_store,
     stored_agreements,
     terminate_agreement,
@@ -102,6 +103,27 @@ def _print_agreement(a: Agreement, digest: str | None, signed_by: list[str]) -> 
         )
     else:
         say("Onward: nothing may be passed on to domestic recipients in either direction.")
+    _print_response(a)
+
+
+def _print_response(a: Agreement) -> None:
+    """The response rules: one row per schema and severity, in the schema's severity order."""
+    if not a.response:
+        say("Response: no deadlines; nothing must be acknowledged in a set time.")
+        return
+    order = schema_severities(sorted(n for n in a.response if n in registry()))
+    rows = []
+    for sop in sorted(a.response):
+        known = order.get(sop, [])
+        rules = a.response[sop]
+        for severity in sorted(rules, key=lambda s: (known.index(s) if s in known else 99, s)):
+            rule = rules[severity].to_json()
+            rows.append((sop, severity, rule["acknowledge"], rule.get("respond", "-")))
+    print_table(
+        "Response (how soon the receiving partner must acknowledge and respond; both ways)",
+        ["schema", "severity", "acknowledge within", "respond within"],
+        rows,
+    )
 
 
 @cli.group(

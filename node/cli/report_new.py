@@ -9,6 +9,7 @@ running node the report can be saved to a file and submitted later.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,9 +26,11 @@ from exchange.sop import (
     DEFAULT_REPORT_LIMITS,
     TLP_LEVELS,
     Problem,
+    ReportInvalid,
     SchemaRegistry,
     check_report_document,
     disclosed_field_problems,
+    field_rule_problems,
     join_path,
 )
 from node._pb.accord.v1 import officer_pb2
@@ -140,6 +143,8 @@ class Interview:
     sop: str
     ui: Console
     err: bool
+    # the top-level answers so far
+    answers: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     # -- terminal ------------------------------------------------------------------------
 
@@ -167,6 +172,9 @@ class Interview:
         found: list[Problem] = disclosed_field_problems(
             self.reg, self.sop, _nest(path, value), limits=DEFAULT_REPORT_LIMITS
         )
+        if not found:  # cross-field rules (an end before its start), with earlier answers
+            merged = {**self.answers, **_nest(path, value)}
+            found = field_rule_problems(self.reg, self.sop, merged)
         shown = _display(path)
         out = []
         for p in found:
@@ -194,6 +202,7 @@ class Interview:
         """Ask every field; ``preset`` fields are filled in and shown, not asked."""
         doc = self.reg.schema(self.sop)
         out: dict[str, Any] = {}
+        self.answers = out  # what cross-field rules are checked against
         for name in doc["properties"]:
             if preset and name in preset:
                 out[name] = preset[name]
@@ -225,6 +234,7 @@ class Interview:
     def review(self, level: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Every answer at once, numbered; the officer may change any before sealing."""
         names = list(self.reg.schema(self.sop)["properties"])
+        self.answers = fields
         while True:
             rows = [("1", "tlp", level.upper())]
             for n, name in enumerate(names, start=2):
@@ -472,11 +482,17 @@ def report_new(
     iv.note("Answer each question; Enter skips an optional field; Ctrl-C abandons the report.")
     level = tlp or iv.tlp()
     level, fields = iv.review(level, iv.fields(preset))
-    data = (
-        json.dumps({"sop": sop, "tlp": level, "fields": fields}, indent=2, ensure_ascii=False)
-        + "\n"
-    ).encode()
-    check_report_document(reg, data, "json")  # the whole report, as the node will check it
+    while True:
+        data = (
+            json.dumps({"sop": sop, "tlp": level, "fields": fields}, indent=2, ensure_ascii=False)
+            + "\n"
+        ).encode()
+        try:
+            check_report_document(reg, data, "json")  # the whole report, as the node will
+            break
+        except ReportInvalid as e:  # e.g. a cross-field rule an answer changed in review broke
+            iv.reject([str(p) for p in e.problems])
+            level, fields = iv.review(level, fields)
     ui.print()
     ui.print(
         Text(f" TLP:{level.upper()} ", style=f"bold reverse {TLP_STYLE.get(level, 'white')}")

@@ -529,3 +529,132 @@ def test_signed_bytes_with_bad_rules_are_refused(onward: dict[str, Any]) -> None
     signed = resign(doc)
     with pytest.raises(PeerDataError):
         parse_agreement_unverified(signed.agreement_bytes)
+
+
+# ---- response rules (docs/adr/0020) ----------------------------------------------------------
+
+# The bytes of make() as they were before response rules existed: an agreement without rules
+# must keep exactly these bytes and this digest.
+GOLDEN_BYTES = (
+    b'{"ceiling":[{"from":"cn-mps","schemas":{"threat-alert@1":{"fields":[],"labels":["public"]}},'
+    b'"tlp_max":"green","to":"pk-moi"},{"from":"pk-moi","schemas":{"threat-alert@1":{"fields":'
+    b'["recommended_actions"],"labels":["operational","public"]}},"tlp_max":"amber","to":"cn-mps"}],'
+    b'"id":"moi-mps-2026","not_after":"2027-01-01T00:00:00Z","not_before":"2026-01-01T00:00:00Z",'
+    b'"parties":["cn-mps","pk-moi"],"schemas":{"threat-alert@1":"sha256:abababababababababababab'
+    b'abababababababababababababababababababab"},"suite":"MLKEM768_X25519/HKDF_SHA256/CHACHA20_'
+    b'POLY1305","type":"accord.agreement/v1","version":1}'
+)
+GOLDEN_DIGEST = "sha256:cdd6a8defed76cb4eeb1f79abfec06e6c6ed86175006e68d44987b12b789318e"
+SEVERITIES = {TA: ["low", "moderate", "high", "critical"]}
+TERMS_RULES = {TA: {"critical": {"acknowledge": "PT15M", "respond": "PT24H"}, "high": {"acknowledge": "PT1H"}}}
+
+
+def with_rules(raw: Any = None, **overrides: Any) -> Agreement:
+    rules = ag.parse_response(TERMS_RULES if raw is None else raw, "response", from_terms=True)
+    return make(response=rules, schema_severities=SEVERITIES, **overrides)
+
+
+def test_agreement_without_rules_keeps_its_bytes_and_digest() -> None:
+    a = make()
+    assert a.to_bytes() == GOLDEN_BYTES
+    assert sha256_digest(a.to_bytes()) == GOLDEN_DIGEST
+    assert b"response" not in a.to_bytes()
+    assert parse_agreement_unverified(GOLDEN_BYTES).response == {}
+    assert verify_agreement(signed_by_both(a), KEYS, NOW).response_rule(TA, "critical") is None
+
+
+def test_rules_are_canonical_signed_and_read_back() -> None:
+    a = with_rules()
+    doc = json.loads(a.to_bytes())
+    assert doc["response"] == {
+        TA: {"critical": {"acknowledge": "PT15M", "respond": "P1D"}, "high": {"acknowledge": "PT1H"}}
+    }
+    v = verify_agreement(signed_by_both(a), KEYS, NOW)
+    assert v.digest != GOLDEN_DIGEST
+    critical = v.response_rule(TA, "critical")
+    assert critical == ag.ResponseRule(timedelta(minutes=15), timedelta(hours=24))
+    assert v.response_rule(TA, "high") == ag.ResponseRule(timedelta(hours=1), None)
+    assert v.response_rule(TA, "low") is None
+    assert v.response_rule("travel-advisory@1", "critical") is None
+    assert parse_agreement_unverified(a.to_bytes()) == a
+    with pytest.raises(AttributeError):
+        critical.acknowledge = timedelta(0)  # type: ignore[misc]
+
+
+def _rebuilt(mutate: Any) -> bytes:
+    doc = json.loads(with_rules().to_bytes())
+    mutate(doc)
+    return canonical_json(doc)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "says"),
+    [
+        (lambda d: d["response"][TA]["critical"].update(acknowledge="PT0H15M"), "canonical"),
+        (lambda d: d["response"][TA]["critical"].update(respond="PT24H"), "canonical"),
+        (lambda d: d["response"][TA]["critical"].update(acknowledge="P1M"), "years and months"),
+        (lambda d: d["response"][TA]["critical"].update(respond="PT1M"), "sooner than"),
+        (lambda d: d["response"][TA]["critical"].update(extra="PT1M"), "unknown key 'extra'"),
+        (lambda d: d["response"][TA]["critical"].pop("acknowledge"), "acknowledge is missing"),
+        (lambda d: d["response"][TA].update(Critical={"acknowledge": "PT1M"}), "severity"),
+        (lambda d: d["response"].update({"travel-advisory@1": {"high": {"acknowledge": "PT1M"}}}), "not one of the agreement's schemas"),
+        (lambda d: d["response"].update({TA: {}}), "at least one rule"),
+        (lambda d: d.update(response={}), "names no rule"),
+        (lambda d: d.update(response=[]), "table of schemas"),
+        (lambda d: d.update(responses=d.pop("response")), "unknown ['responses']"),
+    ],
+    ids=[
+        "ack-not-canonical", "respond-not-canonical", "months", "respond-before-ack",
+        "unknown-key", "no-ack", "bad-severity-name", "sop-not-pinned", "empty-sop",
+        "empty-response", "not-a-table", "misspelt-key",
+    ],
+)
+def test_bad_rules_in_agreement_bytes_are_refused_naming_the_key(mutate: Any, says: str) -> None:
+    with pytest.raises(PeerDataError) as info:
+        parse_agreement_unverified(_rebuilt(mutate))
+    assert info.value.code == "peer.agreement_invalid"
+    assert says in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "error", "says"),
+    [
+        ({TA: {"extreme": {"acknowledge": "PT1M"}}}, PolicyError, "response.threat-alert@1.extreme: not a severity"),
+        ({TA: {"high": {"acknowledge": "PT2H", "respond": "PT1H"}}}, InputError, 'response."threat-alert@1".high: respond must not be sooner'),
+        ({TA: {"high": {"acknowledge": "P100D"}}}, InputError, 'response."threat-alert@1".high.acknowledge must be from 1 second'),
+        ({TA: {"high": {"ack": "PT1M"}}}, InputError, "unknown key 'ack'"),
+        ({TA: {"high": {"respond": "PT1M"}}}, InputError, "high.acknowledge is missing"),
+        ({TA: {"high": "PT1M"}}, InputError, "must be a table"),
+        ({"nope": {"high": {"acknowledge": "PT1M"}}}, InputError, "name@major"),
+    ],
+    ids=["unknown-severity", "respond-first", "too-long", "unknown-key", "no-ack", "not-table", "bad-sop"],
+)
+def test_bad_rules_in_terms_are_refused_naming_the_key(raw: Any, error: type, says: str) -> None:
+    with pytest.raises(error) as info:
+        with_rules(raw)
+    assert says in info.value.message
+
+
+def test_rules_for_a_schema_without_severity_or_not_pinned_are_refused() -> None:
+    rules = ag.parse_response({TA: {"high": {"acknowledge": "PT1M"}}}, "response")
+    with pytest.raises(PolicyError, match="has no severity field"):
+        make(response=rules, schema_severities={TA: []})
+    other = ag.parse_response({"travel-advisory@1": {"high": {"acknowledge": "PT1M"}}}, "r")
+    with pytest.raises(PolicyError, match="not one of the agreement's schemas"):
+        make(response=other)
+
+
+def test_response_problems_lists_every_unknown_severity() -> None:
+    a = with_rules({TA: {"critical": {"acknowledge": "PT1M"}, "high": {"acknowledge": "PT1M"}}})
+    problems = ag.response_problems(a, {TA: ["low", "moderate"]})
+    assert problems == [
+        "response.threat-alert@1.critical: not a severity of threat-alert@1 (one of low, moderate)",
+        "response.threat-alert@1.high: not a severity of threat-alert@1 (one of low, moderate)",
+    ]
+    assert ag.response_problems(a, SEVERITIES) == []
+
+
+def test_too_many_rules_are_refused() -> None:
+    many = {f"s{i}": {"acknowledge": "PT1M"} for i in range(ag.MAX_RESPONSE_RULES + 1)}
+    with pytest.raises(InputError, match="more than 256 rules"):
+        ag.parse_response({TA: many}, "response")

@@ -12,6 +12,7 @@ import rfc8785
 
 from exchange.errors import InputError
 from exchange.sop import (
+    DEFAULT_REPORT_LIMITS,
     LABELS,
     Problem,
     Report,
@@ -24,7 +25,7 @@ from exchange.sop import (
     parse_report_unverified,
     validate_report,
 )
-from sop import load_shipped_schemas
+from sop import load_shipped_rules, load_shipped_schemas
 
 SENTINEL = "Zebra-Sentinel-7731"  # a value that must never appear in an error text
 
@@ -62,8 +63,13 @@ def problems_of(registry: SchemaRegistry, data: bytes, fmt: str = "json") -> set
 # ---- the shipped pack ---------------------------------------------------------------------
 
 
-def test_shipped_pack_loads_with_the_three_schemas(registry: SchemaRegistry) -> None:
-    assert registry.names() == ["incident-report@1", "threat-alert@1", "travel-advisory@1"]
+def test_shipped_pack_loads_with_the_four_schemas(registry: SchemaRegistry) -> None:
+    assert registry.names() == [
+        "incident-report@1",
+        "response@1",
+        "threat-alert@1",
+        "travel-advisory@1",
+    ]
 
 
 def test_shipped_files_are_bytes_and_ids_match_names() -> None:
@@ -88,6 +94,8 @@ def test_every_top_level_property_is_labelled(registry: SchemaRegistry) -> None:
         assert "tlp" not in schema["properties"]  # TLP belongs to the envelope
     assert "personal" in registry.labels("incident-report@1").values()
     assert "personal" in registry.labels("travel-advisory@1").values()
+    assert registry.labels("response@1")["point_of_contact"] == "personal"
+    assert registry.labels("response@1")["in_reply_to"] == "public"
     assert registry.labels("threat-alert@1")["source"] == "sensitive-source"
 
 
@@ -209,6 +217,11 @@ def test_minimal_reports_for_every_shipped_schema(registry: SchemaRegistry) -> N
             "valid_from": "2026-06-01T00:00:00Z",
             "guidance": "Travel only with escort.",
             "contact": {"name": "Duty officer", "phone": "+925112345678"},
+        },
+        "response@1": {
+            "in_reply_to": "01890a5d-ac96-774b-bcce-b302099a8057",
+            "status": "measures-taken",
+            "title": "Convoy moves suspended",
         },
     }
     for sop, fields in minimal.items():
@@ -546,3 +559,152 @@ def _limits() -> Any:
     from exchange.sop import DEFAULT_REPORT_LIMITS
 
     return copy.copy(DEFAULT_REPORT_LIMITS)
+
+
+# ---- cross-field rules (docs/adr/0020) -----------------------------------------------------
+
+SENTINEL_TIME = "2026-06-01T00:00:00Z"
+RULE_TA = {"rule": "not_earlier", "field": "time_window.end", "than": "time_window.start"}
+
+
+@pytest.fixture(scope="module")
+def ruled() -> SchemaRegistry:
+    return SchemaRegistry.from_documents(load_shipped_schemas(), load_shipped_rules())
+
+
+def rules_doc(*rules: dict[str, Any], sop: str = "threat-alert@1", **extra: Any) -> bytes:
+    body = {"type": "accord.sop-rules/v1", "sop": sop, "rules": list(rules), **extra}
+    return json.dumps(body).encode()
+
+
+def window(start: str, end: str) -> bytes:
+    return doc({**threat_fields(), "time_window": {"start": start, "end": end}})
+
+
+def test_shipped_rules_load_and_leave_every_schema_digest_alone(
+    registry: SchemaRegistry, ruled: SchemaRegistry
+) -> None:
+    assert set(load_shipped_rules()) == {"threat-alert@1", "travel-advisory@1"}
+    assert [r.to_json() for r in ruled.rules("threat-alert@1")] == [RULE_TA]
+    assert ruled.rules("response@1") == ()
+    assert registry.rules("threat-alert@1") == ()  # a registry built without rules has none
+    for name in registry.names():
+        assert ruled.digest(name) == registry.digest(name)
+
+
+def test_reversed_time_window_is_refused_naming_the_field_and_rule(ruled: SchemaRegistry) -> None:
+    data = window("2026-06-07T00:00:00Z", SENTINEL_TIME)
+    with pytest.raises(ReportInvalid) as info:
+        check_report_document(ruled, data, "json")
+    [problem] = info.value.problems
+    assert (problem.path, problem.rule, problem.json_type) == (
+        "fields.time_window.end",
+        "not_earlier",
+        "string",
+    )
+    assert "fields.time_window.start" in problem.detail
+    assert SENTINEL_TIME not in info.value.message and "2026" not in info.value.message
+    report = parse_report_unverified(data, "json")
+    with pytest.raises(ReportInvalid, match="not_earlier"):
+        validate_report(ruled, report)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "ok"),
+    [
+        ("2026-06-01T00:00:00Z", "2026-06-01T00:00:00Z", True),  # an instant window
+        ("2026-06-01T05:00:00+05:00", "2026-06-01T00:00:00Z", True),  # same instant
+        ("2026-06-01T04:59:59+05:00", "2026-06-01T00:00:00Z", True),  # offsets honoured
+        ("2026-06-01T00:00:00Z", "2026-06-01T04:59:59+05:00", False),
+        ("2026-06-01T00:00:00-01:00", "2026-06-01T00:30:00Z", False),
+        ("2026-06-01T00:00:00.000000002Z", "2026-06-01T00:00:00.000000001Z", False),
+        ("2026-06-01T00:00:00.1Z", "2026-06-01T00:00:00.100000000Z", True),
+        ("2026-06-30T23:59:60Z", "2026-07-01T00:00:00Z", True),  # leap second
+        ("2026-06-30T23:59:60Z", "2026-06-30T23:59:59Z", False),
+        ("2026-06-01t00:00:00z", "2026-05-31T23:59:59Z", False),
+    ],
+)
+def test_instants_are_compared_exactly(
+    ruled: SchemaRegistry, start: str, end: str, ok: bool
+) -> None:
+    data = window(start, end)
+    if ok:
+        check_report_document(ruled, data, "json")
+    else:
+        assert problems_of(ruled, data) == {("fields.time_window.end", "not_earlier")}
+
+
+def test_a_rule_is_skipped_when_a_field_is_missing_or_invalid(ruled: SchemaRegistry) -> None:
+    # The schema reports the bad start; the rule adds nothing it cannot judge.
+    assert problems_of(ruled, window("yesterday", "2026-06-01T00:00:00Z")) == {
+        ("fields.time_window.start", "format")
+    }
+    fields = threat_fields()
+    fields["time_window"] = {"end": "2026-06-01T00:00:00Z"}
+    assert problems_of(ruled, doc(fields)) == {("fields.time_window.start", "required")}
+
+
+def test_rule_problems_are_listed_with_every_other_problem(ruled: SchemaRegistry) -> None:
+    fields = {**threat_fields(), "severity": "extreme"}
+    fields["time_window"] = {"start": "2026-06-02T00:00:00Z", "end": "2026-06-01T00:00:00Z"}
+    assert problems_of(ruled, doc(fields)) == {
+        ("fields.severity", "enum"),
+        ("fields.time_window.end", "not_earlier"),
+    }
+
+
+def test_travel_advisory_validity_must_not_end_before_it_starts(ruled: SchemaRegistry) -> None:
+    fields = {
+        "title": "Heightened kidnapping risk",
+        "country": "PK",
+        "advisory_level": "reconsider-travel",
+        "valid_from": "2026-06-10T00:00:00Z",
+        "valid_until": "2026-06-01T00:00:00Z",
+        "guidance": "Travel only with escort.",
+    }
+    assert problems_of(ruled, doc(fields, sop="travel-advisory@1")) == {
+        ("fields.valid_until", "not_earlier")
+    }
+    del fields["valid_until"]  # optional: no rule to apply
+    check_report_document(ruled, doc(fields, sop="travel-advisory@1"), "json")
+
+
+def test_not_later_rule_kind() -> None:
+    rule = {"rule": "not_later", "field": "time_window.start", "than": "time_window.end"}
+    reg = SchemaRegistry.from_documents(load_shipped_schemas(), {"threat-alert@1": rules_doc(rule)})
+    assert problems_of(reg, window("2026-06-02T00:00:00Z", "2026-06-01T00:00:00Z")) == {
+        ("fields.time_window.start", "not_later")
+    }
+
+
+def test_receiver_side_checks_do_not_apply_the_rules(ruled: SchemaRegistry) -> None:
+    """A partner's release is judged by the pinned schema only: the rules file is not
+    part of the agreement, so a receiver never refuses on it (docs/adr/0020)."""
+    fields = {"time_window": {"start": "2026-06-02T00:00:00Z", "end": "2026-06-01T00:00:00Z"}}
+    assert disclosed_field_problems(ruled, "threat-alert@1", fields, limits=DEFAULT_REPORT_LIMITS) == []
+
+
+BAD_RULES = [
+    ("unknown_kind", {"threat-alert@1": rules_doc({**RULE_TA, "rule": "before"})}, "rules[0].rule: unknown rule kind"),
+    ("unknown_field", {"threat-alert@1": rules_doc({**RULE_TA, "field": "time_window.finish"})}, "rules[0].field: must name a date-time field"),
+    ("not_a_date_time", {"threat-alert@1": rules_doc({**RULE_TA, "than": "title"})}, "rules[0].than: must name a date-time field"),
+    ("object_not_leaf", {"threat-alert@1": rules_doc({**RULE_TA, "than": "time_window"})}, "rules[0].than"),
+    ("same_field", {"threat-alert@1": rules_doc({**RULE_TA, "than": "time_window.end"})}, "different fields"),
+    ("extra_key", {"threat-alert@1": rules_doc({**RULE_TA, "strict": True})}, "exactly rule, field and than"),
+    ("repeated", {"threat-alert@1": rules_doc(RULE_TA, RULE_TA)}, "rules[1]: repeats"),
+    ("no_rules", {"threat-alert@1": rules_doc()}, "must list 1 to 64 rules"),
+    ("wrong_sop", {"threat-alert@1": rules_doc(RULE_TA, sop="response@1")}, "sop: must be threat-alert@1"),
+    ("wrong_type", {"threat-alert@1": rules_doc(RULE_TA).replace(b"sop-rules/v1", b"sop-rules/v2")}, "type: must be"),
+    ("unknown_top_key", {"threat-alert@1": rules_doc(RULE_TA, note="x")}, "exactly type, sop and rules"),
+    ("unknown_schema", {"nope@1": rules_doc(RULE_TA, sop="nope@1")}, "no schema of that name"),
+    ("not_json", {"threat-alert@1": b"{"}, "rules of threat-alert@1"),
+]
+
+
+@pytest.mark.parametrize(("case", "rules", "says"), BAD_RULES, ids=[c[0] for c in BAD_RULES])
+def test_a_pack_with_a_broken_rule_is_refused_when_loaded(
+    case: str, rules: dict[str, bytes], says: str
+) -> None:
+    with pytest.raises(SchemaPackInvalid) as info:
+        SchemaRegistry.from_documents(load_shipped_schemas(), rules)
+    assert says in info.value.message, case
