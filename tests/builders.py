@@ -84,3 +84,50 @@ def insider_append_event(conn: sqlite3.Connection, kind: str, at: datetime, **at
 def anchors(*nodes: Node) -> list[Anchor]:
     """Each node's fingerprint, as the auditor checked it out of band."""
     return [Anchor(n.config.node, n.own_chain().latest.fingerprint) for n in nodes]
+
+
+# -- the warning loop (ADR 0022) ------------------------------------------------------------
+
+CRITICAL_ALERT: dict[str, Any] = {
+    **ALERT,
+    "fields": {**ALERT["fields"], "severity": "critical", "title": "Critical convoy threat"},
+}
+
+
+def loop_terms(example_terms: str, *, acknowledge: str = "PT1M", respond: str = "PT1H") -> str:
+    """The example terms with a response rule for critical threat alerts, and response@1
+    replies allowed from cn-mps to pk-moi."""
+    return (
+        example_terms
+        + f"""
+[receive.schema."response@1"]
+labels = ["public", "operational"]
+
+[response."threat-alert@1".critical]
+acknowledge = "{acknowledge}"
+respond = "{respond}"
+"""
+    )
+
+
+REPLY_POLICY = """
+[peer.pk-moi]
+max_tlp = "amber"
+[peer.pk-moi.schema."response@1"]
+release_labels = ["public", "operational"]
+"""
+
+
+def reply(in_reply_to: str, *, title: str = "Convoy moves suspended") -> ValidReport:
+    return valid_report(
+        {
+            "sop": "response@1",
+            "tlp": "amber",
+            "fields": {
+                "in_reply_to": in_reply_to,
+                "status": "measures-taken",
+                "title": title,
+                "measures_taken": ["Road moves suspended"],
+            },
+        }
+    )

@@ -20,6 +20,7 @@ from exchange.audit import (
 )
 from exchange.canonical import b64
 from exchange.card import MAX_CHAIN_BYTES
+from exchange.deadlines import ProcedureReport, procedure
 from exchange.errors import InputError
 from exchange.events import Event, parse_event_unverified
 from exchange.times import format_time, parse_time
@@ -435,6 +436,29 @@ def audit_disclosures(
     )
 
 
+def _print_procedure(steps: ProcedureReport) -> None:
+    if not steps.lines:
+        return
+    print_table(
+        f"Warning procedure: {steps.met} deadline(s) met, {steps.breaches} breach(es)",
+        ["from", "to", "report", "acknowledge by", "acknowledged", "", "respond by", "replied", ""],
+        [
+            (
+                line.sender,
+                line.receiver,
+                line.report_id,
+                line.acknowledge_by,
+                line.acked_at or "-",
+                line.acknowledge,
+                line.respond_by or "-",
+                line.replied_at or "-",
+                line.respond or "",
+            )
+            for line in steps.lines
+        ],
+    )
+
+
 @audit.command(
     "reconcile",
     epilog=examples(
@@ -454,7 +478,9 @@ def audit_reconcile(
 ) -> None:
     """Match each side's releases with the other side's receipts and inbox events.
 
-    Both bundles are verified first against the same anchors (give both nodes).
+    Both bundles are verified first against the same anchors (give both nodes). Then the
+    warning procedure: per alert with a response rule, the agreed deadlines, when it was
+    acknowledged and answered, and the breaches (shown; they are not log findings).
     """
     anchors = anchors_from(fingerprints, cards)
     events: dict[Path, list[Event]] = {bundle_a: [], bundle_b: []}
@@ -472,9 +498,12 @@ def audit_reconcile(
     result = reconcile(
         reports[bundle_a].node, events[bundle_a], reports[bundle_b].node, events[bundle_b]
     )
+    node_a, node_b = reports[bundle_a].node, reports[bundle_b].node
+    steps = procedure(node_a, events[bundle_a], node_b, events[bundle_b])
     if as_json:
-        print_json({"a": reports[bundle_a].node, "b": reports[bundle_b].node, **result.to_json()})
+        print_json({"a": node_a, "b": node_b, **result.to_json(), "procedure": steps.to_json()})
     else:
+        _print_procedure(steps)
         if result.findings:
             print_table(
                 f"{len(result.findings)} finding(s)",
