@@ -23,9 +23,16 @@ from typing import Any, Final
 from exchange.events import Event
 from exchange.times import format_time, parse_time
 
-# How long the sender waits past a deadline before it calls its partner overdue: the clock
-# skew Accord tolerates everywhere (docs/THREATS.md W02).
+# How long the sender waits past a deadline before it calls its partner overdue: a tenth
+# of the step's duration, at most the clock skew Accord tolerates everywhere (5 minutes,
+# docs/THREATS.md W02), so a partner's clock a little behind ours is not a breach.
 SENDER_GRACE: Final = timedelta(minutes=5)
+
+
+def sender_grace(duration: timedelta) -> timedelta:
+    return min(SENDER_GRACE, duration / 10)
+
+
 STEPS: Final = ("acknowledge", "respond")
 
 # (sop, severity) -> (acknowledge within, respond within or None), or None without a rule.
@@ -78,9 +85,10 @@ class Deadline:
 
     def _limit(self, step: str) -> datetime | None:
         by = self.by(step)
-        if by is None:
+        duration = self.acknowledge if step == "acknowledge" else self.respond
+        if by is None or duration is None:
             return None
-        return by if self.incoming else by + SENDER_GRACE
+        return by if self.incoming else by + sender_grace(duration)
 
     def state(self, step: str, now: datetime) -> str | None:
         limit = self._limit(step)
@@ -268,4 +276,5 @@ __all__ = [
     "RuleLookup",
     "applicable_rule",
     "procedure",
+    "sender_grace",
 ]
