@@ -9,9 +9,9 @@ running node the report can be saved to a file and submitted later.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -26,8 +26,8 @@ from exchange.sop import (
     DEFAULT_REPORT_LIMITS,
     TLP_LEVELS,
     Problem,
-    SchemaRegistry,
     ReportInvalid,
+    SchemaRegistry,
     check_report_document,
     disclosed_field_problems,
     field_rule_problems,
@@ -142,7 +142,9 @@ class Interview:
     sop: str
     ui: Console
     err: bool
-    answers: dict[str, Any] = dataclasses.field(default_factory=dict)  # the top-level answers so far
+    answers: dict[str, Any] = dataclasses.field(
+        default_factory=dict
+    )  # the top-level answers so far
 
     # -- terminal ------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from exchange.agreement import (
 )
 from exchange.canonical import b64, canonical_json, sha256_digest
 from exchange.card import SUITE_HYBRID, SUITE_X25519
-from exchange.errors import InputError, PeerDataError, PolicyError
+from exchange.errors import AccordError, InputError, PeerDataError, PolicyError
 from exchange.purpose import Purpose, signed_message
 from keys.signers import Ed25519Signer
 
@@ -546,7 +546,9 @@ GOLDEN_BYTES = (
 )
 GOLDEN_DIGEST = "sha256:cdd6a8defed76cb4eeb1f79abfec06e6c6ed86175006e68d44987b12b789318e"
 SEVERITIES = {TA: ["low", "moderate", "high", "critical"]}
-TERMS_RULES = {TA: {"critical": {"acknowledge": "PT15M", "respond": "PT24H"}, "high": {"acknowledge": "PT1H"}}}
+TERMS_RULES = {
+    TA: {"critical": {"acknowledge": "PT15M", "respond": "PT24H"}, "high": {"acknowledge": "PT1H"}}
+}
 
 
 def with_rules(raw: Any = None, **overrides: Any) -> Agreement:
@@ -567,7 +569,10 @@ def test_rules_are_canonical_signed_and_read_back() -> None:
     a = with_rules()
     doc = json.loads(a.to_bytes())
     assert doc["response"] == {
-        TA: {"critical": {"acknowledge": "PT15M", "respond": "P1D"}, "high": {"acknowledge": "PT1H"}}
+        TA: {
+            "critical": {"acknowledge": "PT15M", "respond": "P1D"},
+            "high": {"acknowledge": "PT1H"},
+        }
     }
     v = verify_agreement(signed_by_both(a), KEYS, NOW)
     assert v.digest != GOLDEN_DIGEST
@@ -597,16 +602,30 @@ def _rebuilt(mutate: Any) -> bytes:
         (lambda d: d["response"][TA]["critical"].update(extra="PT1M"), "unknown key 'extra'"),
         (lambda d: d["response"][TA]["critical"].pop("acknowledge"), "acknowledge is missing"),
         (lambda d: d["response"][TA].update(Critical={"acknowledge": "PT1M"}), "severity"),
-        (lambda d: d["response"].update({"travel-advisory@1": {"high": {"acknowledge": "PT1M"}}}), "not one of the agreement's schemas"),
+        (
+            lambda d: d["response"].update(
+                {"travel-advisory@1": {"high": {"acknowledge": "PT1M"}}}
+            ),
+            "not one of the agreement's schemas",
+        ),
         (lambda d: d["response"].update({TA: {}}), "at least one rule"),
         (lambda d: d.update(response={}), "names no rule"),
         (lambda d: d.update(response=[]), "table of schemas"),
         (lambda d: d.update(responses=d.pop("response")), "unknown ['responses']"),
     ],
     ids=[
-        "ack-not-canonical", "respond-not-canonical", "months", "respond-before-ack",
-        "unknown-key", "no-ack", "bad-severity-name", "sop-not-pinned", "empty-sop",
-        "empty-response", "not-a-table", "misspelt-key",
+        "ack-not-canonical",
+        "respond-not-canonical",
+        "months",
+        "respond-before-ack",
+        "unknown-key",
+        "no-ack",
+        "bad-severity-name",
+        "sop-not-pinned",
+        "empty-sop",
+        "empty-response",
+        "not-a-table",
+        "misspelt-key",
     ],
 )
 def test_bad_rules_in_agreement_bytes_are_refused_naming_the_key(mutate: Any, says: str) -> None:
@@ -619,17 +638,39 @@ def test_bad_rules_in_agreement_bytes_are_refused_naming_the_key(mutate: Any, sa
 @pytest.mark.parametrize(
     ("raw", "error", "says"),
     [
-        ({TA: {"extreme": {"acknowledge": "PT1M"}}}, PolicyError, "response.threat-alert@1.extreme: not a severity"),
-        ({TA: {"high": {"acknowledge": "PT2H", "respond": "PT1H"}}}, InputError, 'response."threat-alert@1".high: respond must not be sooner'),
-        ({TA: {"high": {"acknowledge": "P100D"}}}, InputError, 'response."threat-alert@1".high.acknowledge must be from 1 second'),
+        (
+            {TA: {"extreme": {"acknowledge": "PT1M"}}},
+            PolicyError,
+            "response.threat-alert@1.extreme: not a severity",
+        ),
+        (
+            {TA: {"high": {"acknowledge": "PT2H", "respond": "PT1H"}}},
+            InputError,
+            'response."threat-alert@1".high: respond must not be sooner',
+        ),
+        (
+            {TA: {"high": {"acknowledge": "P100D"}}},
+            InputError,
+            'response."threat-alert@1".high.acknowledge must be from 1 second',
+        ),
         ({TA: {"high": {"ack": "PT1M"}}}, InputError, "unknown key 'ack'"),
         ({TA: {"high": {"respond": "PT1M"}}}, InputError, "high.acknowledge is missing"),
         ({TA: {"high": "PT1M"}}, InputError, "must be a table"),
         ({"nope": {"high": {"acknowledge": "PT1M"}}}, InputError, "name@major"),
     ],
-    ids=["unknown-severity", "respond-first", "too-long", "unknown-key", "no-ack", "not-table", "bad-sop"],
+    ids=[
+        "unknown-severity",
+        "respond-first",
+        "too-long",
+        "unknown-key",
+        "no-ack",
+        "not-table",
+        "bad-sop",
+    ],
 )
-def test_bad_rules_in_terms_are_refused_naming_the_key(raw: Any, error: type, says: str) -> None:
+def test_bad_rules_in_terms_are_refused_naming_the_key(
+    raw: Any, error: type[AccordError], says: str
+) -> None:
     with pytest.raises(error) as info:
         with_rules(raw)
     assert says in info.value.message

@@ -112,9 +112,7 @@ def test_any_spelling_parses_to_its_sum_and_canonicalises_uniquely(
 ) -> None:
     date = f"{days}D" if with_days else ""
     text = f"P{date}T{hours}H{minutes}M{seconds}S"
-    value = timedelta(
-        days=days if with_days else 0, hours=hours, minutes=minutes, seconds=seconds
-    )
+    value = timedelta(days=days if with_days else 0, hours=hours, minutes=minutes, seconds=seconds)
     if not MIN_DURATION <= value <= MAX_DURATION:
         with pytest.raises(InputError):
             parse_duration(text, field="x")

@@ -681,21 +681,60 @@ def test_receiver_side_checks_do_not_apply_the_rules(ruled: SchemaRegistry) -> N
     """A partner's release is judged by the pinned schema only: the rules file is not
     part of the agreement, so a receiver never refuses on it (docs/adr/0020)."""
     fields = {"time_window": {"start": "2026-06-02T00:00:00Z", "end": "2026-06-01T00:00:00Z"}}
-    assert disclosed_field_problems(ruled, "threat-alert@1", fields, limits=DEFAULT_REPORT_LIMITS) == []
+    assert (
+        disclosed_field_problems(ruled, "threat-alert@1", fields, limits=DEFAULT_REPORT_LIMITS)
+        == []
+    )
 
 
 BAD_RULES = [
-    ("unknown_kind", {"threat-alert@1": rules_doc({**RULE_TA, "rule": "before"})}, "rules[0].rule: unknown rule kind"),
-    ("unknown_field", {"threat-alert@1": rules_doc({**RULE_TA, "field": "time_window.finish"})}, "rules[0].field: must name a date-time field"),
-    ("not_a_date_time", {"threat-alert@1": rules_doc({**RULE_TA, "than": "title"})}, "rules[0].than: must name a date-time field"),
-    ("object_not_leaf", {"threat-alert@1": rules_doc({**RULE_TA, "than": "time_window"})}, "rules[0].than"),
-    ("same_field", {"threat-alert@1": rules_doc({**RULE_TA, "than": "time_window.end"})}, "different fields"),
-    ("extra_key", {"threat-alert@1": rules_doc({**RULE_TA, "strict": True})}, "exactly rule, field and than"),
+    (
+        "unknown_kind",
+        {"threat-alert@1": rules_doc({**RULE_TA, "rule": "before"})},
+        "rules[0].rule: unknown rule kind",
+    ),
+    (
+        "unknown_field",
+        {"threat-alert@1": rules_doc({**RULE_TA, "field": "time_window.finish"})},
+        "rules[0].field: must name a date-time field",
+    ),
+    (
+        "not_a_date_time",
+        {"threat-alert@1": rules_doc({**RULE_TA, "than": "title"})},
+        "rules[0].than: must name a date-time field",
+    ),
+    (
+        "object_not_leaf",
+        {"threat-alert@1": rules_doc({**RULE_TA, "than": "time_window"})},
+        "rules[0].than",
+    ),
+    (
+        "same_field",
+        {"threat-alert@1": rules_doc({**RULE_TA, "than": "time_window.end"})},
+        "different fields",
+    ),
+    (
+        "extra_key",
+        {"threat-alert@1": rules_doc({**RULE_TA, "strict": True})},
+        "exactly rule, field and than",
+    ),
     ("repeated", {"threat-alert@1": rules_doc(RULE_TA, RULE_TA)}, "rules[1]: repeats"),
     ("no_rules", {"threat-alert@1": rules_doc()}, "must list 1 to 64 rules"),
-    ("wrong_sop", {"threat-alert@1": rules_doc(RULE_TA, sop="response@1")}, "sop: must be threat-alert@1"),
-    ("wrong_type", {"threat-alert@1": rules_doc(RULE_TA).replace(b"sop-rules/v1", b"sop-rules/v2")}, "type: must be"),
-    ("unknown_top_key", {"threat-alert@1": rules_doc(RULE_TA, note="x")}, "exactly type, sop and rules"),
+    (
+        "wrong_sop",
+        {"threat-alert@1": rules_doc(RULE_TA, sop="response@1")},
+        "sop: must be threat-alert@1",
+    ),
+    (
+        "wrong_type",
+        {"threat-alert@1": rules_doc(RULE_TA).replace(b"sop-rules/v1", b"sop-rules/v2")},
+        "type: must be",
+    ),
+    (
+        "unknown_top_key",
+        {"threat-alert@1": rules_doc(RULE_TA, note="x")},
+        "exactly type, sop and rules",
+    ),
     ("unknown_schema", {"nope@1": rules_doc(RULE_TA, sop="nope@1")}, "no schema of that name"),
     ("not_json", {"threat-alert@1": b"{"}, "rules of threat-alert@1"),
 ]
