@@ -379,7 +379,11 @@ def propose(
     if schema_severities is not None:
         problems.extend(response_problems(agreement, schema_severities))
     if problems:
-        raise PolicyError(f"agreement: {problems[0]}", code="policy.agreement_invalid")
+        raise PolicyError(
+            f"agreement: {problems[0]}",
+            code="policy.agreement_invalid",
+            next_step="Fix the named key in the terms file and propose again.",
+        )
     return agreement
 
 

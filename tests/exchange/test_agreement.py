@@ -29,7 +29,7 @@ from exchange.agreement import (
 )
 from exchange.canonical import b64, canonical_json, sha256_digest
 from exchange.card import SUITE_HYBRID, SUITE_X25519
-from exchange.errors import InputError, PeerDataError, PolicyError
+from exchange.errors import AccordError, InputError, PeerDataError, PolicyError
 from exchange.purpose import Purpose, signed_message
 from keys.signers import Ed25519Signer
 
@@ -668,7 +668,9 @@ def test_bad_rules_in_agreement_bytes_are_refused_naming_the_key(mutate: Any, sa
         "bad-sop",
     ],
 )
-def test_bad_rules_in_terms_are_refused_naming_the_key(raw: Any, error: type, says: str) -> None:
+def test_bad_rules_in_terms_are_refused_naming_the_key(
+    raw: Any, error: type[AccordError], says: str
+) -> None:
     with pytest.raises(error) as info:
         with_rules(raw)
     assert says in info.value.message

@@ -139,3 +139,66 @@ def test_node_down_offers_to_save(
         {"name": "A. Engineer", "nationality": "CN", "role": "engineer", "condition": "injured"}
     ]
     assert "report submit" in r.out
+
+
+def test_new_asks_again_when_an_answer_breaks_a_cross_field_rule(
+    accord: Accord, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """valid_until before valid_from is refused at the answer (docs/adr/0020); a review
+    change that breaks the rule is caught before the report is written, and asked again."""
+    out = tmp_path / "advisory.json"
+    answers = [
+        "green", "Kidnapping risk", "PK", "Sindh", "", "do-not-travel", "kidnapping",
+        "2026-12-10T00:00:00Z",  # valid_from
+        "2026-12-01T00:00:00Z",  # valid_until: before valid_from, refused
+        "2026-12-20T00:00:00Z",
+        "Avoid road travel.", "", "n", "n",
+        # review: move valid_from (answer 7) after valid_until; refused before writing
+        "7", "2026-12-25T00:00:00Z", "",
+        # asked to review again: put it back
+        "7", "2026-12-11T00:00:00Z", "",
+    ]  # fmt: skip
+    _stdin(monkeypatch, answers)
+    r = accord(
+        "--data", tmp_path / "none", "report", "new", "--schema", "travel-advisory@1", "--out", out
+    )
+    assert r.code == 0, r.out + r.err
+    refusal = "valid_until: must not be earlier than fields.valid_from (rule 'not_earlier')"
+    assert r.out.count(refusal) == 1
+    assert "fields.valid_until: must not be earlier than fields.valid_from" in r.out
+    fields = json.loads(out.read_bytes())["fields"]
+    assert (fields["valid_from"], fields["valid_until"]) == (
+        "2026-12-11T00:00:00Z",
+        "2026-12-20T00:00:00Z",
+    )
+
+
+def test_new_response_report(
+    accord: Accord, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    out = tmp_path / "response.json"
+    answers = [
+        "amber",
+        "not-an-id",  # in_reply_to: refused (pattern)
+        "01890a5d-ac96-774b-bcce-b302099a8057",
+        "measures-taken",
+        "Convoy moves suspended",
+        "Road moves suspended", "Escort requested", "",  # measures_taken
+        "2026-12-02T08:00:00Z",
+        "y", "Duty liaison officer", "", "", "",  # point_of_contact
+        "",  # summary
+        "",  # review: nothing to change
+    ]  # fmt: skip
+    _stdin(monkeypatch, answers)
+    r = accord("--data", tmp_path / "none", "report", "new", "--schema", "response@1", "--out", out)
+    assert r.code == 0, r.out + r.err
+    assert "in_reply_to: must match the pattern" in r.out
+    fields = check_report_document(registry(), out.read_bytes(), "json").report.fields
+    assert fields == {
+        "in_reply_to": "01890a5d-ac96-774b-bcce-b302099a8057",
+        "status": "measures-taken",
+        "title": "Convoy moves suspended",
+        "measures_taken": ["Road moves suspended", "Escort requested"],
+        "next_update_due": "2026-12-02T08:00:00Z",
+        "point_of_contact": {"name": "Duty liaison officer"},
+    }
