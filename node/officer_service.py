@@ -17,6 +17,7 @@ from exchange.times import format_time, parse_time
 from node import clock, outbox
 from node._pb.accord.v1 import error_pb2, officer_pb2
 from node.agreements import current_agreement
+from node.cap import inbox_cap
 from node.cosigning import Cosigner
 from node.home import Node
 from node.inbox import (
@@ -345,6 +346,12 @@ class ExchangeOfficerService(OfficerService):
             body["stix"] = to_stix_bundle(stix_source(self._node, item.envelope_id, self._now()))
         except AccordError as e:  # shown and exported as before; only the STIX form is missing
             body["stix_error"] = e.code
+        try:  # the OASIS CAP 1.2 form (node/cap.py): Alert, Update or Cancel
+            body["cap"] = inbox_cap(
+                self._node, item, fields=fields, derived=derived, retraction=retraction
+            )
+        except AccordError as e:  # only the CAP form is missing
+            body["cap_error"] = e.code
         return officer_pb2.GetInboxResponse(
             item=inbox_message(item, _newest_versions([item])),
             report=json.dumps(body).encode(),

@@ -500,14 +500,15 @@ def inbox_show(ctx: CliContext, envelope_id: str, as_json: bool) -> None:
 @inbox.command(
     "export",
     epilog=examples(
-        "accord --data ./cn-mps inbox export 0193f2c5-... --format stix --out alert.stix.json"
+        "accord --data ./cn-mps inbox export 0193f2c5-... --format stix --out alert.stix.json",
+        "accord --data ./cn-mps inbox export 0193f2c5-... --format cap --out alert.cap.xml",
     ),
 )
 @click.argument("envelope_id", metavar="ID")
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["sd-jwt", "json", "stix"]),
+    type=click.Choice(["sd-jwt", "json", "stix", "cap"]),
     default="json",
     show_default=True,
 )
@@ -521,7 +522,8 @@ def inbox_show(ctx: CliContext, envelope_id: str, as_json: bool) -> None:
 def inbox_export(
     ctx: CliContext, envelope_id: str, fmt: str, out: Path | None, force: bool
 ) -> None:
-    """Export a received report: the SD-JWT presentation, plain JSON, or a STIX 2.1 bundle."""
+    """Export a received report: the SD-JWT presentation, plain JSON, a STIX 2.1 bundle, or
+    an OASIS CAP 1.2 message (Alert or Update; Cancel once the sender retracted it)."""
     answer, body = _get(ctx, envelope_id)
     if fmt == "sd-jwt":
         text = body["presentation"] + "\n"
@@ -544,7 +546,7 @@ def inbox_export(
             )
             + "\n"
         )
-    else:
+    elif fmt == "stix":
         if "stix" not in body:
             raise InputError(
                 f"no STIX form of {envelope_id} ({body.get('stix_error', 'unknown')})",
@@ -552,6 +554,14 @@ def inbox_export(
                 next_step="Export it as --format json, or check the node's log.",
             )
         text = body["stix"] + "\n"  # node/stix.py, built by the node from the verified item
+    elif fmt == "cap":
+        if "cap" not in body:
+            raise InputError(
+                f"no CAP form of {envelope_id} ({body.get('cap_error', 'unknown')})",
+                code="inbox.no_cap",
+                next_step="Export it as --format json, or check the node's log.",
+            )
+        text = body["cap"]  # node/cap.py, built by the node from the verified item
     if out is None:
         click.echo(text, nl=False)
     else:
