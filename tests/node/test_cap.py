@@ -279,6 +279,7 @@ def test_tlp_becomes_scope(
         assert got == ([addresses] if addresses else [])
 
 
+@pytest.mark.threat("B03")
 def test_hostile_text_is_escaped_and_stays_valid(schema: Any) -> None:
     hostile = "</headline><x>&amp;\"'<![CDATA[\r\x00\x07\x1b[2J\u202etxt.exe\u2028\ufffe"
     fields = {
