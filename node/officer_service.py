@@ -19,6 +19,8 @@ from exchange.times import format_time, parse_time
 from node import clock, outbox, warning
 from node._pb.accord.v1 import error_pb2, officer_pb2
 from node.agreements import current_agreement
+from node.cap import ack_for_item as cap_ack
+from node.cap import inbox_cap
 from node.cosigning import Cosigner
 from node.home import Node
 from node.inbox import (
@@ -381,6 +383,12 @@ class ExchangeOfficerService(OfficerService):
             body["stix"] = to_stix_bundle(stix_source(self._node, item.envelope_id, self._now()))
         except AccordError as e:  # shown and exported as before; only the STIX form is missing
             body["stix_error"] = e.code
+        try:  # the OASIS CAP 1.2 form (node/cap.py): Alert, Update or Cancel
+            body["cap"] = inbox_cap(
+                self._node, item, fields=fields, derived=derived, retraction=retraction
+            )
+        except AccordError as e:  # only the CAP form is missing
+            body["cap_error"] = e.code
         now = self._now()
         node = self._node
         due = warning.deadlines(node, incoming=True, peer=item.peer, envelope_id=item.envelope_id)
@@ -395,6 +403,8 @@ class ExchangeOfficerService(OfficerService):
         )
         unread = item.envelope_id not in warning.read_ids(node)
         warning.mark_read(node, item.envelope_id, now)  # shown to an officer: read
+        if acks and "cap" in body:  # our acknowledgements as CAP Ack messages
+            body["cap_acks"] = [cap_ack(node, item, a.ack) for a in acks]
         return officer_pb2.GetInboxResponse(
             thread=thread,
             item=inbox_message(

@@ -631,14 +631,16 @@ def inbox_show(ctx: CliContext, envelope_id: str, as_json: bool) -> None:
 @inbox.command(
     "export",
     epilog=examples(
-        "accord --data ./cn-mps inbox export 0193f2c5-... --format stix --out alert.stix.json"
+        "accord --data ./cn-mps inbox export 0193f2c5-... --format stix --out alert.stix.json",
+        "accord --data ./cn-mps inbox export 0193f2c5-... --format cap --out alert.cap.xml",
+        "accord --data ./cn-mps inbox export 0193f2c5-... --format cap --ack --out ack.cap.xml",
     ),
 )
 @click.argument("envelope_id", metavar="ID")
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["sd-jwt", "json", "stix"]),
+    type=click.Choice(["sd-jwt", "json", "stix", "cap"]),
     default="json",
     show_default=True,
 )
@@ -648,12 +650,30 @@ def inbox_show(ctx: CliContext, envelope_id: str, as_json: bool) -> None:
     help="File to write, mode 0600 (default: standard output).",
 )
 @click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+@click.option(
+    "--ack",
+    "as_ack",
+    is_flag=True,
+    help="With --format cap: our newest acknowledgement of the item, as a CAP Ack.",
+)
 @pass_ctx
 def inbox_export(
-    ctx: CliContext, envelope_id: str, fmt: str, out: Path | None, force: bool
+    ctx: CliContext, envelope_id: str, fmt: str, out: Path | None, force: bool, as_ack: bool
 ) -> None:
-    """Export a received report: the SD-JWT presentation, plain JSON, or a STIX 2.1 bundle."""
+    """Export a received report: the SD-JWT presentation, plain JSON, a STIX 2.1 bundle, or
+    an OASIS CAP 1.2 message (Alert or Update; Cancel once the sender retracted it)."""
+    if as_ack and fmt != "cap":
+        raise InputError("--ack goes with --format cap", next_step="Add --format cap.")
     answer, body = _get(ctx, envelope_id)
+    if as_ack:
+        acks = body.get("cap_acks") or []
+        if not acks:
+            raise InputError(
+                f"{envelope_id} has no acknowledgement of ours",
+                code="inbox.no_ack",
+                next_step=f"Acknowledge it first: accord inbox ack {envelope_id} --status ...",
+            )
+        body = {**body, "cap": acks[-1]}
     if fmt == "sd-jwt":
         text = body["presentation"] + "\n"
     elif fmt == "json":
@@ -675,7 +695,7 @@ def inbox_export(
             )
             + "\n"
         )
-    else:
+    elif fmt == "stix":
         if "stix" not in body:
             raise InputError(
                 f"no STIX form of {envelope_id} ({body.get('stix_error', 'unknown')})",
@@ -683,6 +703,14 @@ def inbox_export(
                 next_step="Export it as --format json, or check the node's log.",
             )
         text = body["stix"] + "\n"  # node/stix.py, built by the node from the verified item
+    elif fmt == "cap":
+        if "cap" not in body:
+            raise InputError(
+                f"no CAP form of {envelope_id} ({body.get('cap_error', 'unknown')})",
+                code="inbox.no_cap",
+                next_step="Export it as --format json, or check the node's log.",
+            )
+        text = body["cap"]  # node/cap.py, built by the node from the verified item
     if out is None:
         click.echo(text, nl=False)
     else:

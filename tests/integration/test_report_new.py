@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import stix2
+from lxml import etree
 
 from node.stix import TLP2_IDS
 from tests.conftest import PASSPHRASE, Result, agree
@@ -181,6 +182,18 @@ def test_report_new_through_a_terminal(
     [report] = [o for o in bundle.objects if o.type == "report"]
     assert report.name == "Convoy route IED threat"
     assert report.object_marking_refs == [TLP2_IDS["amber"]]
+    # ... and as an OASIS CAP 1.2 Alert that the OASIS schema accepts (docs/adr/0019).
+    cap = tmp_path / "alert.cap.xml"
+    exported = accord(
+        "--data", cn, "inbox", "export", item["envelope_id"], "--format", "cap", "--out", cap
+    )
+    assert exported.code == 0, exported.err
+    xsd = etree.XMLSchema(etree.parse(str(ROOT / "tests" / "vectors" / "cap" / "CAP-v1.2.xsd")))
+    doc = etree.parse(str(cap))
+    assert xsd.validate(doc), xsd.error_log
+    ns = {"cap": "urn:oasis:names:tc:emergency:cap:1.2"}
+    assert doc.findtext("cap:info/cap:severity", namespaces=ns) == "Extreme"  # critical
+    assert doc.findtext("cap:scope", namespaces=ns) == "Restricted"
     _exports_are_private_files(accord, cn, item["envelope_id"], tmp_path)
     _partner_text_is_shown_escaped(accord, pk, cn, tmp_path, procs)
     for p in procs:
@@ -250,6 +263,7 @@ def _partner_text_is_shown_escaped(
         ("inbox", "list"),
         ("inbox", "export", item["envelope_id"], "--format", "json"),
         ("inbox", "export", item["envelope_id"], "--format", "stix"),
+        ("inbox", "export", item["envelope_id"], "--format", "cap"),
     ):
         shown = accord("--data", cn, *args)
         assert shown.code == 0, shown.err
