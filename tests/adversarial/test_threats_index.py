@@ -26,10 +26,7 @@ CASE = re.compile(r"^\| ([A-Z]\d\d) \|", re.MULTILINE)
 
 # Cases of the catalog that no test attacks yet, each with what will attack it. Shrinks only.
 NOT_YET: dict[str, str] = {
-    "P18": "acknowledgements and replies of the warning loop",
     "C05": "PostgreSQL backend with a standby",
-    "W01": "acknowledgement deadlines and escalation",
-    "W02": "deadlines under clock steps",
 }
 
 

@@ -293,3 +293,45 @@ def test_reply_to_a_report_never_received_is_refused_and_stores_nothing(
     assert e.value.code == "report.reply_unknown"
     assert len(_events(cn)) == before
     assert cn.store.conn.execute("SELECT count(*) FROM reports").fetchone()[0] == 0
+
+
+def test_the_officer_api_shows_the_thread_and_exports_our_ack_as_valid_cap(
+    loop_pair: tuple[Node, Node],
+) -> None:
+    import asyncio
+
+    from lxml import etree
+
+    from node._pb.accord.v1 import officer_pb2
+    from node.officer_service import ExchangeOfficerService
+
+    pk, cn = loop_pair
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    item = _alert(pk, cn, t0)
+    service = ExchangeOfficerService(cn, None, now=lambda: t0 + timedelta(seconds=5))
+    listed = asyncio.run(service.ListInbox(officer_pb2.ListInboxRequest(), None))
+    [row] = listed.items
+    assert (row.due_state, row.unread, row.ack_status) == ("DUE", True, "")
+    asyncio.run(
+        service.AckInbox(
+            officer_pb2.AckInboxRequest(
+                envelope_id=item[:13], status="actioned", officer="amina", note=NOTE
+            ),
+            None,
+        )
+    )
+    shown = asyncio.run(service.GetInbox(officer_pb2.GetInboxRequest(envelope_id=item), None))
+    [ack] = shown.thread.acks
+    assert (ack.status, ack.officer, ack.note, ack.direction) == ("actioned", "amina", NOTE, "sent")
+    assert shown.item.ack_status == "actioned" and shown.item.due_state != "OVERDUE"
+    body = json.loads(shown.report)
+    xsd = etree.XMLSchema(
+        etree.parse(str(Path(__file__).parents[1] / "vectors" / "cap" / "CAP-v1.2.xsd"))
+    )
+    doc = etree.fromstring(body["cap_acks"][-1].encode())
+    assert xsd.validate(doc), xsd.error_log
+    ns = {"cap": "urn:oasis:names:tc:emergency:cap:1.2"}
+    assert doc.findtext("cap:msgType", namespaces=ns) == "Ack"
+    assert "actioned by officer amina" in (doc.findtext("cap:note", namespaces=ns) or "")
+    again = asyncio.run(service.ListInbox(officer_pb2.ListInboxRequest(), None))
+    assert again.items[0].unread is False  # shown once: read
