@@ -61,6 +61,8 @@ class OfficerStub:
     """Node health and per-partner sync state."""
     RotateKeys: _grpc.UnaryUnaryMultiCallable[_officer_pb2.RotateKeysRequest, _officer_pb2.RotateKeysResponse]
     """Rotate keys of the serving node; it uses the new keys from the answer on (ADR 0017)."""
+    WatchInbox: _grpc.UnaryStreamMultiCallable[_officer_pb2.WatchInboxRequest, _officer_pb2.InboxEvent]
+    """Follow the inbox live: one event per inbox row stored from now on (ADR 0021)."""
 
 @_typing.type_check_only
 class OfficerAsyncStub(OfficerStub):
@@ -89,6 +91,8 @@ class OfficerAsyncStub(OfficerStub):
     """Node health and per-partner sync state."""
     RotateKeys: _aio.UnaryUnaryMultiCallable[_officer_pb2.RotateKeysRequest, _officer_pb2.RotateKeysResponse]  # type: ignore[assignment]
     """Rotate keys of the serving node; it uses the new keys from the answer on (ADR 0017)."""
+    WatchInbox: _aio.UnaryStreamMultiCallable[_officer_pb2.WatchInboxRequest, _officer_pb2.InboxEvent]  # type: ignore[assignment]
+    """Follow the inbox live: one event per inbox row stored from now on (ADR 0021)."""
 
 class OfficerServicer(metaclass=_abc_1.ABCMeta):
     """Local API for liaison officers, reached through the `accord` CLI."""
@@ -180,5 +184,13 @@ class OfficerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_officer_pb2.RotateKeysResponse, _abc.Awaitable[_officer_pb2.RotateKeysResponse]]:
         """Rotate keys of the serving node; it uses the new keys from the answer on (ADR 0017)."""
+
+    @_abc_1.abstractmethod
+    def WatchInbox(
+        self,
+        request: _officer_pb2.WatchInboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_officer_pb2.InboxEvent], _abc.AsyncIterator[_officer_pb2.InboxEvent]]:
+        """Follow the inbox live: one event per inbox row stored from now on (ADR 0021)."""
 
 def add_OfficerServicer_to_server(servicer: OfficerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
