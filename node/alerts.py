@@ -28,7 +28,6 @@ import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import structlog
@@ -157,10 +156,6 @@ def run_command(argv: Sequence[str], stdin: bytes, timeout: float) -> CommandRes
     return done(True, "ok", 0)
 
 
-def _program(argv: Sequence[str]) -> str:
-    return Path(argv[0]).name
-
-
 class AlertRunner:
     """Runs the configured command of an event; never raises to its caller and never
     blocks the event loop (the process runs from a worker thread)."""
@@ -184,7 +179,7 @@ class AlertRunner:
             body = alert_payload(event, payload)
             dropped = sorted(set(payload) - set(ALERT_KEYS))
             if dropped:  # the names only, never a value
-                log.warning("alert.payload_keys_dropped", kind=event, keys=dropped)
+                log.warning("alert.payload_keys_dropped", kind=event, fields=dropped)
             stdin = (json.dumps(body, sort_keys=True, ensure_ascii=True) + "\n").encode()
             result = await asyncio.to_thread(run_command, argv, stdin, self._config.timeout)
         except asyncio.CancelledError:
@@ -196,14 +191,12 @@ class AlertRunner:
             log.info(
                 "alert.command_ran",
                 kind=event,
-                program=_program(argv),
                 duration_ms=result.duration_ms,
             )
         else:
             log.warning(
                 "alert.command_failed",
                 kind=event,
-                program=_program(argv),
                 reason=result.reason,
                 exit_code=result.exit_code,
                 duration_ms=result.duration_ms,

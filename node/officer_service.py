@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -379,7 +379,7 @@ class ExchangeOfficerService(OfficerService):
 
     async def WatchInbox(
         self, request: officer_pb2.WatchInboxRequest, context: Context
-    ) -> AsyncIterator[officer_pb2.InboxEvent]:
+    ) -> AsyncGenerator[officer_pb2.InboxEvent, None]:
         """Each inbox row stored from now on (or after ``request.after``), as it is stored;
         within one poll critical items first. Ends when the server stops."""
         node = self._node
@@ -388,6 +388,7 @@ class ExchangeOfficerService(OfficerService):
         wake = asyncio.Event()
         self._watchers.add(wake)
         try:
+            yield officer_pb2.InboxEvent(resume_after=after)  # connected: where it starts
             while not self._closing:
                 last, rows = inbox_rows_after(node, after, WATCH_BATCH)
                 events = [e for r in rows if (e := _watch_event(node, *r)) is not None]

@@ -1174,7 +1174,9 @@ Global___WatchInboxRequest: _TypeAlias = WatchInboxRequest  # noqa: Y015
 
 @_typing.final
 class InboxEvent(_message.Message):
-    """One inbox row as it was stored. Within one poll, critical items come first."""
+    """One inbox row as it was stored. Within one poll, critical items come first. The first
+    event of every stream has no item: its resume_after says where the stream starts.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
