@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from exchange.errors import ConfigError
+from exchange.errors import ConfigError, InputError
 from node import outbox
 from node._pb.accord.v1 import officer_pb2
 from node.alerts import ALERT_KEYS, AlertRunner, alert_payload, run_command
+from node.cli.watch_cmds import _exec_argv, _handle, _line, _Watch
 from node.config import AlertsConfig, NodeConfig
 from node.home import Node
 from node.inbox import BatchOutcome, apply_batch, cursor, inbox_last_row
@@ -352,3 +353,67 @@ def test_watch_resumes_after_a_cursor_and_from_start(pair: tuple[Node, Node]) ->
     assert [a.item.severity, b.item.severity] == ["high", "low"]
     _start, again = asyncio.run(take(officer_pb2.WatchInboxRequest(after=a.cursor), 2))
     assert again.cursor == b.cursor
+
+
+# -- the watch CLI's pieces: lines, --exec, resume bookkeeping ----------------------------------
+
+
+def _doc(**over: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "received_at": "2026-11-26 10:00:00Z",
+        "peer": "pk-moi",
+        "kind": "report",
+        "status": None,
+        "severity": "critical",
+        "tlp": "amber",
+        "title": "Port \x1b[31mred",
+        "envelope_id": "e-1",
+        "critical": True,
+    }
+    return doc | over
+
+
+def test_watch_line_escapes_partner_text_and_rings_only_on_critical() -> None:
+    line = _line(_doc(), bell=True)
+    assert line.startswith("\a") and "\x1b" not in line and "\\u001b[31mred" in line
+    assert "TLP:AMBER" in line and line.endswith("e-1")
+    assert not _line(_doc(), bell=False).startswith("\a")
+    assert not _line(_doc(critical=False, severity="low"), bell=True).startswith("\a")
+    assert "ack received" in _line(_doc(kind="ack", status="received"), bell=True)
+
+
+def test_watch_exec_gets_the_json_and_a_failure_is_printed_not_raised(
+    script: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "exec.json"
+    ok = (sys.executable, str(script), str(out), "ok")
+    _handle(_doc(), True, False, ok, 5.0)
+    assert json.loads(out.read_text("utf-8")) == _doc()
+    assert json.loads(capsys.readouterr().out) == _doc()
+    _handle(_doc(), True, False, (sys.executable, str(script), str(out), "fail"), 5.0)
+    assert "--exec failed for e-1: exit 3" in capsys.readouterr().err
+    _handle(_doc(), True, False, (str(tmp_path / "missing"),), 5.0)
+    assert "--exec failed for e-1: not_found" in capsys.readouterr().err
+
+
+def test_watch_resume_never_repeats_an_item() -> None:
+    watch = _Watch(from_start=False)
+    assert watch.request() == officer_pb2.WatchInboxRequest(since_now=True)
+    assert not watch.fresh(officer_pb2.InboxEvent(resume_after=4))
+    item = officer_pb2.InboxItem(envelope_id="e")
+    # one poll of rows 5..7, reordered (7 critical first), then the stream breaks
+    assert watch.fresh(officer_pb2.InboxEvent(item=item, cursor=7, resume_after=4))
+    assert watch.request() == officer_pb2.WatchInboxRequest(after=4)
+    # the resumed stream sends the poll again: 7 is not repeated, 5 and 6 are new
+    assert not watch.fresh(officer_pb2.InboxEvent(item=item, cursor=7, resume_after=4))
+    assert watch.fresh(officer_pb2.InboxEvent(item=item, cursor=5, resume_after=4))
+    assert watch.fresh(officer_pb2.InboxEvent(item=item, cursor=6, resume_after=7))
+    assert watch.request() == officer_pb2.WatchInboxRequest(after=7)
+    assert not watch.fresh(officer_pb2.InboxEvent(item=item, cursor=6, resume_after=4))
+
+
+def test_watch_exec_that_cannot_be_split_is_refused() -> None:
+    with pytest.raises(InputError, match="--exec"):
+        _exec_argv("notify 'unclosed")
+    with pytest.raises(InputError, match="no program"):
+        _exec_argv("  ")
