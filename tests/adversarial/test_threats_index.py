@@ -28,7 +28,6 @@ CASE = re.compile(r"^\| ([A-Z]\d\d) \|", re.MULTILINE)
 NOT_YET: dict[str, str] = {
     "P18": "acknowledgements and replies of the warning loop",
     "C05": "PostgreSQL backend with a standby",
-    "W01": "acknowledgement deadlines and escalation",
     "W02": "deadlines under clock steps",
 }
 

@@ -67,6 +67,7 @@ class Watcher:
             self.proc.wait(10)
 
 
+@pytest.mark.threat("W01")
 def test_critical_alert_runs_on_critical_once_and_the_watch_survives_a_restart(
     partners: tuple[Path, Path],
     servers: Callable[..., ServerProcess],
