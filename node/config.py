@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shlex
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from exchange.errors import ConfigError, InputError
 from exchange.names import check_endpoint, check_node_id
@@ -24,6 +26,88 @@ def resolve_data_dir(flag: Path | None) -> Path:
     return DEFAULT_HOME.expanduser().absolute()
 
 
+ALERT_TIMEOUT_DEFAULT = 10.0
+ALERT_TIMEOUT_MIN, ALERT_TIMEOUT_MAX = 1.0, 300.0
+ALERT_HOOKS = ("on_critical", "on_overdue")
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """The optional ``[alerts]`` table (docs/adr/0021-alert-commands.md): escalation
+    commands run with one JSON object on stdin. A command is an argv array (preferred: no
+    shell is involved) or a string split with :func:`shlex.split` (POSIX rules, also no
+    shell: pipes and redirections are not interpreted)."""
+
+    on_critical: tuple[str, ...] = ()
+    on_overdue: tuple[str, ...] = ()
+    timeout: float = ALERT_TIMEOUT_DEFAULT
+
+    @classmethod
+    def parse(cls, raw: object) -> AlertsConfig:
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise ConfigError(
+                "config alerts: must be a table ([alerts])",
+                code="config.alerts",
+                next_step="Write the setting as an [alerts] table in config.toml.",
+            )
+        unknown = sorted(set(raw) - {*ALERT_HOOKS, "timeout"})
+        if unknown:
+            raise _alerts_error(
+                unknown[0], "is not a known setting (on_critical, on_overdue, timeout)"
+            )
+        commands = {name: _command(name, raw.get(name)) for name in ALERT_HOOKS}
+        timeout = raw.get("timeout", ALERT_TIMEOUT_DEFAULT)
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not ALERT_TIMEOUT_MIN <= timeout <= ALERT_TIMEOUT_MAX
+        ):
+            raise _alerts_error(
+                "timeout",
+                f"must be a number of seconds from {ALERT_TIMEOUT_MIN:g} to {ALERT_TIMEOUT_MAX:g}",
+            )
+        return cls(commands["on_critical"], commands["on_overdue"], float(timeout))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            name: list(getattr(self, name)) for name in ALERT_HOOKS if getattr(self, name)
+        }
+        if out or self.timeout != ALERT_TIMEOUT_DEFAULT:
+            out["timeout"] = self.timeout
+        return out
+
+
+def _alerts_error(key: str, problem: str) -> ConfigError:
+    return ConfigError(
+        f"config alerts.{key}: {problem}",
+        code="config.alerts",
+        next_step="Fix the [alerts] table in config.toml (docs/adr/0021-alert-commands.md), "
+        'e.g. on_critical = ["/usr/local/bin/page-duty-officer", "--critical"].',
+    )
+
+
+def _command(key: str, value: object) -> tuple[str, ...]:
+    """An argv from a TOML array of strings, or from a string split with shlex."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        try:
+            argv = shlex.split(value)
+        except ValueError as e:
+            raise _alerts_error(key, f"cannot be split into arguments ({e})") from e
+    elif isinstance(value, list) and all(isinstance(a, str) for a in value):
+        argv = list(value)
+    else:
+        raise _alerts_error(key, "must be an array of strings (argv) or a string")
+    if not argv or not argv[0]:
+        raise _alerts_error(key, "names no program")
+    if any("\x00" in a for a in argv):
+        raise _alerts_error(key, "contains a NUL character")
+    return tuple(argv)
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     node: str
@@ -31,6 +115,7 @@ class NodeConfig:
     endpoint: str
     listen: str
     log_origin: str
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     @classmethod
     def load(cls, data_dir: Path) -> NodeConfig:
@@ -45,6 +130,7 @@ class NodeConfig:
             raw = tomllib.loads(path.read_text("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid TOML ({e})") from e
+        alerts = AlertsConfig.parse(raw.get("alerts"))  # a ConfigError names the key
         try:
             node = raw["node"]
             return cls(
@@ -53,6 +139,7 @@ class NodeConfig:
                 endpoint=check_endpoint(str(node["endpoint"])),
                 listen=str(node.get("listen", node["endpoint"])),
                 log_origin=str(node.get("log_origin", f"{node['id']}.accord/log")),
+                alerts=alerts,
             )
         except (KeyError, TypeError, InputError) as e:
             raise ConfigError(f"{path}: missing or invalid setting ({e})") from e
@@ -60,14 +147,16 @@ class NodeConfig:
     def to_toml(self) -> str:
         import tomli_w
 
-        return tomli_w.dumps(
-            {
-                "node": {
-                    "id": self.node,
-                    "name": self.name,
-                    "endpoint": self.endpoint,
-                    "listen": self.listen,
-                    "log_origin": self.log_origin,
-                }
+        doc: dict[str, Any] = {
+            "node": {
+                "id": self.node,
+                "name": self.name,
+                "endpoint": self.endpoint,
+                "listen": self.listen,
+                "log_origin": self.log_origin,
             }
-        )
+        }
+        alerts = self.alerts.to_dict()
+        if alerts:
+            doc["alerts"] = alerts
+        return tomli_w.dumps(doc)

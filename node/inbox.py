@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlite_utils
+import structlog
 
 from exchange.ack import parse_ack_unverified
 from exchange.canonical import b64, b64_decode, b64url_decode, canonical_json, sha256_digest
@@ -33,6 +34,25 @@ from node.home import Node
 from node.ids import resolve_prefix
 from node.schemas import registry
 
+log = structlog.get_logger("accord.inbox")
+
+
+@dataclass(frozen=True)
+class AppliedItem:
+    """What the caller of :func:`apply_batch` may act on once the batch committed (the
+    escalation commands, node/alerts.py): metadata, and the severity only when the
+    partner disclosed it (read from the verified presentation)."""
+
+    peer: str
+    envelope_id: str
+    kind: str
+    report_id: str
+    version: int
+    sop: str
+    tlp: str
+    severity: str | None
+    received_at: str
+
 
 @dataclass
 class BatchOutcome:
@@ -41,6 +61,23 @@ class BatchOutcome:
     duplicates: int = 0
     rejected: list[ItemRejection] = field(default_factory=list)
     stopped: PeerDataError | None = None  # a failure before the seq check: cursor unmoved
+    items: list[AppliedItem] = field(default_factory=list)  # applied items only, in order
+
+
+def _applied_item(peer: str, release: VerifiedRelease, now: datetime) -> AppliedItem:
+    report = release.report
+    severity = release.fields.get("severity") if report is not None else None
+    return AppliedItem(
+        peer=peer,
+        envelope_id=release.header.id,
+        kind=release.header.kind,
+        report_id=release.release.report_id,
+        version=release.release.version,
+        sop=report.sop if report else "",
+        tlp=report.tlp if report else "",
+        severity=severity if isinstance(severity, str) else None,
+        received_at=format_time(now),
+    )
 
 
 def cursor(node: Node, peer: str) -> int:
@@ -365,6 +402,7 @@ def apply_batch(
             if release.ack is not None:
                 warning.on_ack_received(node, db, peer, release, now)
             out.applied += 1
+            out.items.append(_applied_item(peer, release, now))
             passed.append(release.envelope_digest)
         last = receiver.last_applied
         if last != start:
@@ -708,6 +746,38 @@ def inbox_after(node: Node, peer: str, after_seq: int, limit: int) -> list[Inbox
     return [_verified(node, r)[0] for r in rows]
 
 
+def inbox_last_row(node: Node) -> int:
+    """The newest inbox row's rowid (0 for an empty inbox): where a watcher starts."""
+    return int(node.store.conn.execute("SELECT coalesce(max(rowid), 0) FROM inbox").fetchone()[0])
+
+
+def inbox_rows_after(
+    node: Node, after: int, limit: int
+) -> tuple[int, list[tuple[int, InboxItem, dict[str, Any]]]]:
+    """Inbox rows of every kind stored after rowid ``after`` (by this process or another:
+    the store is read through WAL), oldest first, each checked against its authenticated
+    record; returns the last rowid read and the rows. A row that fails its check is
+    skipped with a log line naming it (``inbox list`` and ``inbox show`` refuse it too),
+    so one edited row cannot stop a watcher."""
+    rows = node.store.conn.execute(
+        "SELECT i.rowid, " + _ITEM_SQL.removeprefix("SELECT ") + " WHERE i.rowid > ? "
+        "ORDER BY i.rowid LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    out: list[tuple[int, InboxItem, dict[str, Any]]] = []
+    last = after
+    for row in rows:
+        rowid = int(row[0])
+        last = rowid
+        try:
+            item, content = _verified(node, row[1:])
+        except AccordError as e:
+            log.warning("inbox.row_refused", row=rowid, code=e.code)
+            continue
+        out.append((rowid, item, content))
+    return last, out
+
+
 def report_versions(node: Node, peer: str, report_id: str) -> list[InboxItem]:
     """Every item of one report received from ``peer`` (its versions, then any
     retraction), in the order they arrived."""
@@ -747,6 +817,7 @@ def rejections(node: Node, peer: str | None = None) -> list[tuple[str, int, str]
 
 
 __all__ = [
+    "AppliedItem",
     "BatchOutcome",
     "InboxItem",
     "apply_batch",
@@ -754,6 +825,8 @@ __all__ = [
     "envelope_digest",
     "get_inbox",
     "inbox_after",
+    "inbox_last_row",
+    "inbox_rows_after",
     "list_inbox",
     "report_versions",
 ]

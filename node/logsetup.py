@@ -75,6 +75,10 @@ ALLOWED_KEYS = frozenset(
         "days_left",
         "expired",
         "card_version",
+        # escalation commands (node/alerts.py) and watched inbox rows: never stdin or output
+        "reason",
+        "exit_code",
+        "row",
     }
 )
 # Keys that carry field names only: a list of names, or a mapping whose keys are kept and

@@ -4,12 +4,16 @@ inbox, explain decisions, status. Thin handlers over node functions (docs/DESIGN
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import structlog
+
+from exchange.ack import parse_ack_unverified
 from exchange.canonical import b64_decode
 from exchange.deadlines import Deadline
 from exchange.errors import AccordError, InputError, PeerDataError, StoreError
@@ -27,6 +31,8 @@ from node.inbox import (
     InboxItem,
     cursor,
     get_inbox,
+    inbox_last_row,
+    inbox_rows_after,
     list_inbox_records,
     received_acks,
     rejections,
@@ -55,10 +61,16 @@ from node.wire import (
 )
 from node.witness import grown_at as witness_grown_at
 
+log = structlog.get_logger("accord.officer")
+
 Context = Any
 MAX_PAGE = 500
 STREAM_CHUNK = 256
 STALE_AFTER = timedelta(minutes=15)
+# WatchInbox reads the inbox table by rowid this often (rows another process stored too),
+# and sooner when a batch applied in this process wakes it.
+WATCH_POLL_SECONDS = 0.5
+WATCH_BATCH = 256
 
 
 def report_format(data: bytes) -> str:
@@ -89,6 +101,8 @@ class ExchangeOfficerService(OfficerService):
         self._puller = puller
         self._now = now
         self._stale_after = stale_after  # docs/THREATS.md P03: the configured staleness window
+        self._watchers: set[asyncio.Event] = set()  # open WatchInbox streams (ADR 0021)
+        self._closing = False
 
     def _committed(self, results: list[outbox.Submitted]) -> None:
         peers = sorted({r.peer for s in results for r in s.releases if r.envelope_id})
@@ -422,6 +436,48 @@ class ExchangeOfficerService(OfficerService):
             ],
         )
 
+    def inbox_changed(self) -> None:
+        """A batch was applied in this process: wake every WatchInbox stream now."""
+        for wake in self._watchers:
+            wake.set()
+
+    def close(self) -> None:
+        """The server is stopping: every WatchInbox stream ends cleanly (status OK)."""
+        self._closing = True
+        self.inbox_changed()
+
+    async def WatchInbox(
+        self, request: officer_pb2.WatchInboxRequest, context: Context
+    ) -> AsyncGenerator[officer_pb2.InboxEvent, None]:
+        """Each inbox row stored from now on (or after ``request.after``), as it is stored;
+        within one poll critical items first. Ends when the server stops."""
+        node = self._node
+        since_now = request.since_now if request.HasField("since_now") else True
+        after = request.after or (inbox_last_row(node) if since_now else 0)
+        wake = asyncio.Event()
+        self._watchers.add(wake)
+        try:
+            yield officer_pb2.InboxEvent(resume_after=after)  # connected: where it starts
+            while not self._closing:
+                last, rows = inbox_rows_after(node, after, WATCH_BATCH)
+                events = [e for r in rows if (e := _watch_event(node, *r)) is not None]
+                events.sort(key=lambda e: (not e.critical, e.cursor))
+                for event in events:
+                    event.resume_after = after
+                if events:
+                    events[-1].resume_after = last
+                for event in events:
+                    yield event
+                more = len(rows) == WATCH_BATCH and last > after
+                after = last
+                if more:
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), WATCH_POLL_SECONDS)
+                wake.clear()
+        finally:
+            self._watchers.discard(wake)
+
     async def Explain(
         self, request: officer_pb2.ExplainRequest, context: Context
     ) -> officer_pb2.ExplainResponse:
@@ -749,6 +805,26 @@ def _title_and_severity(node: Node, item: InboxItem, content: dict[str, Any]) ->
         # verified ('inbox show' says why).
         return {}
     return {k: fields[k] for k in ("title", "severity") if k in fields}
+
+
+def _watch_event(
+    node: Node, rowid: int, item: InboxItem, content: dict[str, Any]
+) -> officer_pb2.InboxEvent | None:
+    """One WatchInbox event; None (logged by code) for an item that does not verify."""
+    try:
+        shown = _title_and_severity(node, item, content)
+    except AccordError as e:
+        log.warning("inbox.watch_item_refused", row=rowid, code=e.code)
+        return None
+    status = None
+    if item.kind == "ack" and "ack" in content:  # the signed statement the row seals
+        status = parse_ack_unverified(b64_decode(content["ack"], what="ack")).status
+    return officer_pb2.InboxEvent(
+        item=inbox_message(item, _newest_versions([item]), shown),
+        cursor=rowid,
+        status=status if isinstance(status, str) else "",
+        critical=shown.get("severity") == "critical",
+    )
 
 
 def _matches(

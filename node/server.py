@@ -40,9 +40,11 @@ from grpc_reflection.v1alpha import reflection
 from exchange.errors import AccordError, ConfigError
 from node import clock, tls_policy
 from node._pb.accord.v1 import officer_pb2, officer_pb2_grpc, peer_pb2, peer_pb2_grpc
+from node.alerts import AlertRunner
 from node.cosigning import Cosigner
 from node.errors_map import Audience, EdgeInterceptor
 from node.home import Node
+from node.inbox import BatchOutcome
 from node.keywatch import CHECK_SECONDS, WARN_DAYS, KeyWatch
 from node.peer_service import PeerExchangeService, WitnessService
 from node.sync import OutboxSignal, Puller
@@ -199,6 +201,9 @@ class NodeServer:
         self.deadlines: DeadlineWatch | None = None
         # Called with each overdue step's payload (node/alerts.py runs [alerts] on_overdue).
         self.on_overdue: Callable[[dict[str, Any]], None] | None = None
+        # Escalation commands of config.toml [alerts] (docs/adr/0021-alert-commands.md).
+        self.alerts = AlertRunner(node.config.alerts)
+        self._officer_service: officer_pb2_grpc.OfficerServicer | None = None
         self._roots: PartnerRoots | None = None
         self.peer_port = 0
         self.officer_socket = node.data_dir / OFFICER_SOCKET
@@ -242,7 +247,9 @@ class NodeServer:
         self.signal = OutboxSignal()
         poke = self.cosigner.poke if self.cosigner is not None else None
         if not opts.witness_only:
-            self.puller = Puller(node, self.channels, now=self._now, on_applied=poke)
+            self.puller = Puller(
+                node, self.channels, now=self._now, on_applied=poke, on_outcome=self._applied
+            )
         peer_service = self._peer_service or (
             WitnessService(node, follow=opts.follow, now=self._now)
             if opts.witness_only
@@ -271,7 +278,8 @@ class NodeServer:
             raise _cannot_listen(self.listen)
 
         officer_server = self._new_server(Audience.OFFICER)
-        officer_pb2_grpc.add_OfficerServicer_to_server(self._officer(), officer_server)
+        self._officer_service = self._officer()
+        officer_pb2_grpc.add_OfficerServicer_to_server(self._officer_service, officer_server)
         self._add_health_and_reflection(officer_server, OFFICER_SERVICE)
         old_umask = os.umask(0o117)  # the socket is born 0660
         try:
@@ -336,6 +344,14 @@ class NodeServer:
             on_keys_rotated=self.keys_changed,
         )
 
+    def _applied(self, peer: str, outcome: BatchOutcome) -> None:
+        """A batch from ``peer`` committed: run ``on_critical`` for each critical report
+        applied, and wake the inbox watchers of this process."""
+        self.alerts.on_applied(outcome.items)
+        wake = getattr(self._officer_service, "inbox_changed", None)
+        if wake is not None:
+            wake()
+
     def keys_changed(self) -> None:
         """Our keys were rotated in this process: the peer port presents the new TLS
         certificate from the next handshake on, not only at the next periodic refresh."""
@@ -369,8 +385,10 @@ class NodeServer:
         os.replace(tmp, path)
 
     def _overdue(self, payload: dict[str, Any]) -> None:
+        """A step passed its deadline (logged once as ack.overdue): run [alerts] on_overdue."""
         if self.on_overdue is not None:
             self.on_overdue(payload)
+        self.alerts.fire_soon("overdue", payload)
 
     async def _refresh_roots(self, roots: PartnerRoots) -> None:
         while True:
@@ -392,7 +410,11 @@ class NodeServer:
             for task in stuck:
                 log.warning("server.task_not_stopped", method=task.get_name())
         self._tasks.clear()
+        closing = getattr(self._officer_service, "close", None)
+        if closing is not None:  # open WatchInbox streams end now, not at the grace's end
+            closing()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))
+        await self.alerts.drain(timeout=STOP_STEP_SECONDS)
         try:
             await asyncio.wait_for(self.channels.close(), timeout=STOP_STEP_SECONDS)
         except TimeoutError:

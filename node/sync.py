@@ -23,7 +23,13 @@ from node._pb.accord.v1 import card_pb2, envelope_pb2, peer_pb2, peer_pb2_grpc
 from node.cosigning import Backoff
 from node.errors_map import read_error_detail
 from node.home import Node
-from node.inbox import apply_batch, cursor, receipts_acknowledged, unacknowledged_receipts
+from node.inbox import (
+    BatchOutcome,
+    apply_batch,
+    cursor,
+    receipts_acknowledged,
+    unacknowledged_receipts,
+)
 from node.transport import PartnerChannels
 from node.wire import (
     envelope_from_message,
@@ -123,6 +129,7 @@ class Puller:
         *,
         now: Callable[[], datetime] = clock.now,
         on_applied: Callable[[], None] | None = None,
+        on_outcome: Callable[[str, BatchOutcome], None] | None = None,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
         max_batch: int = 256,
@@ -131,6 +138,7 @@ class Puller:
         self._channels = channels
         self._now = now
         self._on_applied = on_applied
+        self._on_outcome = on_outcome  # after each committed batch (escalation, watchers)
         self._backoff = backoff or Backoff()
         self._rng = rng or random.Random()  # noqa: S311  jitter needs no secrecy
         self._max_batch = max_batch
@@ -269,6 +277,11 @@ class Puller:
                     [envelope_from_message(m) for m in batch.envelopes],
                     self._now(),
                 )
+                if outcome.items and self._on_outcome is not None:
+                    try:  # committed: nothing the callback does may undo or stop the sync
+                        self._on_outcome(peer, outcome)
+                    except Exception as e:
+                        log.error("sync.on_outcome_failed", peer=peer, error=type(e).__name__)
                 applied += outcome.applied
                 state.applied += outcome.applied
                 state.rejected += len(outcome.rejected)

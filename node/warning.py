@@ -610,7 +610,8 @@ class DeadlineWatch:
         self._on_overdue = on_overdue
         self.checks = 0
 
-    def check(self) -> list[Overdue]:
+    def check(self) -> list[dict[str, Any]]:
+        """One pass (blocking: run it in a thread); returns the payloads for on_overdue."""
         found = check_overdue(self._node, self._now())
         for o in found:
             log.warning(
@@ -622,21 +623,21 @@ class DeadlineWatch:
                 step=o.step,
                 due=format_time(o.due),
             )
-        if found and self._on_overdue is not None:
-            for o in found:
-                self._on_overdue(overdue_payload(self._node, o))
-        self.checks += 1
-        return found
+        return [overdue_payload(self._node, o) for o in found]
 
     async def run(self) -> None:
         import asyncio
 
         while True:
             try:
-                await asyncio.to_thread(self.check)
+                payloads = await asyncio.to_thread(self.check)
             except Exception as e:  # a failed check is logged and retried, never fatal
                 log.error("ack.overdue_check_failed", error=type(e).__name__)
-                self.checks += 1
+                payloads = []
+            if self._on_overdue is not None:
+                for payload in payloads:  # on the loop: the runner schedules its command
+                    self._on_overdue(payload)
+            self.checks += 1
             await asyncio.sleep(self._interval)
 
 
@@ -663,7 +664,6 @@ def overdue_payload(node: Node, o: Overdue) -> dict[str, Any]:
     severity = _rule_severity(node, d, sop)
     return {
         "event": "overdue",
-        "direction": "in" if d.incoming else "out",
         "partner": d.peer,
         "envelope_id": d.envelope_id,
         "report_id": d.report_id,
@@ -671,6 +671,7 @@ def overdue_payload(node: Node, o: Overdue) -> dict[str, Any]:
         "sop": sop,
         "severity": severity,
         "tlp": tlp,
+        "received_at": format_time(d.started_at),
         "which": o.step,
         "due": format_time(o.due),
     }

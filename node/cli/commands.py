@@ -11,4 +11,5 @@ from node.cli import (
     report_cmds,  # noqa: F401
     report_new,  # noqa: F401
     serve_cmds,  # noqa: F401
+    watch_cmds,  # noqa: F401
 )

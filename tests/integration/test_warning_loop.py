@@ -7,6 +7,7 @@ the measures taken, and the procedure in ``audit reconcile`` (one breach, deadli
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,13 @@ def test_acknowledge_reply_and_overdue_between_two_serving_nodes(
 ) -> None:
     pk, cn = partners
     _loop_agreement(accord, pk, cn, tmp_path)
+    script = "import sys; open(sys.argv[1], 'a').write(sys.stdin.read().strip() + '\\n')"
+    for data in (pk, cn):  # the operator's escalation command: one JSON object on stdin
+        record = tmp_path / f"{data.name}-overdue.jsonl"
+        with (data / "config.toml").open("a") as config:
+            config.write(
+                f"\n[alerts]\non_overdue = {json.dumps([sys.executable, '-c', script, str(record)])}\n"
+            )
     procs = [servers(pk), servers(cn)]
     for p in procs:
         p.wait_ready()
@@ -66,7 +74,7 @@ def test_acknowledge_reply_and_overdue_between_two_serving_nodes(
 
     def listed() -> list[dict[str, Any]]:
         r = accord("--data", cn, "inbox", "list", "--json")
-        return r.json() if r.code == 0 else []  # type: ignore[return-value]
+        return r.json() if r.code == 0 else []
 
     [item] = until("the alert at cn-mps", listed, procs)
     assert item["due"] == "DUE" and item["unread"] is True
@@ -79,7 +87,7 @@ def test_acknowledge_reply_and_overdue_between_two_serving_nodes(
 
     def ack_at_origin() -> list[dict[str, Any]]:
         shown = accord("--data", pk, "report", "show", report_id, "--json").json()
-        return shown["acknowledgements"]  # type: ignore[no-any-return, index, call-overload]
+        return shown["acknowledgements"]  # type: ignore[no-any-return]
 
     [ack] = until("the acknowledgement at pk-moi", ack_at_origin, procs)
     assert (ack["status"], ack["officer"], ack["direction"]) == ("accepted", "amina", "received")
@@ -118,13 +126,27 @@ def test_acknowledge_reply_and_overdue_between_two_serving_nodes(
 
     def reply_at_origin() -> list[dict[str, Any]]:
         shown = accord("--data", pk, "report", "show", report_id, "--json").json()
-        return shown["replies"]  # type: ignore[no-any-return, index, call-overload]
+        return shown["replies"]  # type: ignore[no-any-return]
 
     [answer] = until("the reply at pk-moi", reply_at_origin, procs)
     assert answer["report_id"] == replied.json()["report_id"]
+    for data in (pk, cn):
+        record = tmp_path / f"{data.name}-overdue.jsonl"
+        until(f"on_overdue at {data.name}", lambda r=record: r.exists() and r.read_text(), procs)
     assert len(_events(accord, cn, "ack.overdue")) == 1  # still once
+    assert len(_events(accord, pk, "ack.overdue")) == 1
     for p in procs:
         assert p.terminate() == 0
+    for data in (pk, cn):  # the on_overdue command ran once on each side, ids and times only
+        lines = (tmp_path / f"{data.name}-overdue.jsonl").read_text().splitlines()
+        [ran] = [json.loads(line) for line in lines]
+        assert (ran["event"], ran["report_id"], ran["which"]) == (
+            "overdue",
+            second_id,
+            "acknowledge",
+        )
+        assert ran["severity"] == "critical" and ran["tlp"] == "amber" and ran["due"]
+        assert "Critical convoy" not in lines[0] and "Convoy yard" not in lines[0]
 
     anchors = audit_anchors(accord, pk, cn)
     bundles = []

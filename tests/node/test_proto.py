@@ -43,6 +43,7 @@ OFFICER_RPCS = {
     "Explain",
     "Status",
     "RotateKeys",
+    "WatchInbox",
 }
 
 
@@ -111,6 +112,7 @@ def test_streaming_shapes() -> None:
     assert streaming == {
         ("PeerExchange", "Pull"): (False, True),
         ("Officer", "SubmitStream"): (True, True),
+        ("Officer", "WatchInbox"): (False, True),
     }
     pull = peer.methods_by_name["Pull"]
     assert pull.output_type.full_name == "accord.v1.EnvelopeBatch"

@@ -1451,3 +1451,77 @@ class AckInboxResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AckInboxResponse: _TypeAlias = AckInboxResponse  # noqa: Y015
+
+@_typing.final
+class WatchInboxRequest(_message.Message):
+    """Follow newly stored inbox rows (reports, retractions, acknowledgements, any kind)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_NOW_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    since_now: _builtins.bool
+    """Start after the rows stored so far (unset means true); false also sends every row
+    already stored, oldest first. Ignored when `after` is set.
+    """
+    after: _builtins.int
+    """Resume after this cursor (InboxEvent.resume_after of the last event seen); 0: unset."""
+    def __init__(
+        self,
+        *,
+        since_now: _builtins.bool | None = ...,
+        after: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_since_now", b"_since_now", "since_now", b"since_now"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_since_now", b"_since_now", "after", b"after", "since_now", b"since_now"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__since_now: _TypeAlias = _typing.Literal["since_now"]  # noqa: Y015
+    _WhichOneofArgType__since_now: _TypeAlias = _typing.Literal["_since_now", b"_since_now"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__since_now) -> _WhichOneofReturnType__since_now | None: ...
+
+Global___WatchInboxRequest: _TypeAlias = WatchInboxRequest  # noqa: Y015
+
+@_typing.final
+class InboxEvent(_message.Message):
+    """One inbox row as it was stored. Within one poll, critical items come first. The first
+    event of every stream has no item: its resume_after says where the stream starts.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    RESUME_AFTER_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CRITICAL_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.int
+    """This row's position in the inbox (monotonic; rows of one poll may arrive reordered)."""
+    resume_after: _builtins.int
+    """Every row up to this cursor has been sent: resume a broken watch from here."""
+    status: _builtins.str
+    """For an acknowledgement row: its status as the partner sent it; empty otherwise."""
+    critical: _builtins.bool
+    """True when the item's disclosed severity is "critical"."""
+    @_builtins.property
+    def item(self) -> Global___InboxItem:
+        """The item as listed (kind "report", "retraction", "ack", ...); title and severity as
+        disclosed, verified under the author's key. Partner text: shown escaped.
+        """
+
+    def __init__(
+        self,
+        *,
+        item: Global___InboxItem | None = ...,
+        cursor: _builtins.int = ...,
+        resume_after: _builtins.int = ...,
+        status: _builtins.str = ...,
+        critical: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["critical", b"critical", "cursor", b"cursor", "item", b"item", "resume_after", b"resume_after", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InboxEvent: _TypeAlias = InboxEvent  # noqa: Y015

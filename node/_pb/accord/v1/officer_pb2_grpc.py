@@ -95,6 +95,11 @@ class OfficerStub:
                 request_serializer=accord_dot_v1_dot_officer__pb2.AckInboxRequest.SerializeToString,
                 response_deserializer=accord_dot_v1_dot_officer__pb2.AckInboxResponse.FromString,
                 _registered_method=True)
+        self.WatchInbox = channel.unary_stream(
+                '/accord.v1.Officer/WatchInbox',
+                request_serializer=accord_dot_v1_dot_officer__pb2.WatchInboxRequest.SerializeToString,
+                response_deserializer=accord_dot_v1_dot_officer__pb2.InboxEvent.FromString,
+                _registered_method=True)
 
 
 class OfficerServicer:
@@ -185,6 +190,13 @@ class OfficerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchInbox(self, request, context):
+        """Follow the inbox live: one event per inbox row stored from now on (ADR 0021).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OfficerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -247,6 +259,11 @@ def add_OfficerServicer_to_server(servicer, server):
                     servicer.AckInbox,
                     request_deserializer=accord_dot_v1_dot_officer__pb2.AckInboxRequest.FromString,
                     response_serializer=accord_dot_v1_dot_officer__pb2.AckInboxResponse.SerializeToString,
+            ),
+            'WatchInbox': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchInbox,
+                    request_deserializer=accord_dot_v1_dot_officer__pb2.WatchInboxRequest.FromString,
+                    response_serializer=accord_dot_v1_dot_officer__pb2.InboxEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -574,6 +591,33 @@ class Officer:
             '/accord.v1.Officer/AckInbox',
             accord_dot_v1_dot_officer__pb2.AckInboxRequest.SerializeToString,
             accord_dot_v1_dot_officer__pb2.AckInboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchInbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/accord.v1.Officer/WatchInbox',
+            accord_dot_v1_dot_officer__pb2.WatchInboxRequest.SerializeToString,
+            accord_dot_v1_dot_officer__pb2.InboxEvent.FromString,
             options,
             channel_credentials,
             insecure,

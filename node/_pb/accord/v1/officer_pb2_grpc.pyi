@@ -63,6 +63,8 @@ class OfficerStub:
     """Rotate keys of the serving node; it uses the new keys from the answer on (ADR 0017)."""
     AckInbox: _grpc.UnaryUnaryMultiCallable[_officer_pb2.AckInboxRequest, _officer_pb2.AckInboxResponse]
     """Acknowledge a received report: signed, sent back to its issuer (ADR 0022)."""
+    WatchInbox: _grpc.UnaryStreamMultiCallable[_officer_pb2.WatchInboxRequest, _officer_pb2.InboxEvent]
+    """Follow the inbox live: one event per inbox row stored from now on (ADR 0021)."""
 
 @_typing.type_check_only
 class OfficerAsyncStub(OfficerStub):
@@ -93,6 +95,8 @@ class OfficerAsyncStub(OfficerStub):
     """Rotate keys of the serving node; it uses the new keys from the answer on (ADR 0017)."""
     AckInbox: _aio.UnaryUnaryMultiCallable[_officer_pb2.AckInboxRequest, _officer_pb2.AckInboxResponse]  # type: ignore[assignment]
     """Acknowledge a received report: signed, sent back to its issuer (ADR 0022)."""
+    WatchInbox: _aio.UnaryStreamMultiCallable[_officer_pb2.WatchInboxRequest, _officer_pb2.InboxEvent]  # type: ignore[assignment]
+    """Follow the inbox live: one event per inbox row stored from now on (ADR 0021)."""
 
 class OfficerServicer(metaclass=_abc_1.ABCMeta):
     """Local API for liaison officers, reached through the `accord` CLI."""
@@ -192,5 +196,13 @@ class OfficerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_officer_pb2.AckInboxResponse, _abc.Awaitable[_officer_pb2.AckInboxResponse]]:
         """Acknowledge a received report: signed, sent back to its issuer (ADR 0022)."""
+
+    @_abc_1.abstractmethod
+    def WatchInbox(
+        self,
+        request: _officer_pb2.WatchInboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_officer_pb2.InboxEvent], _abc.AsyncIterator[_officer_pb2.InboxEvent]]:
+        """Follow the inbox live: one event per inbox row stored from now on (ADR 0021)."""
 
 def add_OfficerServicer_to_server(servicer: OfficerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
