@@ -130,9 +130,12 @@ def test_acknowledge_reply_and_overdue_between_two_serving_nodes(
 
     [answer] = until("the reply at pk-moi", reply_at_origin, procs)
     assert answer["report_id"] == replied.json()["report_id"]
+
+    def ran(record: Path) -> Callable[[], object]:
+        return lambda: record.exists() and record.read_text()
+
     for data in (pk, cn):
-        record = tmp_path / f"{data.name}-overdue.jsonl"
-        until(f"on_overdue at {data.name}", lambda r=record: r.exists() and r.read_text(), procs)
+        until(f"on_overdue at {data.name}", ran(tmp_path / f"{data.name}-overdue.jsonl"), procs)
     assert len(_events(accord, cn, "ack.overdue")) == 1  # still once
     assert len(_events(accord, pk, "ack.overdue")) == 1
     for p in procs:
