@@ -361,6 +361,10 @@ class ExchangeOfficerService(OfficerService):
         matched.sort(key=lambda m: _urgency(loop, m[0], now))
         page = matched[request.offset : request.offset + limit]
         more = len(matched) > request.offset + limit
+        for shown_item, _shown in page:
+            acks = warning.sent_acks(self._node, item_envelope_id=shown_item.envelope_id)
+            if acks:
+                loop.acked[shown_item.envelope_id] = acks[-1].ack.status
         return officer_pb2.ListInboxResponse(
             items=[
                 inbox_message(
@@ -416,7 +420,8 @@ class ExchangeOfficerService(OfficerService):
             in_reply_to if isinstance(in_reply_to, str) else "",
         )
         unread = item.envelope_id not in warning.read_ids(node)
-        warning.mark_read(node, item.envelope_id, now)  # shown to an officer: read
+        if request.mark_read:  # shown to an officer (inbox show): read
+            warning.mark_read(node, item.envelope_id, now)
         if acks and "cap" in body:  # our acknowledgements as CAP Ack messages
             body["cap_acks"] = [cap_ack(node, item, a.ack) for a in acks]
         return officer_pb2.GetInboxResponse(
@@ -556,7 +561,7 @@ class ExchangeOfficerService(OfficerService):
             rejected[peer] = rejected.get(peer, 0) + int(count)
         overdue_in: dict[str, int] = {}
         overdue_out: dict[str, int] = {}
-        for d in warning.deadlines(node):
+        for d in warning.deadlines(node, which="unfinished"):
             if d.summary(now) == "OVERDUE":
                 counts = overdue_in if d.incoming else overdue_out
                 counts[d.peer] = counts.get(d.peer, 0) + 1
@@ -693,9 +698,9 @@ class _Loop:
 
 
 def _inbox_loop(node: Node) -> _Loop:
+    """Deadlines and read marks of the inbox (plain rows); acknowledgements are read per
+    shown item (``_acked``), each from its sealed statement."""
     acked: dict[str, str] = {}
-    for a in warning.sent_acks(node):
-        acked[a.ack.envelope_id] = a.ack.status
     return _Loop(
         {d.envelope_id: d for d in warning.deadlines(node, incoming=True)},
         warning.read_ids(node),

@@ -379,7 +379,9 @@ def _m020_warning_loop(db: sqlite_utils.Database) -> None:
             version INTEGER NOT NULL, envelope_id TEXT NOT NULL, in_reply_to TEXT NOT NULL,
             at TEXT NOT NULL, PRIMARY KEY (direction, peer, envelope_id));
         CREATE INDEX IF NOT EXISTS replies_to ON replies (in_reply_to);
-        CREATE TABLE IF NOT EXISTS inbox_read (envelope_id TEXT PRIMARY KEY, at TEXT NOT NULL)
+        CREATE TABLE IF NOT EXISTS inbox_read (envelope_id TEXT PRIMARY KEY, at TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS acks_received (
+            digest TEXT PRIMARY KEY, peer TEXT NOT NULL, envelope_id TEXT NOT NULL)
         """,
     )
 

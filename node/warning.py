@@ -108,8 +108,12 @@ def on_ack_received(
 ) -> None:
     """The partner acknowledged one of our reports: its outgoing deadline is met (or late),
     and the log says so (status and times; the note stays in the sealed inbox record)."""
-    ack = release.ack
-    assert ack is not None
+    ack, signed = release.ack, release.ack_signed
+    assert ack is not None and signed is not None
+    db.conn.execute(
+        "INSERT INTO acks_received (digest, peer, envelope_id) VALUES (?, ?, ?)",
+        (sha256_digest(signed.statement), peer, release.header.id),
+    )
     db.conn.execute(
         "UPDATE deadlines SET acked_at = ? WHERE direction = 'out' AND peer = ? "
         "AND envelope_id = ? AND acked_at IS NULL",
@@ -145,16 +149,13 @@ def sent_at(node: Node, peer: str) -> Any:
 
 
 def ack_held(node: Node, peer: str) -> Any:
-    """For the receiver: that acknowledgement statement (by digest) was received before
-    (read once per batch, and only when the batch holds an acknowledgement)."""
-    cache: list[set[str]] = []
+    """For the receiver: that acknowledgement statement (by digest) was received before."""
 
     def held(digest: str) -> bool:
-        from node.inbox import received_acks  # the inbox owns its rows
-
-        if not cache:
-            cache.append({a.digest for a in received_acks(node, peer=peer)})
-        return digest in cache[0]
+        row = node.store.conn.execute(
+            "SELECT 1 FROM acks_received WHERE digest = ? AND peer = ?", (digest, peer)
+        ).fetchone()
+        return row is not None
 
     return held
 
@@ -239,7 +240,7 @@ def acknowledge(
         raise InputError(
             f"--status must be one of {', '.join(ACK_STATUSES)}", code="ack.bad_status"
         )
-    item, _content = get_inbox(node, envelope_id)
+    item, content = get_inbox(node, envelope_id)
     if item.kind != "report":
         raise InputError(f"{envelope_id} is a {item.kind}, not a report", code="ack.not_a_report")
     peer = item.peer
@@ -259,7 +260,7 @@ def acknowledge(
             "(see 'accord agreement propose --help').",
         )
     me = node.config.node
-    jwt_digest = _jwt_digest(node, peer, envelope_id)
+    jwt_digest = str(json.loads(content["release"])["issuer_jwt_digest"])  # as verified
     ack, signed = make_ack(
         sender=me,
         recipient=peer,
@@ -368,14 +369,6 @@ def _empty_policy_digest() -> str:
     return Policy(MappingProxyType({})).digest
 
 
-def _jwt_digest(node: Node, peer: str, envelope_id: str) -> str:
-    row = node.store.conn.execute(
-        "SELECT issuer_jwt_digest FROM inbox WHERE peer = ? AND envelope_id = ?",
-        (peer, envelope_id),
-    ).fetchone()
-    return str(row[0])
-
-
 @dataclass(frozen=True)
 class AckRecord:
     """An acknowledgement as this node holds it: sent by us, or received from the partner."""
@@ -421,6 +414,11 @@ def sent_acks(node: Node, *, item_envelope_id: str | None = None) -> list[AckRec
 # ---- deadlines: reading, overdue -----------------------------------------------------------
 
 
+_WHICH = {
+    "unreported": "((acked_at IS NULL AND ack_overdue_at IS NULL) OR (respond_s IS NOT NULL "
+    "AND replied_at IS NULL AND respond_overdue_at IS NULL))",
+    "unfinished": "(acked_at IS NULL OR (respond_s IS NOT NULL AND replied_at IS NULL))",
+}
 _DEADLINE_SQL = (
     "SELECT direction, peer, envelope_id, seq, report_id, version, acknowledge_s, respond_s, "
     "started_at, acked_at, replied_at, ack_overdue_at, respond_overdue_at FROM deadlines"
@@ -457,8 +455,14 @@ def deadlines(
     peer: str | None = None,
     envelope_id: str | None = None,
     report_id: str | None = None,
+    which: str | None = None,
 ) -> list[Deadline]:
+    """Deadlines as stored. ``which="unreported"``: a step neither done nor reported
+    overdue yet (what the overdue check reads); ``"unfinished"``: a step not done (what
+    status counts). Both leave years of finished history unread."""
     where, args = [], []
+    if which is not None:
+        where.append(_WHICH[which])
     if incoming is not None:
         where.append("direction = ?")
         args.append("in" if incoming else "out")
@@ -490,7 +494,7 @@ def check_overdue(node: Node, now: datetime) -> list[Overdue]:
     event each (ids and times, no field value), recorded once; a clock that steps back
     never reports it again, and one that steps forward reports it at the next check (W02)."""
     found: list[Overdue] = []
-    for d in deadlines(node):
+    for d in deadlines(node, which="unreported"):
         for step in d.overdue_now(now):
             by = d.by(step)
             assert by is not None

@@ -558,9 +558,14 @@ def _due_text(i: dict[str, Any]) -> str:
     return str(i["due"])
 
 
-def _get(ctx: CliContext, envelope_id: str) -> tuple[officer_pb2.GetInboxResponse, dict[str, Any]]:
+def _get(
+    ctx: CliContext, envelope_id: str, *, mark_read: bool = False
+) -> tuple[officer_pb2.GetInboxResponse, dict[str, Any]]:
     with officer(ctx.data_dir) as stub:
-        answer = call(stub.GetInbox, officer_pb2.GetInboxRequest(envelope_id=envelope_id))
+        answer = call(
+            stub.GetInbox,
+            officer_pb2.GetInboxRequest(envelope_id=envelope_id, mark_read=mark_read),
+        )
     return answer, json.loads(answer.report)
 
 
@@ -570,7 +575,7 @@ def _get(ctx: CliContext, envelope_id: str) -> tuple[officer_pb2.GetInboxRespons
 @pass_ctx
 def inbox_show(ctx: CliContext, envelope_id: str, as_json: bool) -> None:
     """Show a received report: disclosed fields, transformed fields marked, origin, TLP."""
-    answer, body = _get(ctx, envelope_id)
+    answer, body = _get(ctx, envelope_id, mark_read=True)
     item = answer.item
     if as_json:
         print_json(

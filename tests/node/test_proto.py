@@ -44,6 +44,7 @@ OFFICER_RPCS = {
     "Status",
     "RotateKeys",
     "WatchInbox",
+    "AckInbox",
 }
 
 

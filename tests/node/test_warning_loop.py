@@ -320,7 +320,9 @@ def test_the_officer_api_shows_the_thread_and_exports_our_ack_as_valid_cap(
             None,
         )
     )
-    shown = asyncio.run(service.GetInbox(officer_pb2.GetInboxRequest(envelope_id=item), None))
+    shown = asyncio.run(
+        service.GetInbox(officer_pb2.GetInboxRequest(envelope_id=item, mark_read=True), None)
+    )
     [ack] = shown.thread.acks
     assert (ack.status, ack.officer, ack.note, ack.direction) == ("actioned", "amina", NOTE, "sent")
     assert shown.item.ack_status == "actioned" and shown.item.due_state != "OVERDUE"
