@@ -135,12 +135,6 @@ labels = ["public", "operational"]
 acknowledge = "PT30S"
 respond = "PT10M"
 """
-REPLY_POLICY = """
-[peer.pk-moi]
-max_tlp = "amber"
-[peer.pk-moi.schema."response@1"]
-release_labels = ["public", "operational"]
-"""
 MEASURES = """status = "measures-taken"
 title = "Convoy moves suspended, site security raised"
 measures_taken = ["Road moves between camp and port suspended", "Police escort for the staff bus"]
@@ -279,8 +273,8 @@ def main() -> None:
         alert = work / "alert.json"
         alert.write_text(json.dumps(ALERT, indent=2))
         run("--data", pk, "policy", "explain", "--peer", "cn-mps", alert, env=env)
-        (work / "reply-policy.toml").write_text(REPLY_POLICY)
-        run("--data", cn, "policy", "apply", work / "reply-policy.toml", env=env, capture=True)
+        replies = SOP / "policies" / "example-replies.toml"
+        run("--data", cn, "policy", "apply", replies, env=env, capture=True)
         escalations = work / "escalations.jsonl"
         with (cn / "config.toml").open("a") as config:
             argv = [sys.executable, "-c", ESCALATE, str(escalations)]

@@ -110,14 +110,6 @@ respond = "{respond}"
     )
 
 
-REPLY_POLICY = """
-[peer.pk-moi]
-max_tlp = "amber"
-[peer.pk-moi.schema."response@1"]
-release_labels = ["public", "operational"]
-"""
-
-
 def reply(in_reply_to: str, *, title: str = "Convoy moves suspended") -> ValidReport:
     return valid_report(
         {

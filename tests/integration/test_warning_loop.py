@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.builders import CRITICAL_ALERT, REPLY_POLICY, loop_terms
+from tests.builders import CRITICAL_ALERT, loop_terms
 from tests.conftest import POLICY, TERMS, Result, audit_anchors
 from tests.integration.conftest import ServerProcess, until
 
@@ -35,9 +35,8 @@ def _loop_agreement(accord: Accord, pk: Path, cn: Path, tmp_path: Path) -> None:
     assert shown.code == 0, shown.err
     assert "PT4S" in shown.out  # the rule is part of what both signed
     assert accord("--data", pk, "policy", "apply", POLICY).code == 0
-    policy = tmp_path / "reply-policy.toml"
-    policy.write_text(REPLY_POLICY)
-    assert accord("--data", cn, "policy", "apply", policy).code == 0
+    replies = POLICY.parent / "example-replies.toml"
+    assert accord("--data", cn, "policy", "apply", replies).code == 0
 
 
 def _events(accord: Accord, data: Path, kind: str) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from node import outbox, warning
 from node.agreements import current_agreement
 from node.home import Node
 from node.inbox import apply_batch, cursor, list_inbox, received_acks
-from tests.builders import CRITICAL_ALERT, REPLY_POLICY, loop_terms, reply, valid_report
+from tests.builders import CRITICAL_ALERT, loop_terms, reply, valid_report
 from tests.conftest import PASSPHRASE, POLICY, TERMS, Result, exchange_cards
 
 Accord = Callable[..., Result]
@@ -43,9 +43,8 @@ def loop_pair(
     for side in (cn, pk):
         assert accord("--data", side, "agreement", "sign", file, "--yes").code == 0
     assert accord("--data", pk, "policy", "apply", POLICY).code == 0
-    policy = tmp_path / "reply-policy.toml"
-    policy.write_text(REPLY_POLICY)
-    assert accord("--data", cn, "policy", "apply", policy).code == 0
+    replies = POLICY.parent / "example-replies.toml"
+    assert accord("--data", cn, "policy", "apply", replies).code == 0
     a, b = Node.open(pk, lambda: PASSPHRASE), Node.open(cn, lambda: PASSPHRASE)
     yield a, b
     a.close()
