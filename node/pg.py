@@ -23,7 +23,7 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import psycopg
 from psycopg import Connection
@@ -270,7 +270,7 @@ class SessionLock:
 
     close = release
 
-    def __enter__(self) -> SessionLock:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
