@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from node.cli import run
+from tests.postgres import pg_cluster  # noqa: F401  (the fixture, for every test package)
 
 PASSPHRASE = "test passphrase for accord"
 
