@@ -135,7 +135,9 @@ def test_acknowledge_reply_and_overdue_between_two_serving_nodes(
         return lambda: record.exists() and record.read_text()
 
     for data in (pk, cn):
-        until(f"on_overdue at {data.name}", recorded(tmp_path / f"{data.name}-overdue.jsonl"), procs)
+        until(
+            f"on_overdue at {data.name}", recorded(tmp_path / f"{data.name}-overdue.jsonl"), procs
+        )
     assert len(_events(accord, cn, "ack.overdue")) == 1  # still once
     assert len(_events(accord, pk, "ack.overdue")) == 1
     for p in procs:
