@@ -253,12 +253,7 @@ class ExchangeOfficerService(OfficerService):
             for r in list_reports(self._node, limit=MAX_PAGE)
             if not request.sop or r.sop == request.sop
         ]
-        retracted = {
-            r[0]
-            for r in self._node.store.conn.execute(
-                "SELECT report_id FROM reports WHERE retracted_at IS NOT NULL"
-            )
-        }
+        retracted = self._node.store.reports.retracted_ids()
         return officer_pb2.ListReportsResponse(
             reports=[
                 officer_pb2.ReportSummary(
@@ -280,21 +275,11 @@ class ExchangeOfficerService(OfficerService):
         node = self._node
         report_id = resolve_report_id(node, request.report_id)
         sealed = load_sealed(node, report_id, request.version or None)
-        key = node.store.conn.execute(
-            "SELECT issuer_key, sealed_at, retracted_at FROM reports "
-            "WHERE report_id = ? AND version = ?",
-            (sealed.report_id, sealed.version),
-        ).fetchone()
+        key = node.store.reports.key_and_times(sealed.report_id, sealed.version)
         verified = verify_presentation(
             sealed.full_presentation(), bytes(key[0]), limits=PresentationLimits()
         )
-        versions = [
-            int(r[0])
-            for r in node.store.conn.execute(
-                "SELECT version FROM reports WHERE report_id = ? ORDER BY version",
-                (sealed.report_id,),
-            )
-        ]
+        versions = node.store.reports.versions(sealed.report_id)
         events = _release_events(node, sealed.report_id, sealed.version)
         releases = [outcome_from_event(e) for e in events]
         now = self._now()
@@ -485,10 +470,7 @@ class ExchangeOfficerService(OfficerService):
         now = self._now()
         if request.WhichOneof("subject") == "report_id":
             sealed = load_sealed(node, resolve_report_id(node, request.report_id))
-            key = node.store.conn.execute(
-                "SELECT issuer_key FROM reports WHERE report_id = ? AND version = ?",
-                (sealed.report_id, sealed.version),
-            ).fetchone()[0]
+            key = node.store.reports.issuer_key(sealed.report_id, sealed.version)
             v = verify_presentation(
                 sealed.full_presentation(), bytes(key), limits=PresentationLimits()
             )
@@ -633,12 +615,8 @@ def _release_events(node: Node, report_id: str, version: int) -> list[dict[str, 
     through the ``releases`` table rather than by scanning the log."""
     from exchange.events import parse_event_unverified
 
-    rows = node.store.conn.execute(
-        "SELECT l.event FROM releases r JOIN log_leaves l ON l.idx = r.log_index "
-        "WHERE r.report_id = ? AND r.version = ? ORDER BY r.peer",
-        (report_id, version),
-    ).fetchall()
-    return [parse_event_unverified(bytes(data)).attrs for (data,) in rows]
+    rows = node.store.reports.release_events(report_id, version)
+    return [parse_event_unverified(data).attrs for data in rows]
 
 
 def _deliveries(
