@@ -528,14 +528,10 @@ class ExchangeOfficerService(OfficerService):
         rejected: dict[str, int] = {}
         for peer, _seq, _code in rejections(node):
             rejected[peer] = rejected.get(peer, 0) + 1
-        for peer, count in node.store.conn.execute(  # equivocations: kept as evidence (P07)
-            "SELECT peer, count(*) + sum(repeats) FROM evidence GROUP BY peer"
-        ):
-            rejected[peer] = rejected.get(peer, 0) + int(count)
-        for peer, count in node.store.conn.execute(  # beyond the alarm budget (L06)
-            "SELECT peer, count FROM evidence_suppressed"
-        ):
-            rejected[peer] = rejected.get(peer, 0) + int(count)
+        for peer, count in node.store.inbox.evidence_counts():  # kept as evidence (P07)
+            rejected[peer] = rejected.get(peer, 0) + count
+        for peer, count in node.store.inbox.suppressed_counts():  # beyond the budget (L06)
+            rejected[peer] = rejected.get(peer, 0) + count
         overdue_in: dict[str, int] = {}
         overdue_out: dict[str, int] = {}
         for d in warning.deadlines(node):
@@ -593,9 +589,7 @@ def _frozen(node: Node, peer: str, window: timedelta) -> bool:
     receipt.sent events) but the checkpoint it asks us to cosign has not grown for longer
     than the window: it is serving a frozen view."""
     grown_at = witness_grown_at(node.store, peer)
-    receipt = node.store.conn.execute(
-        "SELECT max(at) FROM receipts WHERE peer = ? AND direction = 'received'", (peer,)
-    ).fetchone()[0]
+    receipt = node.store.outbox.last_receipt_received_at(peer)
     if grown_at is None or receipt is None:
         return False
     grown = parse_time(grown_at, field="grown_at")
@@ -635,14 +629,7 @@ def _deliveries(
     for r in warning.replies(node, in_reply_to=report_id):
         if r["direction"] == "received":
             answers[r["peer"]] = answers.get(r["peer"], 0) + 1
-    states = {
-        (str(peer), int(seq)): str(state)
-        for peer, seq, state in node.store.conn.execute(
-            "SELECT peer, seq, state FROM outbox WHERE report_id = ? AND version = ? "
-            "AND kind = 'report'",
-            (report_id, version),
-        )
-    }
+    states = node.store.outbox.report_states(report_id, version)
     out = []
     for event in _release_events(node, report_id, version):
         peer, seq = str(event["peer"]), int(event.get("seq") or 0)

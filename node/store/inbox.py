@@ -61,6 +61,11 @@ class InboxRepo(Protocol):
     def first_equivocation(self, peer: str, seq: int) -> tuple[int, str] | None: ...
     def count_repeat(self, db: Tx, evidence_id: int) -> None: ...
     def add_evidence(self, db: Tx, row: dict[str, Any]) -> None: ...
+    def jwt_digest(self, peer: str, envelope_id: str) -> str: ...
+    def evidence_counts(self) -> list[tuple[str, int]]: ...
+    def suppressed_counts(self) -> list[tuple[str, int]]: ...
+    def first_report_peer(self, db: Tx, report_id: str) -> str | None: ...
+    def sop_tlp(self, peer: str, envelope_id: str) -> tuple[str, str] | None: ...
 
 
 class SqliteInboxRepo:
@@ -265,3 +270,43 @@ class SqliteInboxRepo:
 
     def add_evidence(self, db: Tx, row: dict[str, Any]) -> None:
         db.table("evidence").insert(row)
+
+    # -- single columns other modules need ------------------------------------------------------
+    def jwt_digest(self, peer: str, envelope_id: str) -> str:
+        row = self._conn.execute(
+            "SELECT issuer_jwt_digest FROM inbox WHERE peer = ? AND envelope_id = ?",
+            (peer, envelope_id),
+        ).fetchone()
+        return str(row[0])
+
+    def first_report_peer(self, db: Tx, report_id: str) -> str | None:
+        """The partner whose report ``report_id`` arrived first, read in ``db``."""
+        row = db.conn.execute(
+            "SELECT peer FROM inbox WHERE report_id = ? AND kind = 'report' ORDER BY seq LIMIT 1",
+            (report_id,),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def sop_tlp(self, peer: str, envelope_id: str) -> tuple[str, str] | None:
+        row = self._conn.execute(
+            "SELECT sop, tlp FROM inbox WHERE peer = ? AND envelope_id = ?",
+            (peer, envelope_id),
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    # -- counts for Status ----------------------------------------------------------------------
+    def evidence_counts(self) -> list[tuple[str, int]]:
+        """Per partner: equivocations kept as evidence, each with its repeats (P07)."""
+        return [
+            (str(peer), int(count))
+            for peer, count in self._conn.execute(
+                "SELECT peer, count(*) + sum(repeats) FROM evidence GROUP BY peer"
+            )
+        ]
+
+    def suppressed_counts(self) -> list[tuple[str, int]]:
+        """Per partner: equivocations beyond the alarm budget (L06)."""
+        return [
+            (str(peer), int(count))
+            for peer, count in self._conn.execute("SELECT peer, count FROM evidence_suppressed")
+        ]

@@ -25,6 +25,12 @@ class OutboxRepo(Protocol):
     def mark_rejected(self, db: Tx, peer: str, seq: int, code: str) -> None: ...
     def receipt_received(self, peer: str, digest: str) -> bool: ...
     def add_receipt(self, db: Tx, row: dict[str, Any]) -> None: ...
+    def pending_created_between(self, start: str, end: str) -> int: ...
+    def last_receipt_received_at(self, peer: str) -> str | None: ...
+    def report_states(self, report_id: str, version: int) -> dict[tuple[str, int], str]: ...
+    def first_release_time(
+        self, peer: str, report_id: str, version: int, jwt_digest: str
+    ) -> str | None: ...
 
 
 class SqliteOutboxRepo:
@@ -104,3 +110,41 @@ class SqliteOutboxRepo:
 
     def add_receipt(self, db: Tx, row: dict[str, Any]) -> None:
         db.table("receipts").insert(row)
+
+    def first_release_time(
+        self, peer: str, report_id: str, version: int, jwt_digest: str
+    ) -> str | None:
+        """When that version of our report (by its issuer JWT digest) was first queued."""
+        row = self._conn.execute(
+            "SELECT o.created_at FROM outbox o JOIN reports r ON r.report_id = o.report_id "
+            "AND r.version = o.version WHERE o.peer = ? AND o.report_id = ? AND o.version = ? "
+            "AND o.kind = 'report' AND r.issuer_jwt_digest = ? ORDER BY o.seq LIMIT 1",
+            (peer, report_id, version, jwt_digest),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def pending_created_between(self, start: str, end: str) -> int:
+        """Envelopes no partner acknowledged yet, queued in [start, end)."""
+        row = self._conn.execute(
+            "SELECT count(*) FROM outbox WHERE state = 'pending' AND created_at >= ?"
+            " AND created_at < ?",
+            (start, end),
+        ).fetchone()
+        return int(row[0])
+
+    def last_receipt_received_at(self, peer: str) -> str | None:
+        at = self._conn.execute(
+            "SELECT max(at) FROM receipts WHERE peer = ? AND direction = 'received'", (peer,)
+        ).fetchone()[0]
+        return None if at is None else str(at)
+
+    def report_states(self, report_id: str, version: int) -> dict[tuple[str, int], str]:
+        """(partner, seq) -> delivery state of each envelope of that report version."""
+        return {
+            (str(peer), int(seq)): str(state)
+            for peer, seq, state in self._conn.execute(
+                "SELECT peer, seq, state FROM outbox WHERE report_id = ? AND version = ? "
+                "AND kind = 'report'",
+                (report_id, version),
+            )
+        }

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import sqlite3
+from typing import TYPE_CHECKING, Any, Protocol
 
 from exchange.revocation import SignedRevocation
 from keys.truststore import KeyRevocation, PeerRecord
-from node.store.sqlite import Store
+from node.store.tx import Tx
+
+if TYPE_CHECKING:
+    from node.store.sqlite import Store
 
 
 class SqlitePeerRecords:
@@ -88,3 +92,40 @@ class SqlitePeerRecords:
             updated_at=str(updated),
             log_index=None if log_index is None else int(log_index),
         )
+
+
+class PeersRepo(Protocol):
+    """What the node keeps about partners beyond ``keys.truststore.PeerRecords``: each row's
+    log binding, and the revocations of partners' replaced log/witness/TLS keys."""
+
+    def bind_log_index(self, peer: str, log_index: int) -> None: ...
+    def key_revocation_known(self, peer: str, kind: str, key: str) -> bool: ...
+    def add_key_revocation(self, db: Tx, row: dict[str, Any]) -> None: ...
+    def key_revocation_statements(self, peer: str) -> list[tuple[bytes, bytes]]: ...
+
+
+class SqlitePeersRepo:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def bind_log_index(self, peer: str, log_index: int) -> None:
+        """In the open transaction: the partner's row is the one entry ``log_index`` logged."""
+        self._conn.execute("UPDATE peers SET log_index = ? WHERE node = ?", (log_index, peer))
+
+    def key_revocation_known(self, peer: str, kind: str, key: str) -> bool:
+        known = self._conn.execute(
+            "SELECT 1 FROM peer_key_revocations WHERE peer = ? AND kind = ? AND key = ?",
+            (peer, kind, key),
+        ).fetchone()
+        return known is not None
+
+    def add_key_revocation(self, db: Tx, row: dict[str, Any]) -> None:
+        db.table("peer_key_revocations").insert(row)
+
+    def key_revocation_statements(self, peer: str) -> list[tuple[bytes, bytes]]:
+        rows = self._conn.execute(
+            "SELECT statement, signature FROM peer_key_revocations WHERE peer = ?"
+            " ORDER BY log_index",
+            (peer,),
+        ).fetchall()
+        return [(bytes(st), bytes(sig)) for st, sig in rows]

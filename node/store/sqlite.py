@@ -22,10 +22,16 @@ from exchange.card import verify_chain_bytes
 from exchange.checkpoint import open_checkpoint
 from exchange.errors import AccordError, StoreError
 from exchange.note import parse_verifier_key
+from node.store.agreements import AgreementsRepo, SqliteAgreementsRepo
 from node.store.inbox import InboxRepo, SqliteInboxRepo
+from node.store.log import LEAF_KIND_EXPR, LogRepo, SqliteLogRepo
+from node.store.loop import LoopRepo, SqliteLoopRepo
+from node.store.meta import MetaRepo, SqliteMetaRepo
 from node.store.outbox import OutboxRepo, SqliteOutboxRepo
+from node.store.peers import PeersRepo, SqlitePeersRepo
 from node.store.reports import ReportsRepo, SqliteReportsRepo
 from node.store.tx import Tx
+from node.store.witness import SqliteWitnessRepo, WitnessRepo
 
 DB_FILE = "node.db"
 PAGE_SIZE = 16384
@@ -293,13 +299,6 @@ def _m015_witness_per_partner(db: sqlite_utils.Database) -> None:
     )
 
 
-# The first 8 bytes of a leaf's kind: ``"kind":"`` occurs once in canonical event JSON (an
-# attribute value holding it is escaped). node/logstate.py queries by exactly this
-# expression, so SQLite answers from the index; dropping or replacing the index changes how
-# fast the answer comes, never what it is.
-LEAF_KIND_EXPR = "substr(event, instr(event, X'226b696e64223a22') + 8, 8)"
-
-
 def _m016_leaves_by_kind(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE INDEX log_leaves_by_kind ON log_leaves ({LEAF_KIND_EXPR})")
 
@@ -447,6 +446,12 @@ class Store:
         self.inbox: InboxRepo = SqliteInboxRepo(conn)
         self.outbox: OutboxRepo = SqliteOutboxRepo(conn)
         self.reports: ReportsRepo = SqliteReportsRepo(conn)
+        self.loop: LoopRepo = SqliteLoopRepo(conn)
+        self.log: LogRepo = SqliteLogRepo(conn)
+        self.meta: MetaRepo = SqliteMetaRepo(conn)
+        self.peers: PeersRepo = SqlitePeersRepo(conn)
+        self.witness: WitnessRepo = SqliteWitnessRepo(conn)
+        self.agreements: AgreementsRepo = SqliteAgreementsRepo(conn)
         # Work of the open transaction that runs just before it commits (e.g. the log's
         # staged events); dropped with the transaction when it rolls back.
         self.staged: dict[str, Any] = {}
@@ -517,6 +522,22 @@ class Store:
                 self.conn.execute("ROLLBACK")
             raise _wrap(e, self.path) from e
 
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    @contextmanager
+    def read_snapshot(self) -> Iterator[None]:
+        """One consistent read of the database (a deferred ``BEGIN`` … ``COMMIT``); inside
+        an open transaction, that transaction's own view."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("COMMIT")
+
     def before_commit(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` inside the open transaction, just before it commits."""
         if not self.conn.in_transaction:
@@ -555,13 +576,11 @@ class Store:
 
     # -- meta -------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        return self.meta.get(key)
 
-    def set_meta(self, db: sqlite_utils.Database, key: str, value: str) -> None:
-        db.table("meta").upsert({"key": key, "value": value}, pk="key")
+    def set_meta(self, db: Tx, key: str, value: str) -> None:
+        self.meta.set(db, key, value)
 
     # -- our own card chain -------------------------------------------------------------
     def own_card_rows(self) -> list[bytes]:
-        rows = self.conn.execute("SELECT signed FROM own_cards ORDER BY version").fetchall()
-        return [bytes(r[0]) for r in rows]
+        return self.meta.own_cards()
