@@ -247,11 +247,10 @@ def sign_and_store(
     verified = verify_agreement(signed, keys, now)
     peer = content.peer_of(me)
     with node.store.transaction() as db:
-        exists = node.store.conn.execute(
-            "SELECT 1 FROM agreements WHERE digest = ?", (verified.digest,)
-        ).fetchone()
-        if exists is None:
-            db.table("agreements").insert(
+        exists = node.store.agreements.exists(verified.digest)
+        if not exists:
+            node.store.agreements.add(
+                db,
                 {
                     "digest": verified.digest,
                     "peer": peer,
@@ -261,7 +260,7 @@ def sign_and_store(
                     "not_before": content.not_before,
                     "not_after": content.not_after,
                     "stored_at": format_time(now),
-                }
+                },
             )
             node.record(
                 db,
@@ -276,7 +275,7 @@ def sign_and_store(
                 not_before=content.not_before,
                 not_after=content.not_after,
             )
-    if exists is None:
+    if not exists:
         node.checkpoint(now)
     return signed, verified
 
@@ -414,14 +413,7 @@ def _logged_digests(node: Node) -> dict[str, set[str]]:
 
 def stored_agreements(node: Node, peer: str | None = None) -> list[StoredAgreement]:
     """Stored agreements, each checked against its signed bytes and the log."""
-    sql = (
-        "SELECT digest, peer, id, version, not_before, not_after, stored_at, signed FROM agreements"
-    )
-    args: tuple[Any, ...] = ()
-    if peer is not None:
-        sql += " WHERE peer = ?"
-        args = (peer,)
-    rows = node.store.conn.execute(sql + " ORDER BY peer, not_after DESC", args).fetchall()
+    rows = node.store.agreements.rows(peer)
     out = [
         StoredAgreement(r[0], r[1], r[2], int(r[3]), r[4], r[5], r[6], bytes(r[7])) for r in rows
     ]
@@ -432,11 +424,7 @@ def stored_agreements(node: Node, peer: str | None = None) -> list[StoredAgreeme
 
 
 def _stored(node: Node, digest: str) -> StoredAgreement | None:
-    row = node.store.conn.execute(
-        "SELECT digest, peer, id, version, not_before, not_after, stored_at, signed "
-        "FROM agreements WHERE digest = ?",
-        (digest,),
-    ).fetchone()
+    row = node.store.agreements.row(digest)
     if row is None:
         return None
     r = row

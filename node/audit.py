@@ -62,9 +62,7 @@ def export_bundle(
             raise
         log_event.warning("audit.export_unsigned_tail", code=e.code)
     log = node.log
-    conn = node.store.conn
-    conn.execute("BEGIN")  # a read snapshot: appends made meanwhile are not half-exported
-    try:
+    with node.store.read_snapshot():  # appends made meanwhile are not half-exported
         size = log.size() if covered is None else min(covered, log.size())
         checkpoints = [c for c in log.checkpoints() if c.size <= size]
         peers = {r.node: b64(r.chain) for r in node.trust_store().list()}
@@ -101,9 +99,7 @@ def export_bundle(
                 note = log.cosigned_note(cp).decode("utf-8")
                 stored = log.root(cp.size)
                 f.write(json.dumps({"checkpoint": note, "stored_root": b64(stored)}) + "\n")
-            rows = conn.execute(
-                "SELECT idx, event, leaf_hash FROM log_leaves WHERE idx < ? ORDER BY idx", (size,)
-            )
+            rows = node.store.log.export_rows(size)
             for done, (idx, event, leaf) in enumerate(rows, start=1):
                 # Rows are exported as they are stored, even if an insider changed their type.
                 f.write(f'{{"i":{idx},"event":"{b64(_raw(event))}","h":"{b64(_raw(leaf))}"}}\n')
@@ -113,8 +109,6 @@ def export_bundle(
             f.detach()  # private_file closes (and syncs) the binary file itself
         if progress is not None:
             progress(size, size)
-    finally:
-        conn.execute("COMMIT")
     return size, len(checkpoints)
 
 

@@ -54,11 +54,11 @@ from keys.keyfile import write_private_file
 from keys.tls import certificate_fingerprint
 from node import clock
 from node.agreements import current_agreement
-from node.feed_store import Consumer, FeedRow, FeedStore, Visibility
 from node.home import Node
 from node.inbox import inbox_after
 from node.schemas import registry
 from node.stix import STIX_NAMESPACE, report_objects, shared_objects, stix_source, stix_time
+from node.store.feed import Consumer, FeedRow, FeedStore, Visibility
 
 log = structlog.get_logger("accord.feed")
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import sqlite_utils
 import structlog
 
 from exchange.canonical import canonical_json, parse_json_unverified
@@ -61,7 +60,7 @@ from keys.truststore import AddResult, KeyRevocation, PeerRecord, TrustStore
 from node.config import CONFIG_FILE, NodeConfig
 from node.log import ExchangeLog, SignedCheckpoint
 from node.logstate import LogFacts, log_facts, same_time
-from node.store import DB_FILE, SqlitePeerRecords, Store
+from node.store import DB_FILE, SqlitePeerRecords, Store, Tx
 
 KEYFILE = Path("keys") / "secrets.key"
 PENDING_KEYFILE = Path("keys") / "secrets.key.new"
@@ -131,7 +130,7 @@ class LoggedPeerRecords(SqlitePeerRecords):
 
     def key_revocations(self, node: str) -> list[KeyRevocation]:
         rows = super().key_revocations(node)
-        if self._store.conn.in_transaction:
+        if self._store.in_transaction():
             # The trust store's own bookkeeping while it records a revocation (its event
             # is not signed yet); what the node acts on is read outside a transaction.
             return rows
@@ -235,7 +234,7 @@ class Node:
     def log(self) -> ExchangeLog:
         return ExchangeLog(self.store, self.config.log_origin, self.data_dir, self.keyring)
 
-    def record(self, db: sqlite_utils.Database, kind: str, now: datetime, **attrs: object) -> int:
+    def record(self, db: Tx, kind: str, now: datetime, **attrs: object) -> int:
         """Append one event to the log inside the caller's transaction (staged, and
         written with the transaction's other events just before it commits)."""
         return self.log.stage(kind, now, attrs)
@@ -260,15 +259,8 @@ class Node:
     def check_log(self) -> None:
         """Raise what :meth:`checkpoint` would refuse, without signing or writing: used by
         ``serve`` before it listens, and by Status (docs/THREATS.md I04, I07, I09)."""
-        conn = self.store.conn
-        if conn.in_transaction:
+        with self.store.read_snapshot():
             self.log.verify(previous_keys=self._replaced_log_keys())
-            return
-        conn.execute("BEGIN")  # one read snapshot
-        try:
-            self.log.verify(previous_keys=self._replaced_log_keys())
-        finally:
-            conn.execute("COMMIT")
 
     # -- cards ---------------------------------------------------------------------------
     def own_chain(self) -> VerifiedChain:
@@ -300,9 +292,7 @@ class Node:
         """Log a trust-store change (``attrs["peer"]`` names the partner) and bind its row
         to that log entry, in the caller's transaction."""
         index = self.record(self.store.db, kind, now, **attrs)
-        self.store.conn.execute(
-            "UPDATE peers SET log_index = ? WHERE node = ?", (index, attrs["peer"])
-        )
+        self.store.peers.bind_log_index(str(attrs["peer"]), index)
 
     def _attest_peer(self, record: PeerRecord) -> None:
         """A trust-store row must be what the log recorded (docs/THREATS.md I03, I08): the
@@ -427,10 +417,7 @@ class Node:
     # -- our own keys --------------------------------------------------------------------
     def own_revocations(self) -> list[SignedRevocation]:
         """Every revocation of one of our keys, oldest first (served by GetCard)."""
-        rows = self.store.conn.execute(
-            "SELECT statement, signature FROM own_revocations ORDER BY log_index"
-        ).fetchall()
-        return [SignedRevocation(bytes(st), bytes(sig)) for st, sig in rows]
+        return [SignedRevocation(st, sig) for st, sig in self.store.meta.own_revocations()]
 
     def pending_sealed_under(self, key_fingerprint: str, revoked_from: datetime) -> int:
         """Envelopes not yet acknowledged by a partner that were sealed under our identity
@@ -442,30 +429,18 @@ class Node:
             return 0
         end = cards[era[-1] + 1].issued_at if era[-1] + 1 < len(cards) else "9999"
         start = max(format_time(revoked_from), cards[era[0]].issued_at)
-        row = self.store.conn.execute(
-            "SELECT count(*) FROM outbox WHERE state = 'pending' AND created_at >= ?"
-            " AND created_at < ?",
-            (start, end),
-        ).fetchone()
-        return int(row[0])
+        return self.store.outbox.pending_created_between(start, end)
 
     def own_revocation_count(self) -> int:
         """Statements of every kind (identity keys and, ADR 0018, the other keys): a
         followed Pull ends when this changes, so partners learn a new one in a heartbeat."""
-        row = self.store.conn.execute(
-            "SELECT (SELECT count(*) FROM own_revocations)"
-            " + (SELECT count(*) FROM own_key_revocations)"
-        ).fetchone()
-        return int(row[0])
+        return self.store.meta.own_revocation_count()
 
     # -- revocations of replaced log, witness and TLS CA keys (ADR 0018) ------------------
     def own_key_revocations(self) -> list[SignedRevocation]:
         """Every revocation of one of our replaced log/witness/TLS keys, oldest first
         (served by GetCard in ``key_revocations``)."""
-        rows = self.store.conn.execute(
-            "SELECT statement, signature FROM own_key_revocations ORDER BY log_index"
-        ).fetchall()
-        return [SignedRevocation(bytes(st), bytes(sig)) for st, sig in rows]
+        return [SignedRevocation(st, sig) for st, sig in self.store.meta.own_key_revocations()]
 
     def revoke_own_other_key(
         self, kind: str, wanted: str, revoked_from: datetime, reason: str, now: datetime
@@ -497,12 +472,9 @@ class Node:
         )
         signed = sign_key_revocation(statement, self.keyring().identity_signer(), chain)
         with self.store.transaction() as db:
-            row = self.store.conn.execute(
-                "SELECT statement FROM own_key_revocations WHERE kind = ? AND key = ?",
-                (kind, keys[0]),
-            ).fetchone()
-            if row is not None:
-                return parse_key_revocation_unverified(bytes(row[0])), False
+            held = self.store.meta.own_key_revocation(kind, keys[0])
+            if held is not None:
+                return parse_key_revocation_unverified(held), False
             index = self.record(
                 db,
                 "key.revoked",
@@ -513,7 +485,8 @@ class Node:
                 reason=reason,
                 current=False,
             )
-            db.table("own_key_revocations").insert(
+            self.store.meta.add_own_key_revocation(
+                db,
                 {
                     "kind": kind,
                     "key": keys[0],
@@ -521,7 +494,7 @@ class Node:
                     "statement": signed.statement,
                     "signature": signed.signature,
                     "log_index": index,
-                }
+                },
             )
         self.checkpoint(now)
         return statement, True
@@ -540,11 +513,7 @@ class Node:
         applied: list[KeyRevocationStatement] = []
         with self.store.transaction() as db:
             for statement, signed in zip(verified, statements, strict=True):
-                known = self.store.conn.execute(
-                    "SELECT 1 FROM peer_key_revocations WHERE peer = ? AND kind = ? AND key = ?",
-                    (peer, statement.kind, statement.key),
-                ).fetchone()
-                if known is not None:
+                if self.store.peers.key_revocation_known(peer, statement.kind, statement.key):
                     continue
                 index = self.record(
                     db,
@@ -556,7 +525,8 @@ class Node:
                     revoked_from=statement.revoked_from,
                     reason=statement.reason,
                 )
-                db.table("peer_key_revocations").insert(
+                self.store.peers.add_key_revocation(
+                    db,
                     {
                         "peer": peer,
                         "kind": statement.kind,
@@ -565,7 +535,7 @@ class Node:
                         "statement": signed.statement,
                         "signature": signed.signature,
                         "log_index": index,
-                    }
+                    },
                 )
                 applied.append(statement)
         if applied:
@@ -584,12 +554,7 @@ class Node:
         return revoked_keys(self.peer_key_revocations(peer), kind)
 
     def peer_key_revocation_statements(self, peer: str) -> list[tuple[bytes, bytes]]:
-        rows = self.store.conn.execute(
-            "SELECT statement, signature FROM peer_key_revocations WHERE peer = ?"
-            " ORDER BY log_index",
-            (peer,),
-        ).fetchall()
-        return [(bytes(st), bytes(sig)) for st, sig in rows]
+        return self.store.peers.key_revocation_statements(peer)
 
     def revoke_own_key(
         self, key_fingerprint: str, revoked_from: datetime, reason: str, now: datetime
@@ -618,11 +583,9 @@ class Node:
         )
         signed = sign_revocation(revocation, self.keyring().identity_signer(), chain)
         with self.store.transaction() as db:  # BEGIN IMMEDIATE: one revoker at a time
-            row = self.store.conn.execute(
-                "SELECT statement FROM own_revocations WHERE identity_key = ?", (keys[0],)
-            ).fetchone()
-            if row is not None:
-                return parse_revocation_unverified(bytes(row[0])), False
+            held = self.store.meta.own_revocation(keys[0])
+            if held is not None:
+                return parse_revocation_unverified(held), False
             index = self.record(
                 db,
                 "key.revoked",
@@ -632,14 +595,15 @@ class Node:
                 reason=reason,
                 current=keys[0] == chain.latest.identity_key,
             )
-            db.table("own_revocations").insert(
+            self.store.meta.add_own_revocation(
+                db,
                 {
                     "identity_key": keys[0],
                     "revoked_from": revocation.revoked_from,
                     "statement": signed.statement,
                     "signature": signed.signature,
                     "log_index": index,
-                }
+                },
             )
         self.checkpoint(now)
         return revocation, True
@@ -744,9 +708,7 @@ class Node:
         # 1. the new key file beside the old; 2. the card in one commit; 3. the rename.
         save_keyring(pending, new, self._reuse_passphrase(), replace=False)
         with self.store.transaction() as db:
-            db.table("own_cards").insert(
-                {"version": card.version, "signed": _signed_card_row(signed)}
-            )
+            self.store.meta.add_own_card(db, card.version, _signed_card_row(signed))
             for kind in kinds:
                 self.record(
                     db,
@@ -772,10 +734,8 @@ class Node:
     # -- witnessing (added for node/cosigning.py) --------------------------------------------
     def cosigned_size(self, witness: str) -> int:
         """The size of our largest checkpoint ``witness`` has cosigned; 0 when none."""
-        row = self.store.conn.execute(
-            "SELECT max(size) FROM log_cosignatures WHERE witness = ?", (witness,)
-        ).fetchone()
-        return 0 if row[0] is None else int(row[0])
+        size = self.store.log.cosigned_size(witness)
+        return 0 if size is None else size
 
 
 def is_serving(data_dir: Path) -> bool:
@@ -847,7 +807,7 @@ def _write_new_node(
     card = keyring.card(name=config.name, endpoint=config.endpoint, version=1, issued_at=now)
     signed = sign_card(card, keyring.identity_signer(), None)
     with store.transaction() as db:
-        db.table("own_cards").insert({"version": 1, "signed": _signed_card_row(signed)})
+        store.meta.add_own_card(db, 1, _signed_card_row(signed))
         store.set_meta(db, "node", config.node)
         ExchangeLog(store, config.log_origin, keys=lambda: keyring).append(
             db, [("node.created", now, {"node": config.node, "fingerprint": card.fingerprint})]

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlite_utils
 import structlog
 
 from exchange.ack import parse_ack_unverified
@@ -33,6 +32,9 @@ from node.agreements import current_agreement
 from node.home import Node
 from node.ids import resolve_prefix
 from node.schemas import registry
+from node.store import Tx
+from node.store.inbox import ITEM_JWT_DIGEST as _JWT_DIGEST
+from node.store.inbox import ITEM_SEALED as _SEALED
 
 log = structlog.get_logger("accord.inbox")
 
@@ -81,17 +83,13 @@ def _applied_item(peer: str, release: VerifiedRelease, now: datetime) -> Applied
 
 
 def cursor(node: Node, peer: str) -> int:
-    row = node.store.conn.execute(
-        "SELECT last_applied FROM cursors WHERE peer = ?", (peer,)
-    ).fetchone()
-    return 0 if row is None else int(row[0])
+    last = node.store.inbox.cursor(peer)
+    return 0 if last is None else last
 
 
 def _inbound(node: Node, peer: str, seq: int) -> Envelope | None:
-    row = node.store.conn.execute(
-        "SELECT header, ciphertext, signature FROM inbound WHERE peer = ? AND seq = ?", (peer, seq)
-    ).fetchone()
-    return None if row is None else Envelope(bytes(row[0]), bytes(row[1]), bytes(row[2]))
+    row = node.store.inbox.inbound(peer, seq)
+    return None if row is None else Envelope(*row)
 
 
 def _held(node: Node, issuer: str, report_id: str) -> HeldVersion | None:
@@ -99,9 +97,7 @@ def _held(node: Node, issuer: str, report_id: str) -> HeldVersion | None:
     per issuer, P17), read from the authenticated records: every row filed under the
     report id is opened and checked, so an edited ``version`` (or ``kind``) column cannot
     make an older version look like the newest (I08)."""
-    rows = node.store.conn.execute(
-        _ITEM_SQL + " WHERE i.report_id = ? AND i.issuer = ?", (report_id, issuer)
-    ).fetchall()
+    rows = node.store.inbox.items_of_report_by(report_id, issuer)
     held: HeldVersion | None = None
     for row in rows:
         item, _content = _verified(node, row)
@@ -111,21 +107,14 @@ def _held(node: Node, issuer: str, report_id: str) -> HeldVersion | None:
 
 
 def _own_report(node: Node, report_id: str) -> bool:
-    return (
-        node.store.conn.execute(
-            "SELECT 1 FROM reports WHERE report_id = ?", (report_id,)
-        ).fetchone()
-        is not None
-    )
+    return node.store.reports.exists(report_id)
 
 
 def _aad(peer: str, seq: int) -> bytes:
     return f"accord/v1/inbox-at-rest\n{peer}\n{seq}".encode("ascii")
 
 
-def _store_item(
-    node: Node, db: sqlite_utils.Database, peer: str, release: VerifiedRelease, now: datetime
-) -> None:
+def _store_item(node: Node, db: Tx, peer: str, release: VerifiedRelease, now: datetime) -> None:
     header = release.header
     report = release.report
     sealed: dict[str, Any] = {
@@ -148,10 +137,8 @@ def _store_item(
         sealed["ack_signature"] = b64(release.ack_signed.signature)
     sealed["received_at"] = format_time(now)  # older rows lack it (ADR 0013)
     blob = node.keyring().storage_cipher().encrypt(canonical_json(sealed), _aad(peer, header.seq))
-    db.conn.execute(  # a plain INSERT: sqlite-utils' insert runs ~4 statements per row
-        "INSERT INTO inbox (peer, seq, envelope_id, kind, report_id, version, issuer, sop, tlp, "
-        "fields, transformed, issuer_jwt_digest, sealed, received_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    node.store.inbox.add_item(
+        db,
         (
             peer,
             header.seq,
@@ -172,7 +159,8 @@ def _store_item(
 
 
 def _store_inbound(
-    db: sqlite_utils.Database,
+    node: Node,
+    db: Tx,
     peer: str,
     seq: int,
     env: Envelope,
@@ -181,26 +169,23 @@ def _store_inbound(
     code: str | None,
     now: datetime,
 ) -> None:
-    db.conn.execute(
-        "INSERT INTO inbound (peer, seq, header, ciphertext, signature, digest, status, code, "
-        "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            peer,
-            seq,
-            env.header,
-            env.ciphertext,
-            env.signature,
-            digest,
-            status,
-            code,
-            format_time(now),
-        ),
+    node.store.inbox.add_inbound(
+        db,
+        peer,
+        seq,
+        env.header,
+        env.ciphertext,
+        env.signature,
+        digest,
+        status,
+        code,
+        format_time(now),
     )
 
 
 def _reject(
     node: Node,
-    db: sqlite_utils.Database,
+    db: Tx,
     peer: str,
     env: Envelope,
     seq: int,
@@ -209,7 +194,7 @@ def _reject(
     code: str,
     now: datetime,
 ) -> None:
-    _store_inbound(db, peer, seq, env, digest, "rejected", code, now)
+    _store_inbound(node, db, peer, seq, env, digest, "rejected", code, now)
     node.record(
         db,
         "envelope.rejected",
@@ -229,26 +214,19 @@ ALARM_BUDGET = 10
 ALARM_WINDOW = timedelta(hours=1)
 
 
-def _alarm_allowed(node: Node, db: sqlite_utils.Database, peer: str, now: datetime) -> bool:
+def _alarm_allowed(node: Node, db: Tx, peer: str, now: datetime) -> bool:
     """Whether ``peer`` has an alarm left in the sliding window (counted from the
     evidence rows themselves); if not, count the equivocation as suppressed."""
-    row = node.store.conn.execute(
-        "SELECT count(*) FROM evidence WHERE peer = ? AND kind = 'equivocation' AND at > ?",
-        (peer, format_time(now - ALARM_WINDOW)),
-    ).fetchone()
-    if int(row[0]) < ALARM_BUDGET:
+    repo = node.store.inbox
+    if repo.equivocations_since(peer, format_time(now - ALARM_WINDOW)) < ALARM_BUDGET:
         return True
-    db.conn.execute(
-        "INSERT INTO evidence_suppressed (peer, count, last_at) VALUES (?, 1, ?) "
-        "ON CONFLICT (peer) DO UPDATE SET count = count + 1, last_at = excluded.last_at",
-        (peer, format_time(now)),
-    )
+    repo.count_suppressed(db, peer, format_time(now))
     return False
 
 
 def _equivocation(
     node: Node,
-    db: sqlite_utils.Database,
+    db: Tx,
     peer: str,
     env: Envelope,
     eq: Equivocation,
@@ -258,20 +236,15 @@ def _equivocation(
     count every later, different one on that row (no row, no leaf: L06). The very
     envelope already kept changes nothing."""
     seq = eq.header.seq
-    kept = node.store.conn.execute(
-        "SELECT id, incoming_digest FROM evidence WHERE peer = ? AND kind = 'equivocation' "
-        "AND seq = ? ORDER BY id LIMIT 1",
-        (peer, seq),
-    ).fetchone()
+    kept = node.store.inbox.first_equivocation(peer, seq)
     if kept is not None:
-        if str(kept[1]) != eq.incoming_digest:
-            db.conn.execute(
-                "UPDATE evidence SET repeats = repeats + 1 WHERE id = ?", (int(kept[0]),)
-            )
+        if kept[1] != eq.incoming_digest:
+            node.store.inbox.count_repeat(db, kept[0])
         return
     if not _alarm_allowed(node, db, peer, now):
         return
-    db.table("evidence").insert(
+    node.store.inbox.add_evidence(
+        db,
         {
             "peer": peer,
             "kind": "equivocation",
@@ -286,7 +259,7 @@ def _equivocation(
                 }
             ),
             "at": format_time(now),
-        }
+        },
     )
     node.record(
         db,
@@ -381,7 +354,7 @@ def apply_batch(
                 continue
             release = outcome.release
             seq = release.header.seq
-            _store_inbound(db, peer, seq, env, release.envelope_digest, "applied", None, now)
+            _store_inbound(node, db, peer, seq, env, release.envelope_digest, "applied", None, now)
             _store_item(node, db, peer, release, now)
             loop = warning.on_applied(node, db, peer, release, receiver.state.agreement, now)
             node.record(
@@ -406,9 +379,7 @@ def apply_batch(
             passed.append(release.envelope_digest)
         last = receiver.last_applied
         if last != start:
-            db.table("cursors").upsert(
-                {"peer": peer, "last_applied": last, "updated_at": format_time(now)}, pk="peer"
-            )
+            node.store.inbox.set_cursor(db, peer, last, format_time(now))
             receipt = make_receipt(
                 sender=me,
                 recipient=peer,
@@ -419,7 +390,8 @@ def apply_batch(
                 received_at=now,
                 signer=ring.identity_signer(),
             )
-            db.table("receipts").insert(
+            node.store.inbox.add_receipt(
+                db,
                 {
                     "peer": peer,
                     "direction": "sent",
@@ -429,7 +401,7 @@ def apply_batch(
                     "signature": receipt.signature,
                     "digest": receipt.digest,
                     "at": format_time(now),
-                }
+                },
             )
             node.record(
                 db,
@@ -470,40 +442,25 @@ def unacknowledged_receipts(node: Node, peer: str) -> list[tuple[int, SignedRece
     each Pull; a receipt the partner already holds is answered as a duplicate. What the
     partner confirmed is recorded by :func:`receipts_acknowledged` (``cursors``), so only
     the unconfirmed tail is sent again: in practice the latest receipt or none."""
-    row = node.store.conn.execute(
-        "SELECT acknowledged FROM cursors WHERE peer = ?", (peer,)
-    ).fetchone()
-    rows = node.store.conn.execute(
-        "SELECT last_seq, statement, signature FROM receipts "
-        "WHERE peer = ? AND direction = 'sent' AND first_seq > ? ORDER BY first_seq",
-        (peer, 0 if row is None else int(row[0])),
-    ).fetchall()
+    acknowledged = node.store.inbox.acknowledged(peer)
+    rows = node.store.inbox.sent_receipts_after(peer, acknowledged or 0)
     return [(int(r[0]), SignedReceipt(bytes(r[1]), bytes(r[2]))) for r in rows]
 
 
 def receipts_acknowledged(node: Node, peer: str, through: int) -> None:
     """Record that ``peer`` confirmed every receipt we sent it up to seq ``through`` (a
     small commit of its own, only when the mark moves; it never moves back)."""
-    row = node.store.conn.execute(
-        "SELECT acknowledged FROM cursors WHERE peer = ?", (peer,)
-    ).fetchone()
-    if row is None or int(row[0]) >= through:
+    acknowledged = node.store.inbox.acknowledged(peer)
+    if acknowledged is None or acknowledged >= through:
         return
-    with node.store.transaction():
-        node.store.conn.execute(
-            "UPDATE cursors SET acknowledged = ? WHERE peer = ? AND acknowledged < ?",
-            (through, peer, through),
-        )
+    with node.store.transaction() as db:
+        node.store.inbox.set_acknowledged(db, peer, through)
 
 
 def last_receipt(node: Node, peer: str) -> SignedReceipt | None:
     """The latest receipt we sent ``peer`` (re-sent when a batch held only duplicates)."""
-    row = node.store.conn.execute(
-        "SELECT statement, signature FROM receipts WHERE peer = ? AND direction = 'sent' "
-        "ORDER BY last_seq DESC LIMIT 1",
-        (peer,),
-    ).fetchone()
-    return None if row is None else SignedReceipt(bytes(row[0]), bytes(row[1]))
+    row = node.store.inbox.last_sent_receipt(peer)
+    return None if row is None else SignedReceipt(*row)
 
 
 # -- reading the inbox ------------------------------------------------------------------------
@@ -524,13 +481,6 @@ class InboxItem:
     transformed: dict[str, str]
     received_at: str
     retracted: bool
-
-
-_ITEM_SQL = (
-    "SELECT i.peer, i.seq, i.envelope_id, i.kind, i.report_id, i.version, i.issuer, i.sop, i.tlp, "
-    "i.fields, i.transformed, i.received_at, 0, i.issuer_jwt_digest, i.sealed FROM inbox i"
-)
-_JWT_DIGEST, _SEALED = 13, 14
 
 
 def _item(row: Sequence[Any], retracted: bool = False) -> InboxItem:
@@ -640,9 +590,7 @@ def _retracted(node: Node, peers: set[str]) -> set[tuple[str, str]]:
     a retraction's kind or report id edited to hide it is refused, not ignored."""
     out: set[tuple[str, str]] = set()
     for peer in sorted(peers):
-        rows = node.store.conn.execute(
-            _ITEM_SQL + " WHERE i.peer = ? AND i.kind != 'report'", (peer,)
-        ).fetchall()
+        rows = node.store.inbox.items_not_report(peer)
         for row in rows:
             item, _content = _verified(node, row)
             if item.kind == "retraction":
@@ -653,10 +601,7 @@ def _retracted(node: Node, peers: set[str]) -> set[tuple[str, str]]:
 def retraction_of(node: Node, peer: str, report_id: str) -> dict[str, Any] | None:
     """The stored record of the retraction ``peer`` sent for ``report_id``, if any (the
     row checked like every other), for the officer to see why and when."""
-    rows = node.store.conn.execute(
-        _ITEM_SQL + " WHERE i.peer = ? AND i.report_id = ? AND i.kind != 'report' ORDER BY i.seq",
-        (peer, report_id),
-    ).fetchall()
+    rows = node.store.inbox.items_not_report_of(peer, report_id)
     for row in rows:
         item, content = _verified(node, row)
         if item.kind == "retraction":
@@ -669,13 +614,8 @@ def received_acks(
 ) -> list[warning.AckRecord]:
     """Acknowledgements partners sent us (inbox rows of kind ``ack``), each row checked
     against its authenticated record like every other."""
-    sql, args = _ITEM_SQL + " WHERE i.kind != 'report'", []
-    if peer is not None:
-        sql, args = sql + " AND i.peer = ?", [peer]
-    if report_id is not None:
-        sql, args = sql + " AND i.report_id = ?", [*args, report_id]
     out = []
-    for row in node.store.conn.execute(sql + " ORDER BY i.peer, i.seq", args).fetchall():
+    for row in node.store.inbox.acks(peer, report_id):
         item, content = _verified(node, row)
         if item.kind != "ack":
             continue
@@ -707,17 +647,7 @@ def list_inbox_records(
 ) -> list[tuple[InboxItem, dict[str, Any]]]:
     """:func:`list_inbox` with each item's decrypted record, read once (what ``inbox
     list`` needs to show titles without opening every item a second time)."""
-    where, args = ["i.kind = 'report'"], []
-    if peer:
-        where.append("i.peer = ?")
-        args.append(peer)
-    if before:
-        where.append("i.envelope_id < ?")
-        args.append(before)
-    rows = node.store.conn.execute(
-        _ITEM_SQL + " WHERE " + " AND ".join(where) + " ORDER BY i.envelope_id DESC LIMIT ?",
-        (*args, limit),
-    ).fetchall()
+    rows = node.store.inbox.reports(peer, before, limit)
     records = [_verified(node, r) for r in rows]
     retracted = _retracted(node, {i.peer for i, _c in records})
     return [(replace(i, retracted=(i.peer, i.report_id) in retracted), c) for i, c in records]
@@ -728,27 +658,20 @@ def received_times(node: Node, peer: str, since: str, limit: int) -> list[str]:
     each row checked against its record (the reciprocity count, docs/THREATS.md I08: an edited
     ``received_at`` or ``kind`` cannot earn a partner tactical fields). ``limit`` is the
     policy's ``min_reports``: more rows cannot change whether it is met."""
-    rows = node.store.conn.execute(
-        _ITEM_SQL + " WHERE i.peer = ? AND i.kind = 'report' AND i.received_at > ? "
-        "ORDER BY i.received_at DESC LIMIT ?",
-        (peer, since, limit),
-    ).fetchall()
+    rows = node.store.inbox.reports_received_after(peer, since, limit)
     return [_verified(node, r)[0].received_at for r in rows]
 
 
 def inbox_after(node: Node, peer: str, after_seq: int, limit: int) -> list[InboxItem]:
     """Reports and retractions from ``peer`` after seq ``after_seq``, in seq order (the TAXII
     feed indexes what arrived through this, so the same row checks apply to it)."""
-    rows = node.store.conn.execute(
-        _ITEM_SQL + " WHERE i.peer = ? AND i.seq > ? ORDER BY i.seq LIMIT ?",
-        (peer, after_seq, limit),
-    ).fetchall()
+    rows = node.store.inbox.items_after(peer, after_seq, limit)
     return [_verified(node, r)[0] for r in rows]
 
 
 def inbox_last_row(node: Node) -> int:
     """The newest inbox row's rowid (0 for an empty inbox): where a watcher starts."""
-    return int(node.store.conn.execute("SELECT coalesce(max(rowid), 0) FROM inbox").fetchone()[0])
+    return node.store.inbox.last_rowid()
 
 
 def inbox_rows_after(
@@ -759,11 +682,7 @@ def inbox_rows_after(
     record; returns the last rowid read and the rows. A row that fails its check is
     skipped with a log line naming it (``inbox list`` and ``inbox show`` refuse it too),
     so one edited row cannot stop a watcher."""
-    rows = node.store.conn.execute(
-        "SELECT i.rowid, " + _ITEM_SQL.removeprefix("SELECT ") + " WHERE i.rowid > ? "
-        "ORDER BY i.rowid LIMIT ?",
-        (after, limit),
-    ).fetchall()
+    rows = node.store.inbox.rows_after(after, limit)
     out: list[tuple[int, InboxItem, dict[str, Any]]] = []
     last = after
     for row in rows:
@@ -781,17 +700,14 @@ def inbox_rows_after(
 def report_versions(node: Node, peer: str, report_id: str) -> list[InboxItem]:
     """Every item of one report received from ``peer`` (its versions, then any
     retraction), in the order they arrived."""
-    rows = node.store.conn.execute(
-        _ITEM_SQL + " WHERE i.peer = ? AND i.report_id = ? ORDER BY i.seq",
-        (peer, report_id),
-    ).fetchall()
+    rows = node.store.inbox.items_of_report(peer, report_id)
     return [_verified(node, r)[0] for r in rows]
 
 
 def get_inbox(node: Node, envelope_id: str) -> tuple[InboxItem, dict[str, Any]]:
     """One received item and its decrypted content (presentation, derived values, release),
     checked against its authenticated record."""
-    row = node.store.conn.execute(_ITEM_SQL + " WHERE i.envelope_id = ?", (envelope_id,)).fetchone()
+    row = node.store.inbox.item(envelope_id)
     if row is None:
         raise InputError(
             f"no received item {envelope_id}",
@@ -806,14 +722,7 @@ def get_inbox(node: Node, envelope_id: str) -> tuple[InboxItem, dict[str, Any]]:
 
 
 def rejections(node: Node, peer: str | None = None) -> list[tuple[str, int, str]]:
-    sql = "SELECT peer, seq, code FROM inbound WHERE status = 'rejected'"
-    args: tuple[Any, ...] = ()
-    if peer:
-        sql += " AND peer = ?"
-        args = (peer,)
-    return [
-        (r[0], int(r[1]), r[2]) for r in node.store.conn.execute(sql + " ORDER BY peer, seq", args)
-    ]
+    return node.store.inbox.rejections(peer)
 
 
 __all__ = [
@@ -836,11 +745,6 @@ def resolve_envelope_id(node: Node, given: str) -> str:
     """A received item's full envelope id from the id or a unique prefix of it."""
 
     def candidates(low: str, high: str) -> list[str]:
-        rows = node.store.conn.execute(
-            "SELECT envelope_id FROM inbox WHERE envelope_id >= ? AND envelope_id < ? "
-            "ORDER BY envelope_id LIMIT 2",
-            (low, high),
-        ).fetchall()
-        return [str(r[0]) for r in rows]
+        return node.store.inbox.envelope_ids_between(low, high)
 
     return resolve_prefix(candidates, given, "inbox")

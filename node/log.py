@@ -14,8 +14,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-import sqlite_utils
-
 from exchange import merkle
 from exchange.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from exchange.crypto import Signer
@@ -24,7 +22,7 @@ from exchange.events import event_bytes
 from exchange.note import verifier_key
 from exchange.times import format_time
 from keys.rowauth import LeafAuthenticator
-from node.store import Store
+from node.store import SqliteSubtrees, Store, Tx
 
 HIGHWATER_FILE = "log.highwater"
 MAX_PROOF_RANGE = 2**40
@@ -68,27 +66,6 @@ class _Staged:
     rows: list[tuple[int, bytes, bytes]]
 
 
-class SqliteSubtrees:
-    """``merkle.SubtreeReader`` over ``log_subtrees``; counts reads for the O(log n) test."""
-
-    def __init__(self, store: Store) -> None:
-        self._conn = store.conn
-        self.reads = 0
-
-    def subtree(self, level: int, index: int) -> bytes:
-        self.reads += 1
-        row = self._conn.execute(
-            "SELECT hash FROM log_subtrees WHERE level = ? AND idx = ?", (level, index)
-        ).fetchone()
-        if row is None:
-            raise StoreError(
-                f"log subtree ({level}, {index}) is missing",
-                code="store.log_damaged",
-                next_step="Run 'accord audit verify' on an export; restore from a backup.",
-            )
-        return bytes(row[0])
-
-
 @dataclass(frozen=True)
 class SignedCheckpoint:
     size: int
@@ -124,31 +101,26 @@ class ExchangeLog:
     # -- reading ---------------------------------------------------------------------------
     def size(self) -> int:
         self._flush()
-        row = self.store.conn.execute("SELECT max(idx) FROM log_leaves").fetchone()
-        return 0 if row[0] is None else int(row[0]) + 1
+        last = self.store.log.max_index()
+        return 0 if last is None else last + 1
 
     def reader(self) -> SqliteSubtrees:
         self._flush()
-        return SqliteSubtrees(self.store)
+        return self.store.log.subtrees()
 
     def root(self, size: int | None = None) -> bytes:
         return merkle.root(self.size() if size is None else size, self.reader())
 
     def leaf(self, index: int) -> bytes:
         self._flush()
-        row = self.store.conn.execute(
-            "SELECT event FROM log_leaves WHERE idx = ?", (index,)
-        ).fetchone()
-        if row is None:
+        event = self.store.log.event(index)
+        if event is None:
             raise InputError(f"no log entry {index}", code="log.no_entry")
-        return bytes(row[0])
+        return event
 
     def leaves(self, start: int, limit: int) -> list[tuple[int, bytes]]:
         self._flush()
-        rows = self.store.conn.execute(
-            "SELECT idx, event FROM log_leaves WHERE idx >= ? ORDER BY idx LIMIT ?", (start, limit)
-        ).fetchall()
-        return [(int(i), bytes(e)) for i, e in rows]
+        return self.store.log.events(start, limit)
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         self._check_size(size)
@@ -170,11 +142,11 @@ class ExchangeLog:
     # -- appending (inside the caller's transaction) --------------------------------------
     def append(
         self,
-        db: sqlite_utils.Database,
+        db: Tx,
         events: Sequence[tuple[str, datetime, Mapping[str, object]]],
     ) -> list[int]:
         """Append events in the caller's transaction; returns their indexes."""
-        if not self.store.conn.in_transaction:
+        if not self.store.in_transaction():
             raise StoreError("log append outside a transaction", code="store.no_transaction")
         start = self.size()
         rows = []
@@ -191,7 +163,7 @@ class ExchangeLog:
         ``log_leaves`` and ``log_subtrees`` together, in order, just before it commits (or
         before anything reads the log), so the right edge is read once per transaction
         rather than once per event. What is stored is what ``append`` would store."""
-        if not self.store.conn.in_transaction:
+        if not self.store.in_transaction():
             raise StoreError("log append outside a transaction", code="store.no_transaction")
         staged = self.store.staged.get(_STAGED)
         if staged is None:
@@ -211,34 +183,22 @@ class ExchangeLog:
     def _insert(self, start: int, rows: list[tuple[int, bytes, bytes]]) -> None:
         tags = self._keyring().leaf_authenticator()
         result = merkle.new_subtrees_after_append_batch(start, [r[2] for r in rows], self.reader())
-        self.store.conn.executemany(
-            "INSERT INTO log_leaves (idx, event, leaf_hash, tag) VALUES (?, ?, ?, ?)",
-            [(i, data, h, tags.tag(i, h)) for i, data, h in rows],
-        )
-        self.store.conn.executemany(
-            "INSERT INTO log_subtrees (level, idx, hash) VALUES (?, ?, ?)",
-            [(s.level, s.index, s.hash) for s in result.subtrees],
-        )
+        self.store.log.add_leaves([(i, data, h, tags.tag(i, h)) for i, data, h in rows])
+        self.store.log.add_subtrees([(s.level, s.index, s.hash) for s in result.subtrees])
 
     # -- checkpoints ----------------------------------------------------------------------
     def latest_checkpoint(self) -> SignedCheckpoint | None:
-        row = self.store.conn.execute(
-            "SELECT size, root, note, signed_at FROM log_checkpoints ORDER BY size DESC LIMIT 1"
-        ).fetchone()
+        row = self.store.log.latest_checkpoint()
         if row is None:
             return None
         return SignedCheckpoint(int(row[0]), bytes(row[1]), bytes(row[2]), str(row[3]))
 
     def checkpoints(self) -> list[SignedCheckpoint]:
-        rows = self.store.conn.execute(
-            "SELECT size, root, note, signed_at FROM log_checkpoints ORDER BY size"
-        ).fetchall()
+        rows = self.store.log.checkpoints()
         return [SignedCheckpoint(int(r[0]), bytes(r[1]), bytes(r[2]), str(r[3])) for r in rows]
 
     def checkpoint_at(self, size: int) -> SignedCheckpoint | None:
-        row = self.store.conn.execute(
-            "SELECT size, root, note, signed_at FROM log_checkpoints WHERE size = ?", (size,)
-        ).fetchone()
+        row = self.store.log.checkpoint_at(size)
         return (
             None
             if row is None
@@ -262,10 +222,7 @@ class ExchangeLog:
             size, new_root = verified.size, verified.root
             note = sign_checkpoint(Checkpoint(self.origin, size, new_root), self.origin, signer)
             signed = SignedCheckpoint(size, new_root, note, format_time(now))
-            self.store.conn.execute(
-                "INSERT INTO log_checkpoints (size, root, note, signed_at) VALUES (?, ?, ?, ?)",
-                (size, new_root, note, signed.signed_at),
-            )
+            self.store.log.add_checkpoint(size, new_root, note, signed.signed_at)
         self._write_highwater(signed)
         return signed
 
@@ -306,10 +263,7 @@ class ExchangeLog:
             self._check_own_checkpoint(latest, [public_key, *previous_keys])
             start = latest.size
         tags = keys.leaf_authenticator()
-        rows = self.store.conn.execute(
-            "SELECT idx, event, leaf_hash, tag FROM log_leaves WHERE idx >= ? ORDER BY idx",
-            (start,),
-        )
+        rows = self.store.log.leaves_from(start)
         hashes = []
         for expected, (idx, event, stored_hash, tag) in enumerate(rows, start=start):
             if int(idx) != expected:
@@ -347,11 +301,8 @@ class ExchangeLog:
             ranges[s.level] = (min(lo, s.index), max(hi, s.index))
         out: dict[tuple[int, int], bytes] = {}
         for level, (lo, hi) in ranges.items():
-            for idx, h in self.store.conn.execute(
-                "SELECT idx, hash FROM log_subtrees WHERE level = ? AND idx BETWEEN ? AND ?",
-                (level, lo, hi),
-            ):
-                out[(level, int(idx))] = bytes(h)
+            for idx, h in self.store.log.subtrees_between(level, lo, hi):
+                out[(level, idx)] = h
         return out
 
     def _check_own_checkpoint(self, latest: SignedCheckpoint, public_keys: Sequence[bytes]) -> None:
@@ -387,12 +338,10 @@ class ExchangeLog:
         checkpoint it signed (an inclusion proof against that signed root), or carrying a
         valid tag. Used to attest trust-store rows (docs/THREATS.md I03)."""
         self._flush()
-        row = self.store.conn.execute(
-            "SELECT event, tag FROM log_leaves WHERE idx = ?", (index,)
-        ).fetchone()
+        row = self.store.log.event_and_tag(index)
         if row is None:
             return None
-        event, tag = bytes(row[0]), None if row[1] is None else bytes(row[1])
+        event, tag = row
         leaf = merkle.leaf_hash(event)
         keys = self._keyring()
         if keys.leaf_authenticator().verify(index, leaf, tag):
@@ -449,17 +398,10 @@ class ExchangeLog:
 
     # -- cosignatures ---------------------------------------------------------------------
     def add_cosignature(self, size: int, witness: str, line: str, now: datetime) -> None:
-        self.store.conn.execute(
-            "INSERT OR IGNORE INTO log_cosignatures (size, witness, line, received_at) "
-            "VALUES (?, ?, ?, ?)",
-            (size, witness, line, format_time(now)),
-        )
+        self.store.log.add_cosignature(size, witness, line, format_time(now))
 
     def cosignatures(self, size: int) -> list[tuple[str, str]]:
-        rows = self.store.conn.execute(
-            "SELECT witness, line FROM log_cosignatures WHERE size = ? ORDER BY witness", (size,)
-        ).fetchall()
-        return [(str(w), str(line)) for w, line in rows]
+        return self.store.log.cosignatures(size)
 
     def cosigned_note(self, checkpoint: SignedCheckpoint) -> bytes:
         """The checkpoint note with every cosignature line we hold appended."""

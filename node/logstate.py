@@ -28,17 +28,12 @@ from exchange.events import Event, parse_event_unverified
 from exchange.note import parse_verifier_key
 from exchange.times import format_time, parse_time
 from node.log import ExchangeLog
-from node.store import LEAF_KIND_EXPR
 
 TRUSTED = "trusted"  # keys.truststore.TRUSTED (node may import keys; keys may not import node)
 REVOKED = "revoked"
 
 # The first 8 bytes of each kind folded here (node.store.LEAF_KIND_EXPR, indexed).
 _KIND_PREFIXES = (b"peer.add", b"peer.upd", b"peer.rev", b"peer.rem", b"policy.c", b"agreemen")
-_SELECT = (
-    f"SELECT idx, event FROM log_leaves WHERE {LEAF_KIND_EXPR} IN (?, ?, ?, ?, ?, ?) "  # noqa: S608
-    "AND idx >= ? AND idx < ? ORDER BY idx"
-)
 
 
 @dataclass(frozen=True)
@@ -192,10 +187,8 @@ def log_facts(log: ExchangeLog, log_vkey: str) -> LogFacts:
     with _LOCK:
         facts = _CACHE.get(key, LogFacts())
     if facts.size:
-        row = store.conn.execute(
-            "SELECT leaf_hash FROM log_leaves WHERE idx = ?", (facts.size - 1,)
-        ).fetchone()
-        if facts.size > signed.size or row is None or bytes(row[0]) != facts.last_leaf_hash:
+        held = store.log.leaf_hash(facts.size - 1)
+        if facts.size > signed.size or held is None or held != facts.last_leaf_hash:
             facts = LogFacts()  # another log than the one cached: read it all again
     if facts.size == signed.size and facts.root == signed.root:
         return facts
@@ -206,10 +199,7 @@ def log_facts(log: ExchangeLog, log_vkey: str) -> LogFacts:
     if head.checkpoint.size != signed.size or head.checkpoint.root_hash != signed.root:
         raise _unsupported(f"checkpoint {signed.size} is not the one its note signs")
     size, root = signed.size, signed.root
-    rows = [
-        (int(i), bytes(e))
-        for i, e in store.conn.execute(_SELECT, (*_KIND_PREFIXES, facts.size, size)).fetchall()
-    ]
+    rows = store.log.events_of_kinds(_KIND_PREFIXES, facts.size, size)
     reader = log.reader()
     for index, data in rows:
         try:
@@ -218,9 +208,10 @@ def log_facts(log: ExchangeLog, log_vkey: str) -> LogFacts:
         except AccordError as e:
             raise _unsupported(f"entry {index} is not in the signed tree") from e
     facts = _fold(facts, rows)
-    last = store.conn.execute("SELECT leaf_hash FROM log_leaves WHERE idx = ?", (size - 1,))
-    facts = replace(facts, size=size, root=root, last_leaf_hash=bytes(last.fetchone()[0]))
-    if not store.conn.in_transaction:  # what a rollback may undo is not remembered
+    last = store.log.leaf_hash(size - 1)
+    assert last is not None  # the signed tree holds entry size - 1
+    facts = replace(facts, size=size, root=root, last_leaf_hash=last)
+    if not store.in_transaction():  # what a rollback may undo is not remembered
         with _LOCK:
             _CACHE[key] = facts
     return facts

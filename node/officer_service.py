@@ -253,12 +253,7 @@ class ExchangeOfficerService(OfficerService):
             for r in list_reports(self._node, limit=MAX_PAGE)
             if not request.sop or r.sop == request.sop
         ]
-        retracted = {
-            r[0]
-            for r in self._node.store.conn.execute(
-                "SELECT report_id FROM reports WHERE retracted_at IS NOT NULL"
-            )
-        }
+        retracted = self._node.store.reports.retracted_ids()
         return officer_pb2.ListReportsResponse(
             reports=[
                 officer_pb2.ReportSummary(
@@ -280,21 +275,11 @@ class ExchangeOfficerService(OfficerService):
         node = self._node
         report_id = resolve_report_id(node, request.report_id)
         sealed = load_sealed(node, report_id, request.version or None)
-        key = node.store.conn.execute(
-            "SELECT issuer_key, sealed_at, retracted_at FROM reports "
-            "WHERE report_id = ? AND version = ?",
-            (sealed.report_id, sealed.version),
-        ).fetchone()
+        key = node.store.reports.key_and_times(sealed.report_id, sealed.version)
         verified = verify_presentation(
             sealed.full_presentation(), bytes(key[0]), limits=PresentationLimits()
         )
-        versions = [
-            int(r[0])
-            for r in node.store.conn.execute(
-                "SELECT version FROM reports WHERE report_id = ? ORDER BY version",
-                (sealed.report_id,),
-            )
-        ]
+        versions = node.store.reports.versions(sealed.report_id)
         events = _release_events(node, sealed.report_id, sealed.version)
         releases = [outcome_from_event(e) for e in events]
         now = self._now()
@@ -490,10 +475,7 @@ class ExchangeOfficerService(OfficerService):
         now = self._now()
         if request.WhichOneof("subject") == "report_id":
             sealed = load_sealed(node, resolve_report_id(node, request.report_id))
-            key = node.store.conn.execute(
-                "SELECT issuer_key FROM reports WHERE report_id = ? AND version = ?",
-                (sealed.report_id, sealed.version),
-            ).fetchone()[0]
+            key = node.store.reports.issuer_key(sealed.report_id, sealed.version)
             v = verify_presentation(
                 sealed.full_presentation(), bytes(key), limits=PresentationLimits()
             )
@@ -551,14 +533,10 @@ class ExchangeOfficerService(OfficerService):
         rejected: dict[str, int] = {}
         for peer, _seq, _code in rejections(node):
             rejected[peer] = rejected.get(peer, 0) + 1
-        for peer, count in node.store.conn.execute(  # equivocations: kept as evidence (P07)
-            "SELECT peer, count(*) + sum(repeats) FROM evidence GROUP BY peer"
-        ):
-            rejected[peer] = rejected.get(peer, 0) + int(count)
-        for peer, count in node.store.conn.execute(  # beyond the alarm budget (L06)
-            "SELECT peer, count FROM evidence_suppressed"
-        ):
-            rejected[peer] = rejected.get(peer, 0) + int(count)
+        for peer, count in node.store.inbox.evidence_counts():  # kept as evidence (P07)
+            rejected[peer] = rejected.get(peer, 0) + count
+        for peer, count in node.store.inbox.suppressed_counts():  # beyond the budget (L06)
+            rejected[peer] = rejected.get(peer, 0) + count
         overdue_in: dict[str, int] = {}
         overdue_out: dict[str, int] = {}
         for d in warning.deadlines(node, which="unfinished"):
@@ -616,9 +594,7 @@ def _frozen(node: Node, peer: str, window: timedelta) -> bool:
     receipt.sent events) but the checkpoint it asks us to cosign has not grown for longer
     than the window: it is serving a frozen view."""
     grown_at = witness_grown_at(node.store, peer)
-    receipt = node.store.conn.execute(
-        "SELECT max(at) FROM receipts WHERE peer = ? AND direction = 'received'", (peer,)
-    ).fetchone()[0]
+    receipt = node.store.outbox.last_receipt_received_at(peer)
     if grown_at is None or receipt is None:
         return False
     grown = parse_time(grown_at, field="grown_at")
@@ -638,12 +614,8 @@ def _release_events(node: Node, report_id: str, version: int) -> list[dict[str, 
     through the ``releases`` table rather than by scanning the log."""
     from exchange.events import parse_event_unverified
 
-    rows = node.store.conn.execute(
-        "SELECT l.event FROM releases r JOIN log_leaves l ON l.idx = r.log_index "
-        "WHERE r.report_id = ? AND r.version = ? ORDER BY r.peer",
-        (report_id, version),
-    ).fetchall()
-    return [parse_event_unverified(bytes(data)).attrs for (data,) in rows]
+    rows = node.store.reports.release_events(report_id, version)
+    return [parse_event_unverified(data).attrs for data in rows]
 
 
 def _deliveries(
@@ -662,14 +634,7 @@ def _deliveries(
     for r in warning.replies(node, in_reply_to=report_id):
         if r["direction"] == "received":
             answers[r["peer"]] = answers.get(r["peer"], 0) + 1
-    states = {
-        (str(peer), int(seq)): str(state)
-        for peer, seq, state in node.store.conn.execute(
-            "SELECT peer, seq, state FROM outbox WHERE report_id = ? AND version = ? "
-            "AND kind = 'report'",
-            (report_id, version),
-        )
-    }
+    states = node.store.outbox.report_states(report_id, version)
     out = []
     for event in _release_events(node, report_id, version):
         peer, seq = str(event["peer"]), int(event.get("seq") or 0)

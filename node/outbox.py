@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 
-import sqlite_utils
-
 from exchange.agreement import Ceiling, VerifiedAgreement
 from exchange.card import Card, EncryptionKey
 from exchange.envelope import (
@@ -32,6 +30,7 @@ from node.home import Node
 from node.ids import uuid7
 from node.policy import active_policy, peer_stats, release_decision
 from node.reports import seal_report
+from node.store import Tx
 
 MAX_BATCH = 256
 MAX_BATCH_BYTES = 1 << 20
@@ -103,13 +102,13 @@ def _recipient_key(card: Card, suite: str, now: datetime) -> EncryptionKey:
 
 
 def _next_seq(node: Node, peer: str) -> int:
-    row = node.store.conn.execute("SELECT max(seq) FROM outbox WHERE peer = ?", (peer,)).fetchone()
-    return 1 if row[0] is None else int(row[0]) + 1
+    last = node.store.outbox.max_seq(peer)
+    return 1 if last is None else last + 1
 
 
 def _store_envelope(
     node: Node,
-    db: sqlite_utils.Database,
+    db: Tx,
     peer: str,
     seq: int,
     envelope_id: str,
@@ -120,10 +119,8 @@ def _store_envelope(
     now: datetime,
 ) -> str:
     digest = envelope_digest(env)
-    node.store.conn.execute(
-        "INSERT INTO outbox (peer, seq, envelope_id, kind, report_id, version, header, "
-        "ciphertext, signature, digest, created_at, state) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+    node.store.outbox.add(
+        db,
         (
             peer,
             seq,
@@ -143,7 +140,7 @@ def _store_envelope(
 
 def _release(
     node: Node,
-    db: sqlite_utils.Database,
+    db: Tx,
     ctx: ReleaseContext,
     valid: ValidReport,
     sealed: SealedReport,
@@ -221,10 +218,7 @@ def _release(
             seq=seq,
             **event,
         )
-        node.store.conn.execute(
-            "INSERT INTO releases (report_id, version, peer, log_index) VALUES (?, ?, ?, ?)",
-            (sealed.report_id, sealed.version, target.peer, index),
-        )
+        node.store.reports.add_release(db, sealed.report_id, sealed.version, target.peer, index)
         out.append(Release(target.peer, decision, envelope_id, seq))
     return tuple(out)
 
@@ -245,10 +239,8 @@ def submit(
         for valid, key in zip(reports, keys, strict=True):
             sealed = seal_report(node, db, valid, now)
             if key:
-                node.store.conn.execute(
-                    "INSERT INTO submissions (idempotency_key, report_id, version, at) "
-                    "VALUES (?, ?, ?, ?)",
-                    (key, sealed.report_id, sealed.version, format_time(now)),
+                node.store.reports.add_submission(
+                    db, key, sealed.report_id, sealed.version, format_time(now)
                 )
             results.append(
                 Submitted(sealed.report_id, sealed.version, _release(node, db, ctx, valid, sealed))
@@ -259,18 +251,11 @@ def submit(
 
 def already_submitted(node: Node, idempotency_key: str) -> tuple[str, int] | None:
     """The report an earlier submission with this key produced, if it committed."""
-    row = node.store.conn.execute(
-        "SELECT report_id, version FROM submissions WHERE idempotency_key = ?", (idempotency_key,)
-    ).fetchone()
-    return None if row is None else (str(row[0]), int(row[1]))
+    return node.store.reports.submission(idempotency_key)
 
 
 def _latest_own(node: Node, report_id: str) -> tuple[int, str, str]:
-    row = node.store.conn.execute(
-        "SELECT version, issuer_jwt_digest, retracted_at FROM reports WHERE report_id = ? "
-        "ORDER BY version DESC LIMIT 1",
-        (report_id,),
-    ).fetchone()
+    row = node.store.reports.latest(report_id)
     if row is None:
         raise InputError(
             f"no report {report_id} of this node",
@@ -279,7 +264,7 @@ def _latest_own(node: Node, report_id: str) -> tuple[int, str, str]:
         )
     if row[2] is not None:
         raise InputError(f"report {report_id} was retracted", code="report.retracted")
-    return int(row[0]), str(row[1]), str(row[2])
+    return row[0], row[1], str(row[2])
 
 
 def amend(
@@ -310,17 +295,10 @@ def retract(node: Node, report_id: str, reason: str, now: datetime) -> list[tupl
     retraction = Retraction(me, report_id, version, jwt_digest, reason, int(now.timestamp()))
     signed = sign_retraction(retraction, node.keyring().identity_signer())
     ctx = release_context(node, now)
-    sent_to = {
-        r[0]
-        for r in node.store.conn.execute(
-            "SELECT DISTINCT peer FROM outbox WHERE report_id = ? AND kind = 'report'", (report_id,)
-        )
-    }
+    sent_to = node.store.outbox.peers_sent(report_id)
     out = []
     with node.store.transaction() as db:
-        node.store.conn.execute(
-            "UPDATE reports SET retracted_at = ? WHERE report_id = ?", (format_time(now), report_id)
-        )
+        node.store.reports.set_retracted(db, report_id, format_time(now))
         node.record(
             db,
             "report.retracted",
@@ -382,11 +360,7 @@ def pending_with_seq(
     """Envelopes for ``peer`` after ``after_seq``, in seq order: at most ``max_batch``
     (capped at 256) and about 1 MiB."""
     limit = max(1, min(max_batch or MAX_BATCH, MAX_BATCH))
-    rows = node.store.conn.execute(
-        "SELECT seq, header, ciphertext, signature FROM outbox "
-        "WHERE peer = ? AND seq > ? ORDER BY seq LIMIT ?",
-        (peer, after_seq, limit),
-    ).fetchall()
+    rows = node.store.outbox.after(peer, after_seq, limit)
     out: list[tuple[int, Envelope]] = []
     size = 0
     for seq, header, ciphertext, signature in rows:
@@ -401,14 +375,11 @@ def backlog(node: Node, peer: str) -> tuple[int, int]:
     """(highest seq sent to ``peer``, highest seq it acknowledged). Point queries on the
     ``(peer, seq)`` key and the ``(peer, state, seq)`` index (migration 13): this runs on
     every Acknowledge, and scanning a large outbox there stalled the whole server."""
-    conn = node.store.conn
-    sent = conn.execute("SELECT max(seq) FROM outbox WHERE peer = ?", (peer,)).fetchone()[0]
+    repo = node.store.outbox
+    sent = repo.max_seq(peer)
     acknowledged = 0
     for state in ("delivered", "rejected"):
-        row = conn.execute(
-            "SELECT max(seq) FROM outbox WHERE peer = ? AND state = ?", (peer, state)
-        ).fetchone()
-        acknowledged = max(acknowledged, int(row[0] or 0))
+        acknowledged = max(acknowledged, repo.max_seq_in_state(peer, state) or 0)
     return int(sent or 0), acknowledged
 
 
@@ -421,11 +392,7 @@ def accept_receipt(
     key = node.trust_store().trusted_chain(peer, now).latest.identity_key
 
     def digests(first: int, last: int) -> list[str]:
-        rows = node.store.conn.execute(
-            "SELECT digest FROM outbox WHERE peer = ? AND seq BETWEEN ? AND ? ORDER BY seq",
-            (peer, first, last),
-        ).fetchall()
-        return [str(r[0]) for r in rows]
+        return node.store.outbox.digests(peer, first, last)
 
     receipt = verify_receipt(
         statement,
@@ -436,18 +403,12 @@ def accept_receipt(
         digests_for_range=digests,
     )
     with node.store.transaction() as db:
-        seen = node.store.conn.execute(
-            "SELECT 1 FROM receipts WHERE peer = ? AND direction = 'received' AND digest = ?",
-            (peer, receipt.digest),
-        ).fetchone()
-        if seen is not None:
+        repo = node.store.outbox
+        if repo.receipt_received(peer, receipt.digest):
             return receipt, False
-        pending = node.store.conn.execute(
-            "SELECT count(*) FROM outbox WHERE peer = ? AND seq BETWEEN ? AND ? "
-            "AND state = 'pending'",
-            (peer, receipt.first_seq, receipt.last_seq),
-        ).fetchone()
-        if int(pending[0]) == 0:  # adds nothing: no row, no leaf (L06, ADR 0016)
+        if (
+            repo.pending_count(peer, receipt.first_seq, receipt.last_seq) == 0
+        ):  # adds nothing: no row, no leaf (L06, ADR 0016)
             raise PeerDataError(
                 f"receipt from {peer} for seq {receipt.first_seq}..{receipt.last_seq}, "
                 "a range already confirmed by another receipt",
@@ -455,18 +416,12 @@ def accept_receipt(
                 next_step="Nothing was stored. Re-send the receipt already sent for the range.",
             )
         rejected = {r.seq: r.code for r in receipt.rejections}
-        node.store.conn.execute(
-            "UPDATE outbox SET state = 'delivered' "
-            "WHERE peer = ? AND seq BETWEEN ? AND ? AND state = 'pending'",
-            (peer, receipt.first_seq, receipt.last_seq),
-        )
+        repo.mark_delivered(db, peer, receipt.first_seq, receipt.last_seq)
         for seq, code in rejected.items():
-            node.store.conn.execute(
-                "UPDATE outbox SET state = 'rejected', code = ? WHERE peer = ? AND seq = ?",
-                (code, peer, seq),
-            )
+            repo.mark_rejected(db, peer, seq, code)
         warning.on_receipt(node, db, peer, receipt.first_seq, receipt.last_seq, receipt.received_at)
-        db.table("receipts").insert(
+        repo.add_receipt(
+            db,
             {
                 "peer": peer,
                 "direction": "received",
@@ -476,7 +431,7 @@ def accept_receipt(
                 "signature": signature,
                 "digest": receipt.digest,
                 "at": format_time(now),
-            }
+            },
         )
         node.record(
             db,

@@ -9,8 +9,6 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 
-import sqlite_utils
-
 from exchange.errors import InputError
 from exchange.sdjwt import PresentationLimits, SealedReport, reopen_sealed, seal
 from exchange.sop import ValidReport
@@ -18,6 +16,7 @@ from exchange.times import format_time
 from node import warning
 from node.home import Node
 from node.ids import resolve_prefix, uuid7
+from node.store import Tx
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ def _aad(report_id: str, version: int) -> bytes:
 
 def seal_report(
     node: Node,
-    db: sqlite_utils.Database,
+    db: Tx,
     valid: ValidReport,
     now: datetime,
     *,
@@ -72,9 +71,8 @@ def seal_report(
     answered = valid.report.fields.get("in_reply_to") if valid.report.sop == REPLY_SOP else None
     if isinstance(answered, str):  # a reply names a partner's report we received
         warning.on_reply_sealed(node, db, report_id, version, answered, now)
-    node.store.conn.execute(
-        "INSERT INTO reports (report_id, version, sop, tlp, issuer_jwt_digest, issuer_key, "
-        "sealed, fields, sealed_at, supersedes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    node.store.reports.add(
+        db,
         (
             report_id,
             version,
@@ -107,24 +105,16 @@ def seal_report(
 
 def load_sealed(node: Node, report_id: str, version: int | None = None) -> SealedReport:
     """Decrypt and re-verify a stored original (the latest version unless one is named)."""
-    sql = "SELECT version, issuer_key, sealed FROM reports WHERE report_id = ?"
-    args: tuple[object, ...] = (report_id,)
-    if version is not None:
-        sql += " AND version = ?"
-        args = (report_id, version)
-    row = node.store.conn.execute(sql + " ORDER BY version DESC LIMIT 1", args).fetchone()
+    row = node.store.reports.sealed(report_id, version)
     if row is None:
         raise InputError(f"no report {report_id}", code="report.unknown")
-    plaintext = node.keyring().storage_cipher().decrypt(bytes(row[2]), _aad(report_id, int(row[0])))
-    return reopen_sealed(plaintext.decode("ascii"), bytes(row[1]), limits=PresentationLimits())
+    stored_version, issuer_key, blob = row
+    plaintext = node.keyring().storage_cipher().decrypt(blob, _aad(report_id, stored_version))
+    return reopen_sealed(plaintext.decode("ascii"), issuer_key, limits=PresentationLimits())
 
 
 def list_reports(node: Node, limit: int = 100) -> list[StoredReport]:
-    rows = node.store.conn.execute(
-        "SELECT report_id, version, sop, tlp, issuer_jwt_digest, fields, sealed_at FROM reports "
-        "ORDER BY sealed_at DESC, report_id LIMIT ?",
-        (limit,),
-    ).fetchall()
+    rows = node.store.reports.newest(limit)
     return [
         StoredReport(r[0], int(r[1]), r[2], r[3], r[4], tuple(json.loads(r[5])), r[6]) for r in rows
     ]
@@ -134,11 +124,6 @@ def resolve_report_id(node: Node, given: str) -> str:
     """One of our reports' full id from the id or a unique prefix of it."""
 
     def candidates(low: str, high: str) -> list[str]:
-        rows = node.store.conn.execute(
-            "SELECT DISTINCT report_id FROM reports WHERE report_id >= ? AND report_id < ? "
-            "ORDER BY report_id LIMIT 2",
-            (low, high),
-        ).fetchall()
-        return [str(r[0]) for r in rows]
+        return node.store.reports.ids_between(low, high)
 
     return resolve_prefix(candidates, given, "report")

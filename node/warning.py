@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlite_utils
 import structlog
 
 from exchange.ack import ACK_STATUSES, Acknowledgement, make_ack, parse_ack_unverified
@@ -26,6 +25,7 @@ from exchange.envelope import AckRelease, VerifiedRelease, seal_envelope
 from exchange.errors import InputError, PolicyError, StoreError
 from exchange.times import format_time, parse_time
 from node.home import Node
+from node.store import Tx
 
 REPLY_SOP = "response@1"
 log = structlog.get_logger("accord.warning")
@@ -52,7 +52,7 @@ def has_rules(agreement: VerifiedAgreement | None) -> bool:
 
 def on_applied(
     node: Node,
-    db: sqlite_utils.Database,
+    db: Tx,
     peer: str,
     release: VerifiedRelease,
     agreement: VerifiedAgreement,
@@ -70,55 +70,38 @@ def on_applied(
     rule = applicable_rule(rule_lookup(agreement), report.sop, report.fields)
     if rule is not None:
         acknowledge, respond = rule
-        db.conn.execute(
-            "INSERT OR IGNORE INTO deadlines (direction, peer, envelope_id, seq, report_id, "
-            "version, acknowledge_s, respond_s, started_at) VALUES ('in', ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                peer,
-                header.id,
-                header.seq,
-                report.report_id,
-                report.version,
-                int(acknowledge.total_seconds()),
-                None if respond is None else int(respond.total_seconds()),
-                format_time(now),
-            ),
+        node.store.loop.add_deadline(
+            db,
+            "in",
+            peer,
+            header.id,
+            header.seq,
+            report.report_id,
+            report.version,
+            int(acknowledge.total_seconds()),
+            None if respond is None else int(respond.total_seconds()),
+            format_time(now),
         )
         attrs["acknowledge_by"] = format_time(now + acknowledge)
         if respond is not None:
             attrs["respond_by"] = format_time(now + respond)
     answered = report.fields.get("in_reply_to") if report.sop == REPLY_SOP else None
     if isinstance(answered, str):
-        db.conn.execute(
-            "INSERT OR IGNORE INTO replies (direction, peer, report_id, version, envelope_id, "
-            "in_reply_to, at) VALUES ('in', ?, ?, ?, ?, ?, ?)",
-            (peer, report.report_id, report.version, header.id, answered, format_time(now)),
+        node.store.loop.add_reply(
+            db, "in", peer, report.report_id, report.version, header.id, answered, format_time(now)
         )
-        db.conn.execute(
-            "UPDATE deadlines SET replied_at = ? WHERE direction = 'out' AND peer = ? "
-            "AND report_id = ? AND replied_at IS NULL",
-            (format_time(now), peer, answered),
-        )
+        node.store.loop.deadline_replied(db, "out", peer, answered, format_time(now))
         attrs["in_reply_to"] = answered
     return attrs
 
 
-def on_ack_received(
-    node: Node, db: sqlite_utils.Database, peer: str, release: VerifiedRelease, now: datetime
-) -> None:
+def on_ack_received(node: Node, db: Tx, peer: str, release: VerifiedRelease, now: datetime) -> None:
     """The partner acknowledged one of our reports: its outgoing deadline is met (or late),
     and the log says so (status and times; the note stays in the sealed inbox record)."""
     ack, signed = release.ack, release.ack_signed
     assert ack is not None and signed is not None
-    db.conn.execute(
-        "INSERT INTO acks_received (digest, peer, envelope_id) VALUES (?, ?, ?)",
-        (sha256_digest(signed.statement), peer, release.header.id),
-    )
-    db.conn.execute(
-        "UPDATE deadlines SET acked_at = ? WHERE direction = 'out' AND peer = ? "
-        "AND envelope_id = ? AND acked_at IS NULL",
-        (ack.acked_at, peer, ack.envelope_id),
-    )
+    node.store.loop.add_ack_received(db, sha256_digest(signed.statement), peer, release.header.id)
+    node.store.loop.deadline_acked(db, "out", peer, ack.envelope_id, ack.acked_at)
     node.record(
         db,
         "ack.received",
@@ -137,13 +120,8 @@ def sent_at(node: Node, peer: str) -> Any:
     """For the receiver: when we released a version of our report to ``peer``."""
 
     def lookup(report_id: str, version: int, jwt_digest: str) -> datetime | None:
-        row = node.store.conn.execute(
-            "SELECT o.created_at FROM outbox o JOIN reports r ON r.report_id = o.report_id "
-            "AND r.version = o.version WHERE o.peer = ? AND o.report_id = ? AND o.version = ? "
-            "AND o.kind = 'report' AND r.issuer_jwt_digest = ? ORDER BY o.seq LIMIT 1",
-            (peer, report_id, version, jwt_digest),
-        ).fetchone()
-        return None if row is None else parse_time(row[0], field="outbox created_at")
+        at = node.store.outbox.first_release_time(peer, report_id, version, jwt_digest)
+        return None if at is None else parse_time(at, field="outbox created_at")
 
     return lookup
 
@@ -152,10 +130,7 @@ def ack_held(node: Node, peer: str) -> Any:
     """For the receiver: that acknowledgement statement (by digest) was received before."""
 
     def held(digest: str) -> bool:
-        row = node.store.conn.execute(
-            "SELECT 1 FROM acks_received WHERE digest = ? AND peer = ?", (digest, peer)
-        ).fetchone()
-        return row is not None
+        return node.store.loop.ack_received(digest, peer)
 
     return held
 
@@ -165,7 +140,7 @@ def ack_held(node: Node, peer: str) -> Any:
 
 def on_released(
     node: Node,
-    db: sqlite_utils.Database,
+    db: Tx,
     peer: str,
     agreement: VerifiedAgreement | None,
     envelope_id: str,
@@ -182,32 +157,24 @@ def on_released(
     if rule is None:
         return
     acknowledge, respond = rule
-    db.conn.execute(
-        "INSERT OR IGNORE INTO deadlines (direction, peer, envelope_id, seq, report_id, version, "
-        "acknowledge_s, respond_s, started_at) VALUES ('out', ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            peer,
-            envelope_id,
-            seq,
-            report_id,
-            version,
-            int(acknowledge.total_seconds()),
-            None if respond is None else int(respond.total_seconds()),
-            format_time(now),
-        ),
+    node.store.loop.add_deadline(
+        db,
+        "out",
+        peer,
+        envelope_id,
+        seq,
+        report_id,
+        version,
+        int(acknowledge.total_seconds()),
+        None if respond is None else int(respond.total_seconds()),
+        format_time(now),
     )
 
 
-def on_receipt(
-    node: Node, db: sqlite_utils.Database, peer: str, first: int, last: int, received_at: str
-) -> None:
+def on_receipt(node: Node, db: Tx, peer: str, first: int, last: int, received_at: str) -> None:
     """The partner's signed receipt says when it applied seqs first..last: its clock
     started then (never earlier than our release)."""
-    db.conn.execute(
-        "UPDATE deadlines SET started_at = max(started_at, ?) WHERE direction = 'out' "
-        "AND peer = ? AND seq BETWEEN ? AND ?",
-        (received_at, peer, first, last),
-    )
+    node.store.loop.deadlines_started(db, peer, first, last, received_at)
 
 
 def _ack_aad(ack_envelope_id: str) -> bytes:
@@ -305,9 +272,8 @@ def acknowledge(
                 _ack_aad(ack_envelope_id),
             )
         )
-        db.conn.execute(
-            "INSERT INTO acks_sent (ack_envelope_id, peer, seq, item_envelope_id, report_id, "
-            "version, status, acked_at, sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        node.store.loop.add_ack_sent(
+            db,
             (
                 ack_envelope_id,
                 peer,
@@ -320,11 +286,7 @@ def acknowledge(
                 sealed,
             ),
         )
-        db.conn.execute(
-            "UPDATE deadlines SET acked_at = ? WHERE direction = 'in' AND peer = ? "
-            "AND envelope_id = ? AND acked_at IS NULL",
-            (ack.acked_at, peer, envelope_id),
-        )
+        node.store.loop.deadline_acked(db, "in", peer, envelope_id, ack.acked_at)
         node.record(
             db,
             "release.decided",
@@ -383,16 +345,11 @@ class AckRecord:
 def sent_acks(node: Node, *, item_envelope_id: str | None = None) -> list[AckRecord]:
     """Our acknowledgements, each read back from its sealed statement (the AEAD tag proves
     we stored it; a row whose columns disagree with its statement is refused)."""
-    sql = "SELECT ack_envelope_id, peer, item_envelope_id, status, acked_at, sealed FROM acks_sent"
-    args: tuple[Any, ...] = ()
-    if item_envelope_id is not None:
-        sql += " WHERE item_envelope_id = ?"
-        args = (item_envelope_id,)
     out = []
     cipher = node.keyring().storage_cipher()
-    for ack_id, peer, item_id, status, acked_at, sealed in node.store.conn.execute(
-        sql + " ORDER BY acked_at, ack_envelope_id", args
-    ).fetchall():
+    for ack_id, peer, item_id, status, acked_at, sealed in node.store.loop.acks_sent(
+        item_envelope_id
+    ):
         record = json.loads(cipher.decrypt(bytes(sealed), _ack_aad(ack_id)))
         statement = b64_decode(record["statement"], what="ack statement")
         ack = parse_ack_unverified(statement)
@@ -412,17 +369,6 @@ def sent_acks(node: Node, *, item_envelope_id: str | None = None) -> list[AckRec
 
 
 # ---- deadlines: reading, overdue -----------------------------------------------------------
-
-
-_WHICH = {
-    "unreported": "((acked_at IS NULL AND ack_overdue_at IS NULL) OR (respond_s IS NOT NULL "
-    "AND replied_at IS NULL AND respond_overdue_at IS NULL))",
-    "unfinished": "(acked_at IS NULL OR (respond_s IS NOT NULL AND replied_at IS NULL))",
-}
-_DEADLINE_SQL = (
-    "SELECT direction, peer, envelope_id, seq, report_id, version, acknowledge_s, respond_s, "
-    "started_at, acked_at, replied_at, ack_overdue_at, respond_overdue_at FROM deadlines"
-)
 
 
 def _deadline(row: Sequence[Any]) -> Deadline:
@@ -460,18 +406,9 @@ def deadlines(
     """Deadlines as stored. ``which="unreported"``: a step neither done nor reported
     overdue yet (what the overdue check reads); ``"unfinished"``: a step not done (what
     status counts). Both leave years of finished history unread."""
-    where, args = [], []
-    if which is not None:
-        where.append(_WHICH[which])
-    if incoming is not None:
-        where.append("direction = ?")
-        args.append("in" if incoming else "out")
-    for column, value in (("peer", peer), ("envelope_id", envelope_id), ("report_id", report_id)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            args.append(value)
-    sql = _DEADLINE_SQL + (" WHERE " + " AND ".join(where) if where else "")
-    return [_deadline(r) for r in node.store.conn.execute(sql + " ORDER BY started_at", args)]
+    direction = None if incoming is None else ("in" if incoming else "out")
+    rows = node.store.loop.deadlines(direction, peer, envelope_id, report_id, which)
+    return [_deadline(r) for r in rows]
 
 
 @dataclass(frozen=True)
@@ -479,14 +416,6 @@ class Overdue:
     deadline: Deadline
     step: str  # "acknowledge" | "respond"
     due: datetime
-
-
-_MARK_OVERDUE = {
-    "acknowledge": "UPDATE deadlines SET ack_overdue_at = ? WHERE direction = ? AND peer = ? "
-    "AND envelope_id = ? AND ack_overdue_at IS NULL",
-    "respond": "UPDATE deadlines SET respond_overdue_at = ? WHERE direction = ? AND peer = ? "
-    "AND envelope_id = ? AND respond_overdue_at IS NULL",
-}
 
 
 def check_overdue(node: Node, now: datetime) -> list[Overdue]:
@@ -503,15 +432,14 @@ def check_overdue(node: Node, now: datetime) -> list[Overdue]:
         return []
     with node.store.transaction() as db:
         for o in found:
-            changed = db.conn.execute(
-                _MARK_OVERDUE[o.step],
-                (
-                    format_time(now),
-                    "in" if o.deadline.incoming else "out",
-                    o.deadline.peer,
-                    o.deadline.envelope_id,
-                ),
-            ).rowcount
+            changed = node.store.loop.mark_overdue(
+                db,
+                o.step,
+                format_time(now),
+                "in" if o.deadline.incoming else "out",
+                o.deadline.peer,
+                o.deadline.envelope_id,
+            )
             if not changed:
                 continue
             node.record(
@@ -532,22 +460,15 @@ def check_overdue(node: Node, now: datetime) -> list[Overdue]:
 
 def mark_read(node: Node, envelope_id: str, now: datetime) -> None:
     with node.store.transaction() as db:
-        db.conn.execute(
-            "INSERT OR IGNORE INTO inbox_read (envelope_id, at) VALUES (?, ?)",
-            (envelope_id, format_time(now)),
-        )
+        node.store.loop.mark_read(db, envelope_id, format_time(now))
 
 
 def read_ids(node: Node) -> set[str]:
-    return {str(r[0]) for r in node.store.conn.execute("SELECT envelope_id FROM inbox_read")}
+    return node.store.loop.read_ids()
 
 
 def replies(node: Node, *, in_reply_to: str) -> list[dict[str, Any]]:
-    rows = node.store.conn.execute(
-        "SELECT direction, peer, report_id, version, envelope_id, at FROM replies "
-        "WHERE in_reply_to = ? ORDER BY at",
-        (in_reply_to,),
-    ).fetchall()
+    rows = node.store.loop.replies(in_reply_to)
     return [
         {
             "direction": "received" if r[0] == "in" else "sent",
@@ -563,7 +484,7 @@ def replies(node: Node, *, in_reply_to: str) -> list[dict[str, Any]]:
 
 def on_reply_sealed(
     node: Node,
-    db: sqlite_utils.Database,
+    db: Tx,
     report_id: str,
     version: int,
     in_reply_to: str,
@@ -571,27 +492,17 @@ def on_reply_sealed(
 ) -> str:
     """One of our reports answers a partner's report: the thread, and our incoming
     deadline to respond. Returns the partner whose report it answers."""
-    row = db.conn.execute(
-        "SELECT peer FROM inbox WHERE report_id = ? AND kind = 'report' ORDER BY seq LIMIT 1",
-        (in_reply_to,),
-    ).fetchone()
-    if row is None:
+    peer = node.store.inbox.first_report_peer(db, in_reply_to)
+    if peer is None:
         raise InputError(
             f"in_reply_to names no report received from a partner ({in_reply_to[:36]})",
             code="report.reply_unknown",
             next_step="Reply to an item of 'accord inbox list': 'accord report reply ID FILE'.",
         )
-    peer = str(row[0])
-    db.conn.execute(
-        "INSERT OR IGNORE INTO replies (direction, peer, report_id, version, envelope_id, "
-        "in_reply_to, at) VALUES ('out', ?, ?, ?, ?, ?, ?)",
-        (peer, report_id, version, f"{report_id}:{version}", in_reply_to, format_time(now)),
+    node.store.loop.add_reply(
+        db, "out", peer, report_id, version, f"{report_id}:{version}", in_reply_to, format_time(now)
     )
-    db.conn.execute(
-        "UPDATE deadlines SET replied_at = ? WHERE direction = 'in' AND peer = ? "
-        "AND report_id = ? AND replied_at IS NULL",
-        (format_time(now), peer, in_reply_to),
-    )
+    node.store.loop.deadline_replied(db, "in", peer, in_reply_to, format_time(now))
     return peer
 
 
@@ -652,19 +563,13 @@ def overdue_payload(node: Node, o: Overdue) -> dict[str, Any]:
     d = o.deadline
     sop = tlp = severity = None
     if d.incoming:
-        row = node.store.conn.execute(
-            "SELECT sop, tlp FROM inbox WHERE peer = ? AND envelope_id = ?",
-            (d.peer, d.envelope_id),
-        ).fetchone()
+        row = node.store.inbox.sop_tlp(d.peer, d.envelope_id)
         if row is not None:
-            sop, tlp = str(row[0]), str(row[1])
+            sop, tlp = row
     else:
-        row = node.store.conn.execute(
-            "SELECT sop, tlp FROM reports WHERE report_id = ? AND version = ?",
-            (d.report_id, d.version),
-        ).fetchone()
+        row = node.store.reports.sop_tlp(d.report_id, d.version)
         if row is not None:
-            sop, tlp = str(row[0]), str(row[1])
+            sop, tlp = row
     severity = _rule_severity(node, d, sop)
     return {
         "event": "overdue",

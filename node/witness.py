@@ -56,21 +56,13 @@ class Witness:
         self.name = name
 
     def held(self, partner: str, origin: str, log_key: str) -> HeldView | None:
-        row = self.store.conn.execute(
-            "SELECT size, root, note FROM witness_state WHERE partner = ? AND origin = ? "
-            "AND log_key = ?",
-            (partner, origin, log_key),
-        ).fetchone()
-        return None if row is None else HeldView(int(row[0]), bytes(row[1]), bytes(row[2]))
+        row = self.store.witness.held(partner, origin, log_key)
+        return None if row is None else HeldView(*row)
 
     def held_for(self, partner: str) -> HeldView | None:
         """The largest view held for ``partner``'s own log (``<partner>.accord/log``)."""
-        row = self.store.conn.execute(
-            "SELECT size, root, note FROM witness_state WHERE partner = ? AND origin = ? "
-            "ORDER BY size DESC LIMIT 1",
-            (partner, log_origin(partner)),
-        ).fetchone()
-        return None if row is None else HeldView(int(row[0]), bytes(row[1]), bytes(row[2]))
+        row = self.store.witness.largest(partner, log_origin(partner))
+        return None if row is None else HeldView(*row)
 
     def add_checkpoint(
         self,
@@ -117,11 +109,8 @@ class Witness:
                 self._check_and_hold(key, old_size, proof, note, verified.checkpoint, now)
         except _Contradiction as c:
             with self.store.transaction():
-                self.store.conn.execute(
-                    "INSERT INTO witness_evidence "
-                    "(origin, partner, held_size, held_note, offered_note, reason, at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (origin, partner, c.held.size, c.held.note, note, c.reason, format_time(now)),
+                self.store.witness.add_evidence(
+                    origin, partner, c.held.size, c.held.note, note, c.reason, format_time(now)
                 )
             raise PeerDataError(
                 f"checkpoint {new.size} of {origin} is not consistent with the "
@@ -168,23 +157,8 @@ class Witness:
                 merkle.verify_consistency(held.size, new.size, held.root, new.root_hash, proof)
             except AccordError as e:
                 raise _Contradiction(held, e.message) from e
-        self.store.conn.execute(
-            "INSERT INTO witness_state (partner, origin, log_key, size, root, note, "
-            "updated_at, grown_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(partner, origin, log_key) DO UPDATE SET "
-            "size = excluded.size, root = excluded.root, note = excluded.note, "
-            "updated_at = excluded.updated_at, grown_at = CASE WHEN excluded.size > "
-            "witness_state.size THEN excluded.grown_at ELSE witness_state.grown_at END",
-            (
-                partner,
-                origin,
-                log_key,
-                new.size,
-                new.root_hash,
-                note,
-                format_time(now),
-                format_time(now),
-            ),
+        self.store.witness.hold(
+            partner, origin, log_key, new.size, new.root_hash, note, format_time(now)
         )
 
     def grown_at(self, partner: str) -> str | None:
@@ -192,12 +166,7 @@ class Witness:
         return grown_at(self.store, partner)
 
     def evidence(self, origin: str) -> list[tuple[bytes, bytes, str]]:
-        rows = self.store.conn.execute(
-            "SELECT held_note, offered_note, reason FROM witness_evidence "
-            "WHERE origin = ? ORDER BY id",
-            (origin,),
-        ).fetchall()
-        return [(bytes(a), bytes(b), str(c)) for a, b, c in rows]
+        return self.store.witness.evidence(origin)
 
 
 def _key_text(key: VerifierKey) -> str:
@@ -207,8 +176,4 @@ def _key_text(key: VerifierKey) -> str:
 
 def grown_at(store: Store, partner: str) -> str | None:
     """When the log of ``partner`` (``<partner>.accord/log``) last grew at this witness."""
-    row = store.conn.execute(
-        "SELECT max(grown_at) FROM witness_state WHERE partner = ? AND origin = ?",
-        (partner, log_origin(partner)),
-    ).fetchone()
-    return None if row is None or row[0] is None else str(row[0])
+    return store.witness.grown_at(partner, log_origin(partner))

@@ -41,7 +41,7 @@ ROLE = "accord"  # the role and database the tests connect as
 PORT = 5432  # only names the socket file: the cluster listens on no TCP port
 MISSING = "PostgreSQL server binaries not found: install Debian's postgresql package"
 # The server's command-line settings (they override postgresql.conf and ALTER SYSTEM): no TCP
-# listener, and the durability node/pg.py relies on, stated rather than left to defaults.
+# listener, and the durability node/store/pg.py relies on, stated rather than left to defaults.
 SETTINGS = {
     "listen_addresses": "''",
     "fsync": "on",

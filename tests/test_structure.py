@@ -214,3 +214,21 @@ def test_no_test_module_imports_another(path: Path) -> None:
         m for m in imported if m.startswith("tests.") and m.rsplit(".", 1)[-1].startswith("test_")
     ]
     assert not bad, f"{path.relative_to(ROOT)} imports test modules {bad}"
+
+
+# SQL runs only in node/store/ (docs/adr/0023): elsewhere in node, a call like these is a
+# statement that bypasses the repositories. The import-linter contract in `make lint` keeps
+# the drivers out; this keeps the statements out (the issue's `git grep` made a test).
+SQL_CALL = re.compile(r"\.(execute|executemany|executescript|table)\(")
+
+
+def test_no_sql_outside_node_store() -> None:
+    store = ROOT / "node" / "store"
+    hits = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in sorted((ROOT / "node").rglob("*.py"))
+        if store not in path.parents
+        for n, line in enumerate(path.read_text("utf-8").splitlines(), 1)
+        if SQL_CALL.search(line)
+    ]
+    assert not hits, "SQL outside node/store (move it into a repository there):\n" + "\n".join(hits)

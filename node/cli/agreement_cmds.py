@@ -513,10 +513,7 @@ def policy_explain(
             from exchange.sdjwt import PresentationLimits, verify_presentation
 
             sealed = load_sealed(node, report_id or "")
-            key = node.store.conn.execute(
-                "SELECT issuer_key FROM reports WHERE report_id = ? ORDER BY version DESC",
-                (report_id,),
-            ).fetchone()[0]
+            key = node.store.reports.latest_issuer_key(report_id)
             v = verify_presentation(
                 sealed.full_presentation(), bytes(key), limits=PresentationLimits()
             )

@@ -14,9 +14,9 @@ from node.cli.node_cmds import opened
 from node.cli.output import ok, print_json, print_table, say, warn
 from node.cli.serve_cmds import _server_passphrase
 from node.feed import CONSUMER_CLASSES, add_consumer, list_consumers, revoke_consumer, serve_feed
-from node.feed_store import Consumer
 from node.home import Node
 from node.logsetup import configure_logging
+from node.store.feed import Consumer
 
 
 @cli.group(

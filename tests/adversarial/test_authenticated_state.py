@@ -310,7 +310,8 @@ def test_i08_unrevoked_old_key_stays_refused(world: World, sql: str) -> None:
 def test_i08_log_facts_come_through_the_kind_index_and_not_from_it(world: World) -> None:
     """The fold finds its events through migration 16's index; an insider who drops or
     replaces the index slows the node down but cannot hide an event from it."""
-    from node.logstate import _CACHE, _KIND_PREFIXES, _SELECT
+    from node.logstate import _CACHE, _KIND_PREFIXES
+    from node.store.log import LEAVES_BY_KIND_SQL as _SELECT
 
     victim = world.victim
     plan = rows(victim, "EXPLAIN QUERY PLAN " + _SELECT, *_KIND_PREFIXES, 0, 10**9)

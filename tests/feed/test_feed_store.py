@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from node.feed_store import FeedStore, Visibility
 from node.store import Store
+from node.store.feed import FeedStore, Visibility
 
 VISIBLE = Visibility(frozenset({("green", "threat-alert@1"), ("amber", "threat-alert@1")}))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
-from node.pg import LeaderLock, SessionLock, WriterLock
+from node.store.pg import LeaderLock, SessionLock, WriterLock
 
 
 def say(word: str) -> None:

@@ -1,4 +1,4 @@
-"""The throwaway cluster of tests/postgres.py, and the durability node/pg.py's pool promises,
+"""The throwaway cluster of tests/postgres.py, and the durability node/store/pg.py's pool promises,
 against a real PostgreSQL server started from ``initdb`` (docs/adr/0024)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from exchange.errors import StoreError
-from node.pg import describe, open_pool
+from node.store.pg import describe, open_pool
 from tests.postgres import SERVER_USER, SUPERUSER, PgCluster, require_server_bin
 
 

@@ -1,4 +1,4 @@
-"""The writer and leader locks of node/pg.py against a real PostgreSQL server: one holder per
+"""The writer and leader locks of node/store/pg.py against a real PostgreSQL server: one holder per
 node and purpose, and a lock that dies with its session, so a waiting process takes over
 within 10 s of the holder's SIGKILL (issue 16; docs/adr/0024)."""
 
@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from exchange.errors import StoreError
-from node.pg import LeaderLock, SessionLock, WriterLock, lock_key
+from node.store.pg import LeaderLock, SessionLock, WriterLock, lock_key
 from tests.postgres import SUPERUSER, PgCluster
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,5 +1,8 @@
 """The node's SQLite store: one file, WAL, ``synchronous=FULL``, one writer.
 
+The Store opens the file, runs transactions and the ordered migrations; the repositories
+beside it in ``node/store/`` hold every SQL statement the node runs (docs/adr/0023).
+
 Every write happens inside ``Store.transaction()`` (``BEGIN IMMEDIATE``), so a batch is one
 durable commit. Schema changes are numbered migrations, applied in order at open.
 """
@@ -19,13 +22,21 @@ from exchange.card import verify_chain_bytes
 from exchange.checkpoint import open_checkpoint
 from exchange.errors import AccordError, StoreError
 from exchange.note import parse_verifier_key
-from exchange.revocation import SignedRevocation
-from keys.truststore import KeyRevocation, PeerRecord
+from node.store.agreements import AgreementsRepo, SqliteAgreementsRepo
+from node.store.inbox import InboxRepo, SqliteInboxRepo
+from node.store.log import LEAF_KIND_EXPR, LogRepo, SqliteLogRepo
+from node.store.loop import LoopRepo, SqliteLoopRepo
+from node.store.meta import MetaRepo, SqliteMetaRepo
+from node.store.outbox import OutboxRepo, SqliteOutboxRepo
+from node.store.peers import PeersRepo, SqlitePeersRepo
+from node.store.reports import ReportsRepo, SqliteReportsRepo
+from node.store.tx import Tx
+from node.store.witness import SqliteWitnessRepo, WitnessRepo
 
 DB_FILE = "node.db"
 PAGE_SIZE = 16384
 
-Migration = Callable[[sqlite_utils.Database], None]
+Migration = Callable[[Tx], None]
 
 
 def _m001_foundation(db: sqlite_utils.Database) -> None:
@@ -288,13 +299,6 @@ def _m015_witness_per_partner(db: sqlite_utils.Database) -> None:
     )
 
 
-# The first 8 bytes of a leaf's kind: ``"kind":"`` occurs once in canonical event JSON (an
-# attribute value holding it is escaped). node/logstate.py queries by exactly this
-# expression, so SQLite answers from the index; dropping or replacing the index changes how
-# fast the answer comes, never what it is.
-LEAF_KIND_EXPR = "substr(event, instr(event, X'226b696e64223a22') + 8, 8)"
-
-
 def _m016_leaves_by_kind(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE INDEX log_leaves_by_kind ON log_leaves ({LEAF_KIND_EXPR})")
 
@@ -440,6 +444,16 @@ class Store:
         self.conn = conn
         self.path = path
         self.db = sqlite_utils.Database(conn)
+        # The repositories: every SQL statement the node runs outside this module.
+        self.inbox: InboxRepo = SqliteInboxRepo(conn)
+        self.outbox: OutboxRepo = SqliteOutboxRepo(conn)
+        self.reports: ReportsRepo = SqliteReportsRepo(conn)
+        self.loop: LoopRepo = SqliteLoopRepo(conn)
+        self.log: LogRepo = SqliteLogRepo(conn)
+        self.meta: MetaRepo = SqliteMetaRepo(conn)
+        self.peers: PeersRepo = SqlitePeersRepo(conn)
+        self.witness: WitnessRepo = SqliteWitnessRepo(conn)
+        self.agreements: AgreementsRepo = SqliteAgreementsRepo(conn)
         # Work of the open transaction that runs just before it commits (e.g. the log's
         # staged events); dropped with the transaction when it rolls back.
         self.staged: dict[str, Any] = {}
@@ -510,6 +524,22 @@ class Store:
                 self.conn.execute("ROLLBACK")
             raise _wrap(e, self.path) from e
 
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    @contextmanager
+    def read_snapshot(self) -> Iterator[None]:
+        """One consistent read of the database (a deferred ``BEGIN`` … ``COMMIT``); inside
+        an open transaction, that transaction's own view."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("COMMIT")
+
     def before_commit(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` inside the open transaction, just before it commits."""
         if not self.conn.in_transaction:
@@ -548,93 +578,11 @@ class Store:
 
     # -- meta -------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        return self.meta.get(key)
 
-    def set_meta(self, db: sqlite_utils.Database, key: str, value: str) -> None:
-        db.table("meta").upsert({"key": key, "value": value}, pk="key")
+    def set_meta(self, db: Tx, key: str, value: str) -> None:
+        self.meta.set(db, key, value)
 
     # -- our own card chain -------------------------------------------------------------
     def own_card_rows(self) -> list[bytes]:
-        rows = self.conn.execute("SELECT signed FROM own_cards ORDER BY version").fetchall()
-        return [bytes(r[0]) for r in rows]
-
-
-class SqlitePeerRecords:
-    """``keys.truststore.PeerRecords`` over the ``peers`` table. Call inside a transaction."""
-
-    SELECT = (
-        "SELECT node, chain, fingerprint, card_version, status, revoked_from, tofu, added_at,"
-        " updated_at, log_index FROM peers"
-    )
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def get(self, node: str) -> PeerRecord | None:
-        row = self._store.conn.execute(self.SELECT + " WHERE node = ?", (node,)).fetchone()
-        return None if row is None else self._record(row)
-
-    def put(self, record: PeerRecord) -> None:
-        self._store.db.table("peers").upsert(
-            {
-                "node": record.node,
-                "chain": record.chain,
-                "fingerprint": record.fingerprint,
-                "card_version": record.card_version,
-                "status": record.status,
-                "revoked_from": record.revoked_from,
-                "tofu": int(record.tofu),
-                "added_at": record.added_at,
-                "updated_at": record.updated_at,
-                "log_index": record.log_index,
-            },
-            pk="node",
-        )
-
-    def delete(self, node: str) -> None:
-        self._store.conn.execute("DELETE FROM peers WHERE node = ?", (node,))
-
-    def all(self) -> list[PeerRecord]:
-        rows = self._store.conn.execute(self.SELECT + " ORDER BY node").fetchall()
-        return [self._record(r) for r in rows]
-
-    def key_revocations(self, node: str) -> list[KeyRevocation]:
-        rows = self._store.conn.execute(
-            "SELECT identity_key, revoked_from, statement, signature FROM peer_revocations"
-            " WHERE peer = ? ORDER BY revoked_from",
-            (node,),
-        ).fetchall()
-        return [
-            KeyRevocation(bytes(k), str(t), SignedRevocation(bytes(st), bytes(sig)))
-            for k, t, st, sig in rows
-        ]
-
-    def put_key_revocation(self, node: str, revocation: KeyRevocation) -> None:
-        self._store.conn.execute(
-            "INSERT INTO peer_revocations (peer, identity_key, revoked_from, statement, signature)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (
-                node,
-                revocation.identity_key,
-                revocation.revoked_from,
-                revocation.signed.statement,
-                revocation.signed.signature,
-            ),
-        )
-
-    @staticmethod
-    def _record(row: tuple[Any, ...]) -> PeerRecord:
-        node, chain, fp, version, status, revoked_from, tofu, added, updated, log_index = row
-        return PeerRecord(
-            node=str(node),
-            chain=bytes(chain),
-            fingerprint=str(fp),
-            card_version=int(version),
-            status=str(status),
-            revoked_from=None if revoked_from is None else str(revoked_from),
-            tofu=bool(tofu),
-            added_at=str(added),
-            updated_at=str(updated),
-            log_index=None if log_index is None else int(log_index),
-        )
+        return self.meta.own_cards()

@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-import sqlite_utils
-
-from node.store import Store
+from node.store.sqlite import Store
+from node.store.tx import Tx
 
 
 @dataclass(frozen=True)
@@ -90,6 +89,49 @@ def _row(r: Sequence[Any]) -> FeedRow:
     )
 
 
+class FeedRepo(Protocol):
+    """The feed's storage, as node/feed.py uses it (``FeedStore`` on SQLite)."""
+
+    def add_consumer(self, db: Tx, c: Consumer) -> None: ...
+    def consumer(self, name: str) -> Consumer | None: ...
+    def consumer_by_certificate(self, fingerprint: str) -> Consumer | None: ...
+    def consumers(self) -> list[Consumer]: ...
+    def revoke_consumer(self, db: Tx, name: str, at: str) -> None: ...
+    def indexed_seq(self, peer: str) -> int: ...
+    def set_indexed_seq(self, db: Tx, peer: str, seq: int) -> None: ...
+    def peers_with_items(self) -> list[str]: ...
+    def last_date_added(self) -> str | None: ...
+    def has_object(self, peer: str, stix_id: str, version: str) -> bool: ...
+    def add_object(
+        self,
+        db: Tx,
+        *,
+        peer: str,
+        stix_id: str,
+        type: str,
+        version: str,
+        date_added: str,
+        tlp: str,
+        sop: str,
+        envelope_id: str,
+        fields: Sequence[str],
+        blob: bytes,
+    ) -> None: ...
+    def page(
+        self,
+        peer: str,
+        visible: Visibility,
+        *,
+        after: tuple[str, int] | None,
+        added_after: str | None,
+        ids: Sequence[str] = (),
+        types: Sequence[str] = (),
+        versions: Sequence[str] = ("last",),
+        limit: int,
+    ) -> list[FeedRow]: ...
+    def versions(self, peer: str, stix_id: str, visible: Visibility) -> list[FeedRow]: ...
+
+
 class FeedStore:
     """The feed's repository over the node's ``Store``. Writes take the caller's ``db``
     (inside ``Store.transaction()``); reads use the connection."""
@@ -108,7 +150,7 @@ class FeedStore:
     def _consumer(r: Sequence[Any]) -> Consumer:
         return Consumer(r[0], r[1], tuple(json.loads(r[2])), bool(r[3]), r[4], r[5], r[6], r[7])
 
-    def add_consumer(self, db: sqlite_utils.Database, c: Consumer) -> None:
+    def add_consumer(self, db: Tx, c: Consumer) -> None:
         db.execute(
             "INSERT INTO feed_consumers (name, class, collections, own_organisation, "
             "cert_fingerprint, basic_hash, created_at, revoked_at) "
@@ -137,7 +179,7 @@ class FeedStore:
     def consumers(self) -> list[Consumer]:
         return [self._consumer(r) for r in self._conn.execute(self._CONSUMER + " ORDER BY name")]
 
-    def revoke_consumer(self, db: sqlite_utils.Database, name: str, at: str) -> None:
+    def revoke_consumer(self, db: Tx, name: str, at: str) -> None:
         db.execute(
             "UPDATE feed_consumers SET revoked_at = ?, basic_hash = NULL "
             "WHERE name = ? AND revoked_at IS NULL",
@@ -151,7 +193,7 @@ class FeedStore:
         ).fetchone()
         return 0 if r is None else int(r[0])
 
-    def set_indexed_seq(self, db: sqlite_utils.Database, peer: str, seq: int) -> None:
+    def set_indexed_seq(self, db: Tx, peer: str, seq: int) -> None:
         db.execute(
             "INSERT INTO feed_indexed (peer, last_seq) VALUES (?, ?) "
             "ON CONFLICT (peer) DO UPDATE SET last_seq = excluded.last_seq",
@@ -177,7 +219,7 @@ class FeedStore:
 
     def add_object(
         self,
-        db: sqlite_utils.Database,
+        db: Tx,
         *,
         peer: str,
         stix_id: str,
