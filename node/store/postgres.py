@@ -20,6 +20,7 @@ Not yet here: the TAXII feed's repository (node/store/feed.py), and ``accord ini
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ from exchange.errors import StoreError
 from exchange.revocation import SignedRevocation
 from keys.truststore import KeyRevocation, PeerRecord
 from node.store.agreements import AgreementsRepo
+from node.store.feed import _COLUMNS, Consumer, FeedRow, Visibility, _row
 from node.store.inbox import ITEM_SQL, InboxRepo
 from node.store.log import LogRepo
 from node.store.loop import _MARK_OVERDUE, _WHICH, DEADLINE_SQL, LoopRepo
@@ -1550,3 +1552,220 @@ class PgWitnessRepo:
             (origin,),
         ).fetchall()
         return [(bytes(a), bytes(b), str(c)) for a, b, c in rows]
+
+
+# -- feed ----------------------------------------------------------------------------------
+def _pg_visible(visible: Visibility, alias: str) -> tuple[str, list[Any]]:
+    """``Visibility.sql`` in PostgreSQL's dialect: ``%s`` placeholders, FALSE for nothing."""
+    sql, args = visible.sql(alias)
+    return ("FALSE" if sql == "0" else sql.replace("?", "%s")), args
+
+
+class PgFeedRepo:
+    """``FeedRepo`` over a ``PgStore``: FeedStore's statements in PostgreSQL's dialect
+    (``%s``, ``FALSE`` for SQLite's ``0``, no ``INDEXED BY``, an explicit ``id``)."""
+
+    def __init__(self, store: PgStore) -> None:
+        self._store = store
+        self._conn = store.db
+
+    # -- consumers ----------------------------------------------------------------------
+    _CONSUMER = (
+        "SELECT name, class, collections, own_organisation, cert_fingerprint, basic_hash, "
+        "created_at, revoked_at FROM feed_consumers"
+    )
+
+    @staticmethod
+    def _consumer(r: Sequence[Any]) -> Consumer:
+        return Consumer(r[0], r[1], tuple(json.loads(r[2])), bool(r[3]), r[4], r[5], r[6], r[7])
+
+    def add_consumer(self, db: Tx, c: Consumer) -> None:
+        pg_tx(db).execute(
+            "INSERT INTO feed_consumers (name, class, collections, own_organisation, "
+            "cert_fingerprint, basic_hash, created_at, revoked_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, NULL)",
+            (
+                c.name,
+                c.recipient_class,
+                json.dumps(sorted(c.collections)),
+                int(c.own_organisation),
+                c.cert_fingerprint,
+                c.basic_hash,
+                c.created_at,
+            ),
+        )
+
+    def consumer(self, name: str) -> Consumer | None:
+        r = self._conn.execute(self._CONSUMER + " WHERE name = %s", (name,)).fetchone()
+        return None if r is None else self._consumer(r)
+
+    def consumer_by_certificate(self, fingerprint: str) -> Consumer | None:
+        r = self._conn.execute(
+            self._CONSUMER + " WHERE cert_fingerprint = %s", (fingerprint,)
+        ).fetchone()
+        return None if r is None else self._consumer(r)
+
+    def consumers(self) -> list[Consumer]:
+        return [self._consumer(r) for r in self._conn.execute(self._CONSUMER + " ORDER BY name")]
+
+    def revoke_consumer(self, db: Tx, name: str, at: str) -> None:
+        pg_tx(db).execute(
+            "UPDATE feed_consumers SET revoked_at = %s, basic_hash = NULL "
+            "WHERE name = %s AND revoked_at IS NULL",
+            (at, name),
+        )
+
+    # -- indexing -----------------------------------------------------------------------
+    def indexed_seq(self, peer: str) -> int:
+        r = self._conn.execute(
+            "SELECT last_seq FROM feed_indexed WHERE peer = %s", (peer,)
+        ).fetchone()
+        return 0 if r is None else int(r[0])
+
+    def set_indexed_seq(self, db: Tx, peer: str, seq: int) -> None:
+        pg_tx(db).execute(
+            "INSERT INTO feed_indexed (peer, last_seq) VALUES (%s, %s) "
+            "ON CONFLICT (peer) DO UPDATE SET last_seq = excluded.last_seq",
+            (peer, seq),
+        )
+
+    def peers_with_items(self) -> list[str]:
+        """Partners this node trusts (each a collection)."""
+        return [str(r[0]) for r in self._conn.execute("SELECT node FROM peers ORDER BY node")]
+
+    def last_date_added(self) -> str | None:
+        r = self._conn.execute("SELECT max(date_added) FROM feed_objects").fetchone()
+        return None if r[0] is None else str(r[0])
+
+    def has_object(self, peer: str, stix_id: str, version: str) -> bool:
+        return (
+            self._conn.execute(
+                "SELECT 1 FROM feed_objects WHERE peer = %s AND stix_id = %s AND version = %s",
+                (peer, stix_id, version),
+            ).fetchone()
+            is not None
+        )
+
+    def add_object(
+        self,
+        db: Tx,
+        *,
+        peer: str,
+        stix_id: str,
+        type: str,
+        version: str,
+        date_added: str,
+        tlp: str,
+        sop: str,
+        envelope_id: str,
+        fields: Sequence[str],
+        blob: bytes,
+    ) -> None:
+        pg_tx(db).execute(
+            "INSERT INTO feed_objects (id, peer, stix_id, type, version, date_added, tlp, sop, "
+            "envelope_id, fields, object) VALUES ((SELECT coalesce(max(id), 0) + 1 "
+            "FROM feed_objects), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                peer,
+                stix_id,
+                type,
+                version,
+                date_added,
+                tlp,
+                sop,
+                envelope_id,
+                json.dumps(sorted(fields)),
+                blob,
+            ),
+        )
+
+    # -- reading pages ------------------------------------------------------------------
+    def page(
+        self,
+        peer: str,
+        visible: Visibility,
+        *,
+        after: tuple[str, int] | None,
+        added_after: str | None,
+        ids: Sequence[str] = (),
+        types: Sequence[str] = (),
+        versions: Sequence[str] = ("last",),
+        limit: int,
+    ) -> list[FeedRow]:
+        sql, args = self.page_sql(
+            peer,
+            visible,
+            after=after,
+            added_after=added_after,
+            ids=ids,
+            types=types,
+            versions=versions,
+            limit=limit,
+        )
+        return [_row(r) for r in self._conn.execute(sql, args)]
+
+    def page_sql(
+        self,
+        peer: str,
+        visible: Visibility,
+        *,
+        after: tuple[str, int] | None,
+        added_after: str | None,
+        ids: Sequence[str] = (),
+        types: Sequence[str] = (),
+        versions: Sequence[str] = ("last",),
+        limit: int,
+    ) -> tuple[str, list[Any]]:
+        """The SQL of ``page`` (tests check its query plan).
+
+        Up to ``limit`` visible rows of ``peer``'s collection in (date_added, id) order,
+        after the keyset position ``after`` and strictly after ``added_after``.
+
+        ``versions``: ``last``, ``first``, ``all`` or exact ``modified`` timestamps; last
+        and first are among the versions this consumer may see."""
+        seen, seen_args = _pg_visible(visible, "f")
+        where = ["f.peer = %s", seen]
+        args: list[Any] = [peer, *seen_args]
+        if after is not None:
+            where.append("(f.date_added, f.id) > (%s, %s)")
+            args += [after[0], after[1]]
+        if added_after is not None:
+            where.append("f.date_added > %s")
+            args.append(added_after)
+        if ids:
+            where.append(f"f.stix_id IN ({', '.join(['%s'] * len(ids))})")
+            args += list(ids)
+        if types:
+            where.append(f"f.type IN ({', '.join(['%s'] * len(types))})")
+            args += list(types)
+        if "all" not in versions:
+            alternatives: list[str] = []
+            other, other_args = _pg_visible(visible, "o")
+            for mode, op in (("last", ">"), ("first", "<")):
+                if mode in versions:
+                    alternatives.append(
+                        "NOT EXISTS (SELECT 1 FROM feed_objects o WHERE o.peer = f.peer AND "  # noqa: S608
+                        f"o.stix_id = f.stix_id AND o.version {op} f.version AND {other})"
+                    )
+                    args += other_args
+            exact = [v for v in versions if v not in ("last", "first")]
+            if exact:
+                alternatives.append(f"f.version IN ({', '.join(['%s'] * len(exact))})")
+                args += exact
+            where.append("(" + " OR ".join(alternatives) + ")")
+        sql = (
+            f"SELECT {_COLUMNS} FROM feed_objects f WHERE "  # noqa: S608
+            + " AND ".join(where)
+            + " ORDER BY f.date_added, f.id LIMIT %s"
+        )
+        return sql, [*args, limit]
+
+    def versions(self, peer: str, stix_id: str, visible: Visibility) -> list[FeedRow]:
+        """Every visible version of one object, oldest first."""
+        seen, seen_args = _pg_visible(visible, "f")
+        rows = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM feed_objects f WHERE f.peer = %s AND f.stix_id = %s AND "  # noqa: S608
+            f"{seen} ORDER BY f.version",
+            (peer, stix_id, *seen_args),
+        )
+        return [_row(r) for r in rows]
