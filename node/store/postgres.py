@@ -14,8 +14,8 @@ its function and PostgreSQL runs ``PG_MIGRATIONS[version]``, and both end with t
 tables and columns (tests/store/test_repositories_contract.py). The one column SQLite has
 implicitly, ``inbox.rowid``, is explicit here (``PG_ONLY_COLUMNS``).
 
-Not yet here: the TAXII feed's repository (node/store/feed.py), and ``accord init`` or
-``serve`` on a PostgreSQL database.
+Not yet here: ``accord init`` or ``serve`` on a PostgreSQL database (nothing in node/ opens
+a PgStore yet), and ``read_snapshot()``.
 """
 
 from __future__ import annotations
