@@ -22,7 +22,7 @@ from exchange.events import event_bytes
 from exchange.note import verifier_key
 from exchange.times import format_time
 from keys.rowauth import LeafAuthenticator
-from node.store import SqliteSubtrees, Store, Tx
+from node.store import Store, SubtreeReader, Tx
 
 HIGHWATER_FILE = "log.highwater"
 MAX_PROOF_RANGE = 2**40
@@ -104,7 +104,7 @@ class ExchangeLog:
         last = self.store.log.max_index()
         return 0 if last is None else last + 1
 
-    def reader(self) -> SqliteSubtrees:
+    def reader(self) -> SubtreeReader:
         self._flush()
         return self.store.log.subtrees()
 

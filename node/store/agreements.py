@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Protocol
 
-from node.store.tx import Row, Tx
+from node.store.tx import Row, Tx, sqlite_db
 
 
 class AgreementsRepo(Protocol):
@@ -28,7 +28,7 @@ class SqliteAgreementsRepo:
         return row is not None
 
     def add(self, db: Tx, row: dict[str, Any]) -> None:
-        db.table("agreements").insert(row)
+        sqlite_db(db).table("agreements").insert(row)
 
     def rows(self, peer: str | None) -> list[Row]:
         """(digest, peer, id, version, not_before, not_after, stored_at, signed), by partner

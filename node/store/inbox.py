@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Protocol
 
-from node.store.tx import Row, Tx
+from node.store.tx import Row, Tx, sqlite_db
 
 # The columns of an inbox item row, in this order (node/inbox.py reads them by position).
 ITEM_SQL = (
@@ -86,12 +86,12 @@ class SqliteInboxRepo:
         return None if row is None else int(row[0])
 
     def set_cursor(self, db: Tx, peer: str, last_applied: int, updated_at: str) -> None:
-        db.table("cursors").upsert(
+        sqlite_db(db).table("cursors").upsert(
             {"peer": peer, "last_applied": last_applied, "updated_at": updated_at}, pk="peer"
         )
 
     def set_acknowledged(self, db: Tx, peer: str, through: int) -> None:
-        db.conn.execute(
+        sqlite_db(db).conn.execute(
             "UPDATE cursors SET acknowledged = ? WHERE peer = ? AND acknowledged < ?",
             (through, peer, through),
         )
@@ -117,7 +117,7 @@ class SqliteInboxRepo:
         code: str | None,
         received_at: str,
     ) -> None:
-        db.conn.execute(
+        sqlite_db(db).conn.execute(
             "INSERT INTO inbound (peer, seq, header, ciphertext, signature, digest, status, code, "
             "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (peer, seq, header, ciphertext, signature, digest, status, code, received_at),
@@ -135,7 +135,9 @@ class SqliteInboxRepo:
 
     # -- inbox items --------------------------------------------------------------------------
     def add_item(self, db: Tx, values: Row) -> None:
-        db.conn.execute(  # a plain INSERT: sqlite-utils' insert runs ~4 statements per row
+        sqlite_db(
+            db
+        ).conn.execute(  # a plain INSERT: sqlite-utils' insert runs ~4 statements per row
             "INSERT INTO inbox (peer, seq, envelope_id, kind, report_id, version, issuer, sop, "
             "tlp, fields, transformed, issuer_jwt_digest, sealed, received_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -224,7 +226,7 @@ class SqliteInboxRepo:
 
     # -- receipts sent ------------------------------------------------------------------------
     def add_receipt(self, db: Tx, row: dict[str, Any]) -> None:
-        db.table("receipts").insert(row)
+        sqlite_db(db).table("receipts").insert(row)
 
     def sent_receipts_after(self, peer: str, after_first_seq: int) -> list[Row]:
         """(last_seq, statement, signature) of the receipts sent ``peer`` past a first seq."""
@@ -251,7 +253,7 @@ class SqliteInboxRepo:
         return int(row[0])
 
     def count_suppressed(self, db: Tx, peer: str, at: str) -> None:
-        db.conn.execute(
+        sqlite_db(db).conn.execute(
             "INSERT INTO evidence_suppressed (peer, count, last_at) VALUES (?, 1, ?) "
             "ON CONFLICT (peer) DO UPDATE SET count = count + 1, last_at = excluded.last_at",
             (peer, at),
@@ -266,10 +268,12 @@ class SqliteInboxRepo:
         return None if kept is None else (int(kept[0]), str(kept[1]))
 
     def count_repeat(self, db: Tx, evidence_id: int) -> None:
-        db.conn.execute("UPDATE evidence SET repeats = repeats + 1 WHERE id = ?", (evidence_id,))
+        sqlite_db(db).conn.execute(
+            "UPDATE evidence SET repeats = repeats + 1 WHERE id = ?", (evidence_id,)
+        )
 
     def add_evidence(self, db: Tx, row: dict[str, Any]) -> None:
-        db.table("evidence").insert(row)
+        sqlite_db(db).table("evidence").insert(row)
 
     # -- single columns other modules need ------------------------------------------------------
     def jwt_digest(self, peer: str, envelope_id: str) -> str:
@@ -281,7 +285,8 @@ class SqliteInboxRepo:
 
     def first_report_peer(self, db: Tx, report_id: str) -> str | None:
         """The partner whose report ``report_id`` arrived first, read in ``db``."""
-        row = db.conn.execute(
+        conn = sqlite_db(db).conn
+        row = conn.execute(
             "SELECT peer FROM inbox WHERE report_id = ? AND kind = 'report' ORDER BY seq LIMIT 1",
             (report_id,),
         ).fetchone()

@@ -27,6 +27,14 @@ LEAVES_BY_KIND_SQL = (
 )
 
 
+class SubtreeReader(Protocol):
+    """``merkle.SubtreeReader`` with a count of the reads it made (the O(log n) test)."""
+
+    reads: int
+
+    def subtree(self, level: int, index: int) -> bytes: ...
+
+
 class SqliteSubtrees:
     """``merkle.SubtreeReader`` over ``log_subtrees``; counts reads for the O(log n) test."""
 
@@ -50,7 +58,7 @@ class SqliteSubtrees:
 
 class LogRepo(Protocol):
     def max_index(self) -> int | None: ...
-    def subtrees(self) -> SqliteSubtrees: ...
+    def subtrees(self) -> SubtreeReader: ...
     def event(self, index: int) -> bytes | None: ...
     def event_and_tag(self, index: int) -> tuple[bytes, bytes | None] | None: ...
     def leaf_hash(self, index: int) -> bytes | None: ...

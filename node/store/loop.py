@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Protocol
 
-from node.store.tx import Row, Tx
+from node.store.tx import Row, Tx, sqlite_db
 
 # The columns of a deadline row, in this order (node/warning.py reads them by position).
 DEADLINE_SQL = (
@@ -106,14 +106,14 @@ class SqliteLoopRepo:
         """Once per (direction, partner, envelope): a second insert changes nothing."""
         values = (peer, envelope_id, seq, report_id, version, acknowledge_s, respond_s, started_at)
         if direction == "in":
-            db.conn.execute(
+            sqlite_db(db).conn.execute(
                 "INSERT OR IGNORE INTO deadlines (direction, peer, envelope_id, seq, report_id, "
                 "version, acknowledge_s, respond_s, started_at) "
                 "VALUES ('in', ?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
         else:
-            db.conn.execute(
+            sqlite_db(db).conn.execute(
                 "INSERT OR IGNORE INTO deadlines (direction, peer, envelope_id, seq, report_id, "
                 "version, acknowledge_s, respond_s, started_at) "
                 "VALUES ('out', ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -151,7 +151,7 @@ class SqliteLoopRepo:
         return rows
 
     def add_ack_received(self, db: Tx, digest: str, peer: str, envelope_id: str) -> None:
-        db.conn.execute(
+        sqlite_db(db).conn.execute(
             "INSERT INTO acks_received (digest, peer, envelope_id) VALUES (?, ?, ?)",
             (digest, peer, envelope_id),
         )
@@ -166,13 +166,13 @@ class SqliteLoopRepo:
         self, db: Tx, direction: str, peer: str, envelope_id: str, acked_at: str
     ) -> None:
         if direction == "in":
-            db.conn.execute(
+            sqlite_db(db).conn.execute(
                 "UPDATE deadlines SET acked_at = ? WHERE direction = 'in' AND peer = ? "
                 "AND envelope_id = ? AND acked_at IS NULL",
                 (acked_at, peer, envelope_id),
             )
         else:
-            db.conn.execute(
+            sqlite_db(db).conn.execute(
                 "UPDATE deadlines SET acked_at = ? WHERE direction = 'out' AND peer = ? "
                 "AND envelope_id = ? AND acked_at IS NULL",
                 (acked_at, peer, envelope_id),
@@ -182,13 +182,13 @@ class SqliteLoopRepo:
         self, db: Tx, direction: str, peer: str, report_id: str, replied_at: str
     ) -> None:
         if direction == "in":
-            db.conn.execute(
+            sqlite_db(db).conn.execute(
                 "UPDATE deadlines SET replied_at = ? WHERE direction = 'in' AND peer = ? "
                 "AND report_id = ? AND replied_at IS NULL",
                 (replied_at, peer, report_id),
             )
         else:
-            db.conn.execute(
+            sqlite_db(db).conn.execute(
                 "UPDATE deadlines SET replied_at = ? WHERE direction = 'out' AND peer = ? "
                 "AND report_id = ? AND replied_at IS NULL",
                 (replied_at, peer, report_id),
@@ -196,7 +196,7 @@ class SqliteLoopRepo:
 
     def deadlines_started(self, db: Tx, peer: str, first: int, last: int, at: str) -> None:
         """Outgoing deadlines of seqs first..last start at ``at`` unless they started later."""
-        db.conn.execute(
+        sqlite_db(db).conn.execute(
             "UPDATE deadlines SET started_at = max(started_at, ?) WHERE direction = 'out' "
             "AND peer = ? AND seq BETWEEN ? AND ?",
             (at, peer, first, last),
@@ -206,7 +206,11 @@ class SqliteLoopRepo:
         self, db: Tx, step: str, at: str, direction: str, peer: str, envelope_id: str
     ) -> bool:
         """Record that ``step`` went overdue; False when it was recorded before."""
-        changed = db.conn.execute(_MARK_OVERDUE[step], (at, direction, peer, envelope_id)).rowcount
+        changed = (
+            sqlite_db(db)
+            .conn.execute(_MARK_OVERDUE[step], (at, direction, peer, envelope_id))
+            .rowcount
+        )
         return bool(changed)
 
     # -- replies ------------------------------------------------------------------------------
@@ -223,13 +227,13 @@ class SqliteLoopRepo:
     ) -> None:
         values = (peer, report_id, version, envelope_id, in_reply_to, at)
         if direction == "in":
-            db.conn.execute(
+            sqlite_db(db).conn.execute(
                 "INSERT OR IGNORE INTO replies (direction, peer, report_id, version, envelope_id, "
                 "in_reply_to, at) VALUES ('in', ?, ?, ?, ?, ?, ?)",
                 values,
             )
         else:
-            db.conn.execute(
+            sqlite_db(db).conn.execute(
                 "INSERT OR IGNORE INTO replies (direction, peer, report_id, version, envelope_id, "
                 "in_reply_to, at) VALUES ('out', ?, ?, ?, ?, ?, ?)",
                 values,
@@ -246,7 +250,7 @@ class SqliteLoopRepo:
 
     # -- acknowledgements sent ----------------------------------------------------------------
     def add_ack_sent(self, db: Tx, values: Row) -> None:
-        db.conn.execute(
+        sqlite_db(db).conn.execute(
             "INSERT INTO acks_sent (ack_envelope_id, peer, seq, item_envelope_id, report_id, "
             "version, status, acked_at, sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             values,
@@ -269,7 +273,7 @@ class SqliteLoopRepo:
 
     # -- read marks ---------------------------------------------------------------------------
     def mark_read(self, db: Tx, envelope_id: str, at: str) -> None:
-        db.conn.execute(
+        sqlite_db(db).conn.execute(
             "INSERT OR IGNORE INTO inbox_read (envelope_id, at) VALUES (?, ?)", (envelope_id, at)
         )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Protocol
 
-from node.store.tx import Tx
+from node.store.tx import Tx, sqlite_db
 
 
 class MetaRepo(Protocol):
@@ -37,7 +37,7 @@ class SqliteMetaRepo:
         return None if row is None else str(row[0])
 
     def set(self, db: Tx, key: str, value: str) -> None:
-        db.table("meta").upsert({"key": key, "value": value}, pk="key")
+        sqlite_db(db).table("meta").upsert({"key": key, "value": value}, pk="key")
 
     # -- our own card chain -------------------------------------------------------------------
     def own_cards(self) -> list[bytes]:
@@ -45,7 +45,7 @@ class SqliteMetaRepo:
         return [bytes(r[0]) for r in rows]
 
     def add_own_card(self, db: Tx, version: int, signed: bytes) -> None:
-        db.table("own_cards").insert({"version": version, "signed": signed})
+        sqlite_db(db).table("own_cards").insert({"version": version, "signed": signed})
 
     # -- revocations of our own keys ----------------------------------------------------------
     def own_revocations(self) -> list[tuple[bytes, bytes]]:
@@ -62,7 +62,7 @@ class SqliteMetaRepo:
         return None if row is None else bytes(row[0])
 
     def add_own_revocation(self, db: Tx, row: dict[str, Any]) -> None:
-        db.table("own_revocations").insert(row)
+        sqlite_db(db).table("own_revocations").insert(row)
 
     def own_key_revocations(self) -> list[tuple[bytes, bytes]]:
         """(statement, signature) of our other keys' revocations (ADR 0018), oldest first."""
@@ -79,7 +79,7 @@ class SqliteMetaRepo:
         return None if row is None else bytes(row[0])
 
     def add_own_key_revocation(self, db: Tx, row: dict[str, Any]) -> None:
-        db.table("own_key_revocations").insert(row)
+        sqlite_db(db).table("own_key_revocations").insert(row)
 
     def own_revocation_count(self) -> int:
         row = self._conn.execute(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Protocol
 
-from node.store.tx import Row, Tx
+from node.store.tx import Row, Tx, sqlite_db
 
 
 class OutboxRepo(Protocol):
@@ -48,7 +48,7 @@ class SqliteOutboxRepo:
         return None if row[0] is None else int(row[0])
 
     def add(self, db: Tx, values: Row) -> None:
-        db.conn.execute(
+        sqlite_db(db).conn.execute(
             "INSERT INTO outbox (peer, seq, envelope_id, kind, report_id, version, header, "
             "ciphertext, signature, digest, created_at, state) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
@@ -89,14 +89,14 @@ class SqliteOutboxRepo:
         return int(pending[0])
 
     def mark_delivered(self, db: Tx, peer: str, first: int, last: int) -> None:
-        db.conn.execute(
+        sqlite_db(db).conn.execute(
             "UPDATE outbox SET state = 'delivered' "
             "WHERE peer = ? AND seq BETWEEN ? AND ? AND state = 'pending'",
             (peer, first, last),
         )
 
     def mark_rejected(self, db: Tx, peer: str, seq: int, code: str) -> None:
-        db.conn.execute(
+        sqlite_db(db).conn.execute(
             "UPDATE outbox SET state = 'rejected', code = ? WHERE peer = ? AND seq = ?",
             (code, peer, seq),
         )
@@ -109,7 +109,7 @@ class SqliteOutboxRepo:
         return seen is not None
 
     def add_receipt(self, db: Tx, row: dict[str, Any]) -> None:
-        db.table("receipts").insert(row)
+        sqlite_db(db).table("receipts").insert(row)
 
     def first_release_time(
         self, peer: str, report_id: str, version: int, jwt_digest: str

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from exchange.revocation import SignedRevocation
 from keys.truststore import KeyRevocation, PeerRecord
-from node.store.tx import Tx
+from node.store.tx import Tx, sqlite_db
 
 if TYPE_CHECKING:
     from node.store.sqlite import Store
@@ -120,7 +120,7 @@ class SqlitePeersRepo:
         return known is not None
 
     def add_key_revocation(self, db: Tx, row: dict[str, Any]) -> None:
-        db.table("peer_key_revocations").insert(row)
+        sqlite_db(db).table("peer_key_revocations").insert(row)
 
     def key_revocation_statements(self, peer: str) -> list[tuple[bytes, bytes]]:
         rows = self._conn.execute(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Protocol
 
-from node.store.tx import Row, Tx
+from node.store.tx import Row, Tx, sqlite_db
 
 
 class ReportsRepo(Protocol):
@@ -42,7 +42,7 @@ class SqliteReportsRepo:
         self._conn = conn
 
     def add(self, db: Tx, values: Row) -> None:
-        db.conn.execute(
+        sqlite_db(db).conn.execute(
             "INSERT INTO reports (report_id, version, sop, tlp, issuer_jwt_digest, issuer_key, "
             "sealed, fields, sealed_at, supersedes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             values,
@@ -103,7 +103,9 @@ class SqliteReportsRepo:
         }
 
     def set_retracted(self, db: Tx, report_id: str, at: str) -> None:
-        db.conn.execute("UPDATE reports SET retracted_at = ? WHERE report_id = ?", (at, report_id))
+        sqlite_db(db).conn.execute(
+            "UPDATE reports SET retracted_at = ? WHERE report_id = ?", (at, report_id)
+        )
 
     def issuer_key(self, report_id: str, version: int) -> bytes:
         return bytes(
@@ -149,7 +151,7 @@ class SqliteReportsRepo:
     def add_submission(
         self, db: Tx, idempotency_key: str, report_id: str, version: int, at: str
     ) -> None:
-        db.conn.execute(
+        sqlite_db(db).conn.execute(
             "INSERT INTO submissions (idempotency_key, report_id, version, at) VALUES (?, ?, ?, ?)",
             (idempotency_key, report_id, version, at),
         )
@@ -162,7 +164,7 @@ class SqliteReportsRepo:
         return None if row is None else (str(row[0]), int(row[1]))
 
     def add_release(self, db: Tx, report_id: str, version: int, peer: str, log_index: int) -> None:
-        db.conn.execute(
+        sqlite_db(db).conn.execute(
             "INSERT INTO releases (report_id, version, peer, log_index) VALUES (?, ?, ?, ?)",
             (report_id, version, peer, log_index),
         )

@@ -36,7 +36,7 @@ from node.store.witness import SqliteWitnessRepo, WitnessRepo
 DB_FILE = "node.db"
 PAGE_SIZE = 16384
 
-Migration = Callable[[Tx], None]
+Migration = Callable[[sqlite_utils.Database], None]
 
 
 def _m001_foundation(db: sqlite_utils.Database) -> None:
