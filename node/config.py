@@ -108,6 +108,39 @@ def _command(key: str, value: object) -> tuple[str, ...]:
     return tuple(argv)
 
 
+DATABASE_SCHEMES = ("postgresql://", "postgres://")
+
+
+def check_database(value: object, *, key: str = "config database") -> str:
+    """A PostgreSQL connection string: a libpq URL (``postgresql://...``) or a keyword DSN
+    (``host=... dbname=...``). Anything else is refused with a ConfigError naming ``key``;
+    no message ever quotes the value (it may hold a password)."""
+    from node.store.pg import dsn_settings
+
+    def refuse(problem: str) -> ConfigError:
+        return ConfigError(
+            f"{key}: {problem}",
+            code="config.database",
+            next_step="Give a PostgreSQL URL (postgresql://user@host:5432/dbname) or a libpq "
+            "keyword string (host=... dbname=...); leave it out to keep the state in SQLite.",
+        )
+
+    if not isinstance(value, str) or not value.strip():
+        raise refuse("must be a non-empty string")
+    text = value.strip()
+    is_url = "://" in text
+    if is_url and not text.lower().startswith(DATABASE_SCHEMES):
+        raise refuse("is not a PostgreSQL URL (postgresql:// or postgres://)")
+    if not is_url and "=" not in text:
+        raise refuse("is neither a PostgreSQL URL nor a libpq keyword string")
+    parts = dsn_settings(text)
+    if parts is None:
+        raise refuse("cannot be parsed as a PostgreSQL connection string")
+    if not is_url and not parts:
+        raise refuse("names no connection setting")
+    return text
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     node: str
@@ -116,6 +149,9 @@ class NodeConfig:
     listen: str
     log_origin: str
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    # PostgreSQL holds the node's state when set (docs/adr/0024); the DSN may carry a
+    # password, so it is kept out of repr() and every message.
+    database: str | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, data_dir: Path) -> NodeConfig:
@@ -131,6 +167,9 @@ class NodeConfig:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid TOML ({e})") from e
         alerts = AlertsConfig.parse(raw.get("alerts"))  # a ConfigError names the key
+        database = raw.get("database")
+        if database is not None:
+            database = check_database(database)
         try:
             node = raw["node"]
             return cls(
@@ -140,6 +179,7 @@ class NodeConfig:
                 listen=str(node.get("listen", node["endpoint"])),
                 log_origin=str(node.get("log_origin", f"{node['id']}.accord/log")),
                 alerts=alerts,
+                database=database,
             )
         except (KeyError, TypeError, InputError) as e:
             raise ConfigError(f"{path}: missing or invalid setting ({e})") from e
@@ -147,7 +187,8 @@ class NodeConfig:
     def to_toml(self) -> str:
         import tomli_w
 
-        doc: dict[str, Any] = {
+        doc: dict[str, Any] = {} if self.database is None else {"database": self.database}
+        doc |= {
             "node": {
                 "id": self.node,
                 "name": self.name,

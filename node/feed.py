@@ -58,7 +58,8 @@ from node.home import Node
 from node.inbox import inbox_after
 from node.schemas import registry
 from node.stix import STIX_NAMESPACE, report_objects, shared_objects, stix_source, stix_time
-from node.store.feed import Consumer, FeedRow, FeedStore, Visibility
+from node.store import feed_repo
+from node.store.feed import Consumer, FeedRow, Visibility
 
 log = structlog.get_logger("accord.feed")
 
@@ -114,14 +115,14 @@ def add_consumer(
             f"--class must be one of {', '.join(CONSUMER_CLASSES)}",
             next_step="The class is what the agreement's onward rules name.",
         )
-    peers = FeedStore(node.store).peers_with_items()
+    peers = feed_repo(node.store).peers_with_items()
     unknown = [c for c in collections if c not in peers]
     if unknown:
         raise InputError(
             f"--collections: {unknown[0]} is not a partner of this node",
             next_step="List partners with 'accord peer list'.",
         )
-    feed = FeedStore(node.store)
+    feed = feed_repo(node.store)
     if feed.consumer(name) is not None:
         raise InputError(f"a consumer {name} exists", next_step="Choose another name.")
     if basic and (out / "basic.txt").exists():
@@ -159,7 +160,7 @@ def add_consumer(
 
 def revoke_consumer(node: Node, name: str, now: datetime) -> Consumer:
     """Refuse ``name`` from its next request on (``feed.consumer_revoked``)."""
-    feed = FeedStore(node.store)
+    feed = feed_repo(node.store)
     consumer = feed.consumer(name)
     if consumer is None:
         raise InputError(f"no feed consumer {name}", next_step="See 'accord feed consumer list'.")
@@ -175,7 +176,7 @@ def revoke_consumer(node: Node, name: str, now: datetime) -> Consumer:
 
 
 def list_consumers(node: Node) -> list[Consumer]:
-    return FeedStore(node.store).consumers()
+    return feed_repo(node.store).consumers()
 
 
 # -- indexing what arrived ---------------------------------------------------------------------
@@ -186,7 +187,7 @@ def index_inbox(node: Node, now: datetime, precise: datetime | None = None) -> i
     order they arrived; returns how many objects were added. ``date_added`` never goes
     back, even if the clock does. TLP:RED items are never indexed. ``precise``: the time
     with milliseconds, for ``date_added``."""
-    feed = FeedStore(node.store)
+    feed = feed_repo(node.store)
     cipher = node.keyring().storage_cipher()
     added = 0
     for peer in feed.peers_with_items():
@@ -372,7 +373,7 @@ class Feed:
     def __init__(self, node: Node, now: Callable[[], datetime]) -> None:
         self.node = node
         self.now = now
-        self.store = FeedStore(node.store)
+        self.store = feed_repo(node.store)
         self.cursors = CursorCodec(cursor_key(node))
         self.peer_certs: dict[tuple[str, int], bytes] = {}
         self._verified: dict[tuple[str, str], str] = {}  # (name, secret digest) -> hash

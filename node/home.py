@@ -3,7 +3,8 @@
 Layout (mode 0700)::
 
     config.toml          node id, name, endpoint, listen address, log origin
-    node.db              the SQLite store (WAL)
+    node.db              the SQLite store (WAL); absent when config.toml names a
+                         PostgreSQL ``database`` (docs/adr/0024), which then holds the state
     keys/secrets.key     every private key, sealed under the passphrase (0600)
     tls/ca.pem, tls/node.pem   public certificates
 """
@@ -57,10 +58,10 @@ from exchange.times import format_time, parse_time
 from keys.keyfile import PASSPHRASE_ENV
 from keys.keyring import Keyring, generate_keyring, load_keyring, save_keyring
 from keys.truststore import AddResult, KeyRevocation, PeerRecord, TrustStore
-from node.config import CONFIG_FILE, NodeConfig
+from node.config import CONFIG_FILE, NodeConfig, check_database
 from node.log import ExchangeLog, SignedCheckpoint
 from node.logstate import LogFacts, log_facts, same_time
-from node.store import DB_FILE, SqlitePeerRecords, Store, Tx
+from node.store import DB_FILE, NodeStore, PgStore, Tx, open_store, peer_records
 
 KEYFILE = Path("keys") / "secrets.key"
 PENDING_KEYFILE = Path("keys") / "secrets.key.new"
@@ -119,17 +120,33 @@ def _signed_card_row(signed: SignedCard) -> bytes:
     return canonical_json(signed.to_json())
 
 
-class LoggedPeerRecords(SqlitePeerRecords):
+class LoggedPeerRecords:
     """The trust store's rows, with each partner's revoked keys checked against the log
     (docs/THREATS.md I08): a ``peer_revocations`` row deleted, added, moved to another key or
     given a later time is refused, so an old key cannot be un-revoked outside the log."""
 
-    def __init__(self, store: Store, facts: Callable[[], LogFacts]) -> None:
-        super().__init__(store)
+    def __init__(self, store: NodeStore, facts: Callable[[], LogFacts]) -> None:
+        self._store = store
+        self._rows = peer_records(store)
         self._facts = facts
 
+    def get(self, node: str) -> PeerRecord | None:
+        return self._rows.get(node)
+
+    def put(self, record: PeerRecord) -> None:
+        self._rows.put(record)
+
+    def delete(self, node: str) -> None:
+        self._rows.delete(node)
+
+    def all(self) -> list[PeerRecord]:
+        return self._rows.all()
+
+    def put_key_revocation(self, node: str, revocation: KeyRevocation) -> None:
+        self._rows.put_key_revocation(node, revocation)
+
     def key_revocations(self, node: str) -> list[KeyRevocation]:
-        rows = super().key_revocations(node)
+        rows = self._rows.key_revocations(node)
         if self._store.in_transaction():
             # The trust store's own bookkeeping while it records a revocation (its event
             # is not signed yet); what the node acts on is read outside a transaction.
@@ -160,7 +177,7 @@ class Node:
 
     data_dir: Path
     config: NodeConfig
-    store: Store
+    store: NodeStore
     passphrase: PassphraseSource
     _keyring: Keyring | None = field(default=None, repr=False)
     _unencrypted: bool = False
@@ -170,9 +187,8 @@ class Node:
     def open(cls, data_dir: Path, passphrase: PassphraseSource) -> Node:
         config = NodeConfig.load(data_dir)
         _check_private_dir(data_dir)
-        return cls(
-            data_dir=data_dir, config=config, store=Store.open(data_dir), passphrase=passphrase
-        )
+        store = open_store(data_dir, config.database)
+        return cls(data_dir=data_dir, config=config, store=store, passphrase=passphrase)
 
     def close(self) -> None:
         self.store.close()
@@ -762,12 +778,17 @@ def init_node(
     passphrase: str | None,
     now: datetime,
     suite: str = SUITE_HYBRID,
+    database: str | None = None,
 ) -> Node:
     """Create a node in an empty (or missing) data directory. Every argument is checked
-    before anything is written; an existing node is never touched."""
+    before anything is written; an existing node is never touched. With ``database`` (a
+    PostgreSQL URL or keyword DSN) the node's state goes there and ``config.toml`` names
+    it; keys, TLS material and the key file stay in the data directory."""
     check_node_id(node, field="--node")
     check_display_name(name, field="--name")
     check_endpoint(endpoint, field="--endpoint")
+    if database is not None:
+        database = check_database(database, key="--database")
     for existing in (CONFIG_FILE, DB_FILE, str(KEYFILE)):
         if (data_dir / existing).exists():
             raise ConfigError(
@@ -778,7 +799,12 @@ def init_node(
     if data_dir.exists() and not data_dir.is_dir():
         raise ConfigError(f"{data_dir} exists and is not a directory")
     config = NodeConfig(
-        node=node, name=name, endpoint=endpoint, listen=endpoint, log_origin=f"{node}.accord/log"
+        node=node,
+        name=name,
+        endpoint=endpoint,
+        listen=endpoint,
+        log_origin=f"{node}.accord/log",
+        database=database,
     )
     host = endpoint.rpartition(":")[0].strip("[]")
     keyring = generate_keyring(node, config.log_origin, host, now, suite)
@@ -803,7 +829,15 @@ def _write_new_node(
     tls_dir.mkdir(mode=0o700, exist_ok=True)
     (tls_dir / "ca.pem").write_bytes(keyring.tls.ca_cert_pem)
     (tls_dir / "node.pem").write_bytes(keyring.tls.cert_pem)
-    store = Store.open(data_dir, create=True)
+    store = open_store(data_dir, config.database, create=True)
+    if isinstance(store, PgStore) and store.own_card_rows():
+        store.close()
+        raise ConfigError(
+            f"{store.where} already holds an Accord node",
+            code="config.exists",
+            next_step="Give each node a database of its own; an existing node is never "
+            "overwritten.",
+        )
     card = keyring.card(name=config.name, endpoint=config.endpoint, version=1, issued_at=now)
     signed = sign_card(card, keyring.identity_signer(), None)
     with store.transaction() as db:

@@ -22,7 +22,7 @@ from exchange.events import event_bytes
 from exchange.note import verifier_key
 from exchange.times import format_time
 from keys.rowauth import LeafAuthenticator
-from node.store import Store, SubtreeReader, Tx
+from node.store import NodeStore, SubtreeReader, Tx
 
 HIGHWATER_FILE = "log.highwater"
 MAX_PROOF_RANGE = 2**40
@@ -80,7 +80,7 @@ class ExchangeLog:
 
     def __init__(
         self,
-        store: Store,
+        store: NodeStore,
         origin: str,
         data_dir: Path | None = None,
         keys: Callable[[], LogKeys] | None = None,

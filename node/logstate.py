@@ -28,6 +28,7 @@ from exchange.events import Event, parse_event_unverified
 from exchange.note import parse_verifier_key
 from exchange.times import format_time, parse_time
 from node.log import ExchangeLog
+from node.store import store_name
 
 TRUSTED = "trusted"  # keys.truststore.TRUSTED (node may import keys; keys may not import node)
 REVOKED = "revoked"
@@ -183,7 +184,7 @@ def log_facts(log: ExchangeLog, log_vkey: str) -> LogFacts:
     signed = log.latest_checkpoint()
     if signed is None:
         return LogFacts()
-    key = str(store.path)
+    key = store_name(store)
     with _LOCK:
         facts = _CACHE.get(key, LogFacts())
     if facts.size:

@@ -26,6 +26,7 @@ from node.agreements import ceiling, current_agreement
 from node.home import Node
 from node.inbox import received_times
 from node.schemas import registry
+from node.store import PgStore
 
 POLICY_FILE = "policy.toml"
 POLICY_DIGEST_META = "policy.digest"  # a copy of the digest last logged (never trusted)
@@ -139,11 +140,17 @@ def apply_policy(node: Node, text: str, now: datetime) -> Policy:
     return policy
 
 
+def _has_inbox(node: Node) -> bool:
+    """Whether the store has its inbox table yet (a SQLite database rewound past the
+    exchange migration has none; a PostgreSQL one is always migrated on open)."""
+    return isinstance(node.store, PgStore) or "inbox" in node.store.db.table_names()
+
+
 def peer_stats(node: Node, policy: Policy, peer: str, now: datetime) -> PeerStats:
     """When ``peer``'s reports arrived, inside the policy's reciprocity window."""
     start = reciprocity_window_start(policy, peer, now)
     rule = policy.peers[peer].reciprocity if peer in policy.peers else None
-    if start is None or rule is None or "inbox" not in node.store.db.table_names():
+    if start is None or rule is None or not _has_inbox(node):
         return PeerStats(received_at=())
     times = received_times(node, peer, format_time(start), rule.min_reports)
     return PeerStats(received_at=tuple(parse_time(t, field="received_at") for t in times))

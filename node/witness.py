@@ -22,7 +22,7 @@ from exchange.crypto import Signer
 from exchange.errors import AccordError, PeerDataError
 from exchange.note import VerifierKey, parse_verifier_key
 from exchange.times import format_time
-from node.store import Store
+from node.store import NodeStore
 
 
 class WitnessConflict(PeerDataError):
@@ -50,7 +50,7 @@ class HeldView:
 
 
 class Witness:
-    def __init__(self, store: Store, signer: Signer, name: str) -> None:
+    def __init__(self, store: NodeStore, signer: Signer, name: str) -> None:
         self.store = store
         self._signer = signer
         self.name = name
@@ -174,6 +174,6 @@ def _key_text(key: VerifierKey) -> str:
     return key.encode()
 
 
-def grown_at(store: Store, partner: str) -> str | None:
+def grown_at(store: NodeStore, partner: str) -> str | None:
     """When the log of ``partner`` (``<partner>.accord/log``) last grew at this witness."""
     return store.witness.grown_at(partner, log_origin(partner))

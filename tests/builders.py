@@ -17,6 +17,7 @@ from exchange.sop import ValidReport, check_report_document
 from exchange.times import format_time
 from node.home import Node
 from node.schemas import registry
+from node.store import Store
 
 # A string in every withheld field of ALERT: if it shows up where the partner or a log
 # can see it, a withheld value leaked.
@@ -37,6 +38,12 @@ ALERT: dict[str, Any] = {
         "source": {"kind": "humint", "reliability": "B", "credibility": 2},
     },
 }
+
+
+def sqlite_store(node: Node) -> Store:
+    """The node's SQLite Store, for tests that read or edit ``node.db`` directly."""
+    assert isinstance(node.store, Store), "this test runs on a SQLite node"
+    return node.store
 
 
 def valid_report(report: dict[str, Any] = ALERT) -> ValidReport:

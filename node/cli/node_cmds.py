@@ -99,6 +99,13 @@ def _card_fields(card: Card) -> list[tuple[str, object]]:
     is_flag=True,
     help="DANGEROUS: store private keys without a passphrase (tests and demos only).",
 )
+@click.option(
+    "--database",
+    metavar="DSN",
+    default=None,
+    help="Keep the node's state in PostgreSQL at this URL or libpq keyword string "
+    "(written to config.toml); without it, SQLite in the data directory.",
+)
 @json_option
 @pass_ctx
 def init(
@@ -108,6 +115,7 @@ def init(
     endpoint: str,
     suite: str,
     unencrypted_keys: bool,
+    database: str | None,
     as_json: bool,
 ) -> None:
     """Create a new node: keys, TLS certificates, database and signed card.
@@ -137,6 +145,7 @@ def init(
         passphrase=passphrase,
         now=clock.now(),
         suite=SUITES[suite],
+        database=database,
     )
     try:
         card = node.own_chain().latest

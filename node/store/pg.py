@@ -65,6 +65,15 @@ def describe(dsn: str) -> str:
     return f"database {parts.get('dbname') or '(default)'} on {host}{port}"
 
 
+def dsn_settings(dsn: str) -> dict[str, object] | None:
+    """The settings a libpq URL or keyword string names, or None when libpq cannot parse
+    it (the parser's message is not passed on: it can quote a password)."""
+    try:
+        return dict(conninfo_to_dict(dsn))
+    except psycopg.ProgrammingError:
+        return None
+
+
 def lock_key(purpose: str, node_id: str) -> int:
     """The advisory-lock key of one of a node's locks: the first 8 bytes of
     SHA-256("accord/v1/<purpose>\\n" || node id), as PostgreSQL's signed bigint."""

@@ -41,7 +41,7 @@ from node.store.loop import _MARK_OVERDUE, _WHICH, DEADLINE_SQL, LoopRepo
 from node.store.meta import MetaRepo
 from node.store.outbox import OutboxRepo
 from node.store.peers import PeersRepo
-from node.store.pg import _set_durable, check_durable, describe
+from node.store.pg import _set_durable, check_durable, describe, lock_key
 from node.store.reports import ReportsRepo
 from node.store.sqlite import MIGRATIONS
 from node.store.tx import Row, Tx
@@ -282,6 +282,11 @@ PG_MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 
 
+# The key of the transaction-scoped advisory lock every write transaction takes first. An
+# advisory lock is scoped to its database, and one database holds one node.
+TRANSACTION_LOCK = lock_key("transaction", "")
+
+
 class PgStore:
     """The node database on PostgreSQL. Open with ``PgStore.open(dsn)``; the repositories
     are the same attributes as ``Store``'s, typed by the same Protocols."""
@@ -339,6 +344,10 @@ class PgStore:
         self.staged, self._before_commit = {}, []
         try:
             with self.conn.transaction():
+                # One writer at a time, as SQLite's BEGIN IMMEDIATE: the serving process and
+                # a CLI command on the same node queue here, so the log's next index and
+                # each checkpoint are read after the previous writer committed.
+                self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (TRANSACTION_LOCK,))
                 yield self.db
                 for hook in self._before_commit:
                     hook()
@@ -347,11 +356,36 @@ class PgStore:
         finally:
             self.staged, self._before_commit = {}, []
 
+    @contextmanager
+    def read_snapshot(self) -> Iterator[None]:
+        """One consistent read of the database: a ``REPEATABLE READ READ ONLY`` transaction
+        (every statement in it sees the same snapshot, as a SQLite deferred ``BEGIN``
+        does); inside an open transaction, that transaction's own view."""
+        if self.in_transaction():
+            yield
+            return
+        try:
+            with self.conn.transaction():
+                self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                yield
+        except psycopg.Error as e:
+            raise StoreError(f"database error on {self.where}: {e}", code="store.error") from e
+
     def before_commit(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` inside the open transaction, just before it commits."""
         if not self.in_transaction():
             raise StoreError("before_commit outside a transaction", code="store.no_transaction")
         self._before_commit.append(hook)
+
+    # -- meta (as ``Store``'s) ------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        return self.meta.get(key)
+
+    def set_meta(self, db: Tx, key: str, value: str) -> None:
+        self.meta.set(db, key, value)
+
+    def own_card_rows(self) -> list[bytes]:
+        return self.meta.own_cards()
 
     def schema_version(self) -> int:
         row = self.conn.execute("SELECT to_regclass('_migrations') IS NOT NULL").fetchone()

@@ -52,7 +52,7 @@ from node.sync import Puller, PullState
 from node.transport import PartnerChannels
 from node.wire import envelope_message, node_card_message, revocation_message
 from node.witness import Witness
-from tests.builders import ALERT
+from tests.builders import ALERT, sqlite_store
 from tests.conftest import POLICY, TERMS
 from tests.integration.conftest import free_port
 
@@ -471,7 +471,7 @@ def assert_only(before: dict[str, str], after: dict[str, str], allowed: Iterable
 
 
 def integrity_ok(node: Node) -> None:
-    conn = sqlite3.connect(f"file:{node.store.path}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{sqlite_store(node).path}?mode=ro", uri=True)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:

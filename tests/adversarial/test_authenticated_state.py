@@ -33,7 +33,7 @@ from node.policy import (
     decide_for,
 )
 from tests.adversarial.hostile import HOSTILE, VICTIM, Forge, World, log_kinds, pull, rows, valid
-from tests.builders import insider_append_event
+from tests.builders import insider_append_event, sqlite_store
 from tests.conftest import POLICY, TERMS, Result, snapshot
 
 pytestmark = [pytest.mark.threat("I08"), pytest.mark.timeout(90)]
@@ -384,7 +384,7 @@ def test_i08_appended_policy_changed_entry_releases_nothing(world: World) -> Non
     with sender.store.transaction() as db:
         sender.store.set_meta(db, POLICY_DIGEST_META, digest)
     insider_append_event(
-        sender.store.conn, "policy.changed", world.now, policy_digest=digest, peers=[VICTIM]
+        sqlite_store(sender).conn, "policy.changed", world.now, policy_digest=digest, peers=[VICTIM]
     )
     before = snapshot(sender.data_dir)
     with pytest.raises(PolicyError) as err:

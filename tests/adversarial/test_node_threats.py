@@ -47,6 +47,7 @@ from tests.adversarial.hostile import (
     trust,
     valid,
 )
+from tests.builders import sqlite_store
 from tests.conftest import POLICY, Result, snapshot
 from tests.integration.conftest import ROOT
 
@@ -434,7 +435,7 @@ def _load(world: World, rounds: int, per_round: int, tmp_path: Path) -> None:
         total += per_round
         export_bundle(world.victim, tmp_path / f"audit-{r}.bundle", world.now)  # auditors
     assert cursor(world.victim, HOSTILE) == total
-    wal = world.victim.store.path.with_name("node.db-wal")
+    wal = sqlite_store(world.victim).path.with_name("node.db-wal")
     assert not wal.exists() or wal.stat().st_size < 64 << 20
     integrity_ok(world.victim)
 

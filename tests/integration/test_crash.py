@@ -36,6 +36,7 @@ import pytest
 from exchange.sdjwt import PresentationLimits, verify_presentation
 from node.home import Node
 from node.reports import load_sealed
+from tests.builders import sqlite_store
 from tests.conftest import PASSPHRASE, Result, agree, audit_anchors
 from tests.integration.conftest import ServerProcess
 from tests.integration.load import Submitter, title
@@ -334,9 +335,11 @@ def check_exactly_once(pk: Path, cn: Path, submitter: Submitter) -> int:
         titles = []
         for report_id in sorted(extra):
             sealed = load_sealed(node, report_id)
-            key = node.store.conn.execute(
-                "SELECT issuer_key FROM reports WHERE report_id = ?", (report_id,)
-            ).fetchone()[0]
+            key = (
+                sqlite_store(node)
+                .conn.execute("SELECT issuer_key FROM reports WHERE report_id = ?", (report_id,))
+                .fetchone()[0]
+            )
             fields = verify_presentation(
                 sealed.full_presentation(), bytes(key), limits=PresentationLimits()
             ).fields

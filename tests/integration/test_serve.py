@@ -27,6 +27,7 @@ from node.errors_map import read_error_detail
 from node.home import Node, init_node
 from node.server import NodeServer, ServeOptions
 from node.transport import channel_options, client_credentials
+from tests.builders import sqlite_store
 from tests.conftest import PASSPHRASE, Result, audit_anchors
 from tests.integration.conftest import ServerProcess, free_port
 
@@ -310,7 +311,7 @@ def test_a_retried_submission_with_the_same_key_is_not_sealed_twice(tmp_path: Pa
 
     first, again, other = asyncio.run(scenario())
     assert first == again != other
-    count = pk.store.conn.execute("SELECT count(*) FROM reports").fetchone()[0]
+    count = sqlite_store(pk).conn.execute("SELECT count(*) FROM reports").fetchone()[0]
     assert count == 2
 
 

@@ -17,7 +17,7 @@ from exchange.times import format_time
 from node import outbox
 from node.home import Node
 from node.inbox import apply_batch, cursor, get_inbox, list_inbox
-from tests.builders import ALERT, MARKER, valid_report
+from tests.builders import ALERT, MARKER, sqlite_store, valid_report
 from tests.conftest import Result, snapshot
 
 Accord = Callable[..., Result]
@@ -45,9 +45,11 @@ def test_submit_sync_receipt(pair: tuple[Node, Node]) -> None:
         pk, "cn-mps", outcome.receipt.statement, outcome.receipt.signature, now
     )
     assert new and receipt.first_seq == 1 and receipt.last_seq == 1
-    state = pk.store.conn.execute(
-        "SELECT state FROM outbox WHERE peer = 'cn-mps' AND seq = 1"
-    ).fetchone()[0]
+    state = (
+        sqlite_store(pk)
+        .conn.execute("SELECT state FROM outbox WHERE peer = 'cn-mps' AND seq = 1")
+        .fetchone()[0]
+    )
     assert state == "delivered"
     [item] = list_inbox(cn)
     released = set(release.decision.released)
@@ -249,7 +251,7 @@ def test_p03_partner_serving_the_same_checkpoint_is_frozen(pair: tuple[Node, Nod
         now=later,
     )
     # pk-moi acknowledged something of ours at `later` (so its log grew by then).
-    with cn.store.transaction() as db:
+    with sqlite_store(cn).transaction() as db:
         db.table("receipts").insert(
             {
                 "peer": "pk-moi",

@@ -26,7 +26,7 @@ from node.home import Node, init_node
 from node.log import ExchangeLog
 from node.store import Store
 from node.witness import Witness, WitnessConflict
-from tests.builders import anchors, insider_append_leaf
+from tests.builders import anchors, insider_append_leaf, sqlite_store
 from tests.conftest import PASSPHRASE
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -469,7 +469,7 @@ def test_h06_checkpoint_of_another_log_is_refused(tmp_path: Path) -> None:
     witness, cn = _witness(tmp_path)
     cp = cn.log.latest_checkpoint()
     assert cp is not None
-    before = _sqlite_dump(cn.store)
+    before = _sqlite_dump(sqlite_store(cn))
     with pytest.raises(PeerDataError):
         witness.add_checkpoint(
             partner="pk-moi",
@@ -480,7 +480,7 @@ def test_h06_checkpoint_of_another_log_is_refused(tmp_path: Path) -> None:
             note=cp.note,
             now=NOW,
         )
-    assert _sqlite_dump(cn.store) == before
+    assert _sqlite_dump(sqlite_store(cn)) == before
 
 
 def test_log_events_hold_no_secret_material(tmp_path: Path) -> None:
@@ -502,7 +502,7 @@ def test_keyring_unused(tmp_path: Path) -> None:
 
 def _insider_append(node: Node, data: bytes) -> int:
     """What someone with node.db but no keyring can do: a leaf and its correct subtrees."""
-    return insider_append_leaf(node.store.conn, data)
+    return insider_append_leaf(sqlite_store(node).conn, data)
 
 
 @pytest.mark.threat("I07")

@@ -18,6 +18,7 @@ from exchange.sop import check_report_document
 from node.home import init_node
 from node.reports import load_sealed, seal_report
 from node.schemas import registry
+from tests.builders import sqlite_store
 from tests.conftest import Result, snapshot
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -87,7 +88,7 @@ def test_edited_ciphertext_at_rest_is_detected(tmp_path: Path) -> None:
         a = seal_report(node, db, valid, NOW)
         b = seal_report(node, db, valid, NOW)
     # Swap the two ciphertexts: each is bound to its own row.
-    conn = node.store.conn
+    conn = sqlite_store(node).conn
     blob_a = conn.execute(
         "SELECT sealed FROM reports WHERE report_id = ?", (a.report_id,)
     ).fetchone()[0]

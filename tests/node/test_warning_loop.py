@@ -21,7 +21,7 @@ from node import outbox, warning
 from node.agreements import current_agreement
 from node.home import Node
 from node.inbox import apply_batch, cursor, list_inbox, received_acks
-from tests.builders import CRITICAL_ALERT, loop_terms, reply, valid_report
+from tests.builders import CRITICAL_ALERT, loop_terms, reply, sqlite_store, valid_report
 from tests.conftest import PASSPHRASE, POLICY, TERMS, Result, exchange_cards
 
 Accord = Callable[..., Result]
@@ -196,9 +196,13 @@ def test_forged_replayed_and_misdated_acknowledgements_are_refused(
     pk, cn = loop_pair
     t0 = datetime.now(UTC).replace(microsecond=0)
     item = _alert(pk, cn, t0)
-    row = cn.store.conn.execute(
-        "SELECT report_id, version, issuer_jwt_digest FROM inbox WHERE envelope_id = ?", (item,)
-    ).fetchone()
+    row = (
+        sqlite_store(cn)
+        .conn.execute(
+            "SELECT report_id, version, issuer_jwt_digest FROM inbox WHERE envelope_id = ?", (item,)
+        )
+        .fetchone()
+    )
     report_id, version, jwt = str(row[0]), int(row[1]), str(row[2])
     now = t0 + timedelta(seconds=5)
 
@@ -244,7 +248,9 @@ def test_forged_replayed_and_misdated_acknowledgements_are_refused(
     warning.acknowledge(cn, item, "accepted", "amina", None, now)
     _deliver(cn, pk, now)
     [held] = received_acks(pk)
-    sent_row = cn.store.conn.execute("SELECT sealed, ack_envelope_id FROM acks_sent").fetchone()
+    sent_row = (
+        sqlite_store(cn).conn.execute("SELECT sealed, ack_envelope_id FROM acks_sent").fetchone()
+    )
     [mine] = warning.sent_acks(cn)
     record = json.loads(
         cn.keyring().storage_cipher().decrypt(bytes(sent_row[0]), warning._ack_aad(sent_row[1]))
@@ -291,7 +297,7 @@ def test_reply_to_a_report_never_received_is_refused_and_stores_nothing(
         outbox.submit(cn, [reply("01890a5d-ac96-774b-bcce-b302099a8057")], datetime.now(UTC))
     assert e.value.code == "report.reply_unknown"
     assert len(_events(cn)) == before
-    assert cn.store.conn.execute("SELECT count(*) FROM reports").fetchone()[0] == 0
+    assert sqlite_store(cn).conn.execute("SELECT count(*) FROM reports").fetchone()[0] == 0
 
 
 def test_the_officer_api_shows_the_thread_and_exports_our_ack_as_valid_cap(
