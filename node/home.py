@@ -187,7 +187,7 @@ class Node:
     def open(cls, data_dir: Path, passphrase: PassphraseSource) -> Node:
         config = NodeConfig.load(data_dir)
         _check_private_dir(data_dir)
-        store = open_store(data_dir, config.database)
+        store = open_store(data_dir, config.database, config.node)
         return cls(data_dir=data_dir, config=config, store=store, passphrase=passphrase)
 
     def close(self) -> None:
@@ -829,7 +829,7 @@ def _write_new_node(
     tls_dir.mkdir(mode=0o700, exist_ok=True)
     (tls_dir / "ca.pem").write_bytes(keyring.tls.ca_cert_pem)
     (tls_dir / "node.pem").write_bytes(keyring.tls.cert_pem)
-    store = open_store(data_dir, config.database, create=True)
+    store = open_store(data_dir, config.database, config.node, create=True)
     if isinstance(store, PgStore) and store.own_card_rows():
         store.close()
         raise ConfigError(

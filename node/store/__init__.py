@@ -20,10 +20,13 @@ from node.store.tx import Row, Tx
 NodeStore = Store | PgStore
 
 
-def open_store(data_dir: Path, database: str | None, *, create: bool = False) -> NodeStore:
-    """PostgreSQL at ``database`` when it is set, else ``node.db`` in ``data_dir``."""
+def open_store(
+    data_dir: Path, database: str | None, node_id: str, *, create: bool = False
+) -> NodeStore:
+    """PostgreSQL at ``database`` when it is set (every write under node ``node_id``'s
+    writer lock), else ``node.db`` in ``data_dir``."""
     if database is not None:
-        return PgStore.open(database)
+        return PgStore.open(database, node_id=node_id)
     return Store.open(data_dir, create=create)
 
 

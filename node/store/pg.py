@@ -157,12 +157,21 @@ class SessionLock:
 
     purpose: ClassVar[str]
 
-    def __init__(self, dsn: str, node_id: str, *, connect_timeout: int = 10) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        node_id: str,
+        *,
+        connect_timeout: int = 10,
+        session: Connection[TupleRow] | None = None,
+    ) -> None:
+        """``session``: take the lock on this (autocommit) connection instead of one of the
+        lock's own, e.g. the store's, so the writes and the lock share one session."""
         self.dsn = dsn
         self.node_id = node_id
         self.key = lock_key(self.purpose, node_id)
         self._connect_timeout = connect_timeout
-        self._conn: Connection[TupleRow] | None = None
+        self._conn: Connection[TupleRow] | None = session
         self._held = False
         self._mutex = threading.RLock()
 
@@ -268,6 +277,20 @@ class SessionLock:
             if not (row and row[0]):
                 self._held = False
             return self._held
+
+    def uses(self, conn: Connection[TupleRow]) -> bool:
+        """Whether the lock is taken on ``conn`` (its session is that connection)."""
+        return self._conn is conn
+
+    def unlock(self) -> None:
+        """Give the lock up and keep the session (for the next acquire)."""
+        with self._mutex:
+            if self._conn is not None and self._held:
+                try:
+                    self._conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+                except psycopg.OperationalError:
+                    self._lost()
+            self._held = False
 
     def release(self) -> None:
         """Give the lock up and end the session."""

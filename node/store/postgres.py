@@ -41,7 +41,7 @@ from node.store.loop import _MARK_OVERDUE, _WHICH, DEADLINE_SQL, LoopRepo
 from node.store.meta import MetaRepo
 from node.store.outbox import OutboxRepo
 from node.store.peers import PeersRepo
-from node.store.pg import _set_durable, check_durable, describe, lock_key
+from node.store.pg import WriterLock, _set_durable, check_durable, describe, lock_key
 from node.store.reports import ReportsRepo
 from node.store.sqlite import MIGRATIONS
 from node.store.tx import Row, Tx
@@ -282,18 +282,23 @@ PG_MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 
 
-# The key of the transaction-scoped advisory lock every write transaction takes first. An
-# advisory lock is scoped to its database, and one database holds one node.
+# A store opened without a node id (tools, the contract suite) serialises its writers with
+# this transaction-scoped advisory lock instead of the node's WriterLock. An advisory lock
+# is scoped to its database, and one database holds one node.
 TRANSACTION_LOCK = lock_key("transaction", "")
+WRITE_WAIT = 30.0  # seconds, SQLite's busy_timeout
 
 
 class PgStore:
     """The node database on PostgreSQL. Open with ``PgStore.open(dsn)``; the repositories
     are the same attributes as ``Store``'s, typed by the same Protocols."""
 
-    def __init__(self, conn: Connection[TupleRow], where: str) -> None:
+    def __init__(
+        self, conn: Connection[TupleRow], where: str, writer: WriterLock | None = None
+    ) -> None:
         self.conn = conn
         self.where = where
+        self.writer = writer
         self.db = PgTx(conn)
         self.inbox: InboxRepo = PgInboxRepo(self.db)
         self.outbox: OutboxRepo = PgOutboxRepo(self.db)
@@ -308,9 +313,14 @@ class PgStore:
         self._before_commit: list[Callable[[], None]] = []
 
     @classmethod
-    def open(cls, dsn: str) -> PgStore:
+    def open(cls, dsn: str, *, node_id: str | None = None) -> PgStore:
         """Connect (autocommit between transactions, ``synchronous_commit = on``), refuse a
-        server that could lose a commit, and run the migrations."""
+        server that could lose a commit, and run the migrations.
+
+        With ``node_id`` every write transaction runs under that node's ``WriterLock``,
+        taken on this same connection (docs/adr/0024): the log's appends and checkpoint
+        signing, like every other write, happen only while this session holds the lock,
+        and cannot happen once the session (and with it the lock) is gone."""
         where = describe(dsn)
         try:
             conn = psycopg.connect(dsn, autocommit=True)
@@ -323,7 +333,8 @@ class PgStore:
         try:
             _set_durable(conn)
             check_durable(conn, where)
-            store = cls(conn, where)
+            writer = None if node_id is None else WriterLock(dsn, node_id, session=conn)
+            store = cls(conn, where, writer)
             store.migrate()
         except BaseException:
             conn.close()
@@ -342,12 +353,30 @@ class PgStore:
         if self.in_transaction():
             raise StoreError("a transaction is already open", code="store.error")
         self.staged, self._before_commit = {}, []
+        # One writer at a time, as SQLite's BEGIN IMMEDIATE: the serving process and a CLI
+        # command on the same node queue here (as long as SQLite's busy timeout), so the
+        # log's next index and each checkpoint are read after the previous writer committed.
+        locked = False
         try:
+            if self.writer is not None:
+                if not self.writer.acquire(timeout=WRITE_WAIT):
+                    raise StoreError(
+                        f"another process has held the writer lock of node "
+                        f"{self.writer.node_id} on {self.where} for {WRITE_WAIT:g} s",
+                        code="store.busy",
+                        next_step="Retry; if it persists, find the process that holds it "
+                        "(pg_locks, advisory).",
+                    )
+                locked = True
+                if not self.writer.uses(self.conn):  # the session was lost and replaced
+                    raise StoreError(
+                        f"the connection to {self.where} was lost",
+                        code="store.unavailable",
+                        next_step="Restart the node once the database server answers.",
+                    )
             with self.conn.transaction():
-                # One writer at a time, as SQLite's BEGIN IMMEDIATE: the serving process and
-                # a CLI command on the same node queue here, so the log's next index and
-                # each checkpoint are read after the previous writer committed.
-                self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (TRANSACTION_LOCK,))
+                if self.writer is None:
+                    self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (TRANSACTION_LOCK,))
                 yield self.db
                 for hook in self._before_commit:
                     hook()
@@ -355,6 +384,8 @@ class PgStore:
             raise StoreError(f"database error on {self.where}: {e}", code="store.error") from e
         finally:
             self.staged, self._before_commit = {}, []
+            if locked and self.writer is not None:
+                self.writer.unlock()
 
     @contextmanager
     def read_snapshot(self) -> Iterator[None]:

@@ -16,6 +16,7 @@ from exchange.errors import ConfigError
 from node.config import NodeConfig
 from node.home import Node, init_node
 from node.store import PgStore, Store
+from node.store.pg import WriterLock
 from tests.conftest import PASSPHRASE, Result
 from tests.postgres import PgCluster
 
@@ -116,13 +117,15 @@ def test_init_database_puts_the_state_in_postgresql_and_keys_in_the_directory(
     assert not (tmp_path / "other").exists()
 
 
+@pytest.mark.parametrize("node_id", [None, "pk-moi"])
 def test_write_transactions_on_postgresql_queue_like_sqlite_begin_immediate(
-    pg_cluster: PgCluster,
+    pg_cluster: PgCluster, node_id: str | None
 ) -> None:
     """Two connections to one node's database: the second writer waits for the first to
-    commit, then reads what it wrote (the log's next index cannot be taken twice)."""
-    dsn = pg_cluster.createdb("config_writer_queue")
-    first, second = PgStore.open(dsn), PgStore.open(dsn)
+    commit, then reads what it wrote (the log's next index cannot be taken twice); with a
+    node id through the node's WriterLock, without one a transaction-scoped lock."""
+    dsn = pg_cluster.createdb(f"config_writer_queue_{node_id is None}")
+    first, second = PgStore.open(dsn, node_id=node_id), PgStore.open(dsn, node_id=node_id)
     seen: list[str | None] = []
     try:
         with first.transaction() as db:
@@ -137,6 +140,25 @@ def test_write_transactions_on_postgresql_queue_like_sqlite_begin_immediate(
     finally:
         first.close()
         second.close()
+
+
+def test_a_node_store_writes_only_under_its_writer_lock(pg_cluster: PgCluster) -> None:
+    """docs/adr/0024: the node's writes run on the session that holds its WriterLock, taken
+    for the transaction and given up after it commits."""
+    dsn = pg_cluster.createdb("config_writer_lock")
+    store = PgStore.open(dsn, node_id="pk-moi")
+    other = WriterLock(dsn, "pk-moi")
+    try:
+        assert store.writer is not None
+        with store.transaction() as db:
+            store.set_meta(db, "k", "v")
+            assert store.writer.check() and store.writer.uses(store.conn)
+            assert not other.try_acquire()
+        assert other.try_acquire()  # given up at commit
+        other.unlock()
+    finally:
+        other.release()
+        store.close()
 
 
 def _write_after(store: PgStore, seen: list[str | None]) -> None:
