@@ -495,7 +495,7 @@ def on_reply_sealed(
     peer = node.store.inbox.first_report_peer(db, in_reply_to)
     if peer is None:
         raise InputError(
-            f"in_reply_to names no report received from a partner ({in_reply_to[:36]})",
+            "fields.in_reply_to names no report received from a partner",
             code="report.reply_unknown",
             next_step="Reply to an item of 'accord inbox list': 'accord report reply ID FILE'.",
         )

@@ -119,9 +119,9 @@ def inbox_ack(
         say(f"  next: it goes when {answer.peer} pulls; check 'accord sync status'")
 
 
-def _reply_fields(file: Path) -> tuple[dict[str, Any], str | None, bool]:
+def _reply_fields(file: Path) -> tuple[dict[str, Any], str | None]:
     """A reply file: either a whole report (``sop``, ``tlp``, ``fields``) or just the
-    fields of response@1 (JSON or TOML). Returns fields, TLP if given, whether whole."""
+    fields of response@1 (JSON or TOML). Returns the fields and the TLP if given."""
     data, fmt = read_report_file(file)
     try:
         doc = json.loads(data) if fmt == "json" else tomllib.loads(data.decode("utf-8"))
@@ -136,8 +136,8 @@ def _reply_fields(file: Path) -> tuple[dict[str, Any], str | None, bool]:
         if not isinstance(fields, dict):
             raise InputError(f"{file}: fields must be an object")
         tlp = doc.get("tlp")
-        return dict(fields), tlp if isinstance(tlp, str) else None, True
-    return dict(doc), None, False
+        return dict(fields), tlp if isinstance(tlp, str) else None
+    return dict(doc), None
 
 
 @report.command(
@@ -166,7 +166,7 @@ def report_reply(
     answers. It is sealed and released under the policy and agreement like any report.
     """
     item = answered_item(ctx, envelope_id)
-    fields, file_tlp, _whole = _reply_fields(file)
+    fields, file_tlp = _reply_fields(file)
     given = fields.get("in_reply_to")
     if given is not None and given != item.report_id:
         raise InputError(
