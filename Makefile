@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PROTO_OUT := node/_pb
+PROTO_OUT := node/rpc/_pb
 
 .PHONY: venv proto lint test test-long demo bench bench-feed fuzz soak clean
 
@@ -17,14 +17,14 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 proto: $(STAMP)
-	$(BIN)/python -m node.protogen
+	$(BIN)/python -m tools.protogen
 
 # ruff (every ignore in pyproject.toml says why), mypy --strict on the code and the tests,
 # and the import contracts of pyproject.toml [tool.importlinter] (docs/DESIGN.md §2).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy exchange keys node tests
+	$(BIN)/mypy exchange keys node tools tests
 	$(BIN)/lint-imports
 
 test: $(STAMP)
@@ -34,7 +34,7 @@ test-long: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/python -m node.demo
+	$(BIN)/python -m tools.demo
 
 # The pipelines against the floor, then the feed against medallion in the same run
 # (medallion's memory backend copies the collection per page: that part takes minutes).

@@ -15,7 +15,7 @@ from pathlib import Path
 from exchange.sop import ValidReport, check_report_document
 from node.cli import run
 from node.home import Node
-from node.schemas import registry
+from node.services.schemas import registry
 
 SENDER = "pk-moi"
 PARTNERS = ("cn-mps", "gb-fco")

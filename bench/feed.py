@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 from node import outbox  # noqa: E402
 from node.cli import run  # noqa: E402
-from node.feed import collection_id  # noqa: E402
 from node.home import Node  # noqa: E402
-from node.inbox import apply_batch, cursor  # noqa: E402
+from node.services.feed import collection_id  # noqa: E402
+from node.services.inbox import apply_batch, cursor  # noqa: E402
 from tests.builders import ALERT, valid_report  # noqa: E402
 
 PASSPHRASE = "bench passphrase for accord"  # noqa: S105  (throwaway nodes in a temp dir)

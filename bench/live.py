@@ -19,7 +19,7 @@ import grpc
 
 from bench.cluster import make_cluster, open_node, report_bytes
 from bench.pipelines import submit_batches
-from node._pb.accord.v1 import officer_pb2, officer_pb2_grpc
+from node.rpc._pb.accord.v1 import officer_pb2, officer_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 60.0

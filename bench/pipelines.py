@@ -12,12 +12,12 @@ from pathlib import Path
 
 from bench.cluster import make_cluster, open_node, report_bytes
 from exchange.audit import Anchor
-from node import outbox
-from node.audit import export_bundle, verify_bundle_file
 from node.clock import now
 from node.home import Node, init_node
-from node.log import ExchangeLog
-from node.officer_service import validate
+from node.rpc.officer_service import validate
+from node.services import outbox
+from node.services.audit import export_bundle, verify_bundle_file
+from node.services.log import ExchangeLog
 from node.store import Store
 
 BATCH = 256

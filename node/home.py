@@ -59,8 +59,8 @@ from keys.keyfile import PASSPHRASE_ENV
 from keys.keyring import Keyring, generate_keyring, load_keyring, save_keyring
 from keys.truststore import AddResult, KeyRevocation, PeerRecord, TrustStore
 from node.config import CONFIG_FILE, NodeConfig, check_database
-from node.log import ExchangeLog, SignedCheckpoint
-from node.logstate import LogFacts, log_facts, same_time
+from node.services.log import ExchangeLog, SignedCheckpoint
+from node.services.logstate import LogFacts, log_facts, same_time
 from node.store import DB_FILE, NodeStore, PgStore, Tx, open_store, peer_records
 
 KEYFILE = Path("keys") / "secrets.key"
@@ -78,6 +78,10 @@ KEY_IDENTITY, KEY_ENCRYPTION, KEY_TLS, KEY_LOG, KEY_WITNESS = (
     "witness",
 )
 KEY_KINDS = (KEY_IDENTITY, KEY_ENCRYPTION, KEY_TLS, KEY_LOG, KEY_WITNESS)
+
+
+# The Officer API's Unix socket in the data directory (mode 0600; only the node's OS user).
+OFFICER_SOCKET = "officer.sock"
 
 
 def passphrase_from_env_or(prompt: PassphraseSource) -> PassphraseSource:
@@ -747,7 +751,7 @@ class Node:
     def _reuse_passphrase(self) -> str | None:
         return None if self._unencrypted else self.passphrase()
 
-    # -- witnessing (added for node/cosigning.py) --------------------------------------------
+    # -- witnessing (added for node/rpc/cosigning.py) --------------------------------------------
     def cosigned_size(self, witness: str) -> int:
         """The size of our largest checkpoint ``witness`` has cosigned; 0 when none."""
         size = self.store.log.cosigned_size(witness)

@@ -69,13 +69,13 @@ ALLOWED_KEYS = frozenset(
         "error",
         "error_code",
         "stack",
-        # key schedule (node/keywatch.py): what ends when, never key material
+        # key schedule (node/services/keywatch.py): what ends when, never key material
         "subject",
         "not_after",
         "days_left",
         "expired",
         "card_version",
-        # escalation commands (node/alerts.py) and watched inbox rows: never stdin or output
+        # escalation commands (services/alerts.py), watched inbox rows: never stdin or output
         "reason",
         "exit_code",
         "row",

@@ -33,7 +33,7 @@ import grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from node._pb.accord.v1 import officer_pb2, officer_pb2_grpc  # noqa: E402
+from node.rpc._pb.accord.v1 import officer_pb2, officer_pb2_grpc  # noqa: E402
 
 ACCORD = [sys.executable, "-m", "node"]
 ENV = {

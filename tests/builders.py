@@ -16,7 +16,7 @@ from exchange.events import event_bytes
 from exchange.sop import ValidReport, check_report_document
 from exchange.times import format_time
 from node.home import Node
-from node.schemas import registry
+from node.services.schemas import registry
 from node.store import Store
 
 # A string in every withheld field of ALERT: if it shows up where the partner or a log

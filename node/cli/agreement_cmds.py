@@ -18,7 +18,12 @@ from exchange.sop import check_report_document
 from exchange.termination import Termination
 from exchange.times import format_time, parse_time
 from node import clock
-from node.agreements import (
+from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
+from node.cli.node_cmds import opened
+from node.cli.output import ok, print_fields, print_json, print_table, say, stderr, warn
+from node.cli.report_cmds import read_report_file
+from node.files import write_export
+from node.services.agreements import (
     accept_termination,
     current_agreement,
     load_terms,
@@ -28,12 +33,7 @@ from node.agreements import (
     stored_agreements,
     terminate_agreement,
 )
-from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
-from node.cli.node_cmds import opened
-from node.cli.output import ok, print_fields, print_json, print_table, say, stderr, warn
-from node.cli.report_cmds import read_report_file
-from node.files import write_export
-from node.policy import (
+from node.services.policy import (
     REASON_TEXT,
     active_policy,
     apply_policy,
@@ -41,8 +41,8 @@ from node.policy import (
     decide_for,
     read_policy_text,
 )
-from node.reports import load_sealed
-from node.schemas import registry
+from node.services.reports import load_sealed
+from node.services.schemas import registry
 
 
 def _agreement_json(

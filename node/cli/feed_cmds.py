@@ -13,9 +13,15 @@ from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
 from node.cli.node_cmds import opened
 from node.cli.output import ok, print_json, print_table, say, warn
 from node.cli.serve_cmds import _server_passphrase
-from node.feed import CONSUMER_CLASSES, add_consumer, list_consumers, revoke_consumer, serve_feed
 from node.home import Node
 from node.logsetup import configure_logging
+from node.services.feed import (
+    CONSUMER_CLASSES,
+    add_consumer,
+    list_consumers,
+    revoke_consumer,
+    serve_feed,
+)
 from node.store.feed import Consumer
 
 

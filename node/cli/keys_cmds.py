@@ -22,8 +22,8 @@ from node.home import (
     Node,
     is_serving,
 )
-from node.officer_client import call, officer
-from node.wire import rotation_message
+from node.rpc.officer_client import call, officer
+from node.rpc.wire import rotation_message
 
 
 @cli.group(

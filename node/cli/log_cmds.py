@@ -25,11 +25,11 @@ from exchange.errors import InputError
 from exchange.events import Event, parse_event_unverified
 from exchange.times import format_time, parse_time
 from node import clock
-from node.audit import export_bundle, verify_bundle_file
 from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
 from node.cli.node_cmds import opened
 from node.cli.output import ok, print_fields, print_json, print_table, say, stderr
-from node.disclosures import disclosures
+from node.services.audit import export_bundle, verify_bundle_file
+from node.services.disclosures import disclosures
 
 MAX_LIMIT = 10_000
 

@@ -15,12 +15,12 @@ import click
 
 from exchange.ack import ACK_STATUSES, MAX_NOTE_CHARS
 from exchange.errors import InputError
-from node._pb.accord.v1 import officer_pb2
 from node.cli.base import CliContext, examples, json_option, pass_ctx
 from node.cli.officer_cmds import inbox, print_submitted
 from node.cli.output import ok, print_json, say, warn
 from node.cli.report_cmds import read_report_file, report
-from node.officer_client import call, officer
+from node.rpc._pb.accord.v1 import officer_pb2
+from node.rpc.officer_client import call, officer
 
 REPLY_SOP = "response@1"
 

@@ -13,7 +13,6 @@ from rich.panel import Panel
 from rich.text import Text
 
 from exchange.errors import InputError, PolicyError, StoreError
-from node._pb.accord.v1 import officer_pb2
 from node.cli.base import CliContext, cli, examples, json_option, pass_ctx
 from node.cli.output import (
     ok,
@@ -28,8 +27,9 @@ from node.cli.output import (
 )
 from node.cli.report_cmds import read_report_file, report
 from node.files import write_export
-from node.officer_client import call, officer
-from node.policy import REASON_TEXT
+from node.rpc._pb.accord.v1 import officer_pb2
+from node.rpc.officer_client import call, officer
+from node.services.policy import REASON_TEXT
 
 TLP_STYLE = {
     "clear": "white",
@@ -707,7 +707,7 @@ def inbox_export(
                 code="inbox.no_stix",
                 next_step="Export it as --format json, or check the node's log.",
             )
-        text = body["stix"] + "\n"  # node/stix.py, built by the node from the verified item
+        text = body["stix"] + "\n"  # built by node/services/stix.py from the verified item
     elif fmt == "cap":
         if "cap" not in body:
             raise InputError(
@@ -715,7 +715,7 @@ def inbox_export(
                 code="inbox.no_cap",
                 next_step="Export it as --format json, or check the node's log.",
             )
-        text = body["cap"]  # node/cap.py, built by the node from the verified item
+        text = body["cap"]  # node/services/cap.py, built by the node from the verified item
     if out is None:
         click.echo(text, nl=False)
     else:

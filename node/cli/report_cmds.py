@@ -12,7 +12,7 @@ from exchange.errors import InputError
 from exchange.sop import ReportInvalid, check_report_document
 from node.cli.base import cli, examples, json_option
 from node.cli.output import ok, print_json, print_table, stderr
-from node.schemas import registry
+from node.services.schemas import registry
 
 MAX_REPORT_FILE = 1 << 20
 

@@ -33,17 +33,17 @@ from exchange.sop import (
     field_rule_problems,
     join_path,
 )
-from node._pb.accord.v1 import officer_pb2
 from node.cli.base import CliContext, examples, json_option, pass_ctx
 from node.cli.loop_cmds import REPLY_SOP, answered_item
 from node.cli.officer_cmds import TLP_STYLE, print_submitted
 from node.cli.output import ok, print_error, print_json, safe, stderr, stdout, warn
 from node.cli.report_cmds import report
 from node.files import write_export
-from node.officer_client import call, officer
-from node.policy import REASON_TEXT
-from node.schemas import registry
-from node.server import OFFICER_SOCKET
+from node.home import OFFICER_SOCKET
+from node.rpc._pb.accord.v1 import officer_pb2
+from node.rpc.officer_client import call, officer
+from node.services.policy import REASON_TEXT
+from node.services.schemas import registry
 
 TLP_MEANING: Final = {
     "clear": "no limit on disclosure",

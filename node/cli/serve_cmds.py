@@ -14,9 +14,9 @@ from exchange.names import check_endpoint, check_node_id
 from keys.keyfile import PASSPHRASE_ENV
 from node.cli.base import CliContext, cli, examples, pass_ctx
 from node.home import Node
-from node.keywatch import WARN_DAYS
 from node.logsetup import configure_logging
-from node.server import ServeOptions, run
+from node.rpc.server import ServeOptions, run
+from node.services.keywatch import WARN_DAYS
 
 
 def _server_passphrase() -> str:

@@ -17,13 +17,13 @@ import click
 import grpc
 
 from exchange.errors import AccordError, InputError
-from node._pb.accord.v1 import officer_pb2
-from node.alerts import run_command
 from node.cli.base import CliContext, examples, json_option, pass_ctx
 from node.cli.officer_cmds import _inbox_json, inbox
 from node.cli.output import safe
 from node.config import ALERT_TIMEOUT_DEFAULT, ALERT_TIMEOUT_MAX, ALERT_TIMEOUT_MIN
-from node.officer_client import _error, officer
+from node.rpc._pb.accord.v1 import officer_pb2
+from node.rpc.officer_client import _error, officer
+from node.services.alerts import run_command
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 5.0

@@ -1,7 +1,7 @@
 """Bilateral agreements signed by both parties (``agreements``).
 
 Storage only: which agreement is in force, and the checks of each row against its signed
-bytes and the log, are node/agreements.py and exchange/agreement.py.
+bytes and the log, are node/services/agreements.py and exchange/agreement.py.
 """
 
 from __future__ import annotations

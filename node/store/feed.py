@@ -1,6 +1,6 @@
 """The TAXII feed's state in the node database (migration 19): consumers, the STIX objects
 of received items in the order the feed added them, and how far each partner's inbox has
-been indexed. Every SQL statement of the feed is here; node/feed.py holds the rules.
+been indexed. Every SQL statement of the feed is here; node/services/feed.py holds the rules.
 
 SQL text is built only from fixed fragments and ``?`` placeholders (hence the S608
 exemptions); every value is bound. Pages are keyset queries on ``feed_page (peer,
@@ -90,7 +90,7 @@ def _row(r: Sequence[Any]) -> FeedRow:
 
 
 class FeedRepo(Protocol):
-    """The feed's storage, as node/feed.py uses it (``FeedStore`` on SQLite)."""
+    """The feed's storage, as node/services/feed.py uses it (``FeedStore`` on SQLite)."""
 
     def add_consumer(self, db: Tx, c: Consumer) -> None: ...
     def consumer(self, name: str) -> Consumer | None: ...

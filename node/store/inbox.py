@@ -2,7 +2,7 @@
 ``receipts`` sent, ``evidence`` of equivocations and its suppressed counter.
 
 Storage only: which rows to keep, what to check on them and when to refuse are rules of
-node/inbox.py and exchange/receiver.py.
+node/services/inbox.py and exchange/receiver.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from node.store.tx import Row, Tx, sqlite_db
 
-# The columns of an inbox item row, in this order (node/inbox.py reads them by position).
+# The columns of an inbox item row, in this order (node/services/inbox.py reads them by position).
 ITEM_SQL = (
     "SELECT i.peer, i.seq, i.envelope_id, i.kind, i.report_id, i.version, i.issuer, i.sop, i.tlp, "
     "i.fields, i.transformed, i.received_at, 0, i.issuer_jwt_digest, i.sealed FROM inbox i"

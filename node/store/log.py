@@ -2,7 +2,7 @@
 ``log_checkpoints`` and ``log_cosignatures``.
 
 Storage only: the Merkle math is exchange/merkle.py, and what may be appended or signed
-(tags, rollback, foreign entries) is node/log.py.
+(tags, rollback, foreign entries) is node/services/log.py.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class LogRepo(Protocol):
 
 class SqliteLogRepo:
     """Writes run in the open transaction of the Store's connection (the log is staged
-    and flushed inside it; node/log.py checks there is one)."""
+    and flushed inside it; node/services/log.py checks there is one)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn

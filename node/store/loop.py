@@ -2,7 +2,7 @@
 ``acks_sent`` (sealed at rest) and ``inbox_read``.
 
 Storage only: which rule applies, when a step is overdue and what an acknowledgement says
-are rules of node/warning.py and exchange/.
+are rules of node/services/warning.py and exchange/.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from node.store.tx import Row, Tx, sqlite_db
 
-# The columns of a deadline row, in this order (node/warning.py reads them by position).
+# The columns of a deadline row, in this order (node/services/warning.py reads them by position).
 DEADLINE_SQL = (
     "SELECT direction, peer, envelope_id, seq, report_id, version, acknowledge_s, respond_s, "
     "started_at, acked_at, replied_at, ack_overdue_at, respond_overdue_at FROM deadlines"

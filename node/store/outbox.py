@@ -1,7 +1,7 @@
 """The sending side's rows: ``outbox`` envelopes and their delivery state, and the receipts
 partners sent back (``receipts`` with direction ``received``).
 
-Storage only: what to send, and which receipt to accept, are rules of node/outbox.py and
+Storage only: what to send, and which receipt to accept, are rules of node/services/outbox.py and
 exchange/receipt.py.
 """
 

@@ -7,7 +7,7 @@ Each class is its SQLite sibling with only the dialect translated: ``?`` is ``%s
 explicit statements, BLOB is BYTEA, and what SQLite numbers by rowid gets an explicit column
 filled from the table's largest value plus one inside the writer's transaction (one writer per
 node, ``node.store.pg.WriterLock``). A log index is never drawn from a sequence: it is the
-tree size, which node/log.py computes, as on SQLite.
+tree size, which node/services/log.py computes, as on SQLite.
 
 The schema is the one ordered list ``node.store.sqlite.MIGRATIONS``: per version, SQLite runs
 its function and PostgreSQL runs ``PG_MIGRATIONS[version]``, and both end with the same
@@ -1212,7 +1212,7 @@ class PgSubtrees:
 # -- log -----------------------------------------------------------------------------------
 class PgLogRepo:
     """Writes run in the open transaction of the Store's connection (the log is staged
-    and flushed inside it; node/log.py checks there is one)."""
+    and flushed inside it; node/services/log.py checks there is one)."""
 
     def __init__(self, conn: PgTx) -> None:
         self._conn = conn

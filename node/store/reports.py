@@ -1,8 +1,8 @@
 """This node's sealed reports (``reports``), the idempotent submissions that produced them
 (``submissions``) and each release decision's log entry (``releases``).
 
-Storage only: sealing, release decisions and retraction rules are node/reports.py,
-node/outbox.py and exchange/.
+Storage only: sealing, release decisions and retraction rules are node/services/reports.py,
+node/services/outbox.py and exchange/.
 """
 
 from __future__ import annotations

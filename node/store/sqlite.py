@@ -336,7 +336,7 @@ def _m018_key_revocations(db: sqlite_utils.Database) -> None:
 
 
 def _m019_feed(db: sqlite_utils.Database) -> None:
-    """The TAXII feed (node/feed.py): consumers, and the STIX objects of received items
+    """The TAXII feed (node/services/feed.py): consumers, and the STIX objects of received items
     (encrypted at rest), in the order the feed added them (docs/adr/0014). Idempotent: a
     database whose migration records were rewound past it (as tests of older migrations
     do) replays it without harm."""

@@ -2,7 +2,7 @@
 checkpoint cosigned per partner, origin and log key) and ``witness_evidence``.
 
 Storage only: which checkpoint may be cosigned (consistency, origin, revoked keys) is
-node/witness.py and exchange/merkle.py.
+node/services/witness.py and exchange/merkle.py.
 """
 
 from __future__ import annotations

@@ -39,19 +39,19 @@ from exchange.sdjwt import SealedReport, seal
 from exchange.sop import ValidReport, check_report_document
 from keys.keyring import witness_name
 from keys.signers import HpkeEncryptor
-from node import outbox
-from node._pb.accord.v1 import card_pb2, envelope_pb2, log_pb2, peer_pb2, peer_pb2_grpc
-from node.agreements import current_agreement, propose_agreement, sign_and_store
 from node.home import Node, init_node
 from node.ids import uuid7
-from node.inbox import cursor
-from node.policy import active_policy, apply_policy, decide_for
-from node.reports import load_sealed
-from node.schemas import registry
-from node.sync import Puller, PullState
-from node.transport import PartnerChannels
-from node.wire import envelope_message, node_card_message, revocation_message
-from node.witness import Witness
+from node.rpc._pb.accord.v1 import card_pb2, envelope_pb2, log_pb2, peer_pb2, peer_pb2_grpc
+from node.rpc.sync import Puller, PullState
+from node.rpc.transport import PartnerChannels
+from node.rpc.wire import envelope_message, node_card_message, revocation_message
+from node.services import outbox
+from node.services.agreements import current_agreement, propose_agreement, sign_and_store
+from node.services.inbox import cursor
+from node.services.policy import active_policy, apply_policy, decide_for
+from node.services.reports import load_sealed
+from node.services.schemas import registry
+from node.services.witness import Witness
 from tests.builders import ALERT, sqlite_store
 from tests.conftest import POLICY, TERMS
 from tests.integration.conftest import free_port

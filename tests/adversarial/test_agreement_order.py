@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from node import outbox
-from node.agreements import ceiling, current_agreement, propose_agreement, sign_and_store
-from node.schemas import registry
+from node.services import outbox
+from node.services.agreements import ceiling, current_agreement, propose_agreement, sign_and_store
+from node.services.schemas import registry
 from tests.adversarial.hostile import HOSTILE, VICTIM, World, valid
 from tests.conftest import TERMS
 

@@ -13,18 +13,18 @@ import pytest
 
 from exchange.errors import AccordError, KeyringError, PolicyError, StoreError
 from exchange.events import parse_event_unverified
-from node import outbox
-from node._pb.accord.v1 import officer_pb2
-from node.agreements import (
+from node.rpc._pb.accord.v1 import officer_pb2
+from node.rpc.officer_service import ExchangeOfficerService
+from node.services import outbox
+from node.services.agreements import (
     ceiling,
     current_agreement,
     propose_agreement,
     sign_and_store,
     stored_agreements,
 )
-from node.inbox import apply_batch, get_inbox, list_inbox
-from node.officer_service import ExchangeOfficerService
-from node.policy import (
+from node.services.inbox import apply_batch, get_inbox, list_inbox
+from node.services.policy import (
     POLICY_DIGEST_META,
     POLICY_FILE,
     active_policy,
@@ -310,7 +310,7 @@ def test_i08_unrevoked_old_key_stays_refused(world: World, sql: str) -> None:
 def test_i08_log_facts_come_through_the_kind_index_and_not_from_it(world: World) -> None:
     """The fold finds its events through migration 16's index; an insider who drops or
     replaces the index slows the node down but cannot hide an event from it."""
-    from node.logstate import _CACHE, _KIND_PREFIXES
+    from node.services.logstate import _CACHE, _KIND_PREFIXES
     from node.store.log import LEAVES_BY_KIND_SQL as _SELECT
 
     victim = world.victim
@@ -411,7 +411,7 @@ def test_i08_rewritten_revocation_entry_is_refused(world: World) -> None:
         record.log_index,
     )
     _edit(world, "UPDATE peers SET revoked_from = ? WHERE node = ?", later, HOSTILE)
-    from node.logstate import _CACHE
+    from node.services.logstate import _CACHE
 
     before = snapshot(victim.data_dir)
     p = pull(world, [env])  # had this process folded the entry, the row would disagree

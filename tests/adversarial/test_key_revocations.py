@@ -26,12 +26,12 @@ from exchange.purpose import Purpose, signed_message
 from exchange.revocation import SignedRevocation
 from keys.keyring import generate_keyring, witness_name
 from keys.signers import Ed25519Signer
-from node._pb.accord.v1 import card_pb2
-from node.audit import export_bundle, verify_bundle_file
-from node.cosigning import Cosigner
 from node.home import Node, init_node
-from node.transport import authenticate_peer, partner_ca_pems
-from node.witness import Witness
+from node.rpc._pb.accord.v1 import card_pb2
+from node.rpc.cosigning import Cosigner
+from node.rpc.transport import authenticate_peer, partner_ca_pems
+from node.services.audit import export_bundle, verify_bundle_file
+from node.services.witness import Witness
 from tests.adversarial.hostile import HOSTILE, World, integrity_ok, log_events, pull, rows
 from tests.conftest import snapshot
 

@@ -2,7 +2,7 @@
 
 Two real nodes serve each other (``NodeServer``, real mutual TLS, real GetCard and Pull)
 under one injected clock that the test steps one simulated day at a time, for 120 days.
-Nobody rotates anything: each server's key schedule (node/keywatch.py) starts new
+Nobody rotates anything: each server's key schedule (node/services/keywatch.py) starts new
 encryption epochs on its own, and the partner learns each new card over GetCard.
 """
 
@@ -17,11 +17,11 @@ import pytest
 
 from exchange.events import parse_event_unverified as parse_event
 from keys.keyring import EPOCH, RENEW_BEFORE, RETENTION
-from node import outbox
-from node.keywatch import AGREEMENT, expiry_warnings
-from node.policy import apply_policy
-from node.server import NodeServer, ServeOptions
-from node.sync import Puller
+from node.rpc.server import NodeServer, ServeOptions
+from node.rpc.sync import Puller
+from node.services import outbox
+from node.services.keywatch import AGREEMENT, expiry_warnings
+from node.services.policy import apply_policy
 from tests.adversarial.hostile import HOSTILE, VICTIM, agree, make_world, valid
 from tests.conftest import POLICY
 

@@ -20,16 +20,24 @@ import grpc
 import pytest
 
 from exchange.errors import AccordError, StoreError
-from node import outbox, sync
-from node._pb.accord.v1 import card_pb2, envelope_pb2, log_pb2, officer_pb2, peer_pb2, peer_pb2_grpc
-from node.cosigning import Cosigner
-from node.errors_map import read_error_detail
 from node.home import Node
-from node.inbox import cursor
-from node.officer_service import ExchangeOfficerService
-from node.policy import apply_policy
-from node.server import NodeServer, ServeOptions
-from node.transport import MAX_CALLS_PER_PEER, PartnerChannels, dial
+from node.rpc import sync
+from node.rpc._pb.accord.v1 import (
+    card_pb2,
+    envelope_pb2,
+    log_pb2,
+    officer_pb2,
+    peer_pb2,
+    peer_pb2_grpc,
+)
+from node.rpc.cosigning import Cosigner
+from node.rpc.errors_map import read_error_detail
+from node.rpc.officer_service import ExchangeOfficerService
+from node.rpc.server import NodeServer, ServeOptions
+from node.rpc.transport import MAX_CALLS_PER_PEER, PartnerChannels, dial
+from node.services import outbox
+from node.services.inbox import cursor
+from node.services.policy import apply_policy
 from tests.adversarial.hostile import (
     HOSTILE,
     THIRD,
@@ -149,7 +157,7 @@ def test_p05_forged_card_and_bundle_on_cli_import(
     assert r.code != 0 and r.err
     assert snapshot(world.victim.data_dir) == before
     # An audit bundle with one byte of a signed checkpoint changed: verify refuses it.
-    from node.audit import export_bundle
+    from node.services.audit import export_bundle
 
     bundle = tmp_path / "pk.bundle"
     export_bundle(world.hostile, bundle, world.now)
@@ -423,7 +431,7 @@ def test_l04_confusable_sender_id(world: World) -> None:
 
 
 def _load(world: World, rounds: int, per_round: int, tmp_path: Path) -> None:
-    from node.audit import export_bundle
+    from node.services.audit import export_bundle
 
     forge = Forge(world)
     total = 0
@@ -457,7 +465,7 @@ CRASH = r"""
 import json, os, signal, sys
 from datetime import datetime
 from exchange.envelope import Envelope
-from node import inbox
+from node.services import inbox
 from node.home import Node
 data, envelopes, point, now = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 node = Node.open(__import__("pathlib").Path(data), lambda: "")

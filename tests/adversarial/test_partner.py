@@ -27,9 +27,9 @@ from exchange.receipt import verify_receipt
 from exchange.revocation import Revocation
 from exchange.sdjwt import Retraction, SealedReport, sign_retraction
 from exchange.times import format_time
-from node import outbox
-from node._pb.accord.v1 import card_pb2
-from node.inbox import cursor
+from node.rpc._pb.accord.v1 import card_pb2
+from node.services import outbox
+from node.services.inbox import cursor
 from tests.adversarial.hostile import (
     HOSTILE,
     LOG_TABLES,

@@ -23,11 +23,12 @@ import h2.events
 import pytest
 from grpc_health.v1 import health_pb2
 
-from node import clock, tls_policy
-from node._pb.accord.v1 import error_pb2
-from node.errors_map import ERROR_DETAIL_KEY
+from node import clock
 from node.home import Node, init_node
-from node.server import NodeServer, ServeOptions
+from node.rpc import tls_policy
+from node.rpc._pb.accord.v1 import error_pb2
+from node.rpc.errors_map import ERROR_DETAIL_KEY
+from node.rpc.server import NodeServer, ServeOptions
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.timeout(60)

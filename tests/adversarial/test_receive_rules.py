@@ -18,11 +18,11 @@ from exchange.purpose import Purpose, signed_message
 from exchange.receipt import make_receipt
 from exchange.sdjwt import SealedReport, seal
 from keys.signers import Ed25519Signer
-from node import outbox
 from node.home import Node
 from node.ids import uuid7
-from node.inbox import ALARM_BUDGET, apply_batch, cursor, list_inbox
-from node.policy import apply_policy
+from node.services import outbox
+from node.services.inbox import ALARM_BUDGET, apply_batch, cursor, list_inbox
+from node.services.policy import apply_policy
 from tests.adversarial.hostile import (
     ENCRYPTOR,
     HOSTILE,

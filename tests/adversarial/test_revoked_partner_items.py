@@ -11,8 +11,8 @@ from datetime import timedelta
 import pytest
 
 from exchange.errors import AccordError
-from node._pb.accord.v1 import officer_pb2
-from node.officer_service import ExchangeOfficerService
+from node.rpc._pb.accord.v1 import officer_pb2
+from node.rpc.officer_service import ExchangeOfficerService
 from tests.adversarial.hostile import HOSTILE, Forge, World, pull, rows
 
 
@@ -48,7 +48,7 @@ def test_p06_an_item_that_no_key_of_its_time_verifies_is_refused(
     assert pull(world, [env]).applied == 1
     [(envelope_id,)] = rows(world.victim, "SELECT envelope_id FROM inbox")
     service = ExchangeOfficerService(world.victim, None, now=lambda: world.now)
-    from node import officer_service
+    from node.rpc import officer_service
 
     def never(*_a: object, **_k: object) -> object:
         raise AccordError("does not verify", code="peer.bad_signature")

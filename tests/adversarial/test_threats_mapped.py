@@ -16,11 +16,11 @@ from exchange.checkpoint import Checkpoint, sign_checkpoint
 from exchange.errors import AccordError, PolicyError
 from exchange.note import parse_verifier_key
 from keys.keyring import witness_name
-from node import outbox
-from node.audit import export_bundle, verify_bundle_file
 from node.home import Node
-from node.policy import apply_policy
-from node.witness import Witness
+from node.services import outbox
+from node.services.audit import export_bundle, verify_bundle_file
+from node.services.policy import apply_policy
+from node.services.witness import Witness
 from tests.adversarial.hostile import HOSTILE, VICTIM, Forge, World, pull, rows, valid
 from tests.conftest import Result, snapshot
 
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.mark.threat("I01")
 def test_i01_edited_inbox_row_does_not_decrypt(world: World) -> None:
     """An edited inbox row (sealed at rest under AEAD bound to peer and seq) is refused."""
-    from node.inbox import get_inbox
+    from node.services.inbox import get_inbox
 
     [env] = Forge(world).submit()
     assert pull(world, [env]).applied == 1

@@ -22,13 +22,13 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from keys.tls import generate_tls, issue_node_certificate
 from node import clock
-from node._pb.accord.v1 import card_pb2, log_pb2, peer_pb2_grpc
-from node.errors_map import read_error_detail
 from node.home import Node, init_node
 from node.logsetup import configure_logging
-from node.peer_service import PeerExchangeService
-from node.server import NodeServer, ServeOptions
-from node.transport import channel_options
+from node.rpc._pb.accord.v1 import card_pb2, log_pb2, peer_pb2_grpc
+from node.rpc.errors_map import read_error_detail
+from node.rpc.peer_service import PeerExchangeService
+from node.rpc.server import NodeServer, ServeOptions
+from node.rpc.transport import channel_options
 from tests.conftest import snapshot
 from tests.integration.conftest import free_port
 

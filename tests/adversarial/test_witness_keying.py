@@ -24,13 +24,13 @@ from exchange.checkpoint import Checkpoint, sign_checkpoint
 from exchange.errors import PeerDataError
 from exchange.note import parse_verifier_key, verifier_key
 from keys.keyring import witness_name
-from node._pb.accord.v1 import log_pb2, peer_pb2_grpc
-from node.errors_map import read_error_detail
 from node.home import Node
-from node.server import NodeServer, ServeOptions
+from node.rpc._pb.accord.v1 import log_pb2, peer_pb2_grpc
+from node.rpc.errors_map import read_error_detail
+from node.rpc.server import NodeServer, ServeOptions
+from node.rpc.transport import channel_options, client_credentials
+from node.services.witness import Witness
 from node.store import Store
-from node.transport import channel_options, client_credentials
-from node.witness import Witness
 from tests.adversarial.hostile import (
     HOSTILE,
     THIRD,

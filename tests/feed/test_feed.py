@@ -27,11 +27,11 @@ import stix2
 from taxii2client.v21 import ApiRoot, Collection, Server, as_pages
 
 from exchange.events import parse_event_unverified
-from node import outbox
 from node.cli import run
-from node.feed import collection_id
 from node.home import Node
-from node.stix import TLP2_IDS, stix_id
+from node.services import outbox
+from node.services.feed import collection_id
+from node.services.stix import TLP2_IDS, stix_id
 from tests.builders import MARKER, valid_report
 from tests.conftest import PASSPHRASE
 from tests.feed.world import POLICY, TERMS, alert, now
@@ -94,7 +94,7 @@ class World:
 
 
 def deliver_from(sender: Node, cn: Node, t: Any) -> None:
-    from node.inbox import apply_batch, cursor
+    from node.services.inbox import apply_batch, cursor
 
     peer = sender.config.node
     envelopes = outbox.pending(sender, "cn-mps", cursor(cn, peer), 256)

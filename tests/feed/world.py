@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from node import outbox
 from node.home import Node
-from node.inbox import apply_batch, list_inbox
+from node.services import outbox
+from node.services.inbox import apply_batch, list_inbox
 from tests.builders import ALERT, valid_report
 from tests.conftest import Result, exchange_cards
 
@@ -98,7 +98,7 @@ def _without_onward() -> str:
 
 def deliver(pk: Node, cn: Node, now: datetime) -> int:
     """Move every pending envelope from pk-moi into cn-mps's inbox; returns how many."""
-    from node.inbox import cursor
+    from node.services.inbox import cursor
 
     envelopes = outbox.pending(pk, "cn-mps", cursor(cn, "pk-moi"), 256)
     out = apply_batch(cn, "pk-moi", envelopes, now)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from node._pb.accord.v1 import officer_pb2, officer_pb2_grpc
+from node.rpc._pb.accord.v1 import officer_pb2, officer_pb2_grpc
 
 OFFICER_SOCKET = "officer.sock"
 TITLE_PREFIX = "crash-load"

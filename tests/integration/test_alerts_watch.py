@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from node.alerts import ALERT_KEYS
+from node.services.alerts import ALERT_KEYS
 from tests.builders import ALERT, MARKER
 from tests.conftest import Result, agree
 from tests.integration.conftest import ROOT, ServerProcess, until

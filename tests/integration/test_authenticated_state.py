@@ -12,7 +12,7 @@ import pytest
 
 from node import clock
 from node.home import Node
-from node.policy import check_policy
+from node.services.policy import check_policy
 from tests.conftest import PASSPHRASE, Result
 from tests.integration.conftest import ServerProcess, inbox_count, serving_with_one_report
 

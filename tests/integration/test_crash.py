@@ -35,7 +35,7 @@ import pytest
 
 from exchange.sdjwt import PresentationLimits, verify_presentation
 from node.home import Node
-from node.reports import load_sealed
+from node.services.reports import load_sealed
 from tests.builders import sqlite_store
 from tests.conftest import PASSPHRASE, Result, agree, audit_anchors
 from tests.integration.conftest import ServerProcess

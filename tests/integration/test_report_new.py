@@ -20,7 +20,7 @@ import pytest
 import stix2
 from lxml import etree
 
-from node.stix import TLP2_IDS
+from node.services.stix import TLP2_IDS
 from tests.conftest import PASSPHRASE, Result, agree
 from tests.integration.conftest import ROOT, ServerProcess, until
 

@@ -15,7 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from exchange.errors import ConfigError
 from node import clock
-from node._pb.accord.v1 import (
+from node.home import Node, init_node
+from node.rpc._pb.accord.v1 import (
     card_pb2,
     log_pb2,
     officer_pb2,
@@ -23,10 +24,9 @@ from node._pb.accord.v1 import (
     peer_pb2,
     peer_pb2_grpc,
 )
-from node.errors_map import read_error_detail
-from node.home import Node, init_node
-from node.server import NodeServer, ServeOptions
-from node.transport import channel_options, client_credentials
+from node.rpc.errors_map import read_error_detail
+from node.rpc.server import NodeServer, ServeOptions
+from node.rpc.transport import channel_options, client_credentials
 from tests.builders import sqlite_store
 from tests.conftest import PASSPHRASE, Result, audit_anchors
 from tests.integration.conftest import ServerProcess, free_port
@@ -319,7 +319,7 @@ def test_a_followed_pull_is_ended_by_the_server_and_never_cut_by_a_deadline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The server ends a followed stream after FOLLOW_SECONDS; the caller re-opens it."""
-    from node import peer_service
+    from node.rpc import peer_service
 
     monkeypatch.setattr(peer_service, "FOLLOW_SECONDS", 2.0)
     _followed_pull(tmp_path, timeout=60.0)

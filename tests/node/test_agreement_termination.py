@@ -17,8 +17,8 @@ from exchange.canonical import b64, b64_decode
 from exchange.termination import Termination, sign_termination
 from exchange.times import format_time
 from node import clock
-from node.agreements import current_agreement
 from node.home import Node
+from node.services.agreements import current_agreement
 from tests.conftest import PASSPHRASE, Result, agree, exchange_cards, snapshot
 
 Accord = Callable[..., Result]

@@ -1,4 +1,4 @@
-"""Escalation commands (node/alerts.py, ADR 0021) with real subprocesses: a small Python
+"""Escalation commands (node/services/alerts.py, ADR 0021) with real subprocesses: a small Python
 script is the command; what it read on stdin is written to a file and checked key by key."""
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 
 from exchange.errors import ConfigError, InputError
-from node import outbox
-from node._pb.accord.v1 import officer_pb2
-from node.alerts import ALERT_KEYS, AlertRunner, alert_payload, run_command
 from node.cli.watch_cmds import _exec_argv, _handle, _line, _Watch
 from node.config import AlertsConfig, NodeConfig
 from node.home import Node
-from node.inbox import BatchOutcome, apply_batch, cursor, inbox_last_row
 from node.logsetup import configure_logging
-from node.officer_service import ExchangeOfficerService
+from node.rpc._pb.accord.v1 import officer_pb2
+from node.rpc.officer_service import ExchangeOfficerService
+from node.services import outbox
+from node.services.alerts import ALERT_KEYS, AlertRunner, alert_payload, run_command
+from node.services.inbox import BatchOutcome, apply_batch, cursor, inbox_last_row
 from tests.builders import ALERT, MARKER, valid_report
 from tests.conftest import snapshot
 

@@ -25,9 +25,9 @@ from exchange.errors import InputError
 from exchange.note import parse_note_unverified, parse_verifier_key
 from exchange.purpose import Purpose, signed_message
 from keys.keyring import witness_name
-from node.audit import export_bundle, verify_bundle_file
 from node.home import Node, init_node
-from node.witness import Witness
+from node.services.audit import export_bundle, verify_bundle_file
+from node.services.witness import Witness
 from tests.conftest import Result
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""The CAP 1.2 mapping (node/cap.py): every message it writes (Alert, Update, Cancel, Ack,
+"""The CAP 1.2 mapping (node/services/cap.py): every message it writes (Alert, Update, Cancel, Ack,
 each TLP's scope, with and without a location, with withheld fields, with hostile text) is
 valid under the OASIS CAP 1.2 schema as libxml2 reads it (tests/vectors/cap/), and the
 mapping is asserted value by value. Through the Officer API, the item a partner sent comes
@@ -17,9 +17,11 @@ import pytest
 from lxml import etree
 
 from exchange.errors import InputError
-from node import outbox
-from node._pb.accord.v1 import officer_pb2
-from node.cap import (
+from node.home import Node
+from node.rpc._pb.accord.v1 import officer_pb2
+from node.rpc.officer_service import ExchangeOfficerService
+from node.services import outbox
+from node.services.cap import (
     CAP_MAP,
     CapRef,
     CapReport,
@@ -30,10 +32,8 @@ from node.cap import (
     identifier,
     urgency,
 )
-from node.home import Node
-from node.inbox import inbox_after, list_inbox
-from node.officer_service import ExchangeOfficerService
-from node.schemas import registry
+from node.services.inbox import inbox_after, list_inbox
+from node.services.schemas import registry
 from tests.builders import MARKER, valid_report
 from tests.conftest import PASSPHRASE, Result, snapshot
 from tests.feed.world import RICH, alert, deliver, make_pair, newest, now, send

@@ -1,9 +1,9 @@
-"""node/disclosures.py: which fields went where, under which legal basis, from log events."""
+"""node/services/disclosures.py: which fields went where, under which legal basis, from log events."""
 
 from __future__ import annotations
 
 from exchange.events import Event, event_bytes, parse_event_unverified
-from node.disclosures import disclosures
+from node.services.disclosures import disclosures
 
 AT = "2026-11-26T10:00:00Z"
 

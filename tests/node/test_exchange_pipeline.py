@@ -14,9 +14,9 @@ from exchange.errors import PeerDataError
 from exchange.events import parse_event_unverified
 from exchange.sdjwt import PresentationLimits, verify_presentation
 from exchange.times import format_time
-from node import outbox
 from node.home import Node
-from node.inbox import apply_batch, cursor, get_inbox, list_inbox
+from node.services import outbox
+from node.services.inbox import apply_batch, cursor, get_inbox, list_inbox
 from tests.builders import ALERT, MARKER, sqlite_store, valid_report
 from tests.conftest import Result, snapshot
 
@@ -112,8 +112,8 @@ def test_amend_and_retract_reach_the_partner(pair: tuple[Node, Node]) -> None:
     assert {i.version for i in items} == {1, 2}
     assert all(i.retracted for i in items)
     # The officer sees who withdrew it, when and why, from the signed retraction.
-    from node._pb.accord.v1 import officer_pb2
-    from node.officer_service import ExchangeOfficerService
+    from node.rpc._pb.accord.v1 import officer_pb2
+    from node.rpc.officer_service import ExchangeOfficerService
 
     service = ExchangeOfficerService(cn, None, now=lambda: now + timedelta(seconds=4))
     newest = max(items, key=lambda i: i.version)
@@ -222,8 +222,8 @@ def test_p03_partner_serving_the_same_checkpoint_is_frozen(pair: tuple[Node, Nod
     asks cn-mps to cosign the same checkpoint: after the window it is frozen (stale)."""
     from exchange.note import parse_verifier_key
     from keys.keyring import witness_name
-    from node.officer_service import _frozen
-    from node.witness import Witness
+    from node.rpc.officer_service import _frozen
+    from node.services.witness import Witness
 
     pk, cn = pair
     t0 = datetime.now(UTC).replace(microsecond=0)
@@ -284,7 +284,7 @@ def test_p03_partner_serving_the_same_checkpoint_is_frozen(pair: tuple[Node, Nod
 
 def test_policy_explain_shows_exactly_the_decision_submit_sends(pair: tuple[Node, Node]) -> None:
     """One builder serves both: the decision explained before sending is the one logged."""
-    from node.policy import active_policy, decide_for
+    from node.services.policy import active_policy, decide_for
 
     pk, _cn = pair
     now = datetime.now(UTC).replace(microsecond=0)

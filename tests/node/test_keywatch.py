@@ -16,7 +16,7 @@ from exchange.times import parse_time
 from keys.keyring import EPOCH, RENEW_BEFORE
 from keys.signers import Ed25519Signer
 from node.home import KEY_KINDS, Node
-from node.keywatch import (
+from node.services.keywatch import (
     AGREEMENT,
     OUR_ENCRYPTION_KEY,
     THEIR_ENCRYPTION_KEY,

@@ -21,11 +21,11 @@ from exchange.cosignature import verify_cosignatures
 from exchange.errors import PeerDataError, StoreError
 from exchange.note import parse_verifier_key
 from keys.keyring import generate_keyring, witness_name
-from node.audit import export_bundle, verify_bundle_file
 from node.home import Node, init_node
-from node.log import ExchangeLog
+from node.services.audit import export_bundle, verify_bundle_file
+from node.services.log import ExchangeLog
+from node.services.witness import Witness, WitnessConflict
 from node.store import Store
-from node.witness import Witness, WitnessConflict
 from tests.builders import anchors, insider_append_leaf, sqlite_store
 from tests.conftest import PASSPHRASE
 
@@ -239,7 +239,7 @@ def _reports_every_way(
     """The same bundle verified in process (chunks of 4,096 and of 3 lines) and by worker
     processes (chunks of 5 lines): chunk boundaries fall inside checkpoint ranges."""
     from exchange import audit as exchange_audit
-    from node import audit as node_audit
+    from node.services import audit as node_audit
 
     out = []
     for scan_chunk, workers, parallel_chunk in ((4096, "1", 0), (3, "1", 0), (4096, "2", 5)):

@@ -10,8 +10,7 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
-from node import protogen
-from node._pb.accord.v1 import (
+from node.rpc._pb.accord.v1 import (
     card_pb2,
     envelope_pb2,
     error_pb2,
@@ -21,6 +20,7 @@ from node._pb.accord.v1 import (
     peer_pb2,
     peer_pb2_grpc,
 )
+from tools import protogen
 
 PEER_EXCHANGE_RPCS = {
     "GetCard",
@@ -50,7 +50,7 @@ OFFICER_RPCS = {
 
 def test_generated_code_is_current() -> None:
     stale = protogen.stale_files()
-    assert stale == [], f"node/_pb is stale, run 'make proto': {stale}"
+    assert stale == [], f"node/rpc/_pb is stale, run 'make proto': {stale}"
 
 
 def test_check_names_an_edited_file(tmp_path: Path) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from node import outbox
 from node.home import Node
-from node.inbox import apply_batch, receipts_acknowledged, unacknowledged_receipts
+from node.services import outbox
+from node.services.inbox import apply_batch, receipts_acknowledged, unacknowledged_receipts
 from tests.builders import valid_report
 
 

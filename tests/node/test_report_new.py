@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from exchange.sop import check_report_document
-from node.schemas import registry
+from node.services.schemas import registry
 from tests.conftest import Result
 
 Accord = Callable[..., Result]

@@ -16,8 +16,8 @@ from exchange.events import parse_event_unverified
 from exchange.sdjwt import PresentationLimits, verify_presentation
 from exchange.sop import check_report_document
 from node.home import init_node
-from node.reports import load_sealed, seal_report
-from node.schemas import registry
+from node.services.reports import load_sealed, seal_report
+from node.services.schemas import registry
 from tests.builders import sqlite_store
 from tests.conftest import Result, snapshot
 

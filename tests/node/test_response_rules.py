@@ -21,8 +21,8 @@ from exchange.agreement import (
     sign_agreement,
 )
 from exchange.sop import ReportInvalid
-from node.agreements import current_agreement, terms_to_agreement
 from node.home import Node
+from node.services.agreements import current_agreement, terms_to_agreement
 from tests.builders import ALERT
 from tests.conftest import PASSPHRASE, TERMS, Result, exchange_cards, snapshot
 
@@ -222,8 +222,8 @@ def test_report_validate_refuses_a_reversed_time_window(
 def test_submit_refuses_a_reversed_time_window_and_stores_nothing(
     pair: tuple[Node, Node], tmp_path: Path
 ) -> None:
-    from node._pb.accord.v1 import officer_pb2
-    from node.officer_service import ExchangeOfficerService
+    from node.rpc._pb.accord.v1 import officer_pb2
+    from node.rpc.officer_service import ExchangeOfficerService
 
     pk, _cn = pair
     before = snapshot(pk.data_dir)

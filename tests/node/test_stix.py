@@ -1,4 +1,4 @@
-"""The STIX 2.1 mapping (node/stix.py) checked with the consumers' own code: ``stix2``
+"""The STIX 2.1 mapping (node/services/stix.py) checked with the consumers' own code: ``stix2``
 parses every bundle strictly (no custom content), ``stix2-validator`` passes it, and
 ``misp-stix`` (MISP's own converter) turns it into a MISP event with attributes. The ids
 are stable: the same item exported twice, or a later version, keeps one id per report."""
@@ -15,11 +15,11 @@ import pytest
 import stix2
 from stix2validator import ValidationOptions, validate_string
 
-from node import outbox
 from node.home import Node
-from node.inbox import list_inbox
-from node.schemas import registry
-from node.stix import FIELD_MAP, TLP2_IDS, indicator_pattern, stix_source, to_stix_bundle
+from node.services import outbox
+from node.services.inbox import list_inbox
+from node.services.schemas import registry
+from node.services.stix import FIELD_MAP, TLP2_IDS, indicator_pattern, stix_source, to_stix_bundle
 from tests.builders import MARKER, valid_report
 from tests.conftest import PASSPHRASE, Result
 from tests.feed.world import RICH, alert, deliver, make_pair, newest, now, send
@@ -177,7 +177,7 @@ def _bundle_id(text: str) -> str:
 
 
 def _all_items(cn: Node) -> list[Any]:
-    from node.inbox import inbox_after
+    from node.services.inbox import inbox_after
 
     return inbox_after(cn, "pk-moi", 0, 1000)
 

@@ -17,10 +17,10 @@ from exchange.deadlines import procedure, sender_grace
 from exchange.envelope import AckRelease, Envelope, seal_envelope
 from exchange.events import Event, parse_event_unverified
 from exchange.times import format_time
-from node import outbox, warning
-from node.agreements import current_agreement
 from node.home import Node
-from node.inbox import apply_batch, cursor, list_inbox, received_acks
+from node.services import outbox, warning
+from node.services.agreements import current_agreement
+from node.services.inbox import apply_batch, cursor, list_inbox, received_acks
 from tests.builders import CRITICAL_ALERT, loop_terms, reply, sqlite_store, valid_report
 from tests.conftest import PASSPHRASE, POLICY, TERMS, Result, exchange_cards
 
@@ -307,8 +307,8 @@ def test_the_officer_api_shows_the_thread_and_exports_our_ack_as_valid_cap(
 
     from lxml import etree
 
-    from node._pb.accord.v1 import officer_pb2
-    from node.officer_service import ExchangeOfficerService
+    from node.rpc._pb.accord.v1 import officer_pb2
+    from node.rpc.officer_service import ExchangeOfficerService
 
     pk, cn = loop_pair
     t0 = datetime.now(UTC).replace(microsecond=0)

@@ -20,9 +20,9 @@ from exchange.errors import (
     StoreError,
     TransportError,
 )
-from node._pb.accord.v1 import officer_pb2_grpc
-from node.errors_map import read_error_detail
-from node.server import OFFICER_SOCKET
+from node.home import OFFICER_SOCKET
+from node.rpc._pb.accord.v1 import officer_pb2_grpc
+from node.rpc.errors_map import read_error_detail
 
 CALL_TIMEOUT = 60.0
 T = TypeVar("T")

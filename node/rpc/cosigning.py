@@ -26,11 +26,11 @@ from exchange.cosignature import verify_cosignature
 from exchange.errors import AccordError, PeerDataError, TransportError
 from exchange.note import parse_note_unverified, parse_verifier_key
 from node import clock
-from node._pb.accord.v1 import log_pb2, peer_pb2_grpc
-from node.errors_map import read_error_detail
 from node.home import Node
-from node.log import SignedCheckpoint
-from node.transport import PartnerChannels
+from node.rpc._pb.accord.v1 import log_pb2, peer_pb2_grpc
+from node.rpc.errors_map import read_error_detail
+from node.rpc.transport import PartnerChannels
+from node.services.log import SignedCheckpoint
 
 MAX_LINES_BYTES = 4096
 log = structlog.get_logger("accord.cosigning")

@@ -35,7 +35,7 @@ import structlog
 from node.config import AlertsConfig
 
 if TYPE_CHECKING:
-    from node.inbox import AppliedItem
+    from node.services.inbox import AppliedItem
 
 log = structlog.get_logger("accord.alerts")
 

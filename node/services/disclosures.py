@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exchange.events import Event
-from node.schemas import registry
+from node.services.schemas import registry
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
@@ -27,6 +26,7 @@ from exchange.errors import AccordError
 from exchange.times import format_time, parse_time
 from node import clock
 from node.home import Node
+from node.values import ExpiryWarning
 
 log = structlog.get_logger("accord.keys")
 
@@ -37,17 +37,6 @@ CHECK_SECONDS = 300.0
 OUR_ENCRYPTION_KEY = "our_encryption_key"
 THEIR_ENCRYPTION_KEY = "their_encryption_key"
 AGREEMENT = "agreement"
-
-
-@dataclass(frozen=True)
-class ExpiryWarning:
-    peer: str
-    subject: str  # OUR_ENCRYPTION_KEY, THEIR_ENCRYPTION_KEY or AGREEMENT
-    not_after: datetime
-    expired: bool
-
-    def days_left(self, now: datetime) -> int:
-        return max(0, (self.not_after - now) // timedelta(days=1))
 
 
 def _newest_key_end(card: Card, suite: str | None) -> datetime | None:
@@ -63,7 +52,7 @@ def expiry_warnings(node: Node, now: datetime, days: int = WARN_DAYS) -> list[Ex
     """Per trusted, unrevoked partner: our newest encryption key of the agreement's suite,
     theirs, and the agreement, each when it ends within ``days`` of ``now`` (or ended).
     A partner without a current agreement gets no key warnings (nothing is exchanged)."""
-    from node.agreements import current_agreement
+    from node.services.agreements import current_agreement
 
     horizon = now + timedelta(days=days)
     ours = node.own_chain().latest

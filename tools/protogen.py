@@ -1,12 +1,12 @@
-"""Generate the Python code of the wire contract: ``proto/accord/v1/*.proto`` -> ``node/_pb/``.
+"""Generate the Python code of the wire contract: ``proto/accord/v1/*.proto`` -> ``node/rpc/_pb/``.
 
-Run as ``python -m node.protogen`` (``make proto``) to regenerate, or with ``--check`` to
-regenerate into a temporary folder and compare byte for byte with ``node/_pb/``: exit 1 and
+Run as ``python -m tools.protogen`` (``make proto``) to regenerate, or with ``--check`` to
+regenerate into a temporary folder and compare byte for byte with ``node/rpc/_pb/``: exit 1 and
 list the stale files when they differ. ``tests/node/test_proto.py`` runs the same check.
 
-protoc writes ``from accord.v1 import x_pb2``, which only resolves with ``node/_pb`` on
+protoc writes ``from accord.v1 import x_pb2``, which only resolves with ``node/rpc/_pb`` on
 ``sys.path``. The generated files are rewritten to ``from . import x_pb2`` so they import as
-``node._pb.accord.v1.x_pb2`` while keeping the descriptor names ``accord/v1/x.proto`` that
+``node.rpc._pb.accord.v1.x_pb2`` while keeping the descriptor names ``accord/v1/x.proto`` that
 server reflection and other implementations of the contract see.
 
 The output depends on the versions of grpcio-tools and mypy-protobuf; ``GENERATOR`` in the
@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-OUT_DIR = ROOT / "node" / "_pb"
+OUT_DIR = ROOT / "node" / "rpc" / "_pb"
 
 _PACKAGE_DIR = Path("accord") / "v1"
 _GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
@@ -34,7 +34,7 @@ _LEFTOVER_IMPORT = re.compile(r"^\s*(from|import) accord\b", re.MULTILINE)
 
 _TOP_INIT = '''"""Generated Python code of the Accord wire contract (``proto/accord/v1/*.proto``).
 
-Generated, never edited by hand: regenerate with ``make proto`` (``python -m node.protogen``).
+Generated, never edited by hand: regenerate with ``make proto`` (``python -m tools.protogen``).
 A test fails when this folder is stale. Only one hand-written module converts these
 messages to domain types; nothing else imports them.
 """
@@ -57,12 +57,12 @@ def proto_files(proto_root: Path = PROTO_ROOT) -> list[Path]:
 def _generator_versions() -> str:
     lines = [f"{name} {metadata.version(name)}" for name in ("grpcio-tools", "mypy-protobuf")]
     return (
-        "# Versions that generated this folder; see node/protogen.py.\n" + "\n".join(lines) + "\n"
+        "# Versions that generated this folder; see tools/protogen.py.\n" + "\n".join(lines) + "\n"
     )
 
 
 def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
-    """Generate the whole ``node/_pb`` tree into the empty folder ``out_dir``.
+    """Generate the whole ``node/rpc/_pb`` tree into the empty folder ``out_dir``.
 
     Returns the generated files relative to ``out_dir``, sorted.
     """
@@ -160,19 +160,19 @@ def write(out_dir: Path = OUT_DIR, proto_root: Path = PROTO_ROOT) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m node.protogen",
-        description="Generate node/_pb from proto/accord/v1/*.proto.",
+        prog="python -m tools.protogen",
+        description="Generate node/rpc/_pb from proto/accord/v1/*.proto.",
     )
     parser.add_argument(
         "--check",
         action="store_true",
-        help="only compare node/_pb with freshly generated code; exit 1 when stale",
+        help="only compare node/rpc/_pb with freshly generated code; exit 1 when stale",
     )
     parser.add_argument(
         "--out",
         type=Path,
         default=OUT_DIR,
-        help="the folder to write or check (default: node/_pb of this checkout)",
+        help="the folder to write or check (default: node/rpc/_pb of this checkout)",
     )
     args = parser.parse_args(argv)
     out_dir: Path = args.out

@@ -36,7 +36,7 @@ from exchange.names import check_node_id
 from keys.tls import node_uri
 from node import clock
 from node.home import Node
-from node.tls_policy import HYBRID_GROUP, is_post_quantum, negotiated_group
+from node.rpc.tls_policy import HYBRID_GROUP, is_post_quantum, negotiated_group
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_CONCURRENT_STREAMS = 32  # per HTTP/2 connection

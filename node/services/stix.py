@@ -1,5 +1,5 @@
 """STIX 2.1 for what a partner sent: the one mapping behind ``accord inbox export --format
-stix`` and the TAXII feed (node/feed.py), built so that importing twice changes nothing.
+stix`` and the TAXII feed (node/services/feed.py), built so that importing twice changes nothing.
 
 - **Stable ids.** Every object id is a UUIDv5 of the origin node, the report id and the
   object's role (``STIX_NAMESPACE``): one id per report across all its versions, the same
@@ -40,7 +40,7 @@ from exchange.errors import AccordError, InputError, PeerDataError
 from exchange.sdjwt import PresentationLimits, verify_presentation
 from exchange.times import parse_time
 from node.home import Node
-from node.inbox import InboxItem, get_inbox, report_versions
+from node.services.inbox import InboxItem, get_inbox, report_versions
 
 # OASIS TLP 2.0 marking definitions for STIX 2.1 (fixed ids, extension-definition--60a3c5c5).
 TLP2_EXTENSION = "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d"
@@ -443,7 +443,7 @@ def stix_source(
     node: Node, envelope_id: str, now: datetime, *, as_received: bool = False
 ) -> StixSource:
     """What ``envelope_id`` (a report version or a retraction) means in STIX, read through
-    node/inbox.py and verified again. A retraction, and (unless ``as_received``: the item as
+    services/inbox.py and verified again. A retraction, and (unless ``as_received``: the item as
     it was when it arrived, for the feed) the latest version of a retracted report, come
     out revoked."""
     item, content = get_inbox(node, envelope_id)

@@ -4,8 +4,8 @@ Two ``grpc.aio`` servers share one event loop: PeerExchange on the TCP listen ad
 mutual TLS, and Officer on the unix socket ``DATA/officer.sock`` (mode 0660). Two servers
 rather than two ports of one server, so that no interceptor mistake can expose the Officer
 API on the network or PeerExchange without TLS (ADR 0007). Both serve gRPC health checking
-and reflection. Background tasks: the cosigner (node/cosigning.py) and the refresh of the
-TLS client CAs from the trust store (node/transport.py).
+and reflection. Background tasks: the cosigner (node/rpc/cosigning.py) and the refresh of the
+TLS client CAs from the trust store (node/rpc/transport.py).
 
 Programmatic use::
 
@@ -27,37 +27,36 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import grpc
 import structlog
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from exchange.errors import AccordError, ConfigError
-from node import clock, tls_policy
-from node._pb.accord.v1 import officer_pb2, officer_pb2_grpc, peer_pb2, peer_pb2_grpc
-from node.alerts import AlertRunner
-from node.cosigning import Cosigner
-from node.errors_map import Audience, EdgeInterceptor
-from node.home import Node
-from node.inbox import BatchOutcome
-from node.keywatch import CHECK_SECONDS, WARN_DAYS, KeyWatch
-from node.peer_service import PeerExchangeService, WitnessService
-from node.sync import OutboxSignal, Puller
-from node.transport import (
+from exchange.errors import ConfigError
+from node import clock
+from node.home import OFFICER_SOCKET, Node
+from node.rpc import tls_policy
+from node.rpc._pb.accord.v1 import officer_pb2, officer_pb2_grpc, peer_pb2, peer_pb2_grpc
+from node.rpc.cosigning import Cosigner
+from node.rpc.errors_map import Audience, EdgeInterceptor
+from node.rpc.officer_service import ExchangeOfficerService, OfficerService
+from node.rpc.peer_service import PeerExchangeService, WitnessService
+from node.rpc.sync import OutboxSignal, Puller
+from node.rpc.transport import (
     ROOTS_REFRESH_SECONDS,
     PartnerChannels,
     PartnerRoots,
     PeerGuard,
     server_options,
 )
-from node.warning import DeadlineWatch
+from node.services.alerts import AlertRunner
+from node.services.inbox import BatchOutcome
+from node.services.keywatch import CHECK_SECONDS, WARN_DAYS, KeyWatch
+from node.services.warning import DeadlineWatch
 
-OFFICER_SOCKET = "officer.sock"
 MAX_UNIX_PATH = 107
 PEER_SERVICE = peer_pb2.DESCRIPTOR.services_by_name["PeerExchange"].full_name
 OFFICER_SERVICE = officer_pb2.DESCRIPTOR.services_by_name["Officer"].full_name
@@ -81,64 +80,6 @@ class ServeOptions:
     warn_days: int = WARN_DAYS  # key.expiry_warning log lines for what ends this soon
     # How often passed deadlines of the warning loop are looked for (ADR 0022).
     deadline_check_seconds: float = 5.0
-
-
-def software_version() -> str:
-    try:
-        return metadata.version("accord-exchange")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _timestamp(at: datetime | None) -> Timestamp | None:
-    if at is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(at)
-    return stamp
-
-
-class OfficerService(officer_pb2_grpc.OfficerServicer):
-    """The local Officer API. Only Status is served here; every other RPC is inherited
-    from the generated base and fails with UNIMPLEMENTED and the code "unimplemented"
-    until the report pipeline adds it (subclass this and pass it to ``NodeServer``)."""
-
-    def __init__(self, node: Node, cosigner: Cosigner | None) -> None:
-        self._node = node
-        self._cosigner = cosigner
-
-    async def Status(
-        self, request: officer_pb2.StatusRequest, context: Any
-    ) -> officer_pb2.StatusResponse:
-        node = self._node
-        cp = node.log.latest_checkpoint()
-        states = self._cosigner.state if self._cosigner is not None else {}
-        peers = []
-        for record in node.trust_store().list():
-            state = states.get(record.node)
-            peers.append(
-                officer_pb2.PeerStatus(
-                    peer=record.node,
-                    cosigned_size=node.cosigned_size(record.node),
-                    last_contact=_timestamp(state.last_contact if state else None),
-                    last_error_code=state.last_error_code if state else "",
-                )
-            )
-        problem_code, problem = "", ""
-        try:
-            node.check_log()
-        except AccordError as e:
-            problem_code, problem = e.code, e.diagnostics()
-        return officer_pb2.StatusResponse(
-            node=node.config.node,
-            version=software_version(),
-            log_size=node.log.size(),
-            checkpoint_size=0 if cp is None else cp.size,
-            peers=peers,
-            tls12_refused=tls_policy.TLS12_REFUSED,
-            log_problem_code=problem_code,
-            log_problem=problem,
-        )
 
 
 def _cannot_listen(listen: str) -> ConfigError:
@@ -199,7 +140,7 @@ class NodeServer:
         self.cosigner: Cosigner | None = None
         self.keywatch: KeyWatch | None = None
         self.deadlines: DeadlineWatch | None = None
-        # Called with each overdue step's payload (node/alerts.py runs [alerts] on_overdue).
+        # Called with each overdue step's payload (services/alerts.py runs on_overdue).
         self.on_overdue: Callable[[dict[str, Any]], None] | None = None
         # Escalation commands of config.toml [alerts] (docs/adr/0021-alert-commands.md).
         self.alerts = AlertRunner(node.config.alerts)
@@ -331,9 +272,6 @@ class NodeServer:
         if self.options.witness_only:
             # The generated stubs mark every RPC abstract; unserved ones answer UNIMPLEMENTED.
             return OfficerService(self.node, self.cosigner)  # type: ignore[abstract]
-        # Imported here: the exchange Officer builds on OfficerService defined above.
-        from node.officer_service import ExchangeOfficerService
-
         return ExchangeOfficerService(
             self.node,
             self.cosigner,

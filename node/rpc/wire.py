@@ -18,10 +18,8 @@ from exchange.errors import InputError
 from exchange.policy import ReleaseDecision
 from exchange.revocation import SignedRevocation
 from exchange.times import parse_time
-from node._pb.accord.v1 import card_pb2, envelope_pb2, officer_pb2
-from node.keywatch import ExpiryWarning
-from node.outbox import Submitted
-from node.warning import AckRecord, AckSent
+from node.rpc._pb.accord.v1 import card_pb2, envelope_pb2, officer_pb2
+from node.values import AckRecord, AckSent, ExpiryWarning, Submitted
 
 
 def envelope_message(env: Envelope) -> envelope_pb2.Envelope:

@@ -40,7 +40,7 @@ from exchange.ack import Acknowledgement
 from exchange.errors import InputError
 from exchange.times import parse_time
 from node.home import Node
-from node.inbox import InboxItem, get_inbox, report_versions
+from node.services.inbox import InboxItem, get_inbox, report_versions
 
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
 XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>\n'

@@ -27,14 +27,15 @@ from exchange.receiver import (
 )
 from exchange.sdjwt import HeldVersion
 from exchange.times import format_time
-from node import warning
-from node.agreements import current_agreement
 from node.home import Node
 from node.ids import resolve_prefix
-from node.schemas import registry
+from node.services import warning
+from node.services.agreements import current_agreement
+from node.services.schemas import registry
 from node.store import Tx
 from node.store.inbox import ITEM_JWT_DIGEST as _JWT_DIGEST
 from node.store.inbox import ITEM_SEALED as _SEALED
+from node.values import AckRecord
 
 log = structlog.get_logger("accord.inbox")
 
@@ -42,7 +43,7 @@ log = structlog.get_logger("accord.inbox")
 @dataclass(frozen=True)
 class AppliedItem:
     """What the caller of :func:`apply_batch` may act on once the batch committed (the
-    escalation commands, node/alerts.py): metadata, and the severity only when the
+    escalation commands, node/services/alerts.py): metadata, and the severity only when the
     partner disclosed it (read from the verified presentation)."""
 
     peer: str
@@ -611,7 +612,7 @@ def retraction_of(node: Node, peer: str, report_id: str) -> dict[str, Any] | Non
 
 def received_acks(
     node: Node, *, peer: str | None = None, report_id: str | None = None
-) -> list[warning.AckRecord]:
+) -> list[AckRecord]:
     """Acknowledgements partners sent us (inbox rows of kind ``ack``), each row checked
     against its authenticated record like every other."""
     out = []
@@ -621,7 +622,7 @@ def received_acks(
             continue
         statement = b64_decode(content["ack"], what="ack statement")
         out.append(
-            warning.AckRecord(
+            AckRecord(
                 "received",
                 item.peer,
                 item.envelope_id,

@@ -18,19 +18,20 @@ from exchange.envelope import (
     seal_envelope,
 )
 from exchange.errors import InputError, PeerDataError, PolicyError
-from exchange.policy import PeerStats, Policy, ReleaseDecision
+from exchange.policy import PeerStats, Policy
 from exchange.receipt import VerifiedReceipt, verify_receipt
 from exchange.sdjwt import Retraction, SealedReport, sign_retraction
 from exchange.sop import ValidReport
 from exchange.times import format_time, parse_time
 from keys.signers import HpkeEncryptor
-from node import warning
-from node.agreements import ceiling, current_agreement
 from node.home import Node
 from node.ids import uuid7
-from node.policy import active_policy, peer_stats, release_decision
-from node.reports import seal_report
+from node.services import warning
+from node.services.agreements import ceiling, current_agreement
+from node.services.policy import active_policy, peer_stats, release_decision
+from node.services.reports import seal_report
 from node.store import Tx
+from node.values import Release, Submitted
 
 MAX_BATCH = 256
 MAX_BATCH_BYTES = 1 << 20
@@ -55,21 +56,6 @@ class ReleaseContext:
     policy: Policy
     targets: list[_Target]
     now: datetime
-
-
-@dataclass(frozen=True)
-class Release:
-    peer: str
-    decision: ReleaseDecision
-    envelope_id: str | None
-    seq: int | None
-
-
-@dataclass(frozen=True)
-class Submitted:
-    report_id: str
-    version: int
-    releases: tuple[Release, ...]
 
 
 def release_context(node: Node, now: datetime) -> ReleaseContext:
@@ -447,7 +433,7 @@ def accept_receipt(
     return receipt, True
 
 
-# For the warning loop's acknowledgements (node/warning.py), which are envelopes like any.
+# For the warning loop's acknowledgements (node/services/warning.py), which are envelopes like any.
 ENCRYPTOR = _ENCRYPTOR
 next_seq = _next_seq
 recipient_key = _recipient_key

@@ -37,7 +37,7 @@ from exchange.errors import (
     StoreError,
     TransportError,
 )
-from node._pb.accord.v1 import error_pb2
+from node.rpc._pb.accord.v1 import error_pb2
 
 ERROR_DETAIL_KEY = "accord-error-bin"
 log = structlog.get_logger("accord.rpc")

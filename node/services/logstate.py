@@ -27,7 +27,7 @@ from exchange.errors import AccordError, StoreError
 from exchange.events import Event, parse_event_unverified
 from exchange.note import parse_verifier_key
 from exchange.times import format_time, parse_time
-from node.log import ExchangeLog
+from node.services.log import ExchangeLog
 from node.store import store_name
 
 TRUSTED = "trusted"  # keys.truststore.TRUSTED (node may import keys; keys may not import node)

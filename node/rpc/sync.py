@@ -19,22 +19,22 @@ import structlog
 
 from exchange.errors import AccordError
 from node import clock
-from node._pb.accord.v1 import card_pb2, envelope_pb2, peer_pb2, peer_pb2_grpc
-from node.cosigning import Backoff
-from node.errors_map import read_error_detail
 from node.home import Node
-from node.inbox import (
+from node.rpc._pb.accord.v1 import card_pb2, envelope_pb2, peer_pb2, peer_pb2_grpc
+from node.rpc.cosigning import Backoff
+from node.rpc.errors_map import read_error_detail
+from node.rpc.transport import PartnerChannels
+from node.rpc.wire import (
+    envelope_from_message,
+    signed_card_from_message,
+    signed_revocation_from_message,
+)
+from node.services.inbox import (
     BatchOutcome,
     apply_batch,
     cursor,
     receipts_acknowledged,
     unacknowledged_receipts,
-)
-from node.transport import PartnerChannels
-from node.wire import (
-    envelope_from_message,
-    signed_card_from_message,
-    signed_revocation_from_message,
 )
 
 log = structlog.get_logger("accord.sync")
@@ -47,7 +47,7 @@ STREAM_DEADLINE = FOLLOW_STREAM_SECONDS + 60.0
 CALL_DEADLINE = 10.0
 
 
-# Two Pull heartbeats (node/peer_service.py HEARTBEAT_SECONDS): a partner whose stream
+# Two Pull heartbeats (node/rpc/peer_service.py HEARTBEAT_SECONDS): a partner whose stream
 # waited for news this recently is following our outbox.
 FOLLOW_WINDOW_SECONDS = 30.0
 
@@ -146,7 +146,7 @@ class Puller:
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def partners(self) -> list[str]:
-        from node.agreements import current_agreement
+        from node.services.agreements import current_agreement
 
         now = self._now()
         out = []

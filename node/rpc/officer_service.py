@@ -9,9 +9,11 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from importlib import metadata
 from typing import Any
 
 import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from exchange.ack import parse_ack_unverified
 from exchange.canonical import b64_decode
@@ -20,33 +22,13 @@ from exchange.errors import AccordError, InputError, PeerDataError, StoreError
 from exchange.sdjwt import PresentationLimits, verify_presentation, verify_retraction
 from exchange.sop import Report, ValidReport, check_report_document
 from exchange.times import format_time, parse_time
-from node import clock, outbox, warning
-from node._pb.accord.v1 import error_pb2, officer_pb2
-from node.agreements import current_agreement
-from node.cap import ack_for_item as cap_ack
-from node.cap import inbox_cap
-from node.cosigning import Cosigner
+from node import clock
 from node.home import Node
-from node.inbox import (
-    InboxItem,
-    cursor,
-    get_inbox,
-    inbox_last_row,
-    inbox_rows_after,
-    list_inbox_records,
-    received_acks,
-    rejections,
-    resolve_envelope_id,
-    retraction_of,
-)
-from node.keywatch import WARN_DAYS, expiry_warnings
-from node.policy import active_policy, decide_for
-from node.reports import list_reports, load_sealed, resolve_report_id
-from node.schemas import registry
-from node.server import OfficerService
-from node.stix import stix_source, to_stix_bundle
-from node.sync import OutboxSignal, Puller
-from node.wire import (
+from node.rpc import tls_policy
+from node.rpc._pb.accord.v1 import error_pb2, officer_pb2, officer_pb2_grpc
+from node.rpc.cosigning import Cosigner
+from node.rpc.sync import OutboxSignal, Puller
+from node.rpc.wire import (
     ack_sent_message,
     expiry_warning_message,
     inbox_message,
@@ -59,7 +41,29 @@ from node.wire import (
     timestamp,
     timestamp_of,
 )
-from node.witness import grown_at as witness_grown_at
+from node.services import outbox, warning
+from node.services.agreements import current_agreement
+from node.services.cap import ack_for_item as cap_ack
+from node.services.cap import inbox_cap
+from node.services.inbox import (
+    InboxItem,
+    cursor,
+    get_inbox,
+    inbox_last_row,
+    inbox_rows_after,
+    list_inbox_records,
+    received_acks,
+    rejections,
+    resolve_envelope_id,
+    retraction_of,
+)
+from node.services.keywatch import WARN_DAYS, expiry_warnings
+from node.services.policy import active_policy, decide_for
+from node.services.reports import list_reports, load_sealed, resolve_report_id
+from node.services.schemas import registry
+from node.services.stix import stix_source, to_stix_bundle
+from node.services.witness import grown_at as witness_grown_at
+from node.values import Submitted
 
 log = structlog.get_logger("accord.officer")
 
@@ -71,6 +75,64 @@ STALE_AFTER = timedelta(minutes=15)
 # and sooner when a batch applied in this process wakes it.
 WATCH_POLL_SECONDS = 0.5
 WATCH_BATCH = 256
+
+
+def software_version() -> str:
+    try:
+        return metadata.version("accord-exchange")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _timestamp(at: datetime | None) -> Timestamp | None:
+    if at is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(at)
+    return stamp
+
+
+class OfficerService(officer_pb2_grpc.OfficerServicer):
+    """The local Officer API. Only Status is served here; every other RPC is inherited
+    from the generated base and fails with UNIMPLEMENTED and the code "unimplemented"
+    until the report pipeline adds it (subclass this and pass it to ``NodeServer``)."""
+
+    def __init__(self, node: Node, cosigner: Cosigner | None) -> None:
+        self._node = node
+        self._cosigner = cosigner
+
+    async def Status(
+        self, request: officer_pb2.StatusRequest, context: Any
+    ) -> officer_pb2.StatusResponse:
+        node = self._node
+        cp = node.log.latest_checkpoint()
+        states = self._cosigner.state if self._cosigner is not None else {}
+        peers = []
+        for record in node.trust_store().list():
+            state = states.get(record.node)
+            peers.append(
+                officer_pb2.PeerStatus(
+                    peer=record.node,
+                    cosigned_size=node.cosigned_size(record.node),
+                    last_contact=_timestamp(state.last_contact if state else None),
+                    last_error_code=state.last_error_code if state else "",
+                )
+            )
+        problem_code, problem = "", ""
+        try:
+            node.check_log()
+        except AccordError as e:
+            problem_code, problem = e.code, e.diagnostics()
+        return officer_pb2.StatusResponse(
+            node=node.config.node,
+            version=software_version(),
+            log_size=node.log.size(),
+            checkpoint_size=0 if cp is None else cp.size,
+            peers=peers,
+            tls12_refused=tls_policy.TLS12_REFUSED,
+            log_problem_code=problem_code,
+            log_problem=problem,
+        )
 
 
 def report_format(data: bytes) -> str:
@@ -104,7 +166,7 @@ class ExchangeOfficerService(OfficerService):
         self._watchers: set[asyncio.Event] = set()  # open WatchInbox streams (ADR 0021)
         self._closing = False
 
-    def _committed(self, results: list[outbox.Submitted]) -> None:
+    def _committed(self, results: list[Submitted]) -> None:
         peers = sorted({r.peer for s in results for r in s.releases if r.envelope_id})
         if self._signal is not None and peers:
             self._signal.notify(peers)
@@ -382,11 +444,11 @@ class ExchangeOfficerService(OfficerService):
             "release": content.get("release", ""),
             "retraction": retraction,
         }
-        try:  # the STIX 2.1 form (node/stix.py), the same mapping the TAXII feed serves
+        try:  # the STIX 2.1 form (node/services/stix.py), the same mapping the TAXII feed serves
             body["stix"] = to_stix_bundle(stix_source(self._node, item.envelope_id, self._now()))
         except AccordError as e:  # shown and exported as before; only the STIX form is missing
             body["stix_error"] = e.code
-        try:  # the OASIS CAP 1.2 form (node/cap.py): Alert, Update or Cancel
+        try:  # the OASIS CAP 1.2 form (node/services/cap.py): Alert, Update or Cancel
             body["cap"] = inbox_cap(
                 self._node, item, fields=fields, derived=derived, retraction=retraction
             )

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from exchange.ack import ACK_STATUSES, Acknowledgement, make_ack, parse_ack_unverified
+from exchange.ack import ACK_STATUSES, make_ack, parse_ack_unverified
 from exchange.agreement import VerifiedAgreement
 from exchange.canonical import b64, b64_decode, canonical_json, sha256_digest
 from exchange.deadlines import Deadline, RuleLookup, applicable_rule
@@ -26,6 +26,7 @@ from exchange.errors import InputError, PolicyError, StoreError
 from exchange.times import format_time, parse_time
 from node.home import Node
 from node.store import Tx
+from node.values import AckRecord, AckSent
 
 REPLY_SOP = "response@1"
 log = structlog.get_logger("accord.warning")
@@ -181,14 +182,6 @@ def _ack_aad(ack_envelope_id: str) -> bytes:
     return f"accord/v1/ack-at-rest\n{ack_envelope_id}".encode("ascii")
 
 
-@dataclass(frozen=True)
-class AckSent:
-    peer: str
-    ack_envelope_id: str
-    seq: int
-    ack: Acknowledgement
-
-
 def acknowledge(
     node: Node,
     envelope_id: str,
@@ -198,10 +191,10 @@ def acknowledge(
     now: datetime,
 ) -> AckSent:
     """Sign an acknowledgement of a received report and queue it for its issuer."""
-    from node.agreements import current_agreement
-    from node.inbox import get_inbox
-    from node.outbox import ENCRYPTOR, next_seq, recipient_key, store_envelope
-    from node.policy import active_policy
+    from node.services.agreements import current_agreement
+    from node.services.inbox import get_inbox
+    from node.services.outbox import ENCRYPTOR, next_seq, recipient_key, store_envelope
+    from node.services.policy import active_policy
 
     if status not in ACK_STATUSES:
         raise InputError(
@@ -329,17 +322,6 @@ def _empty_policy_digest() -> str:
     from exchange.policy import Policy
 
     return Policy(MappingProxyType({})).digest
-
-
-@dataclass(frozen=True)
-class AckRecord:
-    """An acknowledgement as this node holds it: sent by us, or received from the partner."""
-
-    direction: str  # "sent" | "received"
-    peer: str
-    ack_envelope_id: str
-    ack: Acknowledgement
-    digest: str
 
 
 def sent_acks(node: Node, *, item_envelope_id: str | None = None) -> list[AckRecord]:
@@ -589,7 +571,7 @@ def overdue_payload(node: Node, o: Overdue) -> dict[str, Any]:
 def _rule_severity(node: Node, d: Deadline, sop: str | None) -> str | None:
     """The severity whose rule set these deadlines (the agreement names it with the
     durations): read from the rules, not from the report, so nothing withheld leaks."""
-    from node.agreements import current_agreement
+    from node.services.agreements import current_agreement
 
     if sop is None:
         return None

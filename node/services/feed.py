@@ -1,4 +1,4 @@
-"""The read-only TAXII 2.1 feed (docs/adr/0014): what partners sent, as STIX (node/stix.py),
+"""The read-only TAXII 2.1 feed (docs/adr/0014): what partners sent, as STIX (services/stix.py),
 for the node's domestic agencies (MISP, OpenCTI), under the originator's onward rules.
 
 - **Collections**: one per partner; a collection serves objects of that partner's inbox
@@ -11,7 +11,7 @@ for the node's domestic agencies (MISP, OpenCTI), under the originator's onward 
   lets the consumer's class have it (``onward`` rules of the partner -> node direction),
   never at TLP:RED, and at TLP:AMBER+STRICT only to a consumer marked as the node's own
   organisation. What may not be served answers exactly as what does not exist.
-- **Order**: the feed indexes inbox items (through node/inbox.py) into ``feed_objects``,
+- **Order**: the feed indexes inbox items (through node/services/inbox.py) into ``feed_objects``,
   giving each a ``date_added`` that never goes back; pages are keyset reads on
   (date_added, row id). ``next`` is that position, authenticated with an HMAC bound to the
   consumer, collection and filters, so a forged or replayed cursor is refused (400).
@@ -53,11 +53,17 @@ from exchange.names import NODE_ID_RE
 from keys.keyfile import write_private_file
 from keys.tls import certificate_fingerprint
 from node import clock
-from node.agreements import current_agreement
 from node.home import Node
-from node.inbox import inbox_after
-from node.schemas import registry
-from node.stix import STIX_NAMESPACE, report_objects, shared_objects, stix_source, stix_time
+from node.services.agreements import current_agreement
+from node.services.inbox import inbox_after
+from node.services.schemas import registry
+from node.services.stix import (
+    STIX_NAMESPACE,
+    report_objects,
+    shared_objects,
+    stix_source,
+    stix_time,
+)
 from node.store import feed_repo
 from node.store.feed import Consumer, FeedRow, Visibility
 

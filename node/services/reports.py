@@ -13,9 +13,9 @@ from exchange.errors import InputError
 from exchange.sdjwt import PresentationLimits, SealedReport, reopen_sealed, seal
 from exchange.sop import ValidReport
 from exchange.times import format_time
-from node import warning
 from node.home import Node
 from node.ids import resolve_prefix, uuid7
+from node.services import warning
 from node.store import Tx
 
 

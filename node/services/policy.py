@@ -22,10 +22,10 @@ from exchange.policy import (
 )
 from exchange.sop import Report
 from exchange.times import format_time, parse_time
-from node.agreements import ceiling, current_agreement
 from node.home import Node
-from node.inbox import received_times
-from node.schemas import registry
+from node.services.agreements import ceiling, current_agreement
+from node.services.inbox import received_times
+from node.services.schemas import registry
 from node.store import PgStore
 
 POLICY_FILE = "policy.toml"
@@ -166,7 +166,7 @@ def release_decision(
     limit: Ceiling | None,
     stats: PeerStats,
 ) -> ReleaseDecision:
-    """The one place a release decision is built: ``report submit`` (node/outbox.py, with
+    """The one place a release decision is built: ``report submit`` (node/services/outbox.py, with
     the ceiling and statistics it computed once per partner and batch) and ``policy explain``
     (:func:`decide_for`) both call it, so what explain shows is what submit sends."""
     return decide(

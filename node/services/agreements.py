@@ -45,7 +45,7 @@ from exchange.termination import (
 )
 from exchange.times import format_time, parse_time
 from node.home import Node
-from node.schemas import registry
+from node.services.schemas import registry
 
 SUITES = {"hybrid": SUITE_HYBRID, "x25519": SUITE_X25519}
 MAX_TERMS = 64 * 1024

@@ -17,15 +17,16 @@ from exchange.checkpoint import log_origin
 from exchange.errors import InputError
 from exchange.note import parse_verifier_key
 from keys.keyring import witness_name
-from node import clock, outbox
-from node._pb.accord.v1 import card_pb2, envelope_pb2, log_pb2, peer_pb2, peer_pb2_grpc
-from node.errors_map import unimplemented
+from node import clock
 from node.home import Node
-from node.log import SignedCheckpoint
-from node.sync import FOLLOW_STREAM_SECONDS, OutboxSignal
-from node.transport import current_peer
-from node.wire import envelope_message, node_card_message, revocation_message
-from node.witness import Witness, WitnessConflict
+from node.rpc._pb.accord.v1 import card_pb2, envelope_pb2, log_pb2, peer_pb2, peer_pb2_grpc
+from node.rpc.errors_map import unimplemented
+from node.rpc.sync import FOLLOW_STREAM_SECONDS, OutboxSignal
+from node.rpc.transport import current_peer
+from node.rpc.wire import envelope_message, node_card_message, revocation_message
+from node.services import outbox
+from node.services.log import SignedCheckpoint
+from node.services.witness import Witness, WitnessConflict
 
 MAX_PROOF_HASHES = 128  # a consistency proof has at most about 2*log2(size) <= 128 hashes
 Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type stubs)
