@@ -11,10 +11,12 @@ Layout (mode 0700)::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import stat
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,7 +37,7 @@ from exchange.card import (
     parse_signed_card_unverified,
     sign_card,
 )
-from exchange.errors import ConfigError, InputError, KeyringError, PeerDataError
+from exchange.errors import ConfigError, InputError, KeyringError, PeerDataError, StoreError
 from exchange.key_revocation import (
     KeyRevocationStatement,
     card_key,
@@ -197,6 +199,23 @@ class Node:
     def close(self) -> None:
         self.store.close()
 
+    def reopen_store(self, *, wait: float = 0.0) -> None:
+        """Close the database connection and open a new one: a PostgreSQL node after its
+        server restarted, or a standby taking over (docs/adr/0026). With ``wait`` seconds,
+        an unreachable server (``store.unavailable``) is retried every second that long."""
+        with contextlib.suppress(Exception):  # the old connection may be dead already
+            self.store.close()
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self.store = open_store(self.data_dir, self.config.database, self.config.node)
+                return
+            except StoreError as e:
+                if e.code != "store.unavailable" or time.monotonic() >= deadline:
+                    raise
+                log.warning("store.unavailable", node=self.config.node)
+                time.sleep(1.0)
+
     # -- keys ----------------------------------------------------------------------------
     def keyring(self) -> Keyring:
         if self._keyring is None:
@@ -281,6 +300,20 @@ class Node:
         ``serve`` before it listens, and by Status (docs/THREATS.md I04, I07, I09)."""
         with self.store.read_snapshot():
             self.log.verify(previous_keys=self._replaced_log_keys())
+
+    def follow_highwater(self) -> int | None:
+        """As a standby (docs/adr/0026): raise this data directory's high-water mark to the
+        leader's newest checkpoint, verified with the node's public log keys from its card
+        chain in the database. Never loads the key file, never writes the database."""
+        with self.store.read_snapshot():
+            keys = [parse_verifier_key(self.own_chain().latest.log_vkey).public_key]
+            return self.log.follow_highwater([*keys, *self._replaced_log_keys()])
+
+    def reload_keys(self) -> None:
+        """Forget the loaded key file and card chain: a standby taking over loads them
+        again, since the leader may have rotated keys while it waited."""
+        self._keyring = None
+        self._own_chain = None
 
     # -- cards ---------------------------------------------------------------------------
     def own_chain(self) -> VerifiedChain:

@@ -812,6 +812,8 @@ def status(ctx: CliContext, warn_days: int, as_json: bool) -> None:
                 "log_problem_code": s.log_problem_code or None,
                 "log_problem": s.log_problem or None,
                 "peers": [_peer_json(p) for p in s.peers],
+                # Only on PostgreSQL, where a standby may wait (docs/adr/0026).
+                **({"role": s.role, "leader": _leader_json(s)} if s.role else {}),
             }
         )
         _log_problem_exit(s)
@@ -824,8 +826,15 @@ def status(ctx: CliContext, warn_days: int, as_json: bool) -> None:
             ("checkpoint", f"size {s.checkpoint_size}"),
             ("transport", _transport_line(s)),
             ("log integrity", s.log_problem_code or "ok"),
+            *([("role", _role_line(s))] if s.role else []),
         ]
     )
+    if s.role == "standby":
+        warn(
+            "this process is a standby: it serves nothing and takes over when the leader "
+            "stops; run commands against the leader's data directory"
+        )
+        return
     _sync_table(s)
     for p in s.peers:
         if p.partner_overdue:
@@ -839,6 +848,29 @@ def status(ctx: CliContext, warn_days: int, as_json: bool) -> None:
                 "in time: see 'accord inbox list --state overdue'"
             )
     _log_problem_exit(s)
+
+
+def _leader_json(s: officer_pb2.StatusResponse) -> dict[str, Any] | None:
+    if not s.leader_pid:
+        return None
+    return {
+        "host": s.leader_host,
+        "pid": s.leader_pid,
+        "data_dir": s.leader_data_dir,
+        "since": s.leader_since,
+    }
+
+
+def _role_line(s: officer_pb2.StatusResponse) -> str:
+    """Who leads a node on PostgreSQL (docs/adr/0026), as the answering process sees it."""
+    leader = (
+        f"pid {s.leader_pid} on {s.leader_host} ({s.leader_data_dir}) since {s.leader_since}"
+        if s.leader_pid
+        else "unknown"
+    )
+    if s.role == "leader":
+        return f"leader (this process: {leader})"
+    return f"standby; the leader is {leader}"
 
 
 def _log_problem_exit(s: officer_pb2.StatusResponse) -> None:

@@ -74,6 +74,8 @@ BY_CODE: dict[str, grpc.StatusCode] = {
     "witness.revoked_log_key": grpc.StatusCode.PERMISSION_DENIED,
     "witness.conflict": grpc.StatusCode.FAILED_PRECONDITION,
     "unimplemented": grpc.StatusCode.UNIMPLEMENTED,
+    "server.standby": grpc.StatusCode.FAILED_PRECONDITION,  # docs/adr/0026
+    "server.not_leader": grpc.StatusCode.UNAVAILABLE,
 }
 
 # Families in order (first match wins). The third column is the generic code the caller sees

@@ -27,6 +27,7 @@ from node.home import Node
 from node.rpc import tls_policy
 from node.rpc._pb.accord.v1 import error_pb2, officer_pb2, officer_pb2_grpc
 from node.rpc.cosigning import Cosigner
+from node.rpc.leadership import Leadership, leader_fields, standby_error
 from node.rpc.sync import OutboxSignal, Puller
 from node.rpc.wire import (
     ack_sent_message,
@@ -100,6 +101,7 @@ class OfficerService(officer_pb2_grpc.OfficerServicer):
     def __init__(self, node: Node, cosigner: Cosigner | None) -> None:
         self._node = node
         self._cosigner = cosigner
+        self.leadership: Leadership | None = None  # set by a serve on PostgreSQL
 
     async def Status(
         self, request: officer_pb2.StatusRequest, context: Any
@@ -132,6 +134,7 @@ class OfficerService(officer_pb2_grpc.OfficerServicer):
             tls12_refused=tls_policy.TLS12_REFUSED,
             log_problem_code=problem_code,
             log_problem=problem,
+            **leader_fields(self.leadership, node),
         )
 
 
@@ -141,6 +144,44 @@ def report_format(data: bytes) -> str:
 
 def validate(data: bytes) -> ValidReport:
     return check_report_document(registry(), data, report_format(data))  # type: ignore[arg-type]
+
+
+class StandbyOfficer(officer_pb2_grpc.OfficerServicer):
+    """The Officer API of a standby (docs/adr/0026): Status only, from the database and
+    without the key file; every other RPC is refused with ``server.standby``, naming the
+    leader. A standby signs, sends and applies nothing, so it has nothing else to offer."""
+
+    def __init__(self, node: Node, leadership: Leadership) -> None:
+        self._node = node
+        self.leadership = leadership
+
+    async def Status(
+        self, request: officer_pb2.StatusRequest, context: Any
+    ) -> officer_pb2.StatusResponse:
+        node = self._node
+        with node.store.read_snapshot():
+            cp = node.log.latest_checkpoint()
+            return officer_pb2.StatusResponse(
+                node=node.config.node,
+                version=software_version(),
+                log_size=node.log.size(),
+                checkpoint_size=0 if cp is None else cp.size,
+                tls12_refused=tls_policy.TLS12_REFUSED,
+                **leader_fields(self.leadership, node),
+            )
+
+
+def _refuse_as_standby(name: str) -> Callable[..., Any]:
+    async def refuse(self: StandbyOfficer, request: Any, context: Any) -> Any:
+        raise standby_error(self._node)
+
+    refuse.__name__ = name
+    return refuse
+
+
+for _method in officer_pb2.DESCRIPTOR.services_by_name["Officer"].methods:
+    if _method.name != "Status":
+        setattr(StandbyOfficer, _method.name, _refuse_as_standby(_method.name))
 
 
 class ExchangeOfficerService(OfficerService):

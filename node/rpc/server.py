@@ -7,6 +7,10 @@ API on the network or PeerExchange without TLS (ADR 0007). Both serve gRPC healt
 and reflection. Background tasks: the cosigner (node/rpc/cosigning.py) and the refresh of the
 TLS client CAs from the trust store (node/rpc/transport.py).
 
+On PostgreSQL two processes may serve one node (docs/adr/0026): :meth:`NodeServer.lead`
+waits as a standby (Status only, on its own Officer socket) until this process holds the
+node's leader lock, and a leader that loses the lock stops.
+
 Programmatic use::
 
     server = NodeServer(node, ServeOptions(listen="127.0.0.1:7441"))
@@ -24,6 +28,7 @@ import os
 import signal
 import socket
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,14 +40,16 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from exchange.errors import ConfigError
+from exchange.errors import ConfigError, StoreError
 from node import clock
 from node.home import OFFICER_SOCKET, Node
+from node.rpc import leadership as leading
 from node.rpc import tls_policy
 from node.rpc._pb.accord.v1 import officer_pb2, officer_pb2_grpc, peer_pb2, peer_pb2_grpc
 from node.rpc.cosigning import Cosigner
 from node.rpc.errors_map import Audience, EdgeInterceptor
-from node.rpc.officer_service import ExchangeOfficerService, OfficerService
+from node.rpc.leadership import Leadership, recorded_leader
+from node.rpc.officer_service import ExchangeOfficerService, OfficerService, StandbyOfficer
 from node.rpc.peer_service import PeerExchangeService, WitnessService
 from node.rpc.sync import OutboxSignal, Puller
 from node.rpc.transport import (
@@ -148,6 +155,8 @@ class NodeServer:
         self._roots: PartnerRoots | None = None
         self.peer_port = 0
         self.officer_socket = node.data_dir / OFFICER_SOCKET
+        self.leadership: Leadership | None = None  # on PostgreSQL (docs/adr/0026)
+        self.lost = asyncio.Event()  # set when a leader finds its leader lock gone
         self._tasks: list[asyncio.Task[None]] = []
         self._health: list[tuple[health.aio.HealthServicer, str]] = []
         self._servers: list[grpc.aio.Server] = []
@@ -156,6 +165,84 @@ class NodeServer:
     @property
     def listen(self) -> str:
         return self.options.listen or self.node.config.listen
+
+    async def lead(self, stop: asyncio.Event) -> bool:
+        """On PostgreSQL, become the node's leader before serving (docs/adr/0026): take the
+        leader lock, or stand by (Status only, nothing signed, sent, applied or written)
+        until it is granted. True once this process leads (always on SQLite); False when
+        ``stop`` was set while standing by."""
+        leadership = Leadership.for_node(self.node)
+        if leadership is None:
+            return True
+        self.leadership = leadership
+        if not await asyncio.to_thread(leadership.try_lead):
+            await self._stand_by(leadership, stop)
+            if stop.is_set() or not leadership.lock.held:
+                return False
+            self.node.reload_keys()  # the leader may have rotated keys while we waited
+            self.node.reopen_store(wait=RECONNECT_SECONDS)  # a fresh session for the writes
+        me = leadership.take(self._now())
+        log.info("server.leading", node=self.node.config.node, host=me.host, pid=me.pid)
+        return True
+
+    async def _stand_by(self, leadership: Leadership, stop: asyncio.Event) -> None:
+        node = self.node
+        _prepare_unix_socket(self.officer_socket)  # refuses when another server runs here
+        server = grpc.aio.server(
+            interceptors=[EdgeInterceptor(Audience.OFFICER)], options=server_options()
+        )
+        # Every RPC but Status is refused by StandbyOfficer (set on the class, not seen by mypy).
+        standby = StandbyOfficer(node, leadership)  # type: ignore[abstract]
+        officer_pb2_grpc.add_OfficerServicer_to_server(standby, server)
+        checker = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+        old_umask = os.umask(0o117)
+        try:
+            server.add_insecure_port(f"unix:{self.officer_socket}")
+            await server.start()
+        finally:
+            os.umask(old_umask)
+        self.officer_socket.chmod(0o660)
+        await checker.set("", health_pb2.HealthCheckResponse.SERVING)
+        await checker.set(OFFICER_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        leader = recorded_leader(node)
+        log.info(
+            "server.standby",
+            node=node.config.node,
+            leader_host=None if leader is None else leader.host,
+            leader_pid=None if leader is None else leader.pid,
+        )
+        followed = 0.0
+        try:
+            while not stop.is_set():
+                try:
+                    if await asyncio.to_thread(leadership.wait):
+                        break
+                except StoreError as e:  # the database server is down or restarting
+                    log.warning("server.standby_waiting", node=node.config.node, code=e.code)
+                    await asyncio.sleep(leading.WAIT_SLICE_SECONDS)
+                    continue
+                if time.monotonic() - followed >= leading.FOLLOW_SECONDS:
+                    leadership.follow_highwater()
+                    followed = time.monotonic()
+        finally:
+            await server.stop(0)
+            with contextlib.suppress(FileNotFoundError):
+                self.officer_socket.unlink()
+        if stop.is_set():
+            leadership.release()
+            return
+        log.info("server.taking_over", node=node.config.node)
+
+    async def _watch_leadership(self, leadership: Leadership) -> None:
+        """A leader asks the server every second whether it still holds the lock; when it
+        does not (its session was ended), it stops serving at once (``lost``)."""
+        while True:
+            await asyncio.sleep(leading.CHECK_SECONDS)
+            if not await asyncio.to_thread(leadership.still_leads):
+                log.error("server.leadership_lost", node=self.node.config.node)
+                self.lost.set()
+                return
 
     async def start(self) -> None:
         node, opts = self.node, self.options
@@ -220,6 +307,8 @@ class NodeServer:
 
         officer_server = self._new_server(Audience.OFFICER)
         self._officer_service = self._officer()
+        if isinstance(self._officer_service, OfficerService):
+            self._officer_service.leadership = self.leadership
         officer_pb2_grpc.add_OfficerServicer_to_server(self._officer_service, officer_server)
         self._add_health_and_reflection(officer_server, OFFICER_SERVICE)
         old_umask = os.umask(0o117)  # the socket is born 0660
@@ -252,6 +341,8 @@ class NodeServer:
                 on_overdue=self._overdue,
             )
             self._tasks.append(asyncio.create_task(self.deadlines.run()))
+        if self.leadership is not None:
+            self._tasks.append(asyncio.create_task(self._watch_leadership(self.leadership)))
         if self.cosigner is not None:
             self._tasks.append(asyncio.create_task(self.cosigner.run()))
         if self.puller is not None:
@@ -364,25 +455,57 @@ class NodeServer:
         if self.options.ready_file is not None:  # not ready any more: scripts waiting see it
             with contextlib.suppress(FileNotFoundError):
                 self.options.ready_file.unlink()
+        if self.leadership is not None:  # a standby takes over now, not at a timeout
+            self.leadership.release()
         log.info("server.stopped", node=self.node.config.node)
 
 
 async def serve_until_signalled(server: NodeServer) -> None:
-    """Start, serve until SIGTERM or SIGINT, then stop gracefully."""
+    """Lead (on PostgreSQL, maybe after standing by), start, serve until SIGTERM or SIGINT
+    or until the leader lock is lost, then stop gracefully."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    lost = False
     try:
-        await server.start()
-        await stop.wait()
-        log.info("server.stopping", node=server.node.config.node)
+        if await server.lead(stop):
+            await server.start()
+            waits = {asyncio.create_task(stop.wait()), asyncio.create_task(server.lost.wait())}
+            _done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            lost = server.lost.is_set() and not stop.is_set()
+            log.info("server.stopping", node=server.node.config.node)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await server.stop()
+    if lost:
+        raise StoreError(
+            f"this process lost the leader lock of node {server.node.config.node} and stopped",
+            code="server.leadership_lost",
+            next_step="Start it again: it waits as a standby while another process leads.",
+        )
+
+
+RECONNECT_SECONDS = 600.0  # how long a node on PostgreSQL waits for its server to come back
 
 
 def run(node: Node, options: ServeOptions) -> None:
-    """Serve ``node`` in this process until a signal; the caller closes the node."""
-    asyncio.run(serve_until_signalled(NodeServer(node, options)))
+    """Serve ``node`` in this process until a signal; the caller closes the node.
+
+    On PostgreSQL a leader that lost its lock (the database server restarted, or its
+    session was ended) stops serving at once, reconnects (waiting up to
+    ``RECONNECT_SECONDS`` for the server) and serves again: as the leader if the lock is
+    free, as a standby otherwise (docs/adr/0026)."""
+    while True:
+        try:
+            asyncio.run(serve_until_signalled(NodeServer(node, options)))
+            return
+        except StoreError as e:
+            if e.code != "server.leadership_lost":
+                raise
+        log.warning("server.restarting", node=node.config.node, reason="leadership_lost")
+        node.reopen_store(wait=RECONNECT_SECONDS)
+        node.reload_keys()

@@ -357,6 +357,21 @@ class ExchangeLog:
             return None
         return event
 
+    def follow_highwater(self, public_keys: Sequence[bytes]) -> int | None:
+        """A standby's copy of the mark (docs/adr/0026): raise this process's high-water
+        file to the newest checkpoint in the database once it is signed under one of
+        ``public_keys`` (the node's own log keys, public) over the stored tree. Returns the
+        size followed, None while there is no checkpoint. Raises, and raises no mark, when
+        that checkpoint is not the node's (``log.inconsistent``) or the database holds less
+        than this process already saw (``log.rolled_back``)."""
+        latest = self.latest_checkpoint()
+        if latest is None:
+            return None
+        self._check_highwater(self.size())
+        self._check_own_checkpoint(latest, public_keys)
+        self._write_highwater(latest)
+        return latest.size
+
     def _check_highwater(self, size: int) -> None:
         """The last published checkpoint is also kept outside the database, so restoring
         ``node.db`` alone from an old backup cannot make the node sign a smaller log."""

@@ -339,3 +339,19 @@ class LeaderLock(SessionLock):
     """Active/standby: the process holding it serves the node; the others wait on it."""
 
     purpose = "leader"
+
+    def granted_on(self, conn: Connection[TupleRow]) -> bool:
+        """Whether the server, asked on ``conn`` (inside the caller's transaction), still
+        grants this lock to this lock's own session: the fence of every write transaction
+        of a leader (docs/adr/0026). False once that session is gone, even while this
+        process has not noticed yet."""
+        pid = self.backend_pid
+        if pid is None or not self._held:
+            return False
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND pid = %s AND granted AND objsubid = 1"
+            " AND classid::bigint = %s AND objid::bigint = %s",
+            (pid, (self.key >> 32) & 0xFFFFFFFF, self.key & 0xFFFFFFFF),
+        ).fetchone()
+        return bool(row and row[0])

@@ -41,7 +41,7 @@ from node.store.loop import _MARK_OVERDUE, _WHICH, DEADLINE_SQL, LoopRepo
 from node.store.meta import MetaRepo
 from node.store.outbox import OutboxRepo
 from node.store.peers import PeersRepo
-from node.store.pg import WriterLock, _set_durable, check_durable, describe, lock_key
+from node.store.pg import LeaderLock, WriterLock, _set_durable, check_durable, describe, lock_key
 from node.store.reports import ReportsRepo
 from node.store.sqlite import MIGRATIONS
 from node.store.tx import Row, Tx
@@ -56,11 +56,28 @@ class PgTx:
         self.conn = conn
 
     def execute(self, sql: str, parameters: Any = None, /) -> Any:
-        return self.conn.execute(sql, parameters)
+        try:
+            return self.conn.execute(sql, parameters)
+        except psycopg.OperationalError as e:
+            raise _lost(e) from e
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        with self.conn.cursor() as cursor:
-            cursor.executemany(sql, rows)
+        try:
+            with self.conn.cursor() as cursor:
+                cursor.executemany(sql, rows)
+        except psycopg.OperationalError as e:
+            raise _lost(e) from e
+
+
+def _lost(error: psycopg.OperationalError) -> StoreError:
+    """The server went away (or ended the session) under a statement: one stable code for
+    every caller, retried by partners and officers, never an internal error of ours."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return StoreError(
+        f"the database connection failed: {first}",
+        code="store.unavailable",
+        next_step="Retry once the database server answers; the node reconnects by itself.",
+    )
 
 
 def pg_tx(db: Tx) -> PgTx:
@@ -311,6 +328,9 @@ class PgStore:
         self.agreements: AgreementsRepo = PgAgreementsRepo(self.db)
         self.staged: dict[str, Any] = {}
         self._before_commit: list[Callable[[], None]] = []
+        # Set by a leading `serve` (docs/adr/0026): no write commits unless the server still
+        # grants this process the node's leader lock, checked inside the transaction.
+        self.fence: LeaderLock | None = None
 
     @classmethod
     def open(cls, dsn: str, *, node_id: str | None = None) -> PgStore:
@@ -377,6 +397,14 @@ class PgStore:
             with self.conn.transaction():
                 if self.writer is None:
                     self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (TRANSACTION_LOCK,))
+                if self.fence is not None and not self.fence.granted_on(self.conn):
+                    raise StoreError(
+                        f"this process no longer leads node {self.fence.node_id}: its leader "
+                        "lock was released; nothing was written",
+                        code="server.not_leader",
+                        next_step="The standby serves the node now; restart this process "
+                        "to wait as a standby.",
+                    )
                 yield self.db
                 for hook in self._before_commit:
                     hook()

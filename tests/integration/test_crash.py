@@ -26,20 +26,22 @@ import random
 import signal
 import sqlite3
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from exchange.sdjwt import PresentationLimits, verify_presentation
 from node.home import Node
 from node.services.reports import load_sealed
-from tests.builders import sqlite_store
-from tests.conftest import PASSPHRASE, Result, agree, audit_anchors
-from tests.integration.conftest import ServerProcess
+from tests.conftest import PASSPHRASE, Result, agree, audit_anchors, exchange_cards
+from tests.integration.conftest import ServerProcess, free_port
 from tests.integration.load import Submitter, title
+from tests.postgres import PgCluster
 
 Accord = Callable[..., Result]
 SENDER, RECEIVER = "pk-moi", "cn-mps"
@@ -140,7 +142,17 @@ def _ro(data: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{data / 'node.db'}?mode=ro", uri=True, timeout=10)
 
 
+def _database(data: Path) -> str | None:
+    """The PostgreSQL DSN of a node created with --database, else None (SQLite)."""
+    value = tomllib.loads((data / "config.toml").read_text("utf-8")).get("database")
+    return value if isinstance(value, str) else None
+
+
 def _rows(data: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    dsn = _database(data)
+    if dsn is not None:  # the same question in PostgreSQL's placeholder style
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as pg:
+            return [tuple(r) for r in pg.execute(sql.replace("?", "%s"), args).fetchall()]
     conn = _ro(data)
     try:
         return conn.execute(sql, args).fetchall()
@@ -214,9 +226,14 @@ class Killer:
     kills: int = 0  # SIGKILLs delivered to a serving node
     early_kills: int = 0  # SIGKILLs delivered to a node still starting up
     victims: dict[str, int] = field(default_factory=dict)
+    database: PgCluster | None = None  # the sender's PostgreSQL server, killed now and then
+    database_kills: int = 0
 
     def round(self) -> None:
         time.sleep(self.rng.uniform(0.05, self.max_pause))
+        if self.database is not None and self.rng.random() < 0.3:
+            self.kill_database()
+            return
         both = self.rng.random() < 0.1
         victims = list(self.nodes) if both else [self.rng.choice(self.nodes)]
         for node in victims:
@@ -233,6 +250,20 @@ class Killer:
         for node in victims:
             node.current.wait_ready()
 
+    def kill_database(self) -> None:
+        """SIGKILL of the PostgreSQL server and every backend (C05): the sender's serve
+        loses its sessions, stops leading at once and reconnects by itself once the
+        server has recovered; nobody restarts it."""
+        assert self.database is not None
+        self.database.kill()
+        self.database_kills += 1
+        self.victims["postgres"] = self.victims.get("postgres", 0) + 1
+        time.sleep(self.rng.uniform(0.0, 1.0))
+        self.database.start()
+        for node in self.nodes:
+            ready = node.current.ready_file
+            _until(f"{node.name} serving again", ready.exists, 60.0, *self.nodes)
+
 
 def crash_loop(
     accord: Accord,
@@ -246,6 +277,7 @@ def crash_loop(
     seed: int,
     max_pause: float,
     settle_timeout: float,
+    database: PgCluster | None = None,
 ) -> None:
     pk, cn = partners
     agree(accord, pk, cn, tmp_path)
@@ -258,7 +290,7 @@ def crash_loop(
     print(f"crash loop: seed {seed} (ACCORD_CRASH_SEED={seed} repeats this run's choices)")
     rng = random.Random(seed)
     submitter = Submitter(pk, tag=f"seed{seed}", target=reports, rate=rate).start()
-    killer = Killer(rng, (sender, receiver), max_pause)
+    killer = Killer(rng, (sender, receiver), max_pause, database=database)
     try:
         while killer.kills < kills:
             killer.round()
@@ -294,28 +326,37 @@ def crash_loop(
     for node in (sender, receiver):
         assert node.current.terminate() == 0, node.logs()
 
-    check_server_logs(sender, receiver)
+    check_server_logs(sender, receiver, database_killed=killer.database_kills > 0)
     committed_in_doubt = check_exactly_once(pk, cn, submitter)
     check_logs(accord, pk, cn, tmp_path, _progress(pk, cn).outbox_seq)
     print(
         f"\ncrash loop: {len(submitter.accepted)} reports accepted, {submitter.sent} sent "
         f"({len(submitter.in_doubt)} in doubt of which {committed_in_doubt} committed, "
         f"{submitter.broken_streams} streams broken), "
-        f"{killer.kills} kills {killer.victims} + {killer.early_kills} during start-up"
+        f"{killer.kills} kills {killer.victims} + {killer.early_kills} during start-up, "
+        f"{killer.database_kills} of the database server"
     )
 
 
-def check_server_logs(*nodes: CrashingNode) -> None:
+# What a node logs as an error when its database server dies under it (C05): the lost
+# leader lock. The work in flight at that moment fails with store.unavailable, a warning.
+DATABASE_DIED = ('"event": "server.leadership_lost"',)
+
+
+def check_server_logs(*nodes: CrashingNode, database_killed: bool = False) -> None:
     """A partner's crash is something to ride out, never an internal error of ours.
 
     gRPC itself logs (logger ``grpc._cython.cygrpc``) a write to a stream whose client
-    died a moment before; no server can avoid that race, so those lines are not ours."""
+    died a moment before; no server can avoid that race, so those lines are not ours. After
+    a kill of the database server, the lines that say so are expected too, no others."""
     errors = [
         f"{proc.log_file.name}: {line}"
         for node in nodes
         for proc in node.incarnations
         for line in proc.log_file.read_text("utf-8", errors="replace").splitlines()
-        if '"level": "error"' in line and '"logger": "grpc.' not in line
+        if '"level": "error"' in line
+        and '"logger": "grpc.' not in line
+        and not (database_killed and any(mark in line for mark in DATABASE_DIED))
     ]
     assert not errors, "errors in the servers' logs:\n" + "\n".join(errors[:20])
 
@@ -335,11 +376,7 @@ def check_exactly_once(pk: Path, cn: Path, submitter: Submitter) -> int:
         titles = []
         for report_id in sorted(extra):
             sealed = load_sealed(node, report_id)
-            key = (
-                sqlite_store(node)
-                .conn.execute("SELECT issuer_key FROM reports WHERE report_id = ?", (report_id,))
-                .fetchone()[0]
-            )
+            key = _one(pk, "SELECT issuer_key FROM reports WHERE report_id = ?", report_id)
             fields = verify_presentation(
                 sealed.full_presentation(), bytes(key), limits=PresentationLimits()
             ).fields
@@ -451,6 +488,34 @@ def test_crash_loop_bounded(
         seed=int(os.environ.get("ACCORD_CRASH_SEED", "6")),
         max_pause=0.8,
         settle_timeout=60.0,
+    )
+
+
+@pytest.mark.threat("C05")
+def test_crash_loop_on_postgresql(
+    accord: Accord,
+    make_node: Callable[..., Path],
+    pg_cluster: PgCluster,
+    crashing: Callable[[Path], CrashingNode],
+    tmp_path: Path,
+) -> None:
+    """The same loop with the sender's state in PostgreSQL (issue 16): SIGKILL of either
+    node and, now and then, of the PostgreSQL server itself; 200 reports, 6 kills."""
+    pk = make_node(SENDER, free_port(), "--database", pg_cluster.createdb("crash_pk"))
+    cn = make_node(RECEIVER, free_port())
+    exchange_cards(accord, pk, cn, tmp_path)
+    crash_loop(
+        accord,
+        (pk, cn),
+        crashing,
+        tmp_path,
+        reports=200,
+        rate=40.0,
+        kills=6,
+        seed=int(os.environ.get("ACCORD_CRASH_SEED", "16")),
+        max_pause=0.8,
+        settle_timeout=90.0,
+        database=pg_cluster,
     )
 
 

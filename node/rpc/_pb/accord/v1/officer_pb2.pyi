@@ -1083,6 +1083,11 @@ class StatusResponse(_message.Message):
     TLS12_REFUSED_FIELD_NUMBER: _builtins.int
     LOG_PROBLEM_CODE_FIELD_NUMBER: _builtins.int
     LOG_PROBLEM_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    LEADER_HOST_FIELD_NUMBER: _builtins.int
+    LEADER_PID_FIELD_NUMBER: _builtins.int
+    LEADER_DATA_DIR_FIELD_NUMBER: _builtins.int
+    LEADER_SINCE_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     """This node's id."""
     version: _builtins.str
@@ -1099,6 +1104,16 @@ class StatusResponse(_message.Message):
     """
     log_problem: _builtins.str
     """The message of that error (names the entry index or both sizes), and what to do."""
+    role: _builtins.str
+    """A node on PostgreSQL (docs/adr/0026): "leader" or "standby" for the answering
+    process; empty on SQLite, where one process serves.
+    """
+    leader_host: _builtins.str
+    """The process that leads the node, as it recorded itself when it took the lead."""
+    leader_pid: _builtins.int
+    leader_data_dir: _builtins.str
+    leader_since: _builtins.str
+    """RFC 3339 UTC"""
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerStatus]:
         """One entry per trusted partner."""
@@ -1114,10 +1129,15 @@ class StatusResponse(_message.Message):
         tls12_refused: _builtins.bool = ...,
         log_problem_code: _builtins.str = ...,
         log_problem: _builtins.str = ...,
+        role: _builtins.str = ...,
+        leader_host: _builtins.str = ...,
+        leader_pid: _builtins.int = ...,
+        leader_data_dir: _builtins.str = ...,
+        leader_since: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_size", b"checkpoint_size", "log_problem", b"log_problem", "log_problem_code", b"log_problem_code", "log_size", b"log_size", "node", b"node", "peers", b"peers", "tls12_refused", b"tls12_refused", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_size", b"checkpoint_size", "leader_data_dir", b"leader_data_dir", "leader_host", b"leader_host", "leader_pid", b"leader_pid", "leader_since", b"leader_since", "log_problem", b"log_problem", "log_problem_code", b"log_problem_code", "log_size", b"log_size", "node", b"node", "peers", b"peers", "role", b"role", "tls12_refused", b"tls12_refused", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
