@@ -43,6 +43,18 @@ def second_data_dir(pk: Path) -> Path:
     return other
 
 
+# Event families of a node that signs, sends, receives or applies (a standby logs none).
+ACTING = {"envelope", "release", "checkpoint", "cosign", "sync", "receipt", "report", "key"}
+
+
+def events(proc: ServerProcess) -> list[str]:
+    out = []
+    for line in proc.log_file.read_text("utf-8", errors="replace").splitlines():
+        if line.startswith("{"):
+            out.append(str(json.loads(line).get("event", "")))
+    return out
+
+
 def status(accord: Accord, data: Path) -> dict[str, Any]:
     r = accord("--data", data, "status", "--json")
     if r.code != 0:
@@ -76,6 +88,7 @@ def received(cn: Path) -> list[tuple[str, str, int]]:
     return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
 
 
+@pytest.mark.threat("C05")
 def test_standby_takes_over_while_reports_flow(
     pg_cluster: PgCluster,
     make_node: Callable[..., Path],
@@ -88,6 +101,7 @@ def test_standby_takes_over_while_reports_flow(
 
 
 @pytest.mark.slow
+@pytest.mark.threat("C05")
 @pytest.mark.timeout(1200)
 def test_standby_takes_over_while_2000_reports_flow(
     pg_cluster: PgCluster,
@@ -149,6 +163,10 @@ def failover(
     before = Submitter(pk, tag="leader", target=reports // 2, rate=reports / 20).start()
     wait("the partner receiving", lambda: len(received(cn)) >= reports // 20, procs, WAIT)
     have, sent = len(received(cn)), len(before.accepted)
+    stood_by = events(standby)
+    assert "server.standby" in stood_by
+    did = {e for e in stood_by if e.split(".")[0] in ACTING or e == "server.started"}
+    assert not did, f"the standby acted: {did}"
     first.kill()  # SIGKILL, mid-flow
     killed_at = time.monotonic()
     assert not before.done or have < sent, "the kill did not land while reports flowed"

@@ -75,6 +75,7 @@ def _second(node: Node) -> Node:
     return Node.open(other, lambda: PASSPHRASE)
 
 
+@pytest.mark.threat("C05")
 def test_a_leader_whose_lock_session_ended_cannot_commit(
     pg_cluster: PgCluster, pg_node: tuple[Node, str]
 ) -> None:
@@ -99,6 +100,7 @@ def test_a_leader_whose_lock_session_ended_cannot_commit(
     leadership.release()
 
 
+@pytest.mark.threat("C05")
 def test_two_processes_never_both_lead(pg_node: tuple[Node, str]) -> None:
     node, _dsn = pg_node
     other = _second(node)
@@ -131,6 +133,7 @@ def test_no_fence_on_sqlite(tmp_path: Path) -> None:
         node.close()
 
 
+@pytest.mark.threat("C05")
 def test_a_standby_follows_the_mark_and_catches_a_restored_backup(
     pg_cluster: PgCluster, pg_node: tuple[Node, str]
 ) -> None:
@@ -178,6 +181,7 @@ def test_a_standby_follows_the_mark_and_catches_a_restored_backup(
         standby.close()  # closing a closed PostgreSQL connection is a no-op
 
 
+@pytest.mark.threat("C05")
 def test_a_standby_never_raises_its_mark_to_a_checkpoint_it_cannot_verify(
     pg_cluster: PgCluster, pg_node: tuple[Node, str]
 ) -> None:
