@@ -466,6 +466,8 @@ class PgStore:
             if version <= current:
                 continue
             with self.transaction() as db:
+                if self.schema_version() >= version:
+                    continue  # a process that opened the node at the same time did it first
                 if version == 1:
                     db.execute(
                         "CREATE TABLE IF NOT EXISTS _migrations (version BIGINT PRIMARY KEY,"

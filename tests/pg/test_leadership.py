@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from exchange.errors import StoreError
 from node.home import Node, init_node
 from node.rpc.leadership import LEADER_KEY, Leadership, recorded_leader
 from node.services.log import HIGHWATER_FILE
+from node.store import MIGRATIONS, PgStore
 from tests.conftest import PASSPHRASE
 from tests.postgres import SUPERUSER, PgCluster
 
@@ -206,3 +208,39 @@ def test_a_standby_never_raises_its_mark_to_a_checkpoint_it_cannot_verify(
         assert (standby.data_dir / HIGHWATER_FILE).read_text() == mark  # not raised
     finally:
         standby.close()
+
+
+@pytest.mark.threat("C05")
+def test_a_leader_and_a_standby_opening_a_new_database_at_once_migrate_it_once(
+    pg_cluster: PgCluster,
+) -> None:
+    """Both processes of a new node start together: each runs the migrations it sees
+    missing, under the writer lock, and skips the ones the other ran meanwhile."""
+    dsn = pg_cluster.createdb("lead_both_migrate")
+    opened: list[PgStore] = []
+    failed: list[BaseException] = []
+    gate = threading.Barrier(4)
+
+    def open_it() -> None:
+        gate.wait()
+        try:
+            opened.append(PgStore.open(dsn, node_id="pk-moi"))
+        except BaseException as e:  # reported below
+            failed.append(e)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert not failed, failed
+        assert len(opened) == 4
+        versions = [s.schema_version() for s in opened]
+        assert versions == [MIGRATIONS[-1][0]] * 4
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            rows = conn.execute("SELECT version FROM _migrations ORDER BY version").fetchall()
+        assert [int(r[0]) for r in rows] == [m[0] for m in MIGRATIONS]  # each once
+    finally:
+        for store in opened:
+            store.close()
