@@ -34,9 +34,10 @@ from exchange.errors import StoreError
 from exchange.revocation import SignedRevocation
 from keys.truststore import KeyRevocation, PeerRecord
 from node.store.agreements import AgreementsRepo
+from node.store.dialect import PgDialect, PgTx, pg_tx
 from node.store.feed import _COLUMNS, Consumer, FeedRow, Visibility, _row
 from node.store.inbox import ITEM_SQL, InboxRepo
-from node.store.log import LogRepo
+from node.store.log import PG_LEAF_KIND_EXPR, LogRepo, SqlLogRepo
 from node.store.loop import _MARK_OVERDUE, _WHICH, DEADLINE_SQL, LoopRepo
 from node.store.meta import MetaRepo
 from node.store.outbox import OutboxRepo
@@ -46,29 +47,6 @@ from node.store.reports import ReportsRepo
 from node.store.sqlite import MIGRATIONS
 from node.store.tx import Row, Tx
 from node.store.witness import WitnessRepo
-
-
-class PgTx:
-    """The PgStore's one connection as a ``Tx``: statements run in its open transaction (or
-    on their own, autocommit, when none is open, as reads outside a transaction do)."""
-
-    def __init__(self, conn: Connection[TupleRow]) -> None:
-        self.conn = conn
-
-    def execute(self, sql: str, parameters: Any = None, /) -> Any:
-        return self.conn.execute(sql, parameters)
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        with self.conn.cursor() as cursor:
-            cursor.executemany(sql, rows)
-
-
-def pg_tx(db: Tx) -> PgTx:
-    """The PostgreSQL repositories' handle: the ``PgTx`` that ``PgStore.transaction()`` yields."""
-    if not isinstance(db, PgTx):
-        raise TypeError(f"a PostgreSQL repository was handed {type(db).__name__}, not a PgTx")
-    return db
-
 
 _NAME = re.compile(r"[a-z_]+\Z")
 
@@ -103,16 +81,6 @@ def _upsert(db: Tx, table: str, row: dict[str, Any], pk: str) -> None:
         tuple(row.values()),
     )
 
-
-# The first 8 bytes of a leaf's kind, as node.store.log.LEAF_KIND_EXPR computes it on SQLite
-# (``position`` is 0 when absent, like ``instr``; both strings count from 1).
-PG_LEAF_KIND_EXPR = (
-    "substring(event from position('\\x226b696e64223a22'::bytea in event) + 8 for 8)"
-)
-PG_LEAVES_BY_KIND_SQL = (
-    f"SELECT idx, event FROM log_leaves WHERE {PG_LEAF_KIND_EXPR} "  # noqa: S608
-    "IN (%s, %s, %s, %s, %s, %s) AND idx >= %s AND idx < %s ORDER BY idx"
-)
 
 # Columns only the PostgreSQL tables have: SQLite's implicit rowid of ``inbox``.
 PG_ONLY_COLUMNS = {("inbox", "rowid")}
@@ -300,11 +268,12 @@ class PgStore:
         self.where = where
         self.writer = writer
         self.db = PgTx(conn)
+        self.sql = PgDialect(self.db)
         self.inbox: InboxRepo = PgInboxRepo(self.db)
         self.outbox: OutboxRepo = PgOutboxRepo(self.db)
         self.reports: ReportsRepo = PgReportsRepo(self.db)
         self.loop: LoopRepo = PgLoopRepo(self.db)
-        self.log: LogRepo = PgLogRepo(self.db)
+        self.log: LogRepo = SqlLogRepo(self.sql)
         self.meta: MetaRepo = PgMetaRepo(self.db)
         self.peers: PeersRepo = PgPeersRepo(self.db)
         self.witness: WitnessRepo = PgWitnessRepo(self.db)
@@ -1185,162 +1154,6 @@ class PgInboxRepo:
             (str(peer), int(count))
             for peer, count in self._conn.execute("SELECT peer, count FROM evidence_suppressed")
         ]
-
-
-# -- log -----------------------------------------------------------------------------------
-class PgSubtrees:
-    """``merkle.SubtreeReader`` over ``log_subtrees``; counts reads for the O(log n) test."""
-
-    def __init__(self, conn: PgTx) -> None:
-        self._conn = conn
-        self.reads = 0
-
-    def subtree(self, level: int, index: int) -> bytes:
-        self.reads += 1
-        row = self._conn.execute(
-            "SELECT hash FROM log_subtrees WHERE level = %s AND idx = %s", (level, index)
-        ).fetchone()
-        if row is None:
-            raise StoreError(
-                f"log subtree ({level}, {index}) is missing",
-                code="store.log_damaged",
-                next_step="Run 'accord audit verify' on an export; restore from a backup.",
-            )
-        return bytes(row[0])
-
-
-# -- log -----------------------------------------------------------------------------------
-class PgLogRepo:
-    """Writes run in the open transaction of the Store's connection (the log is staged
-    and flushed inside it; node/services/log.py checks there is one)."""
-
-    def __init__(self, conn: PgTx) -> None:
-        self._conn = conn
-
-    # -- leaves -------------------------------------------------------------------------------
-    def max_index(self) -> int | None:
-        row = self._conn.execute("SELECT max(idx) FROM log_leaves").fetchone()
-        return None if row[0] is None else int(row[0])
-
-    def subtrees(self) -> PgSubtrees:
-        return PgSubtrees(self._conn)
-
-    def event(self, index: int) -> bytes | None:
-        row = self._conn.execute("SELECT event FROM log_leaves WHERE idx = %s", (index,)).fetchone()
-        return None if row is None else bytes(row[0])
-
-    def event_and_tag(self, index: int) -> tuple[bytes, bytes | None] | None:
-        row = self._conn.execute(
-            "SELECT event, tag FROM log_leaves WHERE idx = %s", (index,)
-        ).fetchone()
-        if row is None:
-            return None
-        return bytes(row[0]), None if row[1] is None else bytes(row[1])
-
-    def leaf_hash(self, index: int) -> bytes | None:
-        row = self._conn.execute(
-            "SELECT leaf_hash FROM log_leaves WHERE idx = %s", (index,)
-        ).fetchone()
-        return None if row is None else bytes(row[0])
-
-    def events(self, start: int, limit: int) -> list[tuple[int, bytes]]:
-        rows = self._conn.execute(
-            "SELECT idx, event FROM log_leaves WHERE idx >= %s ORDER BY idx LIMIT %s",
-            (start, limit),
-        ).fetchall()
-        return [(int(i), bytes(e)) for i, e in rows]
-
-    def leaves_from(self, start: int) -> Iterator[Row]:
-        """(idx, event, leaf_hash, tag) from ``start`` on, streamed in index order."""
-        rows: Iterator[Row] = self._conn.execute(
-            "SELECT idx, event, leaf_hash, tag FROM log_leaves WHERE idx >= %s ORDER BY idx",
-            (start,),
-        )
-        return rows
-
-    def events_of_kinds(
-        self, prefixes: Sequence[bytes], start: int, end: int
-    ) -> list[tuple[int, bytes]]:
-        """Events in [start, end) whose kind starts with one of six 8-byte prefixes."""
-        return [
-            (int(i), bytes(e))
-            for i, e in self._conn.execute(
-                PG_LEAVES_BY_KIND_SQL, (*prefixes, start, end)
-            ).fetchall()
-        ]
-
-    def add_leaves(self, rows: Sequence[tuple[int, bytes, bytes, bytes]]) -> None:
-        self._conn.executemany(
-            "INSERT INTO log_leaves (idx, event, leaf_hash, tag) VALUES (%s, %s, %s, %s)", rows
-        )
-
-    # -- subtrees -----------------------------------------------------------------------------
-    def add_subtrees(self, rows: Sequence[tuple[int, int, bytes]]) -> None:
-        self._conn.executemany(
-            "INSERT INTO log_subtrees (level, idx, hash) VALUES (%s, %s, %s)", rows
-        )
-
-    def subtrees_between(self, level: int, lo: int, hi: int) -> list[tuple[int, bytes]]:
-        return [
-            (int(idx), bytes(h))
-            for idx, h in self._conn.execute(
-                "SELECT idx, hash FROM log_subtrees WHERE level = %s AND idx BETWEEN %s AND %s",
-                (level, lo, hi),
-            )
-        ]
-
-    # -- checkpoints --------------------------------------------------------------------------
-    def latest_checkpoint(self) -> Row | None:
-        """(size, root, note, signed_at) of the largest checkpoint."""
-        row: Row | None = self._conn.execute(
-            "SELECT size, root, note, signed_at FROM log_checkpoints ORDER BY size DESC LIMIT 1"
-        ).fetchone()
-        return row
-
-    def checkpoints(self) -> list[Row]:
-        rows: list[Row] = self._conn.execute(
-            "SELECT size, root, note, signed_at FROM log_checkpoints ORDER BY size"
-        ).fetchall()
-        return rows
-
-    def checkpoint_at(self, size: int) -> Row | None:
-        row: Row | None = self._conn.execute(
-            "SELECT size, root, note, signed_at FROM log_checkpoints WHERE size = %s", (size,)
-        ).fetchone()
-        return row
-
-    def add_checkpoint(self, size: int, root: bytes, note: bytes, signed_at: str) -> None:
-        self._conn.execute(
-            "INSERT INTO log_checkpoints (size, root, note, signed_at) VALUES (%s, %s, %s, %s)",
-            (size, root, note, signed_at),
-        )
-
-    # -- cosignatures -------------------------------------------------------------------------
-    def add_cosignature(self, size: int, witness: str, line: str, received_at: str) -> None:
-        self._conn.execute(
-            "INSERT INTO log_cosignatures (size, witness, line, received_at) "
-            "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (size, witness, line, received_at),
-        )
-
-    def cosignatures(self, size: int) -> list[tuple[str, str]]:
-        rows = self._conn.execute(
-            "SELECT witness, line FROM log_cosignatures WHERE size = %s ORDER BY witness", (size,)
-        ).fetchall()
-        return [(str(w), str(line)) for w, line in rows]
-
-    def cosigned_size(self, witness: str) -> int | None:
-        row = self._conn.execute(
-            "SELECT max(size) FROM log_cosignatures WHERE witness = %s", (witness,)
-        ).fetchone()
-        return None if row[0] is None else int(row[0])
-
-    def export_rows(self, size: int) -> Iterator[Row]:
-        """(idx, event, leaf_hash) below ``size`` exactly as stored, streamed in order."""
-        rows: Iterator[Row] = self._conn.execute(
-            "SELECT idx, event, leaf_hash FROM log_leaves WHERE idx < %s ORDER BY idx", (size,)
-        )
-        return rows
 
 
 # -- loop ----------------------------------------------------------------------------------

@@ -23,8 +23,9 @@ from exchange.checkpoint import open_checkpoint
 from exchange.errors import AccordError, StoreError
 from exchange.note import parse_verifier_key
 from node.store.agreements import AgreementsRepo, SqliteAgreementsRepo
+from node.store.dialect import SqliteDialect
 from node.store.inbox import InboxRepo, SqliteInboxRepo
-from node.store.log import LEAF_KIND_EXPR, LogRepo, SqliteLogRepo
+from node.store.log import LEAF_KIND_EXPR, LogRepo, SqlLogRepo
 from node.store.loop import LoopRepo, SqliteLoopRepo
 from node.store.meta import MetaRepo, SqliteMetaRepo
 from node.store.outbox import OutboxRepo, SqliteOutboxRepo
@@ -444,12 +445,13 @@ class Store:
         self.conn = conn
         self.path = path
         self.db = sqlite_utils.Database(conn)
+        self.sql = SqliteDialect(conn)
         # The repositories: every SQL statement the node runs outside this module.
         self.inbox: InboxRepo = SqliteInboxRepo(conn)
         self.outbox: OutboxRepo = SqliteOutboxRepo(conn)
         self.reports: ReportsRepo = SqliteReportsRepo(conn)
         self.loop: LoopRepo = SqliteLoopRepo(conn)
-        self.log: LogRepo = SqliteLogRepo(conn)
+        self.log: LogRepo = SqlLogRepo(self.sql)
         self.meta: MetaRepo = SqliteMetaRepo(conn)
         self.peers: PeersRepo = SqlitePeersRepo(conn)
         self.witness: WitnessRepo = SqliteWitnessRepo(conn)
