@@ -93,7 +93,7 @@ def _row(r: Sequence[Any]) -> FeedRow:
 
 
 class FeedRepo(Protocol):
-    """The feed's storage, as node/services/feed.py uses it (``FeedStore`` on SQLite)."""
+    """The feed's storage, as node/services/feed.py uses it (``FeedStore`` on either backend)."""
 
     def add_consumer(self, db: Tx, c: Consumer) -> None: ...
     def consumer(self, name: str) -> Consumer | None: ...
