@@ -16,7 +16,7 @@ from node.store.tx import Row
 
 # The first 8 bytes of a leaf's kind: ``"kind":"`` occurs once in canonical event JSON (an
 # attribute value holding it is escaped). Migration 16 indexes exactly this expression, so
-# SQLite answers :meth:`SqliteLogRepo.events_of_kinds` from the index; dropping or replacing
+# SQLite answers :meth:`SqlLogRepo.events_of_kinds` from the index; dropping or replacing
 # the index changes how fast the answer comes, never what it is.
 LEAF_KIND_EXPR = "substr(event, instr(event, X'226b696e64223a22') + 8, 8)"
 
