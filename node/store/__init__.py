@@ -9,8 +9,8 @@ from pathlib import Path
 from keys.truststore import PeerRecords
 from node.store.feed import FeedRepo, FeedStore
 from node.store.log import LEAF_KIND_EXPR, SqliteSubtrees, SubtreeReader
-from node.store.peers import SqlitePeerRecords
-from node.store.postgres import PgFeedRepo, PgPeerRecords, PgStore
+from node.store.peers import SqlitePeerRecords, SqlPeerRecords
+from node.store.postgres import PgStore
 from node.store.sqlite import DB_FILE, MIGRATIONS, PAGE_SIZE, Store
 from node.store.tx import Row, Tx
 
@@ -32,12 +32,12 @@ def open_store(
 
 def feed_repo(store: NodeStore) -> FeedRepo:
     """The TAXII feed's repository on the store's backend."""
-    return PgFeedRepo(store) if isinstance(store, PgStore) else FeedStore(store)
+    return FeedStore(store)
 
 
 def peer_records(store: NodeStore) -> PeerRecords:
     """The trust store's rows on the store's backend (call inside a transaction)."""
-    return PgPeerRecords(store) if isinstance(store, PgStore) else SqlitePeerRecords(store)
+    return SqlPeerRecords(store)
 
 
 def store_name(store: NodeStore) -> str:

@@ -6,10 +6,10 @@ bytes and the log, are node/services/agreements.py and exchange/agreement.py.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any, Protocol
 
-from node.store.tx import Row, Tx, sqlite_db
+from node.store.dialect import Dialect
+from node.store.tx import Row, Tx
 
 
 class AgreementsRepo(Protocol):
@@ -19,16 +19,16 @@ class AgreementsRepo(Protocol):
     def row(self, digest: str) -> Row | None: ...
 
 
-class SqliteAgreementsRepo:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+class SqlAgreementsRepo:
+    def __init__(self, sql: Dialect) -> None:
+        self._sql = sql
 
     def exists(self, digest: str) -> bool:
-        row = self._conn.execute("SELECT 1 FROM agreements WHERE digest = ?", (digest,)).fetchone()
+        row = self._sql.execute("SELECT 1 FROM agreements WHERE digest = ?", (digest,)).fetchone()
         return row is not None
 
     def add(self, db: Tx, row: dict[str, Any]) -> None:
-        sqlite_db(db).table("agreements").insert(row)
+        self._sql.insert(db, "agreements", row)
 
     def rows(self, peer: str | None) -> list[Row]:
         """(digest, peer, id, version, not_before, not_after, stored_at, signed), by partner
@@ -41,13 +41,11 @@ class SqliteAgreementsRepo:
         if peer is not None:
             sql += " WHERE peer = ?"
             args = (peer,)
-        rows: list[Row] = self._conn.execute(
-            sql + " ORDER BY peer, not_after DESC", args
-        ).fetchall()
+        rows: list[Row] = self._sql.execute(sql + " ORDER BY peer, not_after DESC", args).fetchall()
         return rows
 
     def row(self, digest: str) -> Row | None:
-        row: Row | None = self._conn.execute(
+        row: Row | None = self._sql.execute(
             "SELECT digest, peer, id, version, not_before, not_after, stored_at, signed "
             "FROM agreements WHERE digest = ?",
             (digest,),

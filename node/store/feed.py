@@ -13,10 +13,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from node.store.sqlite import Store
 from node.store.tx import Tx
+
+if TYPE_CHECKING:
+    from node.store.postgres import PgStore
+    from node.store.sqlite import Store
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class Visibility:
 
     def sql(self, alias: str) -> tuple[str, list[Any]]:
         if not self.pairs:
-            return "0", []
+            return "FALSE", []
         keys = sorted(f"{tlp}|{sop}" for tlp, sop in self.pairs)
         levels = sorted({tlp for tlp, _sop in self.pairs} | {""})
         a = alias
@@ -90,7 +93,7 @@ def _row(r: Sequence[Any]) -> FeedRow:
 
 
 class FeedRepo(Protocol):
-    """The feed's storage, as node/services/feed.py uses it (``FeedStore`` on SQLite)."""
+    """The feed's storage, as node/services/feed.py uses it (``FeedStore`` on either backend)."""
 
     def add_consumer(self, db: Tx, c: Consumer) -> None: ...
     def consumer(self, name: str) -> Consumer | None: ...
@@ -133,12 +136,14 @@ class FeedRepo(Protocol):
 
 
 class FeedStore:
-    """The feed's repository over the node's ``Store``. Writes take the caller's ``db``
-    (inside ``Store.transaction()``); reads use the connection."""
+    """The feed's repository over the node's ``Store`` or ``PgStore`` (its ``Dialect``
+    spells each statement for the backend: no ``INDEXED BY`` and an explicit ``id`` on
+    PostgreSQL). Writes take the caller's ``db`` (inside ``transaction()``); reads use
+    the connection."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store | PgStore) -> None:
         self._store = store
-        self._conn = store.conn
+        self._sql = store.sql
 
     # -- consumers ----------------------------------------------------------------------
     _CONSUMER = (
@@ -151,7 +156,8 @@ class FeedStore:
         return Consumer(r[0], r[1], tuple(json.loads(r[2])), bool(r[3]), r[4], r[5], r[6], r[7])
 
     def add_consumer(self, db: Tx, c: Consumer) -> None:
-        db.execute(
+        self._sql.run(
+            db,
             "INSERT INTO feed_consumers (name, class, collections, own_organisation, "
             "cert_fingerprint, basic_hash, created_at, revoked_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
@@ -167,20 +173,21 @@ class FeedStore:
         )
 
     def consumer(self, name: str) -> Consumer | None:
-        r = self._conn.execute(self._CONSUMER + " WHERE name = ?", (name,)).fetchone()
+        r = self._sql.execute(self._CONSUMER + " WHERE name = ?", (name,)).fetchone()
         return None if r is None else self._consumer(r)
 
     def consumer_by_certificate(self, fingerprint: str) -> Consumer | None:
-        r = self._conn.execute(
+        r = self._sql.execute(
             self._CONSUMER + " WHERE cert_fingerprint = ?", (fingerprint,)
         ).fetchone()
         return None if r is None else self._consumer(r)
 
     def consumers(self) -> list[Consumer]:
-        return [self._consumer(r) for r in self._conn.execute(self._CONSUMER + " ORDER BY name")]
+        return [self._consumer(r) for r in self._sql.execute(self._CONSUMER + " ORDER BY name")]
 
     def revoke_consumer(self, db: Tx, name: str, at: str) -> None:
-        db.execute(
+        self._sql.run(
+            db,
             "UPDATE feed_consumers SET revoked_at = ?, basic_hash = NULL "
             "WHERE name = ? AND revoked_at IS NULL",
             (at, name),
@@ -188,13 +195,14 @@ class FeedStore:
 
     # -- indexing -----------------------------------------------------------------------
     def indexed_seq(self, peer: str) -> int:
-        r = self._conn.execute(
+        r = self._sql.execute(
             "SELECT last_seq FROM feed_indexed WHERE peer = ?", (peer,)
         ).fetchone()
         return 0 if r is None else int(r[0])
 
     def set_indexed_seq(self, db: Tx, peer: str, seq: int) -> None:
-        db.execute(
+        self._sql.run(
+            db,
             "INSERT INTO feed_indexed (peer, last_seq) VALUES (?, ?) "
             "ON CONFLICT (peer) DO UPDATE SET last_seq = excluded.last_seq",
             (peer, seq),
@@ -202,15 +210,15 @@ class FeedStore:
 
     def peers_with_items(self) -> list[str]:
         """Partners this node trusts (each a collection)."""
-        return [str(r[0]) for r in self._conn.execute("SELECT node FROM peers ORDER BY node")]
+        return [str(r[0]) for r in self._sql.execute("SELECT node FROM peers ORDER BY node")]
 
     def last_date_added(self) -> str | None:
-        r = self._conn.execute("SELECT max(date_added) FROM feed_objects").fetchone()
+        r = self._sql.execute("SELECT max(date_added) FROM feed_objects").fetchone()
         return None if r[0] is None else str(r[0])
 
     def has_object(self, peer: str, stix_id: str, version: str) -> bool:
         return (
-            self._conn.execute(
+            self._sql.execute(
                 "SELECT 1 FROM feed_objects WHERE peer = ? AND stix_id = ? AND version = ?",
                 (peer, stix_id, version),
             ).fetchone()
@@ -232,22 +240,10 @@ class FeedStore:
         fields: Sequence[str],
         blob: bytes,
     ) -> None:
-        db.execute(
-            "INSERT INTO feed_objects (peer, stix_id, type, version, date_added, tlp, sop, "
-            "envelope_id, fields, object) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                peer,
-                stix_id,
-                type,
-                version,
-                date_added,
-                tlp,
-                sop,
-                envelope_id,
-                json.dumps(sorted(fields)),
-                blob,
-            ),
-        )
+        row: dict[str, Any] = {"peer": peer, "stix_id": stix_id, "type": type, "version": version}
+        row |= {"date_added": date_added, "tlp": tlp, "sop": sop, "envelope_id": envelope_id}
+        row |= {"fields": json.dumps(sorted(fields)), "object": blob}
+        self._sql.insert(db, "feed_objects", row, number="id")
 
     # -- reading pages ------------------------------------------------------------------
     def page(
@@ -272,7 +268,7 @@ class FeedStore:
             versions=versions,
             limit=limit,
         )
-        return [_row(r) for r in self._conn.execute(sql, args)]
+        return [_row(r) for r in self._sql.execute(sql, args)]
 
     def page_sql(
         self,
@@ -333,7 +329,7 @@ class FeedStore:
     def versions(self, peer: str, stix_id: str, visible: Visibility) -> list[FeedRow]:
         """Every visible version of one object, oldest first."""
         seen, seen_args = visible.sql("f")
-        rows = self._conn.execute(
+        rows = self._sql.execute(
             f"SELECT {_COLUMNS} FROM feed_objects f WHERE f.peer = ? AND f.stix_id = ? AND "  # noqa: S608
             f"{seen} ORDER BY f.version",
             (peer, stix_id, *seen_args),

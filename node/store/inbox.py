@@ -7,10 +7,10 @@ node/services/inbox.py and exchange/receiver.py.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any, Protocol
 
-from node.store.tx import Row, Tx, sqlite_db
+from node.store.dialect import Dialect
+from node.store.tx import Row, Tx
 
 # The columns of an inbox item row, in this order (node/services/inbox.py reads them by position).
 ITEM_SQL = (
@@ -18,6 +18,11 @@ ITEM_SQL = (
     "i.fields, i.transformed, i.received_at, 0, i.issuer_jwt_digest, i.sealed FROM inbox i"
 )
 ITEM_JWT_DIGEST, ITEM_SEALED = 13, 14
+# The columns ``add_item`` writes, in the order of its values.
+ITEM_COLUMNS = (
+    "peer", "seq", "envelope_id", "kind", "report_id", "version", "issuer", "sop", "tlp",
+    "fields", "transformed", "issuer_jwt_digest", "sealed", "received_at",
+)  # fmt: skip
 
 
 class InboxRepo(Protocol):
@@ -68,37 +73,41 @@ class InboxRepo(Protocol):
     def sop_tlp(self, peer: str, envelope_id: str) -> tuple[str, str] | None: ...
 
 
-class SqliteInboxRepo:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+class SqlInboxRepo:
+    def __init__(self, sql: Dialect) -> None:
+        self._sql = sql
 
     # -- cursors ----------------------------------------------------------------------------
     def cursor(self, peer: str) -> int | None:
-        row = self._conn.execute(
+        row = self._sql.execute(
             "SELECT last_applied FROM cursors WHERE peer = ?", (peer,)
         ).fetchone()
         return None if row is None else int(row[0])
 
     def acknowledged(self, peer: str) -> int | None:
-        row = self._conn.execute(
+        row = self._sql.execute(
             "SELECT acknowledged FROM cursors WHERE peer = ?", (peer,)
         ).fetchone()
         return None if row is None else int(row[0])
 
     def set_cursor(self, db: Tx, peer: str, last_applied: int, updated_at: str) -> None:
-        sqlite_db(db).table("cursors").upsert(
-            {"peer": peer, "last_applied": last_applied, "updated_at": updated_at}, pk="peer"
+        self._sql.upsert(
+            db,
+            "cursors",
+            {"peer": peer, "last_applied": last_applied, "updated_at": updated_at},
+            "peer",
         )
 
     def set_acknowledged(self, db: Tx, peer: str, through: int) -> None:
-        sqlite_db(db).conn.execute(
+        self._sql.run(
+            db,
             "UPDATE cursors SET acknowledged = ? WHERE peer = ? AND acknowledged < ?",
             (through, peer, through),
         )
 
     # -- inbound envelopes --------------------------------------------------------------------
     def inbound(self, peer: str, seq: int) -> tuple[bytes, bytes, bytes] | None:
-        row = self._conn.execute(
+        row = self._sql.execute(
             "SELECT header, ciphertext, signature FROM inbound WHERE peer = ? AND seq = ?",
             (peer, seq),
         ).fetchone()
@@ -117,7 +126,8 @@ class SqliteInboxRepo:
         code: str | None,
         received_at: str,
     ) -> None:
-        sqlite_db(db).conn.execute(
+        self._sql.run(
+            db,
             "INSERT INTO inbound (peer, seq, header, ciphertext, signature, digest, status, code, "
             "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (peer, seq, header, ciphertext, signature, digest, status, code, received_at),
@@ -130,23 +140,18 @@ class SqliteInboxRepo:
             sql += " AND peer = ?"
             args = (peer,)
         return [
-            (r[0], int(r[1]), r[2]) for r in self._conn.execute(sql + " ORDER BY peer, seq", args)
+            (r[0], int(r[1]), r[2]) for r in self._sql.execute(sql + " ORDER BY peer, seq", args)
         ]
 
     # -- inbox items --------------------------------------------------------------------------
     def add_item(self, db: Tx, values: Row) -> None:
-        sqlite_db(
-            db
-        ).conn.execute(  # a plain INSERT: sqlite-utils' insert runs ~4 statements per row
-            "INSERT INTO inbox (peer, seq, envelope_id, kind, report_id, version, issuer, sop, "
-            "tlp, fields, transformed, issuer_jwt_digest, sealed, received_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            values,
-        )
+        """One plain INSERT (sqlite-utils' insert ran ~4 statements per row); PostgreSQL
+        fills the ``rowid`` SQLite gives the row."""
+        row = dict(zip(ITEM_COLUMNS, values, strict=True))
+        self._sql.insert(db, "inbox", row, number="rowid")
 
     def _rows(self, sql: str, args: Any) -> list[Row]:
-        rows: list[Row] = self._conn.execute(sql, args).fetchall()
-        return rows
+        return self._sql.all(sql, args)
 
     def items_of_report_by(self, report_id: str, issuer: str) -> list[Row]:
         return self._rows(ITEM_SQL + " WHERE i.report_id = ? AND i.issuer = ?", (report_id, issuer))
@@ -196,7 +201,7 @@ class SqliteInboxRepo:
         )
 
     def last_rowid(self) -> int:
-        return int(self._conn.execute("SELECT coalesce(max(rowid), 0) FROM inbox").fetchone()[0])
+        return int(self._sql.execute("SELECT coalesce(max(rowid), 0) FROM inbox").fetchone()[0])
 
     def rows_after(self, after: int, limit: int) -> list[Row]:
         """Item rows after rowid ``after``, each with its rowid first."""
@@ -213,11 +218,11 @@ class SqliteInboxRepo:
         )
 
     def item(self, envelope_id: str) -> Row | None:
-        row = self._conn.execute(ITEM_SQL + " WHERE i.envelope_id = ?", (envelope_id,)).fetchone()
+        row = self._sql.execute(ITEM_SQL + " WHERE i.envelope_id = ?", (envelope_id,)).fetchone()
         return None if row is None else row
 
     def envelope_ids_between(self, low: str, high: str) -> list[str]:
-        rows = self._conn.execute(
+        rows = self._sql.execute(
             "SELECT envelope_id FROM inbox WHERE envelope_id >= ? AND envelope_id < ? "
             "ORDER BY envelope_id LIMIT 2",
             (low, high),
@@ -226,7 +231,7 @@ class SqliteInboxRepo:
 
     # -- receipts sent ------------------------------------------------------------------------
     def add_receipt(self, db: Tx, row: dict[str, Any]) -> None:
-        sqlite_db(db).table("receipts").insert(row)
+        self._sql.insert(db, "receipts", row)
 
     def sent_receipts_after(self, peer: str, after_first_seq: int) -> list[Row]:
         """(last_seq, statement, signature) of the receipts sent ``peer`` past a first seq."""
@@ -237,7 +242,7 @@ class SqliteInboxRepo:
         )
 
     def last_sent_receipt(self, peer: str) -> tuple[bytes, bytes] | None:
-        row = self._conn.execute(
+        row = self._sql.execute(
             "SELECT statement, signature FROM receipts WHERE peer = ? AND direction = 'sent' "
             "ORDER BY last_seq DESC LIMIT 1",
             (peer,),
@@ -246,21 +251,23 @@ class SqliteInboxRepo:
 
     # -- evidence -----------------------------------------------------------------------------
     def equivocations_since(self, peer: str, since: str) -> int:
-        row = self._conn.execute(
+        row = self._sql.execute(
             "SELECT count(*) FROM evidence WHERE peer = ? AND kind = 'equivocation' AND at > ?",
             (peer, since),
         ).fetchone()
         return int(row[0])
 
     def count_suppressed(self, db: Tx, peer: str, at: str) -> None:
-        sqlite_db(db).conn.execute(
+        self._sql.run(
+            db,
             "INSERT INTO evidence_suppressed (peer, count, last_at) VALUES (?, 1, ?) "
-            "ON CONFLICT (peer) DO UPDATE SET count = count + 1, last_at = excluded.last_at",
+            "ON CONFLICT (peer) DO UPDATE SET count = evidence_suppressed.count + 1, "
+            "last_at = excluded.last_at",
             (peer, at),
         )
 
     def first_equivocation(self, peer: str, seq: int) -> tuple[int, str] | None:
-        kept = self._conn.execute(
+        kept = self._sql.execute(
             "SELECT id, incoming_digest FROM evidence WHERE peer = ? AND kind = 'equivocation' "
             "AND seq = ? ORDER BY id LIMIT 1",
             (peer, seq),
@@ -268,16 +275,14 @@ class SqliteInboxRepo:
         return None if kept is None else (int(kept[0]), str(kept[1]))
 
     def count_repeat(self, db: Tx, evidence_id: int) -> None:
-        sqlite_db(db).conn.execute(
-            "UPDATE evidence SET repeats = repeats + 1 WHERE id = ?", (evidence_id,)
-        )
+        self._sql.run(db, "UPDATE evidence SET repeats = repeats + 1 WHERE id = ?", (evidence_id,))
 
     def add_evidence(self, db: Tx, row: dict[str, Any]) -> None:
-        sqlite_db(db).table("evidence").insert(row)
+        self._sql.insert(db, "evidence", row, number="id")
 
     # -- single columns other modules need ------------------------------------------------------
     def jwt_digest(self, peer: str, envelope_id: str) -> str:
-        row = self._conn.execute(
+        row = self._sql.execute(
             "SELECT issuer_jwt_digest FROM inbox WHERE peer = ? AND envelope_id = ?",
             (peer, envelope_id),
         ).fetchone()
@@ -285,15 +290,15 @@ class SqliteInboxRepo:
 
     def first_report_peer(self, db: Tx, report_id: str) -> str | None:
         """The partner whose report ``report_id`` arrived first, read in ``db``."""
-        conn = sqlite_db(db).conn
-        row = conn.execute(
+        row = self._sql.run(
+            db,
             "SELECT peer FROM inbox WHERE report_id = ? AND kind = 'report' ORDER BY seq LIMIT 1",
             (report_id,),
         ).fetchone()
         return None if row is None else str(row[0])
 
     def sop_tlp(self, peer: str, envelope_id: str) -> tuple[str, str] | None:
-        row = self._conn.execute(
+        row = self._sql.execute(
             "SELECT sop, tlp FROM inbox WHERE peer = ? AND envelope_id = ?",
             (peer, envelope_id),
         ).fetchone()
@@ -304,7 +309,7 @@ class SqliteInboxRepo:
         """Per partner: equivocations kept as evidence, each with its repeats (P07)."""
         return [
             (str(peer), int(count))
-            for peer, count in self._conn.execute(
+            for peer, count in self._sql.execute(
                 "SELECT peer, count(*) + sum(repeats) FROM evidence GROUP BY peer"
             )
         ]
@@ -313,5 +318,5 @@ class SqliteInboxRepo:
         """Per partner: equivocations beyond the alarm budget (L06)."""
         return [
             (str(peer), int(count))
-            for peer, count in self._conn.execute("SELECT peer, count FROM evidence_suppressed")
+            for peer, count in self._sql.execute("SELECT peer, count FROM evidence_suppressed")
         ]

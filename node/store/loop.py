@@ -7,10 +7,10 @@ are rules of node/services/warning.py and exchange/.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any, Protocol
 
-from node.store.tx import Row, Tx, sqlite_db
+from node.store.dialect import Dialect
+from node.store.tx import Row, Tx
 
 # The columns of a deadline row, in this order (node/services/warning.py reads them by position).
 DEADLINE_SQL = (
@@ -85,9 +85,9 @@ class LoopRepo(Protocol):
     def read_ids(self) -> set[str]: ...
 
 
-class SqliteLoopRepo:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+class SqlLoopRepo:
+    def __init__(self, sql: Dialect) -> None:
+        self._sql = sql
 
     # -- deadlines ----------------------------------------------------------------------------
     def add_deadline(
@@ -106,14 +106,16 @@ class SqliteLoopRepo:
         """Once per (direction, partner, envelope): a second insert changes nothing."""
         values = (peer, envelope_id, seq, report_id, version, acknowledge_s, respond_s, started_at)
         if direction == "in":
-            sqlite_db(db).conn.execute(
+            self._sql.run(
+                db,
                 "INSERT OR IGNORE INTO deadlines (direction, peer, envelope_id, seq, report_id, "
                 "version, acknowledge_s, respond_s, started_at) "
                 "VALUES ('in', ?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
         else:
-            sqlite_db(db).conn.execute(
+            self._sql.run(
+                db,
                 "INSERT OR IGNORE INTO deadlines (direction, peer, envelope_id, seq, report_id, "
                 "version, acknowledge_s, respond_s, started_at) "
                 "VALUES ('out', ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -147,17 +149,18 @@ class SqliteLoopRepo:
                 where.append(f"{column} = ?")
                 args.append(value)
         sql = DEADLINE_SQL + (" WHERE " + " AND ".join(where) if where else "")
-        rows: list[Row] = self._conn.execute(sql + " ORDER BY started_at", args).fetchall()
+        rows: list[Row] = self._sql.execute(sql + " ORDER BY started_at", args).fetchall()
         return rows
 
     def add_ack_received(self, db: Tx, digest: str, peer: str, envelope_id: str) -> None:
-        sqlite_db(db).conn.execute(
+        self._sql.run(
+            db,
             "INSERT INTO acks_received (digest, peer, envelope_id) VALUES (?, ?, ?)",
             (digest, peer, envelope_id),
         )
 
     def ack_received(self, digest: str, peer: str) -> bool:
-        row = self._conn.execute(
+        row = self._sql.execute(
             "SELECT 1 FROM acks_received WHERE digest = ? AND peer = ?", (digest, peer)
         ).fetchone()
         return row is not None
@@ -166,13 +169,15 @@ class SqliteLoopRepo:
         self, db: Tx, direction: str, peer: str, envelope_id: str, acked_at: str
     ) -> None:
         if direction == "in":
-            sqlite_db(db).conn.execute(
+            self._sql.run(
+                db,
                 "UPDATE deadlines SET acked_at = ? WHERE direction = 'in' AND peer = ? "
                 "AND envelope_id = ? AND acked_at IS NULL",
                 (acked_at, peer, envelope_id),
             )
         else:
-            sqlite_db(db).conn.execute(
+            self._sql.run(
+                db,
                 "UPDATE deadlines SET acked_at = ? WHERE direction = 'out' AND peer = ? "
                 "AND envelope_id = ? AND acked_at IS NULL",
                 (acked_at, peer, envelope_id),
@@ -182,13 +187,15 @@ class SqliteLoopRepo:
         self, db: Tx, direction: str, peer: str, report_id: str, replied_at: str
     ) -> None:
         if direction == "in":
-            sqlite_db(db).conn.execute(
+            self._sql.run(
+                db,
                 "UPDATE deadlines SET replied_at = ? WHERE direction = 'in' AND peer = ? "
                 "AND report_id = ? AND replied_at IS NULL",
                 (replied_at, peer, report_id),
             )
         else:
-            sqlite_db(db).conn.execute(
+            self._sql.run(
+                db,
                 "UPDATE deadlines SET replied_at = ? WHERE direction = 'out' AND peer = ? "
                 "AND report_id = ? AND replied_at IS NULL",
                 (replied_at, peer, report_id),
@@ -196,21 +203,20 @@ class SqliteLoopRepo:
 
     def deadlines_started(self, db: Tx, peer: str, first: int, last: int, at: str) -> None:
         """Outgoing deadlines of seqs first..last start at ``at`` unless they started later."""
-        sqlite_db(db).conn.execute(
-            "UPDATE deadlines SET started_at = max(started_at, ?) WHERE direction = 'out' "
-            "AND peer = ? AND seq BETWEEN ? AND ?",
-            (at, peer, first, last),
+        self._sql.run(
+            db,
+            "UPDATE deadlines SET started_at = CASE WHEN started_at > ? THEN started_at ELSE ? END "
+            "WHERE direction = 'out' AND peer = ? AND seq BETWEEN ? AND ?",
+            (at, at, peer, first, last),
         )
 
     def mark_overdue(
         self, db: Tx, step: str, at: str, direction: str, peer: str, envelope_id: str
     ) -> bool:
         """Record that ``step`` went overdue; False when it was recorded before."""
-        changed = (
-            sqlite_db(db)
-            .conn.execute(_MARK_OVERDUE[step], (at, direction, peer, envelope_id))
-            .rowcount
-        )
+        changed = self._sql.run(
+            db, _MARK_OVERDUE[step], (at, direction, peer, envelope_id)
+        ).rowcount
         return bool(changed)
 
     # -- replies ------------------------------------------------------------------------------
@@ -227,13 +233,15 @@ class SqliteLoopRepo:
     ) -> None:
         values = (peer, report_id, version, envelope_id, in_reply_to, at)
         if direction == "in":
-            sqlite_db(db).conn.execute(
+            self._sql.run(
+                db,
                 "INSERT OR IGNORE INTO replies (direction, peer, report_id, version, envelope_id, "
                 "in_reply_to, at) VALUES ('in', ?, ?, ?, ?, ?, ?)",
                 values,
             )
         else:
-            sqlite_db(db).conn.execute(
+            self._sql.run(
+                db,
                 "INSERT OR IGNORE INTO replies (direction, peer, report_id, version, envelope_id, "
                 "in_reply_to, at) VALUES ('out', ?, ?, ?, ?, ?, ?)",
                 values,
@@ -241,7 +249,7 @@ class SqliteLoopRepo:
 
     def replies(self, in_reply_to: str) -> list[Row]:
         """(direction, peer, report_id, version, envelope_id, at) of the replies, by time."""
-        rows: list[Row] = self._conn.execute(
+        rows: list[Row] = self._sql.execute(
             "SELECT direction, peer, report_id, version, envelope_id, at FROM replies "
             "WHERE in_reply_to = ? ORDER BY at",
             (in_reply_to,),
@@ -250,7 +258,8 @@ class SqliteLoopRepo:
 
     # -- acknowledgements sent ----------------------------------------------------------------
     def add_ack_sent(self, db: Tx, values: Row) -> None:
-        sqlite_db(db).conn.execute(
+        self._sql.run(
+            db,
             "INSERT INTO acks_sent (ack_envelope_id, peer, seq, item_envelope_id, report_id, "
             "version, status, acked_at, sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             values,
@@ -266,16 +275,18 @@ class SqliteLoopRepo:
         if item_envelope_id is not None:
             sql += " WHERE item_envelope_id = ?"
             args = (item_envelope_id,)
-        rows: list[Row] = self._conn.execute(
+        rows: list[Row] = self._sql.execute(
             sql + " ORDER BY acked_at, ack_envelope_id", args
         ).fetchall()
         return rows
 
     # -- read marks ---------------------------------------------------------------------------
     def mark_read(self, db: Tx, envelope_id: str, at: str) -> None:
-        sqlite_db(db).conn.execute(
-            "INSERT OR IGNORE INTO inbox_read (envelope_id, at) VALUES (?, ?)", (envelope_id, at)
+        self._sql.run(
+            db,
+            "INSERT OR IGNORE INTO inbox_read (envelope_id, at) VALUES (?, ?)",
+            (envelope_id, at),
         )
 
     def read_ids(self) -> set[str]:
-        return {str(r[0]) for r in self._conn.execute("SELECT envelope_id FROM inbox_read")}
+        return {str(r[0]) for r in self._sql.execute("SELECT envelope_id FROM inbox_read")}

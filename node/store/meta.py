@@ -7,10 +7,10 @@ node/home.py.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any, Protocol
 
-from node.store.tx import Tx, sqlite_db
+from node.store.dialect import Dialect
+from node.store.tx import Tx
 
 
 class MetaRepo(Protocol):
@@ -27,62 +27,62 @@ class MetaRepo(Protocol):
     def own_revocation_count(self) -> int: ...
 
 
-class SqliteMetaRepo:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+class SqlMetaRepo:
+    def __init__(self, sql: Dialect) -> None:
+        self._sql = sql
 
     # -- meta ---------------------------------------------------------------------------------
     def get(self, key: str) -> str | None:
-        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self._sql.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
     def set(self, db: Tx, key: str, value: str) -> None:
-        sqlite_db(db).table("meta").upsert({"key": key, "value": value}, pk="key")
+        self._sql.upsert(db, "meta", {"key": key, "value": value}, "key")
 
     # -- our own card chain -------------------------------------------------------------------
     def own_cards(self) -> list[bytes]:
-        rows = self._conn.execute("SELECT signed FROM own_cards ORDER BY version").fetchall()
+        rows = self._sql.execute("SELECT signed FROM own_cards ORDER BY version").fetchall()
         return [bytes(r[0]) for r in rows]
 
     def add_own_card(self, db: Tx, version: int, signed: bytes) -> None:
-        sqlite_db(db).table("own_cards").insert({"version": version, "signed": signed})
+        self._sql.insert(db, "own_cards", {"version": version, "signed": signed})
 
     # -- revocations of our own keys ----------------------------------------------------------
     def own_revocations(self) -> list[tuple[bytes, bytes]]:
         """(statement, signature) of our identity keys' revocations, oldest first."""
-        rows = self._conn.execute(
+        rows = self._sql.execute(
             "SELECT statement, signature FROM own_revocations ORDER BY log_index"
         ).fetchall()
         return [(bytes(st), bytes(sig)) for st, sig in rows]
 
     def own_revocation(self, identity_key: bytes) -> bytes | None:
-        row = self._conn.execute(
+        row = self._sql.execute(
             "SELECT statement FROM own_revocations WHERE identity_key = ?", (identity_key,)
         ).fetchone()
         return None if row is None else bytes(row[0])
 
     def add_own_revocation(self, db: Tx, row: dict[str, Any]) -> None:
-        sqlite_db(db).table("own_revocations").insert(row)
+        self._sql.insert(db, "own_revocations", row)
 
     def own_key_revocations(self) -> list[tuple[bytes, bytes]]:
         """(statement, signature) of our other keys' revocations (ADR 0018), oldest first."""
-        rows = self._conn.execute(
+        rows = self._sql.execute(
             "SELECT statement, signature FROM own_key_revocations ORDER BY log_index"
         ).fetchall()
         return [(bytes(st), bytes(sig)) for st, sig in rows]
 
     def own_key_revocation(self, kind: str, key: str) -> bytes | None:
-        row = self._conn.execute(
+        row = self._sql.execute(
             "SELECT statement FROM own_key_revocations WHERE kind = ? AND key = ?",
             (kind, key),
         ).fetchone()
         return None if row is None else bytes(row[0])
 
     def add_own_key_revocation(self, db: Tx, row: dict[str, Any]) -> None:
-        sqlite_db(db).table("own_key_revocations").insert(row)
+        self._sql.insert(db, "own_key_revocations", row)
 
     def own_revocation_count(self) -> int:
-        row = self._conn.execute(
+        row = self._sql.execute(
             "SELECT (SELECT count(*) FROM own_revocations)"
             " + (SELECT count(*) FROM own_key_revocations)"
         ).fetchone()

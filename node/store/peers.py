@@ -3,34 +3,38 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import TYPE_CHECKING, Any, Protocol
 
 from exchange.revocation import SignedRevocation
 from keys.truststore import KeyRevocation, PeerRecord
-from node.store.tx import Tx, sqlite_db
+from node.store.dialect import Dialect
+from node.store.tx import Tx
 
 if TYPE_CHECKING:
+    from node.store.postgres import PgStore
     from node.store.sqlite import Store
 
 
-class SqlitePeerRecords:
-    """``keys.truststore.PeerRecords`` over the ``peers`` table. Call inside a transaction."""
+class SqlPeerRecords:
+    """``keys.truststore.PeerRecords`` over the ``peers`` table of either backend's store.
+    Call inside a transaction."""
 
     SELECT = (
         "SELECT node, chain, fingerprint, card_version, status, revoked_from, tofu, added_at,"
         " updated_at, log_index FROM peers"
     )
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, store: Store | PgStore) -> None:
+        self._sql = store.sql
 
     def get(self, node: str) -> PeerRecord | None:
-        row = self._store.conn.execute(self.SELECT + " WHERE node = ?", (node,)).fetchone()
+        row = self._sql.execute(self.SELECT + " WHERE node = ?", (node,)).fetchone()
         return None if row is None else self._record(row)
 
     def put(self, record: PeerRecord) -> None:
-        self._store.db.table("peers").upsert(
+        self._sql.upsert(
+            None,
+            "peers",
             {
                 "node": record.node,
                 "chain": record.chain,
@@ -43,18 +47,18 @@ class SqlitePeerRecords:
                 "updated_at": record.updated_at,
                 "log_index": record.log_index,
             },
-            pk="node",
+            "node",
         )
 
     def delete(self, node: str) -> None:
-        self._store.conn.execute("DELETE FROM peers WHERE node = ?", (node,))
+        self._sql.execute("DELETE FROM peers WHERE node = ?", (node,))
 
     def all(self) -> list[PeerRecord]:
-        rows = self._store.conn.execute(self.SELECT + " ORDER BY node").fetchall()
+        rows = self._sql.execute(self.SELECT + " ORDER BY node").fetchall()
         return [self._record(r) for r in rows]
 
     def key_revocations(self, node: str) -> list[KeyRevocation]:
-        rows = self._store.conn.execute(
+        rows = self._sql.execute(
             "SELECT identity_key, revoked_from, statement, signature FROM peer_revocations"
             " WHERE peer = ? ORDER BY revoked_from",
             (node,),
@@ -65,7 +69,7 @@ class SqlitePeerRecords:
         ]
 
     def put_key_revocation(self, node: str, revocation: KeyRevocation) -> None:
-        self._store.conn.execute(
+        self._sql.execute(
             "INSERT INTO peer_revocations (peer, identity_key, revoked_from, statement, signature)"
             " VALUES (?, ?, ?, ?, ?)",
             (
@@ -94,6 +98,10 @@ class SqlitePeerRecords:
         )
 
 
+# The names node.store and the contract suite import: one class on both backends.
+SqlitePeerRecords = PgPeerRecords = SqlPeerRecords
+
+
 class PeersRepo(Protocol):
     """What the node keeps about partners beyond ``keys.truststore.PeerRecords``: each row's
     log binding, and the revocations of partners' replaced log/witness/TLS keys."""
@@ -104,26 +112,26 @@ class PeersRepo(Protocol):
     def key_revocation_statements(self, peer: str) -> list[tuple[bytes, bytes]]: ...
 
 
-class SqlitePeersRepo:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+class SqlPeersRepo:
+    def __init__(self, sql: Dialect) -> None:
+        self._sql = sql
 
     def bind_log_index(self, peer: str, log_index: int) -> None:
         """In the open transaction: the partner's row is the one entry ``log_index`` logged."""
-        self._conn.execute("UPDATE peers SET log_index = ? WHERE node = ?", (log_index, peer))
+        self._sql.execute("UPDATE peers SET log_index = ? WHERE node = ?", (log_index, peer))
 
     def key_revocation_known(self, peer: str, kind: str, key: str) -> bool:
-        known = self._conn.execute(
+        known = self._sql.execute(
             "SELECT 1 FROM peer_key_revocations WHERE peer = ? AND kind = ? AND key = ?",
             (peer, kind, key),
         ).fetchone()
         return known is not None
 
     def add_key_revocation(self, db: Tx, row: dict[str, Any]) -> None:
-        sqlite_db(db).table("peer_key_revocations").insert(row)
+        self._sql.insert(db, "peer_key_revocations", row)
 
     def key_revocation_statements(self, peer: str) -> list[tuple[bytes, bytes]]:
-        rows = self._conn.execute(
+        rows = self._sql.execute(
             "SELECT statement, signature FROM peer_key_revocations WHERE peer = ?"
             " ORDER BY log_index",
             (peer,),

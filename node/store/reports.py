@@ -7,10 +7,10 @@ node/services/outbox.py and exchange/.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Protocol
 
-from node.store.tx import Row, Tx, sqlite_db
+from node.store.dialect import Dialect
+from node.store.tx import Row, Tx
 
 
 class ReportsRepo(Protocol):
@@ -37,12 +37,13 @@ class ReportsRepo(Protocol):
     def release_events(self, report_id: str, version: int) -> list[bytes]: ...
 
 
-class SqliteReportsRepo:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+class SqlReportsRepo:
+    def __init__(self, sql: Dialect) -> None:
+        self._sql = sql
 
     def add(self, db: Tx, values: Row) -> None:
-        sqlite_db(db).conn.execute(
+        self._sql.run(
+            db,
             "INSERT INTO reports (report_id, version, sop, tlp, issuer_jwt_digest, issuer_key, "
             "sealed, fields, sealed_at, supersedes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             values,
@@ -50,7 +51,7 @@ class SqliteReportsRepo:
 
     def exists(self, report_id: str) -> bool:
         return (
-            self._conn.execute("SELECT 1 FROM reports WHERE report_id = ?", (report_id,)).fetchone()
+            self._sql.execute("SELECT 1 FROM reports WHERE report_id = ?", (report_id,)).fetchone()
             is not None
         )
 
@@ -61,12 +62,12 @@ class SqliteReportsRepo:
         if version is not None:
             sql += " AND version = ?"
             args = (report_id, version)
-        row = self._conn.execute(sql + " ORDER BY version DESC LIMIT 1", args).fetchone()
+        row = self._sql.execute(sql + " ORDER BY version DESC LIMIT 1", args).fetchone()
         return None if row is None else (int(row[0]), bytes(row[1]), bytes(row[2]))
 
     def latest(self, report_id: str) -> tuple[int, str, str | None] | None:
         """(version, issuer_jwt_digest, retracted_at) of the latest version."""
-        row = self._conn.execute(
+        row = self._sql.execute(
             "SELECT version, issuer_jwt_digest, retracted_at FROM reports WHERE report_id = ? "
             "ORDER BY version DESC LIMIT 1",
             (report_id,),
@@ -79,7 +80,7 @@ class SqliteReportsRepo:
 
     def newest(self, limit: int) -> list[Row]:
         """(report_id, version, sop, tlp, issuer_jwt_digest, fields, sealed_at), newest first."""
-        rows: list[Row] = self._conn.execute(
+        rows: list[Row] = self._sql.execute(
             "SELECT report_id, version, sop, tlp, issuer_jwt_digest, fields, sealed_at "
             "FROM reports ORDER BY sealed_at DESC, report_id LIMIT ?",
             (limit,),
@@ -87,7 +88,7 @@ class SqliteReportsRepo:
         return rows
 
     def ids_between(self, low: str, high: str) -> list[str]:
-        rows = self._conn.execute(
+        rows = self._sql.execute(
             "SELECT DISTINCT report_id FROM reports WHERE report_id >= ? AND report_id < ? "
             "ORDER BY report_id LIMIT 2",
             (low, high),
@@ -97,19 +98,19 @@ class SqliteReportsRepo:
     def retracted_ids(self) -> set[str]:
         return {
             r[0]
-            for r in self._conn.execute(
+            for r in self._sql.execute(
                 "SELECT report_id FROM reports WHERE retracted_at IS NOT NULL"
             )
         }
 
     def set_retracted(self, db: Tx, report_id: str, at: str) -> None:
-        sqlite_db(db).conn.execute(
-            "UPDATE reports SET retracted_at = ? WHERE report_id = ?", (at, report_id)
+        self._sql.run(
+            db, "UPDATE reports SET retracted_at = ? WHERE report_id = ?", (at, report_id)
         )
 
     def issuer_key(self, report_id: str, version: int) -> bytes:
         return bytes(
-            self._conn.execute(
+            self._sql.execute(
                 "SELECT issuer_key FROM reports WHERE report_id = ? AND version = ?",
                 (report_id, version),
             ).fetchone()[0]
@@ -117,7 +118,7 @@ class SqliteReportsRepo:
 
     def latest_issuer_key(self, report_id: str | None) -> bytes:
         return bytes(
-            self._conn.execute(
+            self._sql.execute(
                 "SELECT issuer_key FROM reports WHERE report_id = ? ORDER BY version DESC",
                 (report_id,),
             ).fetchone()[0]
@@ -125,7 +126,7 @@ class SqliteReportsRepo:
 
     def key_and_times(self, report_id: str, version: int) -> tuple[bytes, str, str | None]:
         """(issuer_key, sealed_at, retracted_at) of one version."""
-        key = self._conn.execute(
+        key = self._sql.execute(
             "SELECT issuer_key, sealed_at, retracted_at FROM reports "
             "WHERE report_id = ? AND version = ?",
             (report_id, version),
@@ -135,14 +136,14 @@ class SqliteReportsRepo:
     def versions(self, report_id: str) -> list[int]:
         return [
             int(r[0])
-            for r in self._conn.execute(
+            for r in self._sql.execute(
                 "SELECT version FROM reports WHERE report_id = ? ORDER BY version",
                 (report_id,),
             )
         ]
 
     def sop_tlp(self, report_id: str, version: int) -> tuple[str, str] | None:
-        row = self._conn.execute(
+        row = self._sql.execute(
             "SELECT sop, tlp FROM reports WHERE report_id = ? AND version = ?",
             (report_id, version),
         ).fetchone()
@@ -151,27 +152,29 @@ class SqliteReportsRepo:
     def add_submission(
         self, db: Tx, idempotency_key: str, report_id: str, version: int, at: str
     ) -> None:
-        sqlite_db(db).conn.execute(
+        self._sql.run(
+            db,
             "INSERT INTO submissions (idempotency_key, report_id, version, at) VALUES (?, ?, ?, ?)",
             (idempotency_key, report_id, version, at),
         )
 
     def submission(self, idempotency_key: str) -> tuple[str, int] | None:
-        row = self._conn.execute(
+        row = self._sql.execute(
             "SELECT report_id, version FROM submissions WHERE idempotency_key = ?",
             (idempotency_key,),
         ).fetchone()
         return None if row is None else (str(row[0]), int(row[1]))
 
     def add_release(self, db: Tx, report_id: str, version: int, peer: str, log_index: int) -> None:
-        sqlite_db(db).conn.execute(
+        self._sql.run(
+            db,
             "INSERT INTO releases (report_id, version, peer, log_index) VALUES (?, ?, ?, ?)",
             (report_id, version, peer, log_index),
         )
 
     def release_events(self, report_id: str, version: int) -> list[bytes]:
         """The log events of one version's release decisions, by partner."""
-        rows = self._conn.execute(
+        rows = self._sql.execute(
             "SELECT l.event FROM releases r JOIN log_leaves l ON l.idx = r.log_index "
             "WHERE r.report_id = ? AND r.version = ? ORDER BY r.peer",
             (report_id, version),

@@ -22,16 +22,17 @@ from exchange.card import verify_chain_bytes
 from exchange.checkpoint import open_checkpoint
 from exchange.errors import AccordError, StoreError
 from exchange.note import parse_verifier_key
-from node.store.agreements import AgreementsRepo, SqliteAgreementsRepo
-from node.store.inbox import InboxRepo, SqliteInboxRepo
-from node.store.log import LEAF_KIND_EXPR, LogRepo, SqliteLogRepo
-from node.store.loop import LoopRepo, SqliteLoopRepo
-from node.store.meta import MetaRepo, SqliteMetaRepo
-from node.store.outbox import OutboxRepo, SqliteOutboxRepo
-from node.store.peers import PeersRepo, SqlitePeersRepo
-from node.store.reports import ReportsRepo, SqliteReportsRepo
+from node.store.agreements import AgreementsRepo, SqlAgreementsRepo
+from node.store.dialect import SqliteDialect
+from node.store.inbox import InboxRepo, SqlInboxRepo
+from node.store.log import LEAF_KIND_EXPR, LogRepo, SqlLogRepo
+from node.store.loop import LoopRepo, SqlLoopRepo
+from node.store.meta import MetaRepo, SqlMetaRepo
+from node.store.outbox import OutboxRepo, SqlOutboxRepo
+from node.store.peers import PeersRepo, SqlPeersRepo
+from node.store.reports import ReportsRepo, SqlReportsRepo
 from node.store.tx import Tx
-from node.store.witness import SqliteWitnessRepo, WitnessRepo
+from node.store.witness import SqlWitnessRepo, WitnessRepo
 
 DB_FILE = "node.db"
 PAGE_SIZE = 16384
@@ -444,16 +445,17 @@ class Store:
         self.conn = conn
         self.path = path
         self.db = sqlite_utils.Database(conn)
+        self.sql = SqliteDialect(conn)
         # The repositories: every SQL statement the node runs outside this module.
-        self.inbox: InboxRepo = SqliteInboxRepo(conn)
-        self.outbox: OutboxRepo = SqliteOutboxRepo(conn)
-        self.reports: ReportsRepo = SqliteReportsRepo(conn)
-        self.loop: LoopRepo = SqliteLoopRepo(conn)
-        self.log: LogRepo = SqliteLogRepo(conn)
-        self.meta: MetaRepo = SqliteMetaRepo(conn)
-        self.peers: PeersRepo = SqlitePeersRepo(conn)
-        self.witness: WitnessRepo = SqliteWitnessRepo(conn)
-        self.agreements: AgreementsRepo = SqliteAgreementsRepo(conn)
+        self.inbox: InboxRepo = SqlInboxRepo(self.sql)
+        self.outbox: OutboxRepo = SqlOutboxRepo(self.sql)
+        self.reports: ReportsRepo = SqlReportsRepo(self.sql)
+        self.loop: LoopRepo = SqlLoopRepo(self.sql)
+        self.log: LogRepo = SqlLogRepo(self.sql)
+        self.meta: MetaRepo = SqlMetaRepo(self.sql)
+        self.peers: PeersRepo = SqlPeersRepo(self.sql)
+        self.witness: WitnessRepo = SqlWitnessRepo(self.sql)
+        self.agreements: AgreementsRepo = SqlAgreementsRepo(self.sql)
         # Work of the open transaction that runs just before it commits (e.g. the log's
         # staged events); dropped with the transaction when it rolls back.
         self.staged: dict[str, Any] = {}

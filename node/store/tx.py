@@ -2,9 +2,10 @@
 
 ``Tx`` is what both backends' handles share: each backend's ``transaction()`` yields its own
 (SQLite: sqlite-utils' ``Database`` over the Store's one connection; PostgreSQL:
-``node.store.postgres.PgTx`` over the PgStore's one connection), and each backend's
-repositories narrow it to that type. A repository's read runs on the same connection, so
-inside a transaction it sees the transaction's own writes (docs/adr/0023).
+``node.store.dialect.PgTx`` over the PgStore's one connection), and each store's
+``Dialect`` narrows it to that type before running a write in it. A repository's read runs
+on the same connection, so inside a transaction it sees the transaction's own writes
+(docs/adr/0023).
 """
 
 from __future__ import annotations

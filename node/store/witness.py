@@ -7,8 +7,9 @@ node/services/witness.py and exchange/merkle.py.
 
 from __future__ import annotations
 
-import sqlite3
-from typing import Protocol
+from typing import Any, Protocol
+
+from node.store.dialect import Dialect
 
 
 class WitnessRepo(Protocol):
@@ -38,15 +39,15 @@ class WitnessRepo(Protocol):
     def evidence(self, origin: str) -> list[tuple[bytes, bytes, str]]: ...
 
 
-class SqliteWitnessRepo:
+class SqlWitnessRepo:
     """Writes run in the open transaction of the Store's connection."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+    def __init__(self, sql: Dialect) -> None:
+        self._sql = sql
 
     def held(self, partner: str, origin: str, log_key: str) -> tuple[int, bytes, bytes] | None:
         """(size, root, note) held for that partner, origin and log key."""
-        row = self._conn.execute(
+        row = self._sql.execute(
             "SELECT size, root, note FROM witness_state WHERE partner = ? AND origin = ? "
             "AND log_key = ?",
             (partner, origin, log_key),
@@ -55,7 +56,7 @@ class SqliteWitnessRepo:
 
     def largest(self, partner: str, origin: str) -> tuple[int, bytes, bytes] | None:
         """(size, root, note) of the largest checkpoint held for the origin, any log key."""
-        row = self._conn.execute(
+        row = self._sql.execute(
             "SELECT size, root, note FROM witness_state WHERE partner = ? AND origin = ? "
             "ORDER BY size DESC LIMIT 1",
             (partner, origin),
@@ -73,7 +74,7 @@ class SqliteWitnessRepo:
         at: str,
     ) -> None:
         """Hold this checkpoint; ``grown_at`` moves only when the size grew."""
-        self._conn.execute(
+        self._sql.execute(
             "INSERT INTO witness_state (partner, origin, log_key, size, root, note, "
             "updated_at, grown_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(partner, origin, log_key) DO UPDATE SET "
@@ -84,7 +85,7 @@ class SqliteWitnessRepo:
         )
 
     def grown_at(self, partner: str, origin: str) -> str | None:
-        row = self._conn.execute(
+        row = self._sql.execute(
             "SELECT max(grown_at) FROM witness_state WHERE partner = ? AND origin = ?",
             (partner, origin),
         ).fetchone()
@@ -100,15 +101,12 @@ class SqliteWitnessRepo:
         reason: str,
         at: str,
     ) -> None:
-        self._conn.execute(
-            "INSERT INTO witness_evidence "
-            "(origin, partner, held_size, held_note, offered_note, reason, at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (origin, partner, held_size, held_note, offered_note, reason, at),
-        )
+        row: dict[str, Any] = {"origin": origin, "partner": partner, "held_size": held_size}
+        row |= {"held_note": held_note, "offered_note": offered_note, "reason": reason, "at": at}
+        self._sql.insert(None, "witness_evidence", row, number="id")
 
     def evidence(self, origin: str) -> list[tuple[bytes, bytes, str]]:
-        rows = self._conn.execute(
+        rows = self._sql.execute(
             "SELECT held_note, offered_note, reason FROM witness_evidence "
             "WHERE origin = ? ORDER BY id",
             (origin,),
