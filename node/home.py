@@ -309,6 +309,12 @@ class Node:
             keys = [parse_verifier_key(self.own_chain().latest.log_vkey).public_key]
             return self.log.follow_highwater([*keys, *self._replaced_log_keys()])
 
+    def check_passphrase(self) -> None:
+        """Open the key file with the node's passphrase and keep nothing: a standby learns
+        at start, not at takeover, that it could not unlock the keys (docs/adr/0026). It
+        finishes no pending rotation (the leader may be in the middle of one)."""
+        load_keyring(self.data_dir / KEYFILE, self.passphrase, on_unencrypted=lambda: None)
+
     def reload_keys(self) -> None:
         """Forget the loaded key file and card chain: a standby taking over loads them
         again, since the leader may have rotated keys while it waited."""

@@ -187,6 +187,7 @@ class NodeServer:
 
     async def _stand_by(self, leadership: Leadership, stop: asyncio.Event) -> None:
         node = self.node
+        node.check_passphrase()  # a wrong passphrase fails now, not when it must take over
         _prepare_unix_socket(self.officer_socket)  # refuses when another server runs here
         server = grpc.aio.server(
             interceptors=[EdgeInterceptor(Audience.OFFICER)], options=server_options()

@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from exchange.errors import StoreError
+from exchange.errors import KeyringError, StoreError
 from node.home import Node, init_node
 from node.rpc.leadership import LEADER_KEY, Leadership, recorded_leader
 from node.services.log import HIGHWATER_FILE
@@ -244,3 +244,29 @@ def test_a_leader_and_a_standby_opening_a_new_database_at_once_migrate_it_once(
     finally:
         for store in opened:
             store.close()
+
+
+def test_a_standby_checks_the_passphrase_at_start_and_keeps_nothing(
+    pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    dsn = pg_cluster.createdb("lead_passphrase")
+    made = init_node(
+        tmp_path / "pk-moi",
+        node="pk-moi",
+        name="pk-moi",
+        endpoint="127.0.0.1:7441",
+        passphrase="the right one",
+        now=NOW,
+        database=dsn,
+    )
+    made.close()
+    wrong = Node.open(tmp_path / "pk-moi", lambda: "a wrong one")
+    right = Node.open(tmp_path / "pk-moi", lambda: "the right one")
+    try:
+        with pytest.raises(KeyringError):
+            wrong.check_passphrase()
+        right.check_passphrase()
+        assert right._keyring is None  # checked, not kept
+    finally:
+        wrong.close()
+        right.close()
