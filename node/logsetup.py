@@ -40,6 +40,11 @@ ALLOWED_KEYS = frozenset(
         "logger",
         "node",
         "peer",
+        # active/standby (docs/adr/0026): which process leads; host names and process ids
+        "host",
+        "pid",
+        "leader_host",
+        "leader_pid",
         "report_id",
         "envelope_id",
         "version",

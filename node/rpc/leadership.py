@@ -11,6 +11,7 @@ when it loses the lock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -106,6 +107,9 @@ class Leadership:
             return self.node.follow_highwater()
         except AccordError as e:  # logged; the takeover's own check refuses such a log
             log.warning("server.highwater_not_followed", code=e.code)
+            if e.code == "store.unavailable":  # the database restarted: a new session
+                with contextlib.suppress(AccordError):
+                    self.node.reopen_store()
             return None
 
     def release(self) -> None:

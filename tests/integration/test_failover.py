@@ -237,3 +237,38 @@ def failover(
             if '"level": "error"' in line and '"logger": "grpc.' not in line
         ]
         assert not errors, "\n".join(errors[:10])
+
+
+@pytest.mark.threat("C05")
+def test_leader_and_standby_ride_out_a_database_restart(
+    pg_cluster: PgCluster,
+    make_node: Callable[..., Path],
+    servers: Callable[..., ServerProcess],
+    accord: Accord,
+) -> None:
+    """SIGKILL of the PostgreSQL server under a leader and a standby: both lose their
+    sessions; once the server has recovered, one of them leads and the other stands by,
+    with nobody restarting either, and the standby still takes over when the leader dies."""
+    pk = make_node("pk-moi", free_port(), "--database", pg_cluster.createdb("failover_db"))
+    pk_b = second_data_dir(pk)
+    one = servers(pk)
+    one.wait_ready()
+    two = servers(pk_b)
+    procs = [one, two]
+    wait("a standby", lambda: status(accord, pk_b).get("role") == "standby", procs, 30.0)
+
+    pg_cluster.kill()
+    pg_cluster.start()
+
+    def roles() -> object:
+        got = {d: status(accord, d).get("role") for d in (pk, pk_b)}
+        return sorted(map(str, got.values())) == ["leader", "standby"] and got
+
+    got = wait("one leader and one standby again", roles, procs, 60.0)
+    assert one.proc is not None and two.proc is not None
+    assert one.proc.poll() is None and two.proc.poll() is None  # neither exited
+    leader, standby = (one, two) if got[pk] == "leader" else (two, one)
+    leader.wait_ready()
+    leader.kill()
+    standby.wait_ready()
+    assert status(accord, standby.data)["role"] == "leader"
