@@ -147,6 +147,12 @@ def _describe_exception(value: object, out: MutableMapping[str, Any]) -> None:
     out["stack"] = " <- ".join(f"{f.filename}:{f.lineno} {f.name}" for f in reversed(frames))
 
 
+def failure_level(error: BaseException) -> str:
+    """How loud a background task's failure is: a database that is down or restarting
+    (``store.unavailable``) is retried and logged as a warning; anything else is an error."""
+    return "warning" if getattr(error, "code", None) == "store.unavailable" else "error"
+
+
 def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """Keep allow-listed keys with scalar values and name lists; redact everything else."""
     exc = event_dict.pop("exc_info", None)

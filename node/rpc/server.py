@@ -43,6 +43,7 @@ from grpc_reflection.v1alpha import reflection
 from exchange.errors import ConfigError, StoreError
 from node import clock
 from node.home import OFFICER_SOCKET, Node
+from node.logsetup import failure_level
 from node.rpc import leadership as leading
 from node.rpc import tls_policy
 from node.rpc._pb.accord.v1 import officer_pb2, officer_pb2_grpc, peer_pb2, peer_pb2_grpc
@@ -426,7 +427,7 @@ class NodeServer:
             try:
                 roots.refresh(self._now())
             except Exception as e:  # keep serving with the CAs we have
-                log.error("transport.refresh_failed", exc_info=e)
+                getattr(log, failure_level(e))("transport.refresh_failed", exc_info=e)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let running ones finish within the grace period."""

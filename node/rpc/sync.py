@@ -20,6 +20,7 @@ import structlog
 from exchange.errors import AccordError
 from node import clock
 from node.home import Node
+from node.logsetup import failure_level
 from node.rpc._pb.accord.v1 import card_pb2, envelope_pb2, peer_pb2, peer_pb2_grpc
 from node.rpc.cosigning import Backoff
 from node.rpc.errors_map import read_error_detail
@@ -165,7 +166,7 @@ class Puller:
                 try:
                     wanted = set(self.partners())
                 except AccordError as e:
-                    log.error("sync.partners_failed", code=e.code)
+                    getattr(log, failure_level(e))("sync.partners_failed", code=e.code)
                     wanted = set(self._tasks)
                 for peer in wanted - set(self._tasks):
                     self._tasks[peer] = asyncio.create_task(self._loop(peer))

@@ -26,6 +26,7 @@ from exchange.errors import AccordError
 from exchange.times import format_time, parse_time
 from node import clock
 from node.home import Node
+from node.logsetup import failure_level
 from node.values import ExpiryWarning
 
 log = structlog.get_logger("accord.keys")
@@ -141,7 +142,7 @@ class KeyWatch:
             try:
                 self.check()
             except AccordError as e:  # keep serving; the next check tries again
-                log.error("key.schedule_failed", code=e.code)
+                getattr(log, failure_level(e))("key.schedule_failed", code=e.code)
             except Exception as e:  # log the type only: never key material or values
                 log.error("key.schedule_failed", error=type(e).__name__)
             self.checks += 1

@@ -25,6 +25,7 @@ from exchange.envelope import AckRelease, VerifiedRelease, seal_envelope
 from exchange.errors import InputError, PolicyError, StoreError
 from exchange.times import format_time, parse_time
 from node.home import Node
+from node.logsetup import failure_level
 from node.store import Tx
 from node.values import AckRecord, AckSent
 
@@ -527,9 +528,16 @@ class DeadlineWatch:
 
         while True:
             try:
-                payloads = await asyncio.to_thread(self.check)
+                # On the loop, not in a thread: the store's one connection must not be used
+                # by two threads at once (a thread's statements would land in the loop's
+                # open transaction, or its transaction be refused as already open).
+                payloads = self.check()
             except Exception as e:  # a failed check is logged and retried, never fatal
-                log.error("ack.overdue_check_failed", error=type(e).__name__)
+                getattr(log, failure_level(e))(
+                    "ack.overdue_check_failed",
+                    error=type(e).__name__,
+                    code=getattr(e, "code", None),
+                )
                 payloads = []
             if self._on_overdue is not None:
                 for payload in payloads:  # on the loop: the runner schedules its command
