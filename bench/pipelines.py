@@ -105,10 +105,9 @@ def _prefill(node: Node, target: int, chunk: int = 50_000) -> None:
         have += n
     node.checkpoint(now())
     if which == "postgres":
-        # What autovacuum does within a minute of such growth. Without it the measured
-        # batches run on the statistics (and plans cached on the node's connection) of the
-        # small table before the copy: a seq scan of outbox per report and partner, 45
-        # reports/s at 20,000 stored instead of 228 (docs/PERFORMANCE.md).
+        # What autovacuum does within a minute of such growth. Without it submit at 20,000
+        # stored ran at a quarter of the rate after it (docs/PERFORMANCE.md: a plan kept
+        # from the small table is the suspect).
         conn.execute("ANALYZE")
 
 
