@@ -30,8 +30,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from psycopg import sql
+
 from bench import floor, live, pipelines
-from tools.pgcluster import MISSING, PgCluster, find_server_bin
+from tools.pgcluster import MISSING, SUPERUSER, PgCluster, find_server_bin
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -110,6 +112,12 @@ class Postgres:
         assert self.cluster is not None
         return self.cluster.createdb(name)
 
+    def dropdb(self, name: str) -> None:
+        """Drop a database the run is done with (a million stored reports take ~17 GB)."""
+        assert self.cluster is not None
+        with self.cluster.connect(dbname="postgres", user=SUPERUSER) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+
     def settings(self) -> dict[str, str]:
         """What the server runs with, as it reports it (not as asked)."""
         assert self.cluster is not None
@@ -164,6 +172,8 @@ def measure(
             database(backend, "bench_submit"),
         )
         runs[backend]["submit_flat_s"] = time.perf_counter() - t
+        if backend == "postgres" and pg is not None:
+            pg.dropdb("bench_submit")
     for backend in todo:
         t = step(
             f"sync of a {cfg['backlog']:,}-envelope backlog between two accord serve "
