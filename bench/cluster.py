@@ -65,8 +65,11 @@ def accord(*args: str | Path) -> str:
     return out.getvalue()
 
 
-def make_node(root: Path, node: str) -> Path:
+def make_node(root: Path, node: str, database: str | None = None) -> Path:
+    """``accord init`` of ``node`` under ``root``; with ``database`` (a DSN) its state lives
+    in that PostgreSQL database (``accord init --database``), else in ``node.db``."""
     data = root / node
+    where = () if database is None else ("--database", database)
     accord(
         "--data",
         data,
@@ -78,6 +81,7 @@ def make_node(root: Path, node: str) -> Path:
         "--endpoint",
         f"127.0.0.1:{free_port()}",
         "--unencrypted-keys",
+        *where,
     )
     return data
 
@@ -103,11 +107,15 @@ def apply_policy(root: Path, a: Path, peers: Sequence[str]) -> None:
     accord("--data", a, "policy", "apply", policy)
 
 
-def make_cluster(root: Path, partners: Sequence[str] = PARTNERS) -> tuple[Path, list[Path]]:
-    """``pk-moi`` with agreements and a policy for every partner; returns the data dirs."""
+def make_cluster(
+    root: Path, partners: Sequence[str] = PARTNERS, database: str | None = None
+) -> tuple[Path, list[Path]]:
+    """``pk-moi`` with agreements and a policy for every partner; returns the data dirs.
+    With ``database`` (a DSN of an empty PostgreSQL database) ``pk-moi`` lives there; the
+    partners always live in SQLite."""
     os.environ.pop("ACCORD_HOME", None)
     root.mkdir(parents=True, exist_ok=True)
-    sender = make_node(root, SENDER)
+    sender = make_node(root, SENDER, database)
     others = [make_node(root, p) for p in partners]
     for other in others:
         introduce(root, sender, other)

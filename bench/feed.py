@@ -32,9 +32,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from node import outbox  # noqa: E402
 from node.cli import run  # noqa: E402
 from node.home import Node  # noqa: E402
+from node.services import outbox  # noqa: E402
 from node.services.feed import collection_id  # noqa: E402
 from node.services.inbox import apply_batch, cursor  # noqa: E402
 from tests.builders import ALERT, valid_report  # noqa: E402

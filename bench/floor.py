@@ -68,6 +68,31 @@ def sqlite_insert(seconds: float, rows: int) -> float:
     return spent / done
 
 
+def pg_insert(dsn: str, seconds: float, rows: int) -> float:
+    """Seconds per ~2 KB row inserted into PostgreSQL in batches of 256, one transaction
+    per batch (``synchronous_commit = on``: each commit waits for its WAL flush), over the
+    DSN's connection (the bench's Unix socket); the table is dropped afterwards."""
+    import psycopg  # only when a PostgreSQL run was asked for
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET synchronous_commit = on")
+        conn.execute("DROP TABLE IF EXISTS floor_t")
+        conn.execute("CREATE TABLE floor_t (k TEXT NOT NULL, seq BIGINT PRIMARY KEY, body BYTEA)")
+        payloads = [os.urandom(ROW_BYTES) for _ in range(INSERT_BATCH)]
+        seq = 0
+        done = 0
+        start = time.perf_counter()
+        while done < rows and time.perf_counter() - start < seconds:
+            batch = [(f"k{seq + i}", seq + i, payloads[i]) for i in range(INSERT_BATCH)]
+            with conn.transaction(), conn.cursor() as cursor:
+                cursor.executemany("INSERT INTO floor_t (k, seq, body) VALUES (%s, %s, %s)", batch)
+            seq += INSERT_BATCH
+            done += INSERT_BATCH
+        spent = time.perf_counter() - start
+        conn.execute("DROP TABLE floor_t")
+    return spent / done
+
+
 def measure(seconds: float) -> dict[str, float]:
     """Seconds per operation for each primitive of the floor."""
     key = SigningKey(os.urandom(32))

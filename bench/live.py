@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 
 from bench.cluster import make_cluster, open_node, report_bytes
-from bench.pipelines import submit_batches
+from bench.pipelines import count, submit_batches
 from node.rpc._pb.accord.v1 import officer_pb2, officer_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,15 +84,17 @@ def _cursor(conn: sqlite3.Connection, peer: str) -> int:
     return 0 if row is None else int(row[0])
 
 
-def run(root: Path, backlog: int, samples: int) -> dict[str, object]:
-    """Backlog sync of ``backlog`` envelopes, then ``samples`` follow-mode latencies."""
-    sender, (receiver,) = make_cluster(root / "live", ("cn-mps",))
+def run(root: Path, backlog: int, samples: int, database: str | None = None) -> dict[str, object]:
+    """Backlog sync of ``backlog`` envelopes, then ``samples`` follow-mode latencies. With
+    ``database`` (a PostgreSQL DSN) the sender, pk-moi, keeps its state there; the receiver,
+    cn-mps, is on SQLite either way."""
+    sender, (receiver,) = make_cluster(root / "live", ("cn-mps",), database)
     node = open_node(sender)
     try:
         start = time.perf_counter()
         submit_batches(node, report_bytes(backlog, seed=2))
         prepared = time.perf_counter() - start
-        envelopes = node.store.conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        envelopes = count(node, "outbox")
     finally:
         node.close()
     a = Server(sender).start()
@@ -117,6 +119,7 @@ def run(root: Path, backlog: int, samples: int) -> dict[str, object]:
         hwm = b.status("VmHWM")
         early = next((r for d, r in rss if d >= envelopes // 10), rss[-1][1])
         latencies = _latencies(a, watch, samples)
+        sender_hwm = a.status("VmHWM")
         watch.close()
     finally:
         if b is not None:
@@ -130,6 +133,7 @@ def run(root: Path, backlog: int, samples: int) -> dict[str, object]:
         "receiver_hwm_bytes": hwm,
         "receiver_rss_at_10pct": early,
         "receiver_rss_at_end": rss[-1][1],
+        "sender_hwm_bytes": sender_hwm,
         "latency_ms": sorted(x * 1000 for x in latencies),
     }
 

@@ -32,37 +32,67 @@ def submit_batches(node: Node, documents: list[bytes]) -> float:
     return time.perf_counter() - start
 
 
+# The copies _prefill makes, per backend: the newest real report (or outbox row of one peer)
+# repeated ``n`` times with new ids and consecutive seqs, in one statement each.
+_COPY_REPORTS = {
+    "sqlite": "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
+    "INSERT INTO reports (report_id, version, sop, tlp, issuer_jwt_digest, "
+    "issuer_key, sealed, fields, sealed_at, supersedes) "
+    "SELECT printf('prefill-%010d', ? + i), r.version, r.sop, r.tlp, "
+    "r.issuer_jwt_digest, r.issuer_key, r.sealed, r.fields, r.sealed_at, NULL "
+    "FROM c, (SELECT * FROM reports ORDER BY rowid DESC LIMIT 1) r",
+    "postgres": "INSERT INTO reports (report_id, version, sop, tlp, issuer_jwt_digest, "
+    "issuer_key, sealed, fields, sealed_at, supersedes) "
+    "SELECT 'prefill-' || lpad((%s + i)::text, 10, '0'), r.version, r.sop, r.tlp, "
+    "r.issuer_jwt_digest, r.issuer_key, r.sealed, r.fields, r.sealed_at, NULL "
+    "FROM generate_series(1, %s) AS c(i), "
+    "(SELECT * FROM reports ORDER BY sealed_at DESC LIMIT 1) r",
+}
+_COPY_OUTBOX = {
+    "sqlite": "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
+    "INSERT INTO outbox (peer, seq, envelope_id, kind, report_id, version, "
+    "header, ciphertext, signature, digest, created_at, state) "
+    "SELECT o.peer, o.seq + i, printf('prefill-%s-%010d', o.peer, o.seq + i), "
+    "o.kind, printf('prefill-%010d', ? + i), o.version, o.header, "
+    "o.ciphertext, o.signature, o.digest, o.created_at, 'delivered' "
+    "FROM c, (SELECT * FROM outbox WHERE peer = ? ORDER BY seq DESC LIMIT 1) o",
+    "postgres": "INSERT INTO outbox (peer, seq, envelope_id, kind, report_id, version, "
+    "header, ciphertext, signature, digest, created_at, state) "
+    "SELECT o.peer, o.seq + i, 'prefill-' || o.peer || '-' || lpad((o.seq + i)::text, 10, '0'), "
+    "o.kind, 'prefill-' || lpad((%s + i)::text, 10, '0'), o.version, o.header, "
+    "o.ciphertext, o.signature, o.digest, o.created_at, 'delivered' "
+    "FROM generate_series(1, %s) AS c(i), "
+    "(SELECT * FROM outbox WHERE peer = %s ORDER BY seq DESC LIMIT 1) o",
+}
+
+
+def backend(node: Node) -> str:
+    """``postgres`` for a node whose config names a database, else ``sqlite``."""
+    return "sqlite" if node.config.database is None else "postgres"
+
+
 def _prefill(node: Node, target: int, chunk: int = 50_000) -> None:
     """Grow the store to ``target`` reports quickly: report and outbox rows copied from the
-    newest real ones in SQL (new ids, consecutive seqs), and real log events (three per
-    report, as submit writes) through ExchangeLog.append, so the Merkle tree stays valid."""
+    newest real ones in SQL (new ids, consecutive seqs; the same copy on SQLite and on
+    PostgreSQL), and real log events (three per report, as submit writes) through
+    ExchangeLog.append, so the Merkle tree stays valid. On PostgreSQL then ``ANALYZE``."""
     conn = node.store.conn
+    which = backend(node)
     have = conn.execute("SELECT count(*) FROM reports").fetchone()[0]
-    peers = [r[0] for r in conn.execute("SELECT DISTINCT peer FROM outbox")]
+    peers = [r[0] for r in conn.execute("SELECT DISTINCT peer FROM outbox").fetchall()]
     log = node.log
     while have < target:
         n = min(chunk, target - have)
-        with node.store.transaction():
-            conn.execute(
-                "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
-                "INSERT INTO reports (report_id, version, sop, tlp, issuer_jwt_digest, "
-                "issuer_key, sealed, fields, sealed_at, supersedes) "
-                "SELECT printf('prefill-%010d', ? + i), r.version, r.sop, r.tlp, "
-                "r.issuer_jwt_digest, r.issuer_key, r.sealed, r.fields, r.sealed_at, NULL "
-                "FROM c, (SELECT * FROM reports ORDER BY rowid DESC LIMIT 1) r",
-                (n, have),
-            )
+        with node.store.transaction() as db:
+            if which == "sqlite":
+                conn.execute(_COPY_REPORTS[which], (n, have))
+            else:
+                conn.execute(_COPY_REPORTS[which], (have, n))
             for peer in peers:
-                conn.execute(
-                    "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
-                    "INSERT INTO outbox (peer, seq, envelope_id, kind, report_id, version, "
-                    "header, ciphertext, signature, digest, created_at, state) "
-                    "SELECT o.peer, o.seq + i, printf('prefill-%s-%010d', o.peer, o.seq + i), "
-                    "o.kind, printf('prefill-%010d', ? + i), o.version, o.header, "
-                    "o.ciphertext, o.signature, o.digest, o.created_at, 'delivered' "
-                    "FROM c, (SELECT * FROM outbox WHERE peer = ? ORDER BY seq DESC LIMIT 1) o",
-                    (n, have, peer),
-                )
+                if which == "sqlite":
+                    conn.execute(_COPY_OUTBOX[which], (n, have, peer))
+                else:
+                    conn.execute(_COPY_OUTBOX[which], (have, n, peer))
             events = []
             for i in range(n):
                 rid = f"prefill-{have + i + 1:010d}"
@@ -71,14 +101,28 @@ def _prefill(node: Node, target: int, chunk: int = 50_000) -> None:
                     events.append(
                         ("release.decided", T0, {"report_id": rid, "peer": peer, "seq": i})
                     )
-            log.append(node.store.db, events)
+            log.append(db, events)
         have += n
     node.checkpoint(now())
+    if which == "postgres":
+        # What autovacuum does within a minute of such growth. Without it submit at 20,000
+        # stored ran at a quarter of the rate after it (docs/PERFORMANCE.md: a plan kept
+        # from the small table is the suspect).
+        conn.execute("ANALYZE")
 
 
-def submit_flat(root: Path, sizes: list[int], sample: int) -> list[dict[str, float]]:
-    """Submit throughput (2 partners) measured at each stored-report count in ``sizes``."""
-    sender, _ = make_cluster(root / "submit")
+def count(node: Node, table: str) -> int:
+    """Rows of ``table`` (``reports``, ``outbox``) in the node's store, either backend."""
+    row = node.store.conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
+    return int(row[0])
+
+
+def submit_flat(
+    root: Path, sizes: list[int], sample: int, database: str | None = None
+) -> list[dict[str, float]]:
+    """Submit throughput (2 partners) measured at each stored-report count in ``sizes``;
+    with ``database`` (a PostgreSQL DSN) the sender's store is that database."""
+    sender, _ = make_cluster(root / "submit", database=database)
     node = open_node(sender)
     documents = report_bytes(sample, seed=1)
     out = []
@@ -87,9 +131,9 @@ def submit_flat(root: Path, sizes: list[int], sample: int) -> list[dict[str, flo
         for size in sizes:
             _prefill(node, size)
             spent = submit_batches(node, documents)
-            stored = node.store.conn.execute("SELECT count(*) FROM reports").fetchone()[0]
+            stored = count(node, "reports")
             out.append({"stored": size, "after": stored, "reports_per_s": sample / spent})
-        out[-1]["db_bytes"] = db_size(sender / "node.db")
+        out[-1]["db_bytes"] = db_size(sender / "node.db") if database is None else pg_db_size(node)
     finally:
         node.close()
         shutil.rmtree(root / "submit", ignore_errors=True)  # ~17 GB at a million reports
@@ -213,6 +257,13 @@ def audit(root: Path, entries: int) -> dict[str, float]:
         raise RuntimeError(f"audit bench: the bundle did not verify: {report.findings[:3]}")
     bundle.unlink()
     return {"entries": entries, "seconds": spent, "checkpoints": report.checkpoints}
+
+
+def pg_db_size(node: Node) -> int:
+    """Bytes of the node's PostgreSQL database (tables, indexes, TOAST), as the server
+    counts them."""
+    row = node.store.conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    return int(row[0])
 
 
 def db_size(path: Path) -> int:

@@ -1,5 +1,6 @@
-"""The throwaway cluster of tests/postgres.py, and the durability node/store/pg.py's pool promises,
-against a real PostgreSQL server started from ``initdb`` (docs/adr/0024)."""
+"""The throwaway cluster of tools/pgcluster.py (the tests' fixture: tests/postgres.py), and
+the durability node/store/pg.py's pool promises, against a real PostgreSQL server started
+from ``initdb`` (docs/adr/0024)."""
 
 from __future__ import annotations
 
