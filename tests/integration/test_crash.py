@@ -500,7 +500,7 @@ def test_crash_loop_on_postgresql(
     tmp_path: Path,
 ) -> None:
     """The same loop with the sender's state in PostgreSQL (issue 16): SIGKILL of either
-    node and, now and then, of the PostgreSQL server itself; 200 reports, 6 kills."""
+    node and, now and then, of the PostgreSQL server itself; 150 reports, 4 kills of a node."""
     pk = make_node(SENDER, free_port(), "--database", pg_cluster.createdb("crash_pk"))
     cn = make_node(RECEIVER, free_port())
     exchange_cards(accord, pk, cn, tmp_path)
@@ -509,9 +509,9 @@ def test_crash_loop_on_postgresql(
         (pk, cn),
         crashing,
         tmp_path,
-        reports=200,
+        reports=150,
         rate=40.0,
-        kills=6,
+        kills=4,
         seed=int(os.environ.get("ACCORD_CRASH_SEED", "16")),
         max_pause=0.8,
         settle_timeout=90.0,

@@ -4,10 +4,12 @@ on PostgreSQL, one leading and one standing by (docs/adr/0026).
 The node pk-moi has two data directories, ``pk-moi`` and ``pk-moi-b``, that share the
 database (the same ``database`` URL) and the key file (``keys/`` of the second is a link to
 the first's, as a shared mount would be). cn-mps, its partner, is a SQLite node. While the
-first process leads, the second answers ``status`` as a standby and refuses everything
-else. 2,000 reports flow to cn-mps; the leader is SIGKILLed in the middle; the standby
-takes over, binds the node's endpoint, and cn-mps resumes from its cursor. At the end every
-report pk-moi stored is at cn-mps exactly once, and both audits verify and reconcile.
+first process leads, the second answers ``status`` as a standby and refuses everything else.
+The PostgreSQL server is killed under both and restarted: with nobody restarting either
+process, one leads again and the other stands by. Then the reports flow to cn-mps; the
+leader is SIGKILLed in the middle; the standby takes over, binds the node's endpoint, and
+cn-mps resumes from its cursor. At the end every report pk-moi stored is at cn-mps exactly
+once, and both audits verify and reconcile.
 """
 
 from __future__ import annotations
@@ -96,8 +98,8 @@ def test_standby_takes_over_while_reports_flow(
     accord: Accord,
     tmp_path: Path,
 ) -> None:
-    """The bounded run of ``make test``: 400 reports, the leader killed after about 100."""
-    failover(pg_cluster, make_node, servers, accord, tmp_path, reports=400)
+    """The bounded run of ``make test``: 300 reports."""
+    failover(pg_cluster, make_node, servers, accord, tmp_path, reports=300)
 
 
 @pytest.mark.slow
@@ -157,16 +159,31 @@ def failover(
     text = accord("--data", pk_b, "status")
     assert text.code == 0 and "standby" in text.out and "the leader is pid" in text.out
     assert not standby.ready_file.exists()  # not ready: it serves no partner
-
-    # -- 2,000 reports flow; the leader dies in the middle -----------------------------------
-    # Half the reports at a steady rate (about 10 s), the leader killed early in the flow.
-    before = Submitter(pk, tag="leader", target=reports // 2, rate=reports / 20).start()
-    wait("the partner receiving", lambda: len(received(cn)) >= reports // 20, procs, WAIT)
-    have, sent = len(received(cn)), len(before.accepted)
     stood_by = events(standby)
     assert "server.standby" in stood_by
     did = {e for e in stood_by if e.split(".")[0] in ACTING or e == "server.started"}
     assert not did, f"the standby acted: {did}"
+
+    # -- the database server dies under both; nobody restarts either -------------------------
+    pg_cluster.kill()
+    pg_cluster.start()
+
+    def one_each() -> object:
+        got = {d: status(accord, d).get("role") for d in (pk, pk_b)}
+        return sorted(map(str, got.values())) == ["leader", "standby"] and got
+
+    roles = wait("one leader and one standby again", one_each, procs, 60.0)
+    assert first.proc.poll() is None and standby.proc.poll() is None  # neither exited
+    if roles[pk] != "leader":  # the lock went to the other process this time
+        first, standby = standby, first
+    first.wait_ready()
+    assert first.proc is not None and standby.proc is not None
+
+    # -- 2,000 reports flow; the leader dies in the middle -----------------------------------
+    # Half the reports at a steady rate (about 10 s), the leader killed early in the flow.
+    before = Submitter(first.data, tag="leader", target=reports // 2, rate=reports / 20).start()
+    wait("the partner receiving", lambda: len(received(cn)) >= reports // 20, procs, WAIT)
+    have, sent = len(received(cn)), len(before.accepted)
     first.kill()  # SIGKILL, mid-flow
     killed_at = time.monotonic()
     assert not before.done or have < sent, "the kill did not land while reports flowed"
@@ -177,10 +194,10 @@ def failover(
     took = time.monotonic() - killed_at
     print(f"failover: the standby served {took:.1f} s after the SIGKILL")
     assert took < TAKEOVER_BOUND, standby.logs()
-    now = status(accord, pk_b)
+    now = status(accord, standby.data)
     assert now["role"] == "leader" and now["leader"]["pid"] == standby.proc.pid
 
-    after = Submitter(pk_b, tag="standby", target=reports - len(before.accepted)).start()
+    after = Submitter(standby.data, tag="standby", target=reports - len(before.accepted)).start()
     wait("the other half accepted by the new leader", lambda: after.done, procs, WAIT)
     assert after.join(30) and after.error is None and not after.refused
     accepted = set(before.accepted.values()) | set(after.accepted.values())
@@ -188,7 +205,7 @@ def failover(
 
     # -- the partner ends with every report exactly once ------------------------------------
     def settled() -> object:
-        s = accord("--data", pk_b, "sync", "status", "--json")
+        s = accord("--data", standby.data, "sync", "status", "--json")
         if s.code != 0:
             return False
         [peer] = s.json()
@@ -212,15 +229,15 @@ def failover(
 
     # -- both audits pass --------------------------------------------------------------------
     def cosigned() -> object:
-        a = accord("--data", pk_b, "log", "checkpoint", "--json").json()
+        a = accord("--data", standby.data, "log", "checkpoint", "--json").json()
         return "cn-mps" in a["cosigned_by"]
 
     wait("a cosigned checkpoint after the takeover", cosigned, [standby, receiver], WAIT)
     for p in (standby, receiver):
         assert p.terminate() == 0, p.logs()
-    anchors = audit_anchors(accord, pk_b, cn)
+    anchors = audit_anchors(accord, standby.data, cn)
     bundles = []
-    for data in (pk_b, cn):
+    for data in (standby.data, cn):
         out = tmp_path / f"{data.name}.bundle"
         exported = accord("--data", data, "audit", "export", "--out", out)
         assert exported.code == 0, exported.err
@@ -230,45 +247,12 @@ def failover(
     reconciled = accord("audit", "reconcile", *bundles, *anchors, "--json")
     assert reconciled.code == 0, reconciled.out
     assert reconciled.json()["matched"] == len(rows)
-    for proc in (first, standby):  # no process ever logged an error of ours
+    for proc in (first, standby):  # no process logged an error of ours but the lost lock
         errors = [
             line
             for line in proc.log_file.read_text("utf-8", errors="replace").splitlines()
-            if '"level": "error"' in line and '"logger": "grpc.' not in line
+            if '"level": "error"' in line
+            and '"logger": "grpc.' not in line
+            and '"event": "server.leadership_lost"' not in line  # the database restart
         ]
         assert not errors, "\n".join(errors[:10])
-
-
-@pytest.mark.threat("C05")
-def test_leader_and_standby_ride_out_a_database_restart(
-    pg_cluster: PgCluster,
-    make_node: Callable[..., Path],
-    servers: Callable[..., ServerProcess],
-    accord: Accord,
-) -> None:
-    """SIGKILL of the PostgreSQL server under a leader and a standby: both lose their
-    sessions; once the server has recovered, one of them leads and the other stands by,
-    with nobody restarting either, and the standby still takes over when the leader dies."""
-    pk = make_node("pk-moi", free_port(), "--database", pg_cluster.createdb("failover_db"))
-    pk_b = second_data_dir(pk)
-    one = servers(pk)
-    one.wait_ready()
-    two = servers(pk_b)
-    procs = [one, two]
-    wait("a standby", lambda: status(accord, pk_b).get("role") == "standby", procs, 30.0)
-
-    pg_cluster.kill()
-    pg_cluster.start()
-
-    def roles() -> object:
-        got = {d: status(accord, d).get("role") for d in (pk, pk_b)}
-        return sorted(map(str, got.values())) == ["leader", "standby"] and got
-
-    got = wait("one leader and one standby again", roles, procs, 60.0)
-    assert one.proc is not None and two.proc is not None
-    assert one.proc.poll() is None and two.proc.poll() is None  # neither exited
-    leader, standby = (one, two) if got[pk] == "leader" else (two, one)
-    leader.wait_ready()
-    leader.kill()
-    standby.wait_ready()
-    assert status(accord, standby.data)["role"] == "leader"
