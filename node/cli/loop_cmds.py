@@ -46,7 +46,7 @@ def answered_item(ctx: CliContext, given: str) -> officer_pb2.InboxItem:
     """The received report an answer is for (its inbox id or a unique prefix)."""
     with officer(ctx.data_dir) as stub:
         answer: officer_pb2.GetInboxResponse = call(
-            stub.GetInbox, officer_pb2.GetInboxRequest(envelope_id=given)
+            stub.GetInbox, officer_pb2.GetInboxRequest(envelope_id=given, form="json")
         )
     if answer.item.kind != "report":
         raise InputError(

@@ -559,12 +559,14 @@ def _due_text(i: dict[str, Any]) -> str:
 
 
 def _get(
-    ctx: CliContext, envelope_id: str, *, mark_read: bool = False
+    ctx: CliContext, envelope_id: str, *, mark_read: bool = False, form: str = "json"
 ) -> tuple[officer_pb2.GetInboxResponse, dict[str, Any]]:
+    """The item and its report; ``form`` names the one derived form to build (STIX, CAP),
+    "json" none of them (inbox show needs neither)."""
     with officer(ctx.data_dir) as stub:
         answer = call(
             stub.GetInbox,
-            officer_pb2.GetInboxRequest(envelope_id=envelope_id, mark_read=mark_read),
+            officer_pb2.GetInboxRequest(envelope_id=envelope_id, mark_read=mark_read, form=form),
         )
     return answer, json.loads(answer.report)
 
@@ -669,7 +671,7 @@ def inbox_export(
     an OASIS CAP 1.2 message (Alert or Update; Cancel once the sender retracted it)."""
     if as_ack and fmt != "cap":
         raise InputError("--ack goes with --format cap", next_step="Add --format cap.")
-    answer, body = _get(ctx, envelope_id)
+    answer, body = _get(ctx, envelope_id, form=fmt if fmt in ("stix", "cap") else "json")
     if as_ack:
         acks = body.get("cap_acks") or []
         if not acks:

@@ -93,6 +93,10 @@ def _timestamp(at: datetime | None) -> Timestamp | None:
     return stamp
 
 
+# GetInboxRequest.form: "" every derived form (older clients), else only the one named.
+INBOX_FORMS = frozenset({"", "json", "stix", "cap"})
+
+
 class OfficerService(officer_pb2_grpc.OfficerServicer):
     """The local Officer API. Only Status is served here; every other RPC is inherited
     from the generated base and fails with UNIMPLEMENTED and the code "unimplemented"
@@ -485,16 +489,27 @@ class ExchangeOfficerService(OfficerService):
             "release": content.get("release", ""),
             "retraction": retraction,
         }
-        try:  # the STIX 2.1 form (node/services/stix.py), the same mapping the TAXII feed serves
-            body["stix"] = to_stix_bundle(stix_source(self._node, item.envelope_id, self._now()))
-        except AccordError as e:  # shown and exported as before; only the STIX form is missing
-            body["stix_error"] = e.code
-        try:  # the OASIS CAP 1.2 form (node/services/cap.py): Alert, Update or Cancel
-            body["cap"] = inbox_cap(
-                self._node, item, fields=fields, derived=derived, retraction=retraction
+        form = request.form
+        if form not in INBOX_FORMS:
+            raise InputError(
+                f"form {form!r} is not one of {', '.join(sorted(INBOX_FORMS - {''}))}",
+                code="inbox.bad_form",
+                next_step="Ask for json, stix or cap (or leave form empty for all).",
             )
-        except AccordError as e:  # only the CAP form is missing
-            body["cap_error"] = e.code
+        if form in ("", "stix"):  # the STIX 2.1 form (services/stix.py), as the feed serves
+            try:
+                body["stix"] = to_stix_bundle(
+                    stix_source(self._node, item.envelope_id, self._now())
+                )
+            except AccordError as e:  # shown and exported as before; only STIX is missing
+                body["stix_error"] = e.code
+        if form in ("", "cap"):  # the OASIS CAP 1.2 form (services/cap.py)
+            try:
+                body["cap"] = inbox_cap(
+                    self._node, item, fields=fields, derived=derived, retraction=retraction
+                )
+            except AccordError as e:  # only the CAP form is missing
+                body["cap_error"] = e.code
         now = self._now()
         node = self._node
         due = warning.deadlines(node, incoming=True, peer=item.peer, envelope_id=item.envelope_id)

@@ -295,3 +295,34 @@ def test_policy_explain_shows_exactly_the_decision_submit_sends(pair: tuple[Node
     assert release.decision == explained
     assert release.decision.to_log_event() == explained.to_log_event()
     assert explained.released and explained.withheld  # a decision with something in each
+
+
+def test_get_inbox_builds_only_the_form_asked_for(pair: tuple[Node, Node]) -> None:
+    """inbox show asks for no derived form, an export for the one it writes; an older client
+    that names none gets every form, as before the field existed."""
+    from exchange.errors import InputError
+    from node.rpc._pb.accord.v1 import officer_pb2
+    from node.rpc.officer_service import ExchangeOfficerService
+
+    pk, cn = pair
+    now = datetime.now(UTC).replace(microsecond=0)
+    outbox.submit(pk, [valid_report()], now)
+    apply_batch(cn, "pk-moi", outbox.pending(pk, "cn-mps", 0, 256), now)
+    [item] = list_inbox(cn)
+    service = ExchangeOfficerService(cn, None, now=lambda: now)
+
+    def body(form: str) -> dict[str, object]:
+        request = officer_pb2.GetInboxRequest(envelope_id=item.envelope_id, form=form)
+        shown: dict[str, object] = json.loads(asyncio.run(service.GetInbox(request, None)).report)
+        return shown
+
+    everything, plain, stix, cap = body(""), body("json"), body("stix"), body("cap")
+    assert "stix" in everything and "cap" in everything
+    assert "stix" not in plain and "cap" not in plain
+    assert "stix" in stix and "cap" not in stix
+    assert "cap" in cap and "stix" not in cap
+    assert stix["stix"] == everything["stix"] and cap["cap"] == everything["cap"]
+    assert plain["fields"] == everything["fields"]
+    with pytest.raises(InputError) as e:
+        body("xml")
+    assert e.value.code == "inbox.bad_form"

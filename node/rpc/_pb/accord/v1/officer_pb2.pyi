@@ -791,19 +791,25 @@ class GetInboxRequest(_message.Message):
 
     ENVELOPE_ID_FIELD_NUMBER: _builtins.int
     MARK_READ_FIELD_NUMBER: _builtins.int
+    FORM_FIELD_NUMBER: _builtins.int
     envelope_id: _builtins.str
     """The envelope id of the item."""
     mark_read: _builtins.bool
     """Mark the item read (inbox show does; exports and scripts do not)."""
+    form: _builtins.str
+    """Which derived forms to build into the report: "" builds every form (STIX and CAP, as
+    before this field); "json" neither; "stix" or "cap" only that one.
+    """
     def __init__(
         self,
         *,
         envelope_id: _builtins.str = ...,
         mark_read: _builtins.bool = ...,
+        form: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_id", b"envelope_id", "mark_read", b"mark_read"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_id", b"envelope_id", "form", b"form", "mark_read", b"mark_read"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
