@@ -176,6 +176,8 @@ class Puller:
 
     async def run(self, refresh_seconds: float = 5.0) -> None:
         """Keep one pull task per partner that has an agreement in force."""
+        if self._opener.workers > 0:  # start the workers now, not inside the first batch
+            await asyncio.to_thread(self._opener.start)
         try:
             while True:
                 try:

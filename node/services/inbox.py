@@ -358,10 +358,11 @@ def apply_batch(
     if isinstance(receiver, PeerDataError):
         out.stopped = receiver
         return out
+    usable = ahead is not None and _ahead_usable(node, receiver, envelopes, ahead)
+    if ahead is not None and not usable:  # rare: a rotation or a new agreement in between
+        log.info("inbox.opened_ahead_unused", peer=peer, envelopes=len(envelopes))
     opened: Sequence[Opened | None] = (
-        ahead.results
-        if ahead is not None and _ahead_usable(node, receiver, envelopes, ahead)
-        else [None] * len(envelopes)
+        ahead.results if ahead is not None and usable else [None] * len(envelopes)
     )
     ring = node.keyring()
     me = node.config.node

@@ -17,7 +17,8 @@ nothing is applied twice or lost.
 Workers are started with ``forkserver`` (never ``fork``: the serving process runs gRPC's
 threads); the fork server preloads this module, so a new worker starts with the schema
 registry loaded. ``ACCORD_RECEIVE_WORKERS`` sets the number of workers (0: open every
-envelope in the serving process); the default is one per core, none on one core.
+envelope in the serving process); the default is one per core but one from 3 cores on,
+none on 1 or 2 cores (see ``DEFAULT_FROM_CORES``).
 """
 
 from __future__ import annotations
@@ -129,8 +130,16 @@ def _reduce_mapping_proxy(
 ForkingPickler.register(MappingProxyType, _reduce_mapping_proxy)
 
 
+# Workers by default only from this many cores on. On two cores a node's own serving
+# work and its partner's (on one machine, as in ``make bench``) already keep both busy,
+# and the workers' extra work (pickling, their own caches) made sync slower there
+# (docs/PERFORMANCE.md); ACCORD_RECEIVE_WORKERS=2 turns them on for a 2-core receiver
+# that has its cores to itself.
+DEFAULT_FROM_CORES = 3
+
+
 def configured_workers() -> int:
-    """``ACCORD_RECEIVE_WORKERS``, else one per core (0 on a single core)."""
+    """``ACCORD_RECEIVE_WORKERS``, else one per core but one from 3 cores on (0 below)."""
     forced = os.environ.get("ACCORD_RECEIVE_WORKERS")
     if forced is not None:
         try:
@@ -140,7 +149,7 @@ def configured_workers() -> int:
                 "ACCORD_RECEIVE_WORKERS must be a whole number", code="config.invalid"
             ) from None
     cores = len(os.sched_getaffinity(0))
-    return cores if cores > 1 else 0
+    return cores - 1 if cores >= DEFAULT_FROM_CORES else 0
 
 
 class OpenPool:
@@ -150,8 +159,13 @@ class OpenPool:
         self.workers = workers
         self._start_method = start_method
         self._executor: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()  # start() may run in a thread beside the event loop
 
     def _pool(self) -> ProcessPoolExecutor:
+        with self._lock:
+            return self._make()
+
+    def _make(self) -> ProcessPoolExecutor:
         if self._executor is None:
             context = multiprocessing.get_context(self._start_method)
             if self._start_method == "forkserver":
@@ -204,12 +218,14 @@ class OpenPool:
         return OpenedBatch(context, decrypter, results)
 
     def _replace(self) -> None:
-        executor, self._executor = self._executor, None
+        with self._lock:
+            executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
-        executor, self._executor = self._executor, None
+        with self._lock:
+            executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
 
