@@ -49,9 +49,15 @@ def _same(a: Outcome, b: Outcome) -> bool:
     return a == b
 
 
-@pytest.fixture(params=["here", "ahead"], autouse=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.module.__name__ in AHEAD_MODULES:
+        metafunc.fixturenames.append("receive_path")
+        metafunc.parametrize("receive_path", ["here", "ahead"], indirect=True)
+
+
+@pytest.fixture
 def receive_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "here" or request.module.__name__ not in AHEAD_MODULES:
+    if getattr(request, "param", "here") == "here":
         return "here"
     original = Receiver.receive
 
