@@ -48,6 +48,7 @@ from exchange.envelope import (
     EnvelopeLimits,
     VerifiedRelease,
     check_duplicate,
+    envelope_hash,
     open_envelope,
     parse_header_unverified,
 )
@@ -151,6 +152,98 @@ def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+def era_card(chain: VerifiedChain, header: EnvelopeHeader) -> Card:
+    """The chain's card in force at the header's ``created_at``: the one key the outer
+    signature is checked against (a function of the chain and the header alone)."""
+    era = chain.cards[0]
+    for card in chain.cards:
+        if card.issued_at <= header.created_at:  # RFC 3339 UTC with Z: ordered as text
+            era = card
+    return era
+
+
+def issuer_keys(chain: VerifiedChain, revoked: Mapping[bytes, datetime]) -> list[bytes]:
+    """Keys that may have sealed the partner's reports: its chain without revoked keys."""
+    return [c.identity_key for c in chain.cards if c.identity_key not in revoked]
+
+
+# ---- opening ahead ---------------------------------------------------------------------------
+#
+# ``open_envelope`` is most of the cost of receiving, and what it returns depends on the
+# position in the batch only through ``last_applied_seq`` (the seq check) and the signing
+# card (chosen from the chain by the header alone, see ``era_card``). So it can run for
+# every envelope of a batch at once, in other processes, on the assumption that each is
+# next in sequence; ``Receiver.receive`` then uses a result only when that assumption and
+# every other input held, and opens the envelope itself otherwise.
+
+
+@dataclass(frozen=True)
+class OpenContext:
+    """What ``open_envelope`` needs for one partner's batch besides the envelope and the
+    decrypter: equal contexts give equal results (the receiver compares them)."""
+
+    me: str
+    peer: str
+    chain: VerifiedChain
+    revoked: Mapping[bytes, datetime]
+    agreement: VerifiedAgreement
+    now: datetime
+    limits: EnvelopeLimits = DEFAULT_LIMITS
+
+
+@dataclass(frozen=True)
+class Opened:
+    """``open_envelope``'s result for one envelope opened ahead: ``assumed_last`` is the
+    ``last_applied_seq`` it was opened against (its seq - 1), ``card_version`` the card its
+    outer signature was checked against. Exactly one of ``release`` and ``rejected``
+    (header, envelope digest, code of a ``ContentRejected``) is set."""
+
+    envelope_hash: bytes
+    assumed_last: int
+    card_version: int
+    release: VerifiedRelease | None = None
+    rejected: tuple[EnvelopeHeader, str, str] | None = None
+
+
+def open_ahead(
+    context: OpenContext,
+    env: Envelope,
+    *,
+    decrypter_for: Callable[[str], Decrypter | None],
+    registry: SchemaRegistry,
+) -> Opened | None:
+    """Open ``env`` as if it were next in sequence. None when the outcome is not an
+    applied or a rejected item (a malformed header, a stop before the seq check, anything
+    unexpected): the receiver then opens it itself and meets the same outcome there."""
+    try:
+        header = parse_header_unverified(env.header, max_bytes=context.limits.max_header_bytes)
+    except PeerDataError:
+        return None
+    card = era_card(context.chain, header)
+    assumed = header.seq - 1
+    done = envelope_hash(env)
+    try:
+        release = open_envelope(
+            env,
+            me=context.me,
+            expected_sender=context.peer,
+            sender_card=card,
+            last_applied_seq=assumed,
+            decrypter_for=decrypter_for,
+            agreement=context.agreement,
+            registry=registry,
+            now=context.now,
+            limits=context.limits,
+            issuer_keys=issuer_keys(context.chain, context.revoked),
+        )
+    except ContentRejected as bad:
+        rejected = (bad.header, bad.envelope_digest, bad.code)
+        return Opened(done, assumed, card.version, rejected=rejected)
+    except Exception:  # opened again by the receiver, which meets (and raises) it there
+        return None
+    return Opened(done, assumed, card.version, release=release)
+
+
 @dataclass
 class Receiver:
     """The receive rules for one partner and one batch (see the module docstring).
@@ -192,8 +285,16 @@ class Receiver:
     @property
     def issuer_keys(self) -> list[bytes]:
         """Keys that may have sealed the partner's reports: its chain without revoked keys."""
-        revoked = self.state.revoked
-        return [c.identity_key for c in self.state.chain.cards if c.identity_key not in revoked]
+        return issuer_keys(self.state.chain, self.state.revoked)
+
+    @property
+    def context(self) -> OpenContext:
+        """The inputs of ``open_envelope`` that are the same for every envelope of a batch
+        (what ``open_ahead`` was given, if its results are to be used)."""
+        state = self.state
+        return OpenContext(
+            state.me, state.peer, state.chain, state.revoked, state.agreement, self.now, self.limits
+        )
 
     def signing_card(self, env: Envelope) -> Card:
         """The one card the outer signature is checked against.
@@ -209,10 +310,7 @@ class Receiver:
             header = parse_header_unverified(env.header, max_bytes=self.limits.max_header_bytes)
         except PeerDataError:
             return chain.latest  # open_envelope names the problem
-        era = chain.cards[0]
-        for card in chain.cards:
-            if card.issued_at <= header.created_at:  # RFC 3339 UTC with Z: ordered as text
-                era = card
+        era = era_card(chain, header)
         new = header.seq > self.last_applied
         if era.identity_key in revoked and (
             new
@@ -280,13 +378,30 @@ class Receiver:
 
     # -- one envelope -----------------------------------------------------------------------
 
-    def receive(self, env: Envelope) -> Outcome:
-        """Apply every rule to ``env``; advance the receiver's state when it moves on."""
+    def receive(self, env: Envelope, ahead: Opened | None = None) -> Outcome:
+        """Apply every rule to ``env``; advance the receiver's state when it moves on.
+
+        ``ahead`` is ``open_ahead``'s result for ``env`` under this receiver's ``context``
+        (the caller checks that): used only when ``env`` is next in sequence and was opened
+        against the card chosen here, i.e. when ``open_envelope`` would be given exactly
+        what it was given; otherwise the envelope is opened here."""
         state = self.state
         try:
             card = self.signing_card(env)
         except PeerDataError as stop:
             return Stop(stop)
+        if (
+            ahead is not None
+            and ahead.assumed_last == self.last_applied
+            and ahead.card_version == card.version
+            and ahead.envelope_hash == envelope_hash(env)
+        ):
+            if ahead.rejected is not None:
+                header, digest, code = ahead.rejected
+                self._advance(header.seq, card.version)
+                return Refused(header, digest, code)
+            assert ahead.release is not None
+            return self._accepted(ahead.release, card.version)
         try:
             release = open_envelope(
                 env,
@@ -308,7 +423,10 @@ class Receiver:
             return Refused(bad.header, bad.envelope_digest, bad.code)
         except PeerDataError as stop:
             return Stop(stop)
-        self._advance(release.header.seq, card.version)
+        return self._accepted(release, card.version)
+
+    def _accepted(self, release: VerifiedRelease, card_version: int) -> Outcome:
+        self._advance(release.header.seq, card_version)
         try:
             self.check_versions(release)
         except PeerDataError as refused:
@@ -339,6 +457,8 @@ __all__ = [
     "ACK_CLOCK_SKEW",
     "Accepted",
     "Equivocation",
+    "OpenContext",
+    "Opened",
     "Outcome",
     "Receiver",
     "Refused",
@@ -346,5 +466,8 @@ __all__ = [
     "Stop",
     "TrustedState",
     "Unmatched",
+    "era_card",
+    "issuer_keys",
     "key_version",
+    "open_ahead",
 ]

@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
+from types import MappingProxyType
 from typing import Any, Final
 
 from exchange.canonical import (
@@ -200,12 +202,17 @@ class SealedReport:
     report_id: str
     version: int
 
-    @property
+    # Computed once per sealed report (each partner's release statement names them).
+    @cached_property
     def issuer_jwt_digest(self) -> str:
         return issuer_jwt_digest(self.issuer_jwt)
 
+    @cached_property
+    def _digests(self) -> Mapping[str, str]:
+        return MappingProxyType({n: disclosure_digest(d) for n, d in self.disclosures.items()})
+
     def disclosure_digests(self) -> dict[str, str]:
-        return {name: disclosure_digest(d) for name, d in self.disclosures.items()}
+        return dict(self._digests)
 
     def present(self, fields: Iterable[str]) -> str:
         """``issuer-jwt~d1~d2~...~`` with exactly the named fields' disclosures."""
@@ -264,7 +271,8 @@ def seal(
         disclosure_digest(b64url(draw(SALT_BYTES)))
         for _ in range(DECOY_MIN + draw(1)[0] % DECOY_SPAN)
     ]
-    digests = [disclosure_digest(d) for d in disclosures.values()] + decoys
+    by_name = {name: disclosure_digest(d) for name, d in disclosures.items()}
+    digests = [*by_name.values(), *decoys]
     if len(set(digests)) != len(digests):
         raise SealArgumentInvalid("random_bytes repeated a value; refusing to seal")
     payload = {
@@ -285,7 +293,9 @@ def seal(
     if len(signature) != ED25519_SIGNATURE_LEN:
         raise SealArgumentInvalid("signer returned a signature that is not 64 bytes")
     jwt = signing_input + "." + b64url(signature)
-    return SealedReport(jwt, disclosures, issuer, report_id, version)
+    sealed = SealedReport(jwt, disclosures, issuer, report_id, version)
+    sealed.__dict__["_digests"] = MappingProxyType(by_name)  # computed above: the same
+    return sealed
 
 
 def _check_seal_arguments(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -88,6 +88,52 @@ class StorageCipher:
             ) from e
 
 
+class BatchDecrypter:
+    """The HPKE private keys of the epochs that one batch of envelopes names, and no other
+    key: what a worker process is given to open that batch (docs/adr/0027). It pickles to
+    those epochs' secrets only; the key pairs are derived, on first use, in the process
+    that decrypts. Call it with a kid: ``exchange.envelope.open_envelope``'s
+    ``decrypter_for``, answering as ``Keyring.decrypter`` answers for those kids."""
+
+    __slots__ = ("_pairs", "_secrets")
+
+    def __init__(self, secrets: tuple[_EncSecret, ...]) -> None:
+        self._secrets = secrets
+        self._pairs: dict[str, EncryptionKeyPair | None] = {}
+
+    @property
+    def kids(self) -> tuple[str, ...]:
+        return tuple(e.kid for e in self._secrets)
+
+    def __call__(self, kid: str) -> EncryptionKeyPair | None:
+        if kid not in self._pairs:
+            found = next((e for e in self._secrets if e.kid == kid), None)
+            self._pairs[kid] = (
+                None
+                if found is None
+                else EncryptionKeyPair(found.kid, found.suite, found.secret, found.not_after)
+            )
+        return self._pairs[kid]
+
+    def __reduce__(self) -> tuple[type[BatchDecrypter], tuple[tuple[_EncSecret, ...]]]:
+        return (BatchDecrypter, (self._secrets,))
+
+    def __eq__(self, other: object) -> bool:
+        """The same epochs with the same secrets (compared in constant time)."""
+        if not isinstance(other, BatchDecrypter) or len(other._secrets) != len(self._secrets):
+            return False
+        return all(
+            (a.kid, a.suite, a.not_after) == (b.kid, b.suite, b.not_after)
+            and hmac.compare_digest(a.secret, b.secret)
+            for a, b in zip(self._secrets, other._secrets, strict=True)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"BatchDecrypter(kids={list(self.kids)!r})"
+
+
 @dataclass(frozen=True)
 class Keyring:
     node: str
@@ -155,6 +201,12 @@ class Keyring:
             if key.kid == kid:
                 return key
         return None
+
+    def batch_decrypter(self, kids: Iterable[str]) -> BatchDecrypter:
+        """A decrypter holding only the epoch keys among ``kids`` that this keyring has
+        (for a worker process that opens one batch: docs/adr/0027)."""
+        wanted = set(kids)
+        return BatchDecrypter(tuple(e for e in self.encryption if e.kid in wanted))
 
     def issue_feed_credentials(self, name: str, out: Path, now: datetime) -> str:
         """Issue a TAXII feed consumer's client certificate from the node CA and write

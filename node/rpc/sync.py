@@ -10,13 +10,14 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 import grpc
 import structlog
 
+from exchange.envelope import Envelope
 from exchange.errors import AccordError
 from node import clock
 from node.home import Node
@@ -34,9 +35,11 @@ from node.services.inbox import (
     BatchOutcome,
     apply_batch,
     cursor,
+    open_inputs,
     receipts_acknowledged,
     unacknowledged_receipts,
 )
+from node.services.opening import PARALLEL_FROM, OpenedBatch, OpenPool, shared_pool
 
 log = structlog.get_logger("accord.sync")
 
@@ -91,6 +94,17 @@ class OutboxSignal:
             self._seen[peer] = self._clock()
 
 
+# Batches read off a Pull stream ahead of the one being applied (each <= 1 MiB).
+LOOKAHEAD = 2
+
+
+@dataclass
+class _Arrived:
+    envelopes: list[Envelope]
+    now: datetime
+    opening: asyncio.Task[OpenedBatch | None] | None
+
+
 @dataclass
 class PullState:
     connected: bool = False
@@ -134,6 +148,7 @@ class Puller:
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
         max_batch: int = 256,
+        opener: OpenPool | None = None,
     ) -> None:
         self._node = node
         self._channels = channels
@@ -143,6 +158,7 @@ class Puller:
         self._backoff = backoff or Backoff()
         self._rng = rng or random.Random()  # noqa: S311  jitter needs no secrecy
         self._max_batch = max_batch
+        self._opener = opener if opener is not None else shared_pool()
         self.state: dict[str, PullState] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -161,6 +177,8 @@ class Puller:
 
     async def run(self, refresh_seconds: float = 5.0) -> None:
         """Keep one pull task per partner that has an agreement in force."""
+        if self._opener.workers > 0:  # start the workers now, not inside the first batch
+            await asyncio.to_thread(self._opener.start)
         try:
             while True:
                 try:
@@ -265,19 +283,22 @@ class Puller:
             timeout=STREAM_DEADLINE if follow else CALL_DEADLINE * 6,
         )
         applied = 0
+        # Batches are read off the stream and sent to the workers to open as they arrive
+        # (a few ahead), and applied here in order: while one batch is applied the next
+        # is being verified and decrypted.
+        arrived: asyncio.Queue[_Arrived | BaseException | None] = asyncio.Queue(LOOKAHEAD)
+        reader = asyncio.create_task(self._read(peer, call, arrived))
         try:
-            async for batch in call:
+            while (item := await arrived.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
                 state.connected = True
-                if not batch.envelopes:  # caught up (or a heartbeat): the sync is healthy
+                if not item.envelopes:  # caught up (or a heartbeat): the sync is healthy
                     state.last_sync = self._now()
                     state.last_error_code = ""
                     continue
-                outcome = apply_batch(
-                    self._node,
-                    peer,
-                    [envelope_from_message(m) for m in batch.envelopes],
-                    self._now(),
-                )
+                ahead = await item.opening if item.opening is not None else None
+                outcome = apply_batch(self._node, peer, item.envelopes, item.now, ahead=ahead)
                 if outcome.items and self._on_outcome is not None:
                     try:  # committed: nothing the callback does may undo or stop the sync
                         self._on_outcome(peer, outcome)
@@ -304,4 +325,47 @@ class Puller:
             raise
         finally:
             call.cancel()
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            while not arrived.empty():
+                left = arrived.get_nowait()
+                if isinstance(left, _Arrived) and left.opening is not None:
+                    left.opening.cancel()
         return applied
+
+    async def _read(
+        self,
+        peer: str,
+        call: AsyncIterator[envelope_pb2.EnvelopeBatch],
+        arrived: asyncio.Queue[_Arrived | BaseException | None],
+    ) -> None:
+        """Read batches off the Pull stream and start opening each one in the workers;
+        the stream's end (None) or its failure goes into the queue after them."""
+        try:
+            async for batch in call:
+                envelopes = [envelope_from_message(m) for m in batch.envelopes]
+                now = self._now()
+                opening = (
+                    asyncio.create_task(self._open_ahead(peer, envelopes, now))
+                    if len(envelopes) >= PARALLEL_FROM and self._opener.workers > 0
+                    else None
+                )
+                await arrived.put(_Arrived(envelopes, now, opening))
+        except Exception as e:  # handed to pull_once, which raises it as before
+            await arrived.put(e)
+            return
+        await arrived.put(None)
+
+    async def _open_ahead(
+        self, peer: str, envelopes: list[Envelope], now: datetime
+    ) -> OpenedBatch | None:
+        """The batch opened in the worker processes, or None (it is then opened while it
+        is applied, as without workers)."""
+        try:
+            inputs = open_inputs(self._node, peer, envelopes, now)
+        except AccordError as e:
+            log.warning("sync.open_ahead_skipped", peer=peer, code=e.code)
+            return None
+        if inputs is None:
+            return None
+        return await self._opener.open(*inputs, envelopes)

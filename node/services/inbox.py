@@ -18,6 +18,8 @@ from exchange.errors import AccordError, InputError, PeerDataError, StoreError
 from exchange.receipt import ItemRejection, SignedReceipt, make_receipt
 from exchange.receiver import (
     Equivocation,
+    OpenContext,
+    Opened,
     Receiver,
     Refused,
     Replay,
@@ -27,10 +29,12 @@ from exchange.receiver import (
 )
 from exchange.sdjwt import HeldVersion
 from exchange.times import format_time
+from keys.keyring import BatchDecrypter
 from node.home import Node
 from node.ids import resolve_prefix
 from node.services import warning
 from node.services.agreements import current_agreement
+from node.services.opening import OpenedBatch, batch_kids
 from node.services.schemas import registry
 from node.store import Tx
 from node.store.inbox import ITEM_JWT_DIGEST as _JWT_DIGEST
@@ -304,8 +308,39 @@ def _receiver(node: Node, peer: str, now: datetime) -> Receiver | PeerDataError:
     )
 
 
-def apply_batch(
+def open_inputs(
     node: Node, peer: str, envelopes: Sequence[Envelope], now: datetime
+) -> tuple[OpenContext, BatchDecrypter] | None:
+    """What worker processes need to open ``envelopes`` ahead (node/services/opening.py):
+    the receiver's context for ``peer`` at ``now`` and a decrypter holding only the epoch
+    keys the batch's headers name. None when the batch would stop at once (no agreement)."""
+    receiver = _receiver(node, peer, now)
+    if isinstance(receiver, PeerDataError):
+        return None
+    kids = batch_kids(envelopes, receiver.limits.max_header_bytes)
+    return receiver.context, node.keyring().batch_decrypter(kids)
+
+
+def _ahead_usable(
+    node: Node, receiver: Receiver, envelopes: Sequence[Envelope], ahead: OpenedBatch | None
+) -> bool:
+    """Results opened ahead are used only when computed with exactly what this batch
+    would use: the same context (chain, revocations, agreement, time, limits), the same
+    epoch keys as the keyring holds now, one result per envelope."""
+    if ahead is None or len(ahead.results) != len(envelopes):
+        return False
+    if ahead.context != receiver.context:
+        return False
+    return node.keyring().batch_decrypter(ahead.decrypter.kids) == ahead.decrypter
+
+
+def apply_batch(
+    node: Node,
+    peer: str,
+    envelopes: Sequence[Envelope],
+    now: datetime,
+    *,
+    ahead: OpenedBatch | None = None,
 ) -> BatchOutcome:
     """Verify and apply envelopes from ``peer`` (the mTLS-authenticated caller) in one
     transaction, then sign a receipt for the range the cursor passed.
@@ -313,19 +348,29 @@ def apply_batch(
     Every rule is :class:`exchange.receiver.Receiver`'s; this function loads the trusted
     state and persists what each outcome says: an applied item, a recorded rejection
     (authentic and in sequence, never silently dropped: the cursor passes it), evidence of
-    an equivocation, nothing for an exact replay. A stop ends the batch unchanged."""
+    an equivocation, nothing for an exact replay. A stop ends the batch unchanged.
+
+    ``ahead``: the batch opened in worker processes (:func:`open_inputs`,
+    ``node.services.opening``); each result is used only where the receiver would have
+    computed it itself, so the outcome is the same with or without it."""
     out = BatchOutcome()
     receiver = _receiver(node, peer, now)
     if isinstance(receiver, PeerDataError):
         out.stopped = receiver
         return out
+    usable = ahead is not None and _ahead_usable(node, receiver, envelopes, ahead)
+    if ahead is not None and not usable:  # rare: a rotation or a new agreement in between
+        log.info("inbox.opened_ahead_unused", peer=peer, envelopes=len(envelopes))
+    opened: Sequence[Opened | None] = (
+        ahead.results if ahead is not None and usable else [None] * len(envelopes)
+    )
     ring = node.keyring()
     me = node.config.node
     passed: list[str] = []
     with node.store.transaction() as db:
         start = receiver.last_applied
-        for env in envelopes:
-            outcome = receiver.receive(env)
+        for env, pre in zip(envelopes, opened, strict=True):
+            outcome = receiver.receive(env, pre)
             if isinstance(outcome, Stop):  # before the seq check: the batch ends here
                 out.stopped = outcome.error
                 break
@@ -738,6 +783,7 @@ __all__ = [
     "inbox_last_row",
     "inbox_rows_after",
     "list_inbox",
+    "open_inputs",
     "report_versions",
 ]
 

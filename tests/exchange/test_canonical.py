@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 from typing import Any
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exchange.canonical import (
+    b64url,
     canonical_json,
     parse_canonical_json_unverified,
     parse_json_unverified,
@@ -195,3 +197,8 @@ def test_canonical_parse_accepts_floats_and_unicode_exactly() -> None:
     for value in ({"lat": 25.1264, "n": "é\u2028"}, [1, "x", None, True, {"k": -5}]):
         data = canonical_json(value)
         assert parse_canonical_json_unverified(data, what="x", max_bytes=1 << 20) == value
+
+
+@given(st.binary(max_size=512))
+def test_b64url_is_the_standard_library_one(data: bytes) -> None:
+    assert b64url(data) == base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
