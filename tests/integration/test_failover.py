@@ -98,8 +98,8 @@ def test_standby_takes_over_while_reports_flow(
     accord: Accord,
     tmp_path: Path,
 ) -> None:
-    """The bounded run of ``make test``: 300 reports."""
-    failover(pg_cluster, make_node, servers, accord, tmp_path, reports=300)
+    """The bounded run of ``make test``: 200 reports."""
+    failover(pg_cluster, make_node, servers, accord, tmp_path, reports=200)
 
 
 @pytest.mark.slow
