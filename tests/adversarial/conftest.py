@@ -52,7 +52,13 @@ def _same(a: Outcome, b: Outcome) -> bool:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if metafunc.module.__name__ in AHEAD_MODULES:
         metafunc.fixturenames.append("receive_path")
-        metafunc.parametrize("receive_path", ["here", "ahead"], indirect=True)
+        # The 120 simulated days (C04) opened ahead take as long as the run itself: test-long.
+        ahead = (
+            pytest.param("ahead", marks=pytest.mark.slow)
+            if metafunc.function.__name__.startswith("test_c04_")
+            else "ahead"
+        )
+        metafunc.parametrize("receive_path", ["here", ahead], indirect=True)
 
 
 @pytest.fixture
