@@ -6,8 +6,10 @@ Tests import from here (or use conftest fixtures), never from another ``test_*``
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from exchange import merkle
@@ -130,3 +132,14 @@ def reply(in_reply_to: str, *, title: str = "Convoy moves suspended") -> ValidRe
             },
         }
     )
+
+
+def second_data_dir(data: Path) -> Path:
+    """A second data directory of the same PostgreSQL node, as a standby has: config and
+    TLS copied, ``keys/`` shared (a link, as a shared mount would be; docs/adr/0026)."""
+    other = data.with_name(data.name + "-b")
+    shutil.copytree(data, other, symlinks=True, ignore=shutil.ignore_patterns("officer.sock"))
+    shutil.rmtree(other / "keys")
+    (other / "keys").symlink_to(data / "keys", target_is_directory=True)
+    other.chmod(0o700)
+    return other

@@ -15,7 +15,6 @@ once, and both audits verify and reconcile.
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.builders import ALERT
+from tests.builders import ALERT, second_data_dir
 from tests.conftest import Result, agree, audit_anchors, exchange_cards
 from tests.integration.conftest import ServerProcess, free_port
 from tests.integration.load import Submitter
@@ -33,16 +32,6 @@ from tests.postgres import PgCluster
 Accord = Callable[..., Result]
 TAKEOVER_BOUND = 10.0  # issue 16: the standby serves within 10 s of the leader's SIGKILL
 WAIT = 180.0
-
-
-def second_data_dir(pk: Path) -> Path:
-    """A second data directory of the same node: config and TLS copied, keys shared."""
-    other = pk.with_name(pk.name + "-b")
-    shutil.copytree(pk, other, symlinks=True, ignore=shutil.ignore_patterns("officer.sock"))
-    shutil.rmtree(other / "keys")
-    (other / "keys").symlink_to(pk / "keys", target_is_directory=True)
-    other.chmod(0o700)
-    return other
 
 
 # Event families of a node that signs, sends, receives or applies (a standby logs none).

@@ -8,7 +8,6 @@ leaves behind."""
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ from node.home import Node, init_node
 from node.rpc.leadership import LEADER_KEY, Leadership, recorded_leader
 from node.services.log import HIGHWATER_FILE
 from node.store import MIGRATIONS, PgStore
+from tests.builders import second_data_dir
 from tests.conftest import PASSPHRASE
 from tests.postgres import SUPERUSER, PgCluster
 
@@ -70,11 +70,7 @@ def pg_node(
 
 def _second(node: Node) -> Node:
     """The same node opened from a second data directory (keys shared, as for a standby)."""
-    other = node.data_dir.with_name(node.data_dir.name + "-b")
-    shutil.copytree(node.data_dir, other, symlinks=True)
-    shutil.rmtree(other / "keys")
-    (other / "keys").symlink_to(node.data_dir / "keys", target_is_directory=True)
-    return Node.open(other, lambda: PASSPHRASE)
+    return Node.open(second_data_dir(node.data_dir), lambda: PASSPHRASE)
 
 
 @pytest.mark.threat("C05")
