@@ -10,12 +10,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nacl.pwhash
 import pytest
 
+from keys import keyfile
 from node.cli import run
 from tests.postgres import pg_cluster  # noqa: F401  (the fixture, for every test package)
 
 PASSPHRASE = "test passphrase for accord"
+
+# What an operator's key files get (keys/keyfile.py); tests/keys/test_keyfile.py checks it.
+PRODUCTION_KDF = (keyfile.OPSLIMIT, keyfile.MEMLIMIT)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cheap_argon2id_for_test_key_files() -> Any:
+    """Key files sealed in the test process use libsodium's minimum Argon2id cost.
+
+    A key file records its KDF parameters and is opened with them, so every reader (this
+    process, and the ``accord serve`` processes the integration tests start) derives the
+    same key; only the cost changes. At the production cost the derivations were about
+    two thirds of a node fixture's set-up (8 per pair of nodes, ~0.12 s each). Nodes made
+    by a subprocess, the demo and the bench keep the production cost."""
+    patch = pytest.MonkeyPatch()
+    patch.setattr(keyfile, "OPSLIMIT", nacl.pwhash.argon2id.OPSLIMIT_MIN)
+    patch.setattr(keyfile, "MEMLIMIT", nacl.pwhash.argon2id.MEMLIMIT_MIN)
+    yield
+    patch.undo()
+
 
 # The threat cases of docs/THREATS.md that the collected tests are marked with
 # (``@pytest.mark.threat("P07")``), and the test files collected: the index test

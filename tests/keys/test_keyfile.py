@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -9,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from exchange.errors import InputError, KeyringError
+from keys import keyfile
 from keys.keyring import generate_keyring, load_keyring, save_keyring
+from tests.conftest import PRODUCTION_KDF
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -114,3 +117,23 @@ def test_encryption_epochs_rotate_and_retire(ring) -> None:  # type: ignore[no-u
     kids = [e.kid for e in much_later.encryption]
     assert ring.encryption[0].kid not in kids
     assert len(kids) == 2
+
+
+def test_an_operators_key_file_gets_the_production_argon2id_cost(
+    tmp_path: Path,
+    ring,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The test process seals key files at libsodium's minimum cost (tests/conftest.py); what
+    # an operator's `accord init` writes is the cost keys/keyfile.py ships, and it must stay
+    # at least Argon2id with 3 passes over 64 MiB (libsodium's "moderate" memory).
+    monkeypatch.setattr(keyfile, "OPSLIMIT", PRODUCTION_KDF[0])
+    monkeypatch.setattr(keyfile, "MEMLIMIT", PRODUCTION_KDF[1])
+    path = tmp_path / "secrets.key"
+    save_keyring(path, ring, "a long passphrase", replace=False)
+    kdf = json.loads(path.read_bytes())["kdf"]
+    assert kdf["alg"] == "argon2id"
+    assert kdf["opslimit"] >= 3
+    assert kdf["memlimit"] >= 64 * 1024 * 1024
+    loaded = load_keyring(path, lambda: "a long passphrase", on_unencrypted=_never_unencrypted)
+    assert loaded.identity_signer().public_key == ring.identity_signer().public_key
