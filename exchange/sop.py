@@ -40,6 +40,7 @@ from jsonschema.exceptions import SchemaError, ValidationError
 
 from exchange.canonical import canonical_json, parse_json_unverified, sha256_digest
 from exchange.errors import ConfigError, InputError
+from exchange.fastschema import Check, compile_check
 
 LABELS: Final = frozenset({"public", "operational", "tactical", "sensitive-source", "personal"})
 TLP_LEVELS: Final = ("clear", "green", "amber", "amber+strict", "red")
@@ -63,6 +64,9 @@ _ENVELOPE_KEYS: Final = ("sop", "tlp", "fields")
 # C0 and C1 controls other than TAB, LF and CR: terminal escapes and NUL have no place in a report.
 _CONTROL_RE: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _PLAIN_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SURROGATE_RE: Final = re.compile("[\ud800-\udfff]")
+# Any character _string_problems reports (NUL, control, lone surrogate): one search per string.
+_SUSPECT_RE: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _RFC3339_RE: Final = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]{1,9})?"
     r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
@@ -212,36 +216,47 @@ def value_problems(value: Any, *, path: str, limits: ReportLimits) -> list[Probl
 
     Iterative, so depth is bounded without recursion: nesting, unsafe integers,
     non-finite numbers, NUL and control characters, lone surrogates, oversized strings.
+    A path is spelled out only for a value with a problem (most values have none).
     """
     problems: list[Problem] = []
-    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    stack: list[tuple[Any, tuple[str | int, ...], int]] = [(value, (), 0)]
+    max_chars, max_key = limits.max_string_chars, limits.max_key_chars
+
+    def where(keys: tuple[str | int, ...]) -> str:
+        out = path
+        for key in keys:
+            out = join_path(out, key)
+        return out
+
     while stack:
-        item, where, depth = stack.pop()
+        item, keys, depth = stack.pop()
         if depth > limits.max_depth:
             detail = f"nested deeper than {limits.max_depth} levels"
-            problems.append(Problem(where, "max-depth", json_type(item), detail))
+            problems.append(Problem(where(keys), "max-depth", json_type(item), detail))
             continue
         if isinstance(item, bool) or item is None:
             continue
         if isinstance(item, int):
             if abs(item) > MAX_SAFE_INTEGER:
                 detail = "integer outside the interoperable range of +/-(2^53-1)"
-                problems.append(Problem(where, "safe-integer", "integer", detail))
+                problems.append(Problem(where(keys), "safe-integer", "integer", detail))
         elif isinstance(item, float):
             if not math.isfinite(item):
-                problems.append(Problem(where, "finite-number", "number", "must be finite"))
+                problems.append(Problem(where(keys), "finite-number", "number", "must be finite"))
         elif isinstance(item, str):
-            problems.extend(_string_problems(item, where, limits.max_string_chars))
+            if len(item) > max_chars or _SUSPECT_RE.search(item) is not None:
+                problems.extend(_string_problems(item, where(keys), max_chars))
         elif isinstance(item, list):
-            stack.extend((v, join_path(where, i), depth + 1) for i, v in enumerate(item))
+            stack.extend((v, (*keys, i), depth + 1) for i, v in enumerate(item))
         elif isinstance(item, dict):
             for key, v in item.items():
-                child = join_path(where, key)
-                problems.extend(_string_problems(key, child, limits.max_key_chars, key=True))
+                child = (*keys, key)
+                if len(key) > max_key or _SUSPECT_RE.search(key) is not None:
+                    problems.extend(_string_problems(key, where(child), max_key, key=True))
                 stack.append((v, child, depth + 1))
         else:
             detail = "is not a JSON value (write dates as quoted RFC 3339 strings)"
-            problems.append(Problem(where, "json-type", json_type(item), detail))
+            problems.append(Problem(where(keys), "json-type", json_type(item), detail))
     return problems
 
 
@@ -255,7 +270,7 @@ def _string_problems(text: str, where: str, max_chars: int, *, key: bool = False
         found.append(Problem(where, "nul", "string", f"{what} contains a NUL character"))
     elif _CONTROL_RE.search(text):
         found.append(Problem(where, "control-character", "string", f"{what} has a control char"))
-    if any("\ud800" <= ch <= "\udfff" for ch in text):
+    if _SURROGATE_RE.search(text):
         detail = f"{what} contains a lone UTF-16 surrogate"
         found.append(Problem(where, "unicode", "string", detail))
     return found
@@ -278,9 +293,14 @@ def _is_rfc3339(value: object) -> bool:
     return second <= 60
 
 
+# The formats the validators check (FormatChecker) and the fast checks use: the same functions.
+_FORMATS: Final[dict[str, Check]] = {"date-time": _is_rfc3339}
+
+
 def _format_checker() -> FormatChecker:
     checker = FormatChecker(formats=())
-    checker.checks("date-time")(_is_rfc3339)
+    for name, test in _FORMATS.items():
+        checker.checks(name)(test)
     return checker
 
 
@@ -308,6 +328,12 @@ class SchemaRegistry:
         self._partial_validators = {
             n: Draft202012Validator({**s, "required": []}, format_checker=checker)
             for n, s in self._schemas.items()
+        }
+        # Certain-validity checks that let a valid instance skip jsonschema (exchange/
+        # fastschema.py); None for a schema outside their subset.
+        self._fast = {n: compile_check(s, _FORMATS) for n, s in self._schemas.items()}
+        self._partial_fast = {
+            n: compile_check({**s, "required": []}, _FORMATS) for n, s in self._schemas.items()
         }
 
     @classmethod
@@ -358,6 +384,12 @@ class SchemaRegistry:
         """The cached validator; ``partial`` drops top-level ``required`` (for disclosures)."""
         known = self._known(name)
         return self._partial_validators[known] if partial else self._validators[known]
+
+    def fast_check(self, name: str, *, partial: bool = False) -> Check | None:
+        """True only for fields the validator accepts (False: ask the validator); None when
+        the schema is outside the fast subset."""
+        known = self._known(name)
+        return self._partial_fast[known] if partial else self._fast[known]
 
     def _known(self, name: str) -> str:
         if name not in self._schemas:
@@ -554,8 +586,11 @@ def disclosed_field_problems(
     problems = value_problems(dict(fields), path="fields", limits=limits)
     if sop not in registry:
         return [*problems, Problem("sop", "unknown-schema", "string", "is not a known schema")]
-    errors = registry.validator(sop, partial=True).iter_errors(dict(fields))
-    problems.extend(p for e in errors for p in _problems_of(e, "fields"))
+    fast = registry.fast_check(sop, partial=True)
+    instance = dict(fields)
+    if fast is None or not fast(instance):
+        errors = registry.validator(sop, partial=True).iter_errors(instance)
+        problems.extend(p for e in errors for p in _problems_of(e, "fields"))
     unique = dict.fromkeys(problems)
     return sorted(unique, key=lambda p: (p.path, p.rule))
 
@@ -685,6 +720,9 @@ def _schema_problems(registry: SchemaRegistry, sop: Any, fields: Any) -> list[Pr
         return [Problem("sop", "unknown-schema", "string", detail)]
     if not isinstance(fields, dict):
         return []
+    fast = registry.fast_check(sop)
+    if fast is not None and fast(fields):
+        return []  # certainly valid: jsonschema would find nothing
     errors = registry.validator(sop).iter_errors(fields)
     return [p for e in errors for p in _problems_of(e, "fields")]
 
