@@ -77,7 +77,33 @@ def _check_scalar(value: object, where: str) -> None:
     raise InputError(f"event attribute {where}: {type(value).__name__} is not allowed")
 
 
+_INT_RANGE = range(-(2**63), 2**63)
+
+
+def _fine(value: object) -> bool:
+    """The common scalar, checked without a call per check: a short str, an int in range,
+    a bool or null (a subclass of str or int takes the exact path in ``_check_scalar``)."""
+    kind = type(value)
+    if kind is str:
+        return len(value) <= MAX_STRING  # type: ignore[arg-type]
+    return (kind is int and value in _INT_RANGE) or kind is bool or value is None
+
+
 def _check_attr(name: str, value: object) -> None:
+    """Raise InputError naming the attribute unless ``value`` is an allowed event value.
+    Most events pass the quick test; anything else takes the exact checks and messages."""
+    if type(value) is list:
+        if len(value) <= MAX_ITEMS and all(_fine(v) for v in value):
+            return
+    elif type(value) is dict:
+        if len(value) <= MAX_ITEMS and all(_fine(k) and _fine(v) for k, v in value.items()):
+            return
+    elif _fine(value):
+        return
+    _check_attr_exactly(name, value)
+
+
+def _check_attr_exactly(name: str, value: object) -> None:
     if isinstance(value, list):
         if len(value) > MAX_ITEMS:
             raise InputError(f"event attribute {name}: more than {MAX_ITEMS} items")
