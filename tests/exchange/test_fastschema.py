@@ -26,7 +26,7 @@ from exchange.sop import (
     disclosed_field_problems,
 )
 from sop import load_shipped_rules, load_shipped_schemas
-from tests.exchange.test_sop import threat_fields
+from tests.builders import ALERT
 
 
 def _rfc3339(value: object) -> bool:
@@ -272,6 +272,11 @@ def test_a_keyword_outside_the_subset_leaves_every_instance_to_jsonschema(schema
 @pytest.fixture(scope="module")
 def registry() -> SchemaRegistry:
     return SchemaRegistry.from_documents(load_shipped_schemas(), load_shipped_rules())
+
+
+def threat_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = copy.deepcopy(ALERT["fields"])
+    return fields
 
 
 def test_every_shipped_sop_schema_compiles(registry: SchemaRegistry) -> None:
