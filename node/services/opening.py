@@ -17,8 +17,8 @@ nothing is applied twice or lost.
 Workers are started with ``forkserver`` (never ``fork``: the serving process runs gRPC's
 threads); the fork server preloads this module, so a new worker starts with the schema
 registry loaded. ``ACCORD_RECEIVE_WORKERS`` sets the number of workers (0: open every
-envelope in the serving process); the default is one per core but one from 3 cores on,
-none on 1 or 2 cores (see ``DEFAULT_FROM_CORES``).
+envelope in the serving process); the default is two on 2 cores, one per core but one from
+3 cores on, none on 1 core (``default_workers``).
 """
 
 from __future__ import annotations
@@ -130,16 +130,20 @@ def _reduce_mapping_proxy(
 ForkingPickler.register(MappingProxyType, _reduce_mapping_proxy)
 
 
-# Workers by default only from this many cores on. On two cores a node's own serving
-# work and its partner's (on one machine, as in ``make bench``) already keep both busy,
-# and the workers' extra work (pickling, their own caches) made sync slower there
-# (docs/PERFORMANCE.md); ACCORD_RECEIVE_WORKERS=2 turns them on for a 2-core receiver
-# that has its cores to itself.
-DEFAULT_FROM_CORES = 3
+def default_workers(cores: int) -> int:
+    """Workers for a machine of ``cores``: none on 1 core, 2 on 2, then one per core but
+    the serving process's. Measured on the 2-core bench machine with both nodes on it
+    (docs/PERFORMANCE.md): the sender needs about a tenth of a core during a sync and the
+    receiver's serving process one core, so two workers raised sync by about a quarter at a
+    10,000 backlog (one worker had been slower than none)."""
+    if cores < 2:
+        return 0
+    return max(2, cores - 1)
 
 
 def configured_workers() -> int:
-    """``ACCORD_RECEIVE_WORKERS``, else one per core but one from 3 cores on (0 below)."""
+    """``ACCORD_RECEIVE_WORKERS``, else ``default_workers`` of the cores this process may
+    use."""
     forced = os.environ.get("ACCORD_RECEIVE_WORKERS")
     if forced is not None:
         try:
@@ -148,8 +152,7 @@ def configured_workers() -> int:
             raise InputError(
                 "ACCORD_RECEIVE_WORKERS must be a whole number", code="config.invalid"
             ) from None
-    cores = len(os.sched_getaffinity(0))
-    return cores - 1 if cores >= DEFAULT_FROM_CORES else 0
+    return default_workers(len(os.sched_getaffinity(0)))
 
 
 class OpenPool:
@@ -249,6 +252,7 @@ __all__ = [
     "OpenedBatch",
     "batch_kids",
     "configured_workers",
+    "default_workers",
     "open_chunk",
     "shared_pool",
 ]

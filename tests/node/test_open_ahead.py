@@ -19,12 +19,19 @@ from pathlib import Path
 import pytest
 
 from exchange.envelope import Envelope
+from exchange.errors import InputError
 from exchange.receiver import OpenContext, Opened
 from keys.keyring import BatchDecrypter
 from node.home import Node
 from node.services import outbox
 from node.services.inbox import apply_batch, cursor, get_inbox, list_inbox, open_inputs
-from node.services.opening import OpenedBatch, OpenPool, open_chunk
+from node.services.opening import (
+    OpenedBatch,
+    OpenPool,
+    configured_workers,
+    default_workers,
+    open_chunk,
+)
 from tests.builders import ALERT, valid_report
 from tests.conftest import PASSPHRASE
 
@@ -252,3 +259,17 @@ def test_workers_leave_when_the_serving_process_is_killed(tmp_path: Path) -> Non
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids)
+
+
+def test_workers_by_default_two_on_two_cores_and_one_per_spare_core_beyond(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert [default_workers(n) for n in (1, 2, 3, 4, 8)] == [0, 2, 2, 3, 7]
+    monkeypatch.delenv("ACCORD_RECEIVE_WORKERS", raising=False)
+    assert configured_workers() == default_workers(len(os.sched_getaffinity(0)))
+    monkeypatch.setenv("ACCORD_RECEIVE_WORKERS", "0")
+    assert configured_workers() == 0
+    monkeypatch.setenv("ACCORD_RECEIVE_WORKERS", "two")
+    with pytest.raises(InputError) as raised:
+        configured_workers()
+    assert raised.value.code == "config.invalid"
