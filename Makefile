@@ -24,7 +24,7 @@ proto: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy exchange keys node tools tests
+	$(BIN)/mypy exchange keys node tools tests bench
 	$(BIN)/lint-imports
 
 test: $(STAMP)

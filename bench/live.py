@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -23,7 +24,39 @@ from node.rpc._pb.accord.v1 import officer_pb2, officer_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 60.0
-SERVE = (sys.executable, "-m", "node")
+SERVE: tuple[str, ...] = (sys.executable, "-m", "node")
+# The same command under bench/profiled.py: a CPU profile of the main thread between the
+# bench's SIGUSR1 and SIGUSR2.
+PROFILED: tuple[str, ...] = (sys.executable, str(ROOT / "bench" / "profiled.py"))
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of ``pid``'s main thread, and of the process with all its
+    threads and its live descendants (receive workers, their fork server), from /proc."""
+
+    def ticks(path: str) -> float:
+        try:
+            fields = Path(path).read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / TICK
+
+    main = ticks(f"/proc/{pid}/task/{pid}/stat")
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += ticks(f"/proc/{p}/stat")
+        todo += children.get(p, [])
+    return main, total
 
 
 @dataclass
@@ -31,15 +64,21 @@ class Server:
     data: Path
     proc: subprocess.Popen[bytes] | None = None
     ready: dict[str, object] = field(default_factory=dict)
+    profile: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> Server:
         ready = self.data.with_suffix(".ready")
         ready.unlink(missing_ok=True)
-        env = {**os.environ, "ACCORD_PASSPHRASE": "unused", "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "ACCORD_PASSPHRASE": "unused", "PYTHONPATH": str(ROOT), **self.env}
         env.pop("ACCORD_HOME", None)
+        command = SERVE
+        if self.profile is not None:
+            env["ACCORD_BENCH_PROFILE"] = str(self.profile)
+            command = PROFILED
         with (self.data.with_suffix(".log")).open("wb") as log:
             self.proc = subprocess.Popen(
-                [*SERVE, "--data", str(self.data), "serve", "--ready-file", str(ready)],
+                [*command, "--data", str(self.data), "serve", "--ready-file", str(ready)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -61,6 +100,14 @@ class Server:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
         return 0
+
+    def cpu(self) -> tuple[float, float]:
+        assert self.proc is not None
+        return cpu_seconds(self.proc.pid)
+
+    def send(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -84,11 +131,10 @@ def _cursor(conn: sqlite3.Connection, peer: str) -> int:
     return 0 if row is None else int(row[0])
 
 
-def run(root: Path, backlog: int, samples: int, database: str | None = None) -> dict[str, object]:
-    """Backlog sync of ``backlog`` envelopes, then ``samples`` follow-mode latencies. With
-    ``database`` (a PostgreSQL DSN) the sender, pk-moi, keeps its state there; the receiver,
-    cn-mps, is on SQLite either way."""
-    sender, (receiver,) = make_cluster(root / "live", ("cn-mps",), database)
+def _prepare(root: Path, backlog: int, database: str | None) -> tuple[Path, Path, int, float]:
+    """pk-moi and cn-mps, and ``backlog`` reports submitted in process at pk-moi (one
+    envelope each); the data dirs, the envelopes and the seconds it took."""
+    sender, (receiver,) = make_cluster(root, ("cn-mps",), database)
     node = open_node(sender)
     try:
         start = time.perf_counter()
@@ -97,25 +143,53 @@ def run(root: Path, backlog: int, samples: int, database: str | None = None) -> 
         envelopes = count(node, "outbox")
     finally:
         node.close()
-    a = Server(sender).start()
+    return sender, receiver, envelopes, prepared
+
+
+def _until_synced(
+    b: Server, watch: sqlite3.Connection, envelopes: int, begin: float
+) -> list[tuple[int, int]]:
+    """Poll the receiver's cursor until it reaches ``envelopes``; (applied, VmRSS) samples."""
+    rss: list[tuple[int, int]] = []
+    while True:
+        done = _cursor(watch, "pk-moi")
+        rss.append((done, b.status("VmRSS")))
+        if done >= envelopes:
+            return rss
+        if b.proc is not None and b.proc.poll() is not None:
+            raise RuntimeError(f"receiver exited:\n{b.logs()}")
+        if time.perf_counter() - begin > 3600:
+            raise RuntimeError(f"sync stalled at {done}/{envelopes}:\n{b.logs()}")
+        time.sleep(0.05)
+
+
+def _spent(after: tuple[float, float], before: tuple[float, float]) -> dict[str, float]:
+    return {"main_s": after[0] - before[0], "total_s": after[1] - before[1]}
+
+
+def run(
+    root: Path,
+    backlog: int,
+    samples: int,
+    database: str | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Backlog sync of ``backlog`` envelopes, then ``samples`` follow-mode latencies. With
+    ``database`` (a PostgreSQL DSN) the sender, pk-moi, keeps its state there; the receiver,
+    cn-mps, is on SQLite either way. Also the CPU each node spent on the sync (/proc).
+    ``env``: extra environment of both servers (``ACCORD_RECEIVE_WORKERS``)."""
+    sender, receiver, envelopes, prepared = _prepare(root / "live", backlog, database)
+    a = Server(sender, env=env or {}).start()
     b: Server | None = None
     try:
-        b = Server(receiver)
+        b = Server(receiver, env=env or {})
         b.start()
         begin = time.perf_counter()  # from the receiver's ready file: serving, not booting
+        cpu_a, cpu_b = a.cpu(), b.cpu()
         watch = _reader(receiver)
-        rss: list[tuple[int, int]] = []
-        while True:
-            done = _cursor(watch, "pk-moi")
-            rss.append((done, b.status("VmRSS")))
-            if done >= envelopes:
-                break
-            if b.proc is not None and b.proc.poll() is not None:
-                raise RuntimeError(f"receiver exited:\n{b.logs()}")
-            if time.perf_counter() - begin > 3600:
-                raise RuntimeError(f"sync stalled at {done}/{envelopes}:\n{b.logs()}")
-            time.sleep(0.05)
+        rss = _until_synced(b, watch, envelopes, begin)
         synced = time.perf_counter() - begin
+        cpu = {"sender": _spent(a.cpu(), cpu_a), "receiver": _spent(b.cpu(), cpu_b)}
         hwm = b.status("VmHWM")
         early = next((r for d, r in rss if d >= envelopes // 10), rss[-1][1])
         latencies = _latencies(a, watch, samples)
@@ -130,11 +204,50 @@ def run(root: Path, backlog: int, samples: int, database: str | None = None) -> 
         "prepare_s": prepared,
         "sync_s": synced,
         "envelopes_per_s": envelopes / synced,
+        "cpu": cpu,
         "receiver_hwm_bytes": hwm,
         "receiver_rss_at_10pct": early,
         "receiver_rss_at_end": rss[-1][1],
         "sender_hwm_bytes": sender_hwm,
         "latency_ms": sorted(x * 1000 for x in latencies),
+    }
+
+
+def run_profiled(root: Path, backlog: int) -> dict[str, object]:
+    """The same backlog sync (SQLite on both sides) with both ``accord serve`` under
+    bench/profiled.py, profiling exactly the sync window; the profile files and the CPU
+    each node spent. Its rate is not the measurement (profiling slows it)."""
+    sender, receiver, envelopes, _ = _prepare(root / "profiled", backlog, None)
+    profiles = {"sender": root / "sender.prof", "receiver": root / "receiver.prof"}
+    a = Server(sender, profile=profiles["sender"]).start()
+    b: Server | None = None
+    try:
+        b = Server(receiver, profile=profiles["receiver"])
+        # The sender's profile runs from before the receiver connects.
+        a.send(signal.SIGUSR1)
+        b.start()
+        b.send(signal.SIGUSR1)
+        begin = time.perf_counter()
+        cpu_a, cpu_b = a.cpu(), b.cpu()
+        watch = _reader(receiver)
+        _until_synced(b, watch, envelopes, begin)
+        cpu = {"sender": _spent(a.cpu(), cpu_a), "receiver": _spent(b.cpu(), cpu_b)}
+        watch.close()
+        for server in (a, b):
+            server.send(signal.SIGUSR2)
+        deadline = time.monotonic() + 60
+        while not all(Path(f"{p}.done").exists() for p in profiles.values()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the profiled servers did not write their profiles")
+            time.sleep(0.05)
+    finally:
+        if b is not None:
+            b.stop()
+        a.stop()
+    return {
+        "envelopes": envelopes,
+        "cpu": cpu,
+        "profiles": {k: str(v) for k, v in profiles.items()},
     }
 
 

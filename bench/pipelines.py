@@ -78,7 +78,7 @@ def _prefill(node: Node, target: int, chunk: int = 50_000) -> None:
     ExchangeLog.append, so the Merkle tree stays valid. On PostgreSQL then ``ANALYZE``."""
     conn = node.store.conn
     which = backend(node)
-    have = conn.execute("SELECT count(*) FROM reports").fetchone()[0]
+    have = count(node, "reports")
     peers = [r[0] for r in conn.execute("SELECT DISTINCT peer FROM outbox").fetchall()]
     log = node.log
     while have < target:
@@ -114,6 +114,7 @@ def _prefill(node: Node, target: int, chunk: int = 50_000) -> None:
 def count(node: Node, table: str) -> int:
     """Rows of ``table`` (``reports``, ``outbox``) in the node's store, either backend."""
     row = node.store.conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
+    assert row is not None
     return int(row[0])
 
 
@@ -263,6 +264,7 @@ def pg_db_size(node: Node) -> int:
     """Bytes of the node's PostgreSQL database (tables, indexes, TOAST), as the server
     counts them."""
     row = node.store.conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    assert row is not None
     return int(row[0])
 
 

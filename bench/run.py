@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from psycopg import sql
 
-from bench import floor, live, pipelines
+from bench import floor, live, pipelines, profiling
+from node.services.opening import configured_workers
 from tools.pgcluster import MISSING, SUPERUSER, PgCluster, find_server_bin
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -46,6 +48,7 @@ FULL = {
     "log_entries": 100_000,
     "proof_sizes": [1_000_000, 10_000_000],
     "audit_entries": 1_000_000,
+    "profile_backlog": 10_000,
 }
 QUICK = {
     "floor_seconds": 0.3,
@@ -56,6 +59,7 @@ QUICK = {
     "log_entries": 50_000,
     "proof_sizes": [1_000_000],
     "audit_entries": 100_000,
+    "profile_backlog": 2_000,
 }
 
 # How many of each primitive one item of a pipeline cannot do without (see docs/PERFORMANCE.md).
@@ -78,7 +82,7 @@ LABEL = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 INSERT = {"sqlite": "sqlite_insert_2kb", "postgres": "pg_insert_2kb"}
 
 
-def cost(prims: dict[str, float], recipe: dict[str, float], backend: str = "sqlite") -> float:
+def cost(prims: Mapping[str, float], recipe: Mapping[str, float], backend: str = "sqlite") -> float:
     """Seconds one item of a pipeline cannot go below; its inserts priced on ``backend``."""
     return sum(
         prims[INSERT[backend] if name == "sqlite_insert_2kb" else name] * count
@@ -183,6 +187,7 @@ def measure(
             root / backend, cfg["backlog"], cfg["latency_samples"], database(backend, "bench_live")
         )
         runs[backend]["live_s"] = time.perf_counter() - t
+    out["profile"] = profile(cfg, root, runs, out["floor"])
     t = step("log append")
     out["log_append_per_s"] = pipelines.log_append(root, cfg["log_entries"])
     out["proofs"] = [pipelines.proofs(root, size) for size in cfg["proof_sizes"]]
@@ -190,6 +195,67 @@ def measure(
     t = step(f"audit verify of a {cfg['audit_entries']:,}-entry bundle")
     out["audit"] = pipelines.audit(root, cfg["audit_entries"])
     out["audit_s"] = time.perf_counter() - t
+    return out
+
+
+SUBMIT_TARGET, SYNC_TARGET = 1000.0, 2000.0
+
+
+def missed(runs: dict[str, dict[str, Any]], prims: dict[str, float]) -> tuple[bool, bool]:
+    """Whether submit and sync missed their targets (rate or floor ratio) on any backend."""
+    sub = syn = False
+    for name, run in runs.items():
+        if "submit_flat" in run:
+            rate = run["submit_flat"][0]["reports_per_s"]
+            sub |= rate < SUBMIT_TARGET or rate * cost(prims, SUBMIT_FLOOR, name) < 0.6
+        if "live" in run:
+            rate = run["live"]["envelopes_per_s"]
+            syn |= rate < SYNC_TARGET or rate * cost(prims, SYNC_FLOOR, name) < 0.5
+    return sub, syn
+
+
+def profile(
+    cfg: dict[str, Any], root: Path, runs: dict[str, dict[str, Any]], prims: dict[str, float]
+) -> dict[str, Any]:
+    """When submit or sync missed, where its time goes and what each next step would buy
+    (bench/profile.py): submit profiled in process, sync with both servers profiled."""
+    sub, syn = missed(runs, prims)
+    cores = _cpus()
+    out: dict[str, Any] = {}
+    if sub:
+        t = step("profile: submit in process (2 partners, SQLite)")
+        out["submit"] = profiling.submit(root)
+        out["submit"]["steps"] = profiling.submit_steps(out["submit"], cores, SUBMIT_TARGET)
+        out["submit"]["seconds"] = time.perf_counter() - t
+    measured = runs.get("sqlite", {}).get("live")
+    if syn and measured is not None:
+        t = step(
+            f"profile: sync of a {cfg['profile_backlog']:,}-envelope backlog, both accord serve "
+            "profiled (SQLite)"
+        )
+        profiled = live.run_profiled(root / "profile-sync", cfg["profile_backlog"])
+        s = profiling.sync(measured["cpu"], measured["backlog"], profiled)
+        s["profiled_envelopes"] = profiled["envelopes"]
+        s["analysis"] = profiling.sync_steps(s, measured["envelopes_per_s"], cores, SYNC_TARGET)
+        # The first step measured, not projected: the same backlog with receive workers on
+        # and off (the default on this machine, then the other).
+        default = configured_workers()
+        s["workers"] = []
+        for workers in (default, cores if default == 0 else 0):
+            step(
+                f"sync of a {cfg['profile_backlog']:,}-envelope backlog with "
+                f"ACCORD_RECEIVE_WORKERS={workers}"
+            )
+            run = live.run(
+                root / f"workers-{workers}",
+                cfg["profile_backlog"],
+                max(cfg["latency_samples"] // 5, 8),
+                env={"ACCORD_RECEIVE_WORKERS": str(workers)},
+            )
+            run["workers"] = workers
+            s["workers"].append(run)
+        s["seconds"] = time.perf_counter() - t
+        out["sync"] = s
     return out
 
 
@@ -366,6 +432,10 @@ def report(r: dict[str, Any], cfg: dict[str, Any]) -> str:
     ]
     header, table = growth(r)
     out.append(render(table, header))
+    prof = r.get("profile") or {}
+    if prof:
+        out += ["", "The profile of what missed (bench/profile.py; docs/PERFORMANCE.md):", ""]
+        out.append(profiling.report(prof.get("submit"), prof.get("sync"), _cpus(), render))
     return "\n".join(out)
 
 
