@@ -213,16 +213,16 @@ def run(
     }
 
 
-def run_profiled(root: Path, backlog: int) -> dict[str, object]:
+def run_profiled(root: Path, backlog: int, env: dict[str, str] | None = None) -> dict[str, object]:
     """The same backlog sync (SQLite on both sides) with both ``accord serve`` under
     bench/profiled.py, profiling exactly the sync window; the profile files and the CPU
     each node spent. Its rate is not the measurement (profiling slows it)."""
     sender, receiver, envelopes, _ = _prepare(root / "profiled", backlog, None)
     profiles = {"sender": root / "sender.prof", "receiver": root / "receiver.prof"}
-    a = Server(sender, profile=profiles["sender"]).start()
+    a = Server(sender, profile=profiles["sender"], env=env or {}).start()
     b: Server | None = None
     try:
-        b = Server(receiver, profile=profiles["receiver"])
+        b = Server(receiver, profile=profiles["receiver"], env=env or {})
         # The sender's profile runs from before the receiver connects.
         a.send(signal.SIGUSR1)
         b.start()

@@ -17,8 +17,8 @@ nothing is applied twice or lost.
 Workers are started with ``forkserver`` (never ``fork``: the serving process runs gRPC's
 threads); the fork server preloads this module, so a new worker starts with the schema
 registry loaded. ``ACCORD_RECEIVE_WORKERS`` sets the number of workers (0: open every
-envelope in the serving process); the default is two on 2 cores, one per core but one from
-3 cores on, none on 1 core (``default_workers``).
+envelope in the serving process); the default is one per core but one from 3 cores on, none
+on 1 or 2 cores (``default_workers``).
 """
 
 from __future__ import annotations
@@ -131,14 +131,13 @@ ForkingPickler.register(MappingProxyType, _reduce_mapping_proxy)
 
 
 def default_workers(cores: int) -> int:
-    """Workers for a machine of ``cores``: none on 1 core, 2 on 2, then one per core but
-    the serving process's. Measured on the 2-core bench machine with both nodes on it
-    (docs/PERFORMANCE.md): the sender needs about a tenth of a core during a sync and the
-    receiver's serving process one core, so two workers raised sync by about a quarter at a
-    10,000 backlog (one worker had been slower than none)."""
-    if cores < 2:
-        return 0
-    return max(2, cores - 1)
+    """Workers for a machine of ``cores``: one per core but the serving process's from 3
+    cores on, none on 1 or 2. On the 2-core bench machine with both nodes on it
+    (docs/PERFORMANCE.md) two workers raised sync by about a quarter at a 10,000 backlog
+    but lowered it at 2,000-3,000 (their start-up and ~1.5x CPU per envelope), and in
+    half the runs the follow latency after the backlog rose above 50 ms; a 2-core receiver
+    that takes large backlogs can set ``ACCORD_RECEIVE_WORKERS=2``."""
+    return cores - 1 if cores >= 3 else 0
 
 
 def configured_workers() -> int:

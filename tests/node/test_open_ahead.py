@@ -261,10 +261,10 @@ def test_workers_leave_when_the_serving_process_is_killed(tmp_path: Path) -> Non
     assert not any(_alive(p) for p in pids)
 
 
-def test_workers_by_default_two_on_two_cores_and_one_per_spare_core_beyond(
+def test_workers_by_default_from_three_cores_one_per_spare_core(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert [default_workers(n) for n in (1, 2, 3, 4, 8)] == [0, 2, 2, 3, 7]
+    assert [default_workers(n) for n in (1, 2, 3, 4, 8)] == [0, 0, 2, 3, 7]
     monkeypatch.delenv("ACCORD_RECEIVE_WORKERS", raising=False)
     assert configured_workers() == default_workers(len(os.sched_getaffinity(0)))
     monkeypatch.setenv("ACCORD_RECEIVE_WORKERS", "0")
