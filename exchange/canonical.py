@@ -59,6 +59,30 @@ def _plain(value: Any) -> bool:
 
 # json.dumps builds a new encoder per call unless every option is the default; build ours once.
 _JCS_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+# And JSONEncoder.encode builds a new C encoder per call (iterencode): build that once too,
+# with the arguments iterencode passes for _JCS_ENCODER, minus the circular-reference
+# markers (a value only reaches it after _plain walked it, which a cycle never survives).
+_C_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)
+if _C_MAKE_ENCODER is not None:
+    _C_JCS = _C_MAKE_ENCODER(
+        None,
+        _JCS_ENCODER.default,
+        json.encoder.encode_basestring,
+        None,
+        ":",
+        ",",
+        True,
+        False,
+        True,
+    )
+
+    def _encode_plain(value: Any) -> str:
+        return "".join(_C_JCS(value, 0))
+
+else:  # pragma: no cover  (an interpreter without the C accelerator)
+
+    def _encode_plain(value: Any) -> str:
+        return _JCS_ENCODER.encode(value)
 
 
 def canonical_json(value: Any) -> bytes:
@@ -69,7 +93,7 @@ def canonical_json(value: Any) -> bytes:
     other value, and any value the fast path cannot encode, goes through ``rfc8785``."""
     if _plain(value):
         try:
-            return _JCS_ENCODER.encode(value).encode("utf-8")
+            return _encode_plain(value).encode("utf-8")
         except ValueError:  # e.g. a lone surrogate: rfc8785 raises its own error below
             pass
     try:
@@ -221,7 +245,7 @@ def parse_canonical_json_unverified(data: bytes, *, what: str, max_bytes: int) -
                 if data.count(b"{") + data.count(b"[") > MAX_JSON_DEPTH:
                     _depth(value, MAX_JSON_DEPTH)
                 try:
-                    again = _JCS_ENCODER.encode(value).encode("utf-8")
+                    again = _encode_plain(value).encode("utf-8")
                 except ValueError:  # a lone surrogate from an escape: never canonical
                     raise not_canonical from None
                 if again != data:
