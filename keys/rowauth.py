@@ -10,7 +10,6 @@ verifies for another. The key stays inside these objects: they expose ``tag`` an
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 
@@ -57,7 +56,7 @@ class RowAuthenticator:
         return b"".join(parts)
 
     def tag(self, *fields: bytes) -> bytes:
-        return hmac.new(self._key, self._message(fields), hashlib.sha256).digest()
+        return hmac.digest(self._key, self._message(fields), "sha256")  # one-shot, in C
 
     def verify(self, tag: bytes | None, *fields: bytes) -> bool:
         if tag is None or len(tag) != TAG_LEN:
