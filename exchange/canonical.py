@@ -85,12 +85,36 @@ else:  # pragma: no cover  (an interpreter without the C accelerator)
         return _JCS_ENCODER.encode(value)
 
 
+_FLOAT_INTS = 2.0**53
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    """``value`` with every integral float of magnitude below 2^53 as the int it equals
+    (JCS writes 25.0 as ``25`` and -0.0 as ``0``, which is how json writes those ints)."""
+    kind = type(value)
+    if kind is float:
+        if value.is_integer() and -_FLOAT_INTS < value < _FLOAT_INTS:
+            return int(value)
+        return value
+    if kind is dict:
+        return {k: _integral_floats_as_ints(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_integral_floats_as_ints(v) for v in value]
+    return value
+
+
 def canonical_json(value: Any) -> bytes:
     """The RFC 8785 (JCS) canonical bytes of a JSON value.
 
     Values ``_plain`` accepts go through the C JSON encoder, whose escaping of strings is
-    the one JCS prescribes (tests compare it with ``rfc8785`` on generated values); every
-    other value, and any value the fast path cannot encode, goes through ``rfc8785``."""
+    the one JCS prescribes (tests compare it with ``rfc8785`` on generated values), and so
+    do values that are plain once their integral floats are written as ints (a rounded
+    coordinate); every other value, and any value the fast path cannot encode, goes
+    through ``rfc8785``."""
+    if not _plain(value):
+        converted = _integral_floats_as_ints(value)
+        if converted is not value and _plain(converted):
+            value = converted
     if _plain(value):
         try:
             return _encode_plain(value).encode("utf-8")

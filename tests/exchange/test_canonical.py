@@ -74,6 +74,11 @@ def test_floats_match_rfc8785(value: float) -> None:
         {"k": "\ud800"},  # a lone surrogate is not UTF-8
         {"k": 2**53},  # outside JCS's integer domain
         {"k": [1.0, 1e21, -0.0, 5e-7]},  # ECMAScript number formatting
+        # Integral floats written as ints by the fast path (a rounded coordinate), and
+        # the ones it leaves to rfc8785 (2^53 and beyond).
+        {"loc": {"lat": 25.0, "lon": -0.0}, "v": [9007199254740991.0, 2.5, "é"]},
+        {"k": [9007199254740992.0, 1e20, -1e16, 3.0]},
+        [25.0, {"\U0001f600": 1.0}],
         {"k": [1e-4, 9.999999999999999e15, 1e16, 0.30000000000000004, 25.1264, 1e-4 * 0.99]},
         {"k": '\x00\x1f\x7f"\\\b\f\n\r\t\u2028'},
         {1: "non-string key"},
