@@ -19,6 +19,7 @@ parser refuses and what ``decide`` enforces are read side by side (ADR 0004).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import math
@@ -827,7 +828,7 @@ def pseudonym(pseudonym_key: bytes, peer: str, field_name: str, value: object) -
         + b"\x00"
         + canonical_json(value)
     )
-    mac = hmac.digest(pseudonym_key, message, "sha256")
+    mac = hmac.new(pseudonym_key, message, hashlib.sha256).digest()
     return b64url(mac[:PSEUDONYM_BYTES])
 
 

@@ -189,7 +189,9 @@ class Keyring:
     def pseudonym_key(self, peer: str) -> bytes:
         """The keyed-HMAC pseudonym key for one partner, derived from the storage key:
         stable across restarts, different per partner, useless without this node."""
-        return hmac.digest(self.storage_key, b"accord/v1/pseudonym\n" + peer.encode(), "sha256")
+        return hmac.new(
+            self.storage_key, b"accord/v1/pseudonym\n" + peer.encode(), "sha256"
+        ).digest()
 
     def encryption_keys(self) -> list[EncryptionKeyPair]:
         return list(self._encryption_keys)

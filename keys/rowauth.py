@@ -10,6 +10,7 @@ verifies for another. The key stays inside these objects: they expose ``tag`` an
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 
@@ -56,7 +57,7 @@ class RowAuthenticator:
         return b"".join(parts)
 
     def tag(self, *fields: bytes) -> bytes:
-        return hmac.digest(self._key, self._message(fields), "sha256")  # one-shot, in C
+        return hmac.new(self._key, self._message(fields), hashlib.sha256).digest()
 
     def verify(self, tag: bytes | None, *fields: bytes) -> bool:
         if tag is None or len(tag) != TAG_LEN:
