@@ -433,7 +433,14 @@ def report(r: dict[str, Any], cfg: dict[str, Any]) -> str:
     out.append(render(table, header))
     prof = r.get("profile") or {}
     if prof:
-        out += ["", "The profile of what missed (bench/profile.py; docs/PERFORMANCE.md):", ""]
+        out += [
+            "",
+            "The profile of what missed (bench/profiling.py; docs/PERFORMANCE.md). cProfile "
+            "adds a cost to every Python call, so call-heavy Python (validation, canonical "
+            "checks) weighs more in these shares than it costs unprofiled and native code "
+            "less; the projections inherit that.",
+            "",
+        ]
         out.append(profiling.report(prof.get("submit"), prof.get("sync"), _cpus(), render))
     return "\n".join(out)
 
