@@ -173,7 +173,7 @@ CORPUS: list[Any] = [
     {"c": None},
     {"a": "ab", "d": []},
 ]
-SINGLE: list[dict[str, Any]] = [
+SINGLE: list[Any] = [
     {"type": "string"},
     {"type": "integer"},
     {"type": "number"},

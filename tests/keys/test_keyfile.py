@@ -11,7 +11,7 @@ import pytest
 
 from exchange.errors import InputError, KeyringError
 from keys import keyfile
-from keys.keyring import generate_keyring, load_keyring, save_keyring
+from keys.keyring import Keyring, generate_keyring, load_keyring, save_keyring
 from tests.conftest import PRODUCTION_KDF
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -120,9 +120,7 @@ def test_encryption_epochs_rotate_and_retire(ring) -> None:  # type: ignore[no-u
 
 
 def test_an_operators_key_file_gets_the_production_argon2id_cost(
-    tmp_path: Path,
-    ring,  # type: ignore[no-untyped-def]
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, ring: Keyring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The test process seals key files at libsodium's minimum cost (tests/conftest.py); what
     # an operator's `accord init` writes is the cost keys/keyfile.py ships, and it must stay
