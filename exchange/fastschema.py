@@ -167,14 +167,17 @@ def _count(value: Any) -> int:
     return value
 
 
-def _min_items(value: Any, _s: dict[str, Any], _f: Mapping[str, Check]) -> Check:
-    n = _count(value)
-    return lambda v: not isinstance(v, list) or len(v) >= n
+def _size(kind: type[list[Any]] | type[str], smallest: bool) -> _Maker:
+    """minItems/maxItems (lists) and minLength/maxLength (strings, in code points, as
+    jsonschema counts them): a length bound on values of one kind."""
 
+    def make(value: Any, _s: dict[str, Any], _f: Mapping[str, Check]) -> Check:
+        n = _count(value)
+        if smallest:
+            return lambda v: not isinstance(v, kind) or len(v) >= n
+        return lambda v: not isinstance(v, kind) or len(v) <= n
 
-def _max_items(value: Any, _s: dict[str, Any], _f: Mapping[str, Check]) -> Check:
-    n = _count(value)
-    return lambda v: not isinstance(v, list) or len(v) <= n
+    return make
 
 
 def _unique(value: Any, _s: dict[str, Any], _f: Mapping[str, Check]) -> Check | None:
@@ -190,16 +193,6 @@ def _unique(value: Any, _s: dict[str, Any], _f: Mapping[str, Check]) -> Check | 
         return all(type(item) is str for item in v) and len(set(v)) == len(v)
 
     return check
-
-
-def _min_length(value: Any, _s: dict[str, Any], _f: Mapping[str, Check]) -> Check:
-    n = _count(value)
-    return lambda v: not isinstance(v, str) or len(v) >= n
-
-
-def _max_length(value: Any, _s: dict[str, Any], _f: Mapping[str, Check]) -> Check:
-    n = _count(value)
-    return lambda v: not isinstance(v, str) or len(v) <= n
 
 
 def _pattern(value: Any, _s: dict[str, Any], _f: Mapping[str, Check]) -> Check:
@@ -235,11 +228,11 @@ _KEYWORDS: Final[dict[str, _Maker]] = {
     "additionalProperties": _additional,
     "required": _required,
     "items": _items,
-    "minItems": _min_items,
-    "maxItems": _max_items,
+    "minItems": _size(list, smallest=True),
+    "maxItems": _size(list, smallest=False),
     "uniqueItems": _unique,
-    "minLength": _min_length,
-    "maxLength": _max_length,
+    "minLength": _size(str, smallest=True),
+    "maxLength": _size(str, smallest=False),
     "pattern": _pattern,
     "format": _format,
     "minimum": _bound(lambda v, b: v >= b),
