@@ -90,16 +90,21 @@ _FLOAT_INTS = 2.0**53
 
 def _integral_floats_as_ints(value: Any) -> Any:
     """``value`` with every integral float of magnitude below 2^53 as the int it equals
-    (JCS writes 25.0 as ``25`` and -0.0 as ``0``, which is how json writes those ints)."""
+    (JCS writes 25.0 as ``25`` and -0.0 as ``0``, which is how json writes those ints);
+    ``value`` itself when it holds none, so a value non-plain for another reason is not
+    copied."""
     kind = type(value)
     if kind is float:
         if value.is_integer() and -_FLOAT_INTS < value < _FLOAT_INTS:
             return int(value)
         return value
     if kind is dict:
-        return {k: _integral_floats_as_ints(v) for k, v in value.items()}
+        items = {k: _integral_floats_as_ints(v) for k, v in value.items()}
+        same = all(items[k] is v for k, v in value.items())
+        return value if same else items
     if kind is list or kind is tuple:
-        return [_integral_floats_as_ints(v) for v in value]
+        converted = [_integral_floats_as_ints(v) for v in value]
+        return value if all(a is b for a, b in zip(converted, value, strict=True)) else converted
     return value
 
 
